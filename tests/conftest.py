@@ -1,0 +1,5 @@
+"""Shared pytest setup."""
+
+import os
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
