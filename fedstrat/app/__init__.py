@@ -1,0 +1,1 @@
+"""The fedstrat Flower App (ServerApp + ClientApp) and its run configuration."""
