@@ -1,0 +1,25 @@
+"""``lr``: logistic regression on one-hot fields, ``logit = b + sum_f w_{f, x_f}``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from fedstrat.models.layers import LinearLogit
+from fedstrat.models.registry import ModelSpec, register_model
+
+
+class LR(nn.Module):
+    def __init__(self, field_dims: Sequence[int]):
+        super().__init__()
+        self.linear = LinearLogit(field_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+@register_model("lr", task="ctr")
+def build_lr(spec: ModelSpec) -> LR:
+    return LR(spec.field_dims)
