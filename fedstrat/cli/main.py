@@ -1,10 +1,23 @@
-"""The ``fedstrat`` command."""
+"""The ``fedstrat`` command: simulate, compare, report, measure-variance (and deploy).
+
+Every bad input (unknown option or name, bad value, unreadable config file, missing data file,
+existing output directory) is reported as ONE line ``Error: ...`` on stderr with exit code 2,
+before anything is written.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import math
+from pathlib import Path
+from typing import Any
 
 import typer
 
 from fedstrat import __version__
+from fedstrat.app.config import SELECTIONS, ConfigError, RunConfig
+from fedstrat.cli.options import build_config, run_options
 
 app = typer.Typer(
     name="fedstrat",
@@ -27,6 +40,476 @@ def main(
     ),
 ) -> None:
     """Federated learning with stratified client selection, built on Flower."""
+
+
+# ---------------------------------------------------------------------------------- helpers
+class UsageFailure(Exception):
+    """Bad user input: reported as one line on stderr, exit code 2."""
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"Error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _stamp() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _out_console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _resolve(
+    run_opts: dict[str, Any], config: Path | None, set_values: list[str] | None, **fixed: Any
+) -> RunConfig:
+    try:
+        cfg = build_config(run_opts, config, set_values)
+        if fixed:
+            cfg = dataclasses.replace(cfg, **fixed).validate()
+    except ConfigError as exc:
+        raise UsageFailure(str(exc)) from exc
+    return cfg
+
+
+def _check_out_dir(path: str, allow_existing: bool = False) -> None:
+    if not path:
+        return
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageFailure(f"output path {p} exists and is not a directory")
+    if p.is_dir() and any(p.iterdir()) and not allow_existing:
+        raise UsageFailure(f"output directory {p} already exists and is not empty")
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Check that the dataset's files are there, the partition is possible and the model
+    exists for the dataset, without writing anything. Raises :class:`UsageFailure`."""
+    try:
+        from fedstrat.data import load_dataset, partition_dataset
+    except ImportError as exc:  # pragma: no cover - package incomplete
+        raise UsageFailure(f"fedstrat.data is not available: {exc}") from exc
+    try:
+        ds = load_dataset(cfg.dataset, root=cfg.data_root or None, seed=cfg.seed)
+    except (ValueError, OSError) as exc:
+        text = str(exc).strip()
+        raise UsageFailure(" ".join(text.split()) if text else repr(exc)) from None
+    kw: dict[str, Any] = {"alpha": cfg.alpha, "seed": cfg.seed}
+    if cfg.partition == "shard":
+        kw["shards_per_client"] = cfg.shards_per_client
+    if cfg.partition == "natural":
+        kw["key"] = cfg.natural_key
+    try:
+        partition_dataset(ds, cfg.partition, cfg.num_clients, **kw)
+    except (ValueError, KeyError) as exc:
+        raise UsageFailure(f"partition {cfg.partition!r} failed: {exc}") from exc
+    if cfg.model:
+        try:
+            from fedstrat.models import build_model, list_models
+        except ImportError as exc:  # pragma: no cover
+            raise UsageFailure(f"fedstrat.models is not available: {exc}") from exc
+        names = list(list_models())
+        if cfg.model not in names:
+            raise UsageFailure(f"unknown model {cfg.model!r}; choose one of: {', '.join(names)}")
+        try:
+            build_model(cfg.model, ds)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise UsageFailure(f"model {cfg.model!r} does not fit {cfg.dataset}: {exc}") from exc
+
+
+def _runner() -> Any:
+    try:
+        from fedstrat.app.simulation import run_simulation_job
+    except ImportError as exc:
+        raise UsageFailure(
+            f"the simulation runner fedstrat.app.simulation is missing: {exc}"
+        ) from None
+    return run_simulation_job
+
+
+def _is_ctr(dataset: str) -> bool:
+    return dataset.startswith("movielens") or dataset == "criteo"
+
+
+def _progress_text(record: dict[str, Any], ctr: bool) -> str:
+    from fedstrat.cli.report import fmt, normalise_row
+
+    row = normalise_row(record, ctr)
+    parts = [
+        f"{'auc' if ctr else 'acc'} {fmt(row['score'])}",
+        f"{'logloss' if ctr else 'loss'} {fmt(row['loss'])}",
+    ]
+    if not math.isnan(row["ratio"]):
+        parts.append(f"var ratio u/s {fmt(row['ratio'], 3)}")
+    return "  ".join(parts)
+
+
+def _make_progress(console: Any) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _run_one(cfg: RunConfig, progress: Any, label: str) -> Any:
+    """Run one simulation with a progress bar over rounds; returns the RunResult."""
+    run = _runner()
+    ctr = _is_ctr(cfg.dataset)
+    task = progress.add_task(label, total=cfg.rounds, info="starting Flower ...")
+
+    def on_round(record: dict[str, Any]) -> None:
+        try:
+            rnd = int(float(record.get("round", record.get("server-round", 0)) or 0))
+        except (TypeError, ValueError):
+            rnd = 0
+        progress.update(task, completed=rnd, info=_progress_text(record, ctr))
+
+    result = run(cfg, on_round=on_round, quiet=True)
+    progress.update(task, completed=cfg.rounds)
+    return result
+
+
+def _handle(fn: Any) -> Any:
+    """Run ``fn()`` turning UsageFailure into exit 2 and runtime failures into exit 1."""
+    try:
+        return fn()
+    except UsageFailure as exc:
+        raise _fail(str(exc)) from None
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted", 130) from None
+
+
+def _split(values: str, what: str) -> list[str]:
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    if not items:
+        raise UsageFailure(f"{what} must be a non-empty comma-separated list")
+    return items
+
+
+def _int_list(values: str, what: str) -> list[int]:
+    out = []
+    for v in _split(values, what):
+        try:
+            out.append(int(v))
+        except ValueError:
+            raise UsageFailure(f"{what} must be integers, got {v!r}") from None
+    return out
+
+
+# ---------------------------------------------------------------------------------- simulate
+@app.command()
+@run_options()
+def simulate(
+    *, run_opts: dict[str, Any], config: Path | None, set_values: list[str] | None
+) -> None:
+    """Run one federated simulation (Flower) and write a run directory.
+
+    Without options it runs the embedded default job: MNIST-5k, 100 clients with Dirichlet(0.1)
+    label skew, 10 clients a round, stratified Neyman selection around FedAvg.
+    """
+
+    def body() -> None:
+        cfg = _resolve(run_opts, config, set_values)
+        resume = str(getattr(cfg, "resume", "") or "")
+        _check_out_dir(cfg.out, allow_existing=bool(resume))
+        preflight(cfg)
+        _runner()
+        console = _console()
+        with _make_progress(console) as progress:
+            result = _run_one(cfg, progress, f"{cfg.selection} seed {cfg.seed}")
+        _print_run_summary(result)
+
+    _handle(body)
+
+
+def _print_run_summary(result: Any) -> None:
+    from rich.table import Table
+
+    from fedstrat.cli.report import fmt, load_run
+
+    s = load_run(result.run_dir)
+    table = Table(title="fedstrat simulate", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row(f"final {s.metric}", fmt(s.final_score))
+    table.add_row(f"best {s.metric}", fmt(s.best_score))
+    table.add_row(
+        f"rounds to {fmt(s.target)}",
+        str(s.rounds_to_target) if s.rounds_to_target else f"not reached in {s.rounds}",
+    )
+    table.add_row("mean predicted variance ratio (uniform/selection)", fmt(s.mean_ratio, 3))
+    table.add_row("mean predicted variance", fmt(s.mean_pred_var))
+    table.add_row("seconds", fmt(s.seconds, 3))
+    table.add_row("run dir", str(result.run_dir))
+    _out_console().print(table)
+
+
+# ---------------------------------------------------------------------------------- compare
+@app.command()
+@run_options(exclude=("selection", "seed"))
+def compare(
+    *,
+    run_opts: dict[str, Any],
+    config: Path | None,
+    set_values: list[str] | None,
+    selections: str = typer.Option(
+        "stratified,uniform,clustered1",
+        "--selections",
+        help="Comma-separated selections to compare: " + ", ".join(SELECTIONS) + ".",
+    ),
+    seeds: str = typer.Option(
+        "0,1,2",
+        "--seeds",
+        help="Comma-separated seeds (same for every "
+        "selection, so each seed's partition is shared).",
+    ),
+    measure: bool = typer.Option(
+        False, "--measure-variance", help="Also measure the estimator variance per seed."
+    ),
+    measure_rounds: str = typer.Option(
+        "1,10", "--measure-rounds", help="Rounds at which the variance is measured."
+    ),
+    samples: int = typer.Option(2000, "--samples", help="Monte Carlo samples per selection."),
+    skip_existing: bool = typer.Option(
+        False, "--skip-existing", help="Reuse finished run dirs in --out instead of failing."
+    ),
+    target: float = typer.Option(0.0, "--target", help="Target accuracy (0 = dataset default)."),
+) -> None:
+    """Run several selections x several seeds and write a comparison (compare/ in --out)."""
+
+    def body() -> None:
+        from fedstrat.cli.report import (
+            ReportError,
+            load_run,
+            rich_compare_table,
+            write_comparison,
+        )
+
+        sels = _split(selections, "--selections")
+        bad = [s for s in sels if s not in SELECTIONS]
+        if bad:
+            raise UsageFailure(
+                f"unknown selection {bad[0]!r}; choose from: {', '.join(SELECTIONS)}"
+            )
+        seed_list = _int_list(seeds, "--seeds")
+        m_rounds = _int_list(measure_rounds, "--measure-rounds") if measure else []
+        if measure and samples < 2:
+            raise UsageFailure("--samples must be >= 2")
+        base = _resolve(run_opts, config, set_values)
+        cfgs = [
+            _resolve(run_opts, config, set_values, selection=sel, seed=seed)
+            for seed in seed_list
+            for sel in sels
+        ]
+        root = Path(base.out or f"runs/compare-{_stamp()}")
+        _check_out_dir(str(root), allow_existing=skip_existing)
+        preflight(base)
+        _runner()
+        console = _console()
+        if measure:
+            _measure_into(base, seed_list, m_rounds, samples, root / "variance", console)
+        summaries = []
+        with _make_progress(console) as progress:
+            for cfg in cfgs:
+                run_dir = root / f"{cfg.selection}-s{cfg.seed}"
+                if skip_existing and (run_dir / "summary.json").is_file():
+                    summaries.append(load_run(run_dir, target or None))
+                    continue
+                if run_dir.exists():
+                    import shutil
+
+                    shutil.rmtree(run_dir)  # an unfinished run of ours: redo it
+                cfg = dataclasses.replace(cfg, out=str(run_dir))
+                result = _run_one(cfg, progress, f"{cfg.selection} seed {cfg.seed}")
+                summaries.append(load_run(result.run_dir, target or None))
+        measured = {}
+        if (root / "variance" / "variance.json").is_file():
+            from fedstrat.cli.report import load_measured
+
+            measured = load_measured(root / "variance" / "variance.json")
+        try:
+            rows, files = write_comparison(summaries, root / "compare", measured)
+        except ReportError as exc:
+            raise UsageFailure(str(exc)) from exc
+        out = _out_console()
+        out.print(rich_compare_table(rows, title=f"fedstrat compare ({root})"))
+        out.print(f"wrote {len(files)} files to {root / 'compare'}")
+
+    _handle(body)
+
+
+def _measure_into(
+    base: RunConfig,
+    seeds: list[int],
+    rounds: list[int],
+    samples: int,
+    out_dir: Path,
+    console: Any,
+    selections: list[str] | None = None,
+) -> Any:
+    """Measured variance for each seed; all rows in one variance.json under ``out_dir``."""
+    from fedstrat.measure import MEASURED_SELECTIONS, MeasureResult, measure_variance
+    from fedstrat.measure.output import rich_table, write_outputs
+
+    rows: list[dict[str, Any]] = []
+    metas = []
+    for seed in seeds:
+        cfg = dataclasses.replace(base, seed=seed)
+        with console.status(f"measuring estimator variance (seed {seed}) ..."):
+            res = measure_variance(
+                cfg,
+                rounds,
+                selections=selections or MEASURED_SELECTIONS,
+                n_samples=samples,
+                on_progress=lambda msg: console.log(msg),
+            )
+        for r in res.rows:
+            r["seed"] = seed
+        rows.extend(res.rows)
+        metas.append(res.meta)
+    meta = dict(metas[0])
+    meta["seeds"] = seeds
+    meta["seconds"] = sum(m["seconds"] for m in metas)
+    result = MeasureResult(rows=rows, meta=meta)
+    write_outputs(result, out_dir)
+    _out_console().print(rich_table(result))
+    return result
+
+
+# ---------------------------------------------------------------------------------- measure
+@app.command("measure-variance")
+@run_options()
+def measure_variance_cmd(
+    *,
+    run_opts: dict[str, Any],
+    config: Path | None,
+    set_values: list[str] | None,
+    measure_rounds: str = typer.Option(
+        "1,10",
+        "--measure-rounds",
+        help="Rounds at which to measure; round r uses the model after r-1 full-participation "
+        "FedAvg rounds.",
+    ),
+    samples: int = typer.Option(2000, "--samples", help="Monte Carlo samples per selection."),
+    selections: str = typer.Option(
+        "uniform,multinomial,clustered1,clustered2,stratified,stratified-prop,poc",
+        "--selections",
+        help="Selections to measure (stratified-prop = same strata, proportional allocation).",
+    ),
+) -> None:
+    """Measure E||T_hat - T||^2 of each selection from every client's real update (no Flower).
+
+    Prints a table and writes variance.json / variance.csv / table.md / variance.png to --out.
+    """
+
+    def body() -> None:
+        from fedstrat.measure import MEASURED_SELECTIONS
+
+        sels = _split(selections, "--selections")
+        bad = [s for s in sels if s not in MEASURED_SELECTIONS]
+        if bad:
+            raise UsageFailure(
+                f"unknown selection {bad[0]!r}; choose from: {', '.join(MEASURED_SELECTIONS)}"
+            )
+        rounds = _int_list(measure_rounds, "--measure-rounds")
+        if min(rounds) < 1:
+            raise UsageFailure("--measure-rounds must be >= 1")
+        if samples < 2:
+            raise UsageFailure("--samples must be >= 2")
+        cfg = _resolve(run_opts, config, set_values)
+        out = Path(cfg.out or f"runs/variance-{_stamp()}")
+        _check_out_dir(str(out))
+        preflight(cfg)
+        res = _measure_into(cfg, [cfg.seed], rounds, samples, out, _console(), sels)
+        _out_console().print(
+            f"uniform/stratified measured variance ratio: {res.ratio():.3g} (mean over rounds); "
+            f"wrote {out}"
+        )
+
+    _handle(body)
+
+
+# ---------------------------------------------------------------------------------- report
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories and/or compare directories."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Where the comparison goes (default: <compare dir>/compare, else "
+        "runs/report-<timestamp>).",
+    ),
+    target: float = typer.Option(0.0, "--target", help="Target accuracy (0 = run's default)."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Re-render each run's plots/."),
+) -> None:
+    """Re-render tables and plots from existing run (and compare) directories."""
+
+    def body() -> None:
+        from fedstrat.cli.report import (
+            ReportError,
+            find_runs,
+            load_measured,
+            load_run,
+            plot_run,
+            rich_compare_table,
+            rich_run_table,
+            write_comparison,
+        )
+
+        try:
+            runs, compares = find_runs(run_dirs)
+            summaries = [load_run(r, target or None) for r in runs]
+        except ReportError as exc:
+            raise UsageFailure(str(exc)) from exc
+        console = _out_console()
+        console.print(rich_run_table(summaries, title="fedstrat report"))
+        if plots:
+            for s in summaries:
+                plot_run(s, Path(s.run_dir) / "plots")
+        if len(summaries) > 1 or compares:
+            measured: dict[str, float] = {}
+            for c in compares:
+                vj = c / "variance" / "variance.json"
+                if vj.is_file():
+                    measured.update(load_measured(vj))
+            dest = out or (
+                compares[0] / "compare" if len(compares) == 1 else Path(f"runs/report-{_stamp()}")
+            )
+            rows, files = write_comparison(summaries, dest, measured)
+            console.print(rich_compare_table(rows, title="comparison"))
+            console.print(f"wrote {len(files)} files to {dest}")
+
+    _handle(body)
+
+
+try:  # the deploy engineer's sub-app, once it exists
+    from fedstrat.cli.deploy import deploy_app
+except ImportError:  # pragma: no cover - not there yet
+    deploy_app = None
+else:  # pragma: no cover
+    app.add_typer(deploy_app, name="deploy")
 
 
 if __name__ == "__main__":  # pragma: no cover

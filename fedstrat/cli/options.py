@@ -1,0 +1,194 @@
+"""Run options shared by ``simulate``, ``compare`` and ``measure-variance``.
+
+Every field of :class:`fedstrat.app.config.RunConfig` becomes a CLI option ``--field-name``
+(default ``None`` = "not given"), so the CLI, TOML config files and Flower's run config share one
+option set. Precedence: built-in defaults < ``--config FILE`` < ``--set KEY=VALUE`` < explicit
+flags.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from fedstrat.app import config as cfgmod
+from fedstrat.app.config import ConfigError, RunConfig
+
+_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _choices(values: Iterable[str]) -> str:
+    return ", ".join(values)
+
+
+HELP: dict[str, str] = {
+    "dataset": f"Dataset: {_choices(cfgmod.DATASETS)}.",
+    "model": "Model name (fedstrat.models registry); empty = the dataset's default model.",
+    "partition": f"Partition scheme: {_choices(cfgmod.PARTITIONS)}.",
+    "alpha": "Dirichlet concentration of the label skew (partition dirichlet); smaller = more "
+    "non-IID.",
+    "shards_per_client": "Shards per client for the shard partition.",
+    "natural_key": "Key of the natural partition (e.g. user, occupation for MovieLens).",
+    "num_clients": "Number of clients N.",
+    "clients_per_round": "Clients trained per round m.",
+    "rounds": "Number of federated rounds.",
+    "local_epochs": "Local epochs per round.",
+    "local_steps": "Local SGD steps per round (> 0 overrides --local-epochs).",
+    "lr": "Client learning rate.",
+    "batch_size": "Client batch size.",
+    "optimizer": f"Client optimizer: {_choices(cfgmod.OPTIMIZERS)}.",
+    "proximal_mu": "FedProx proximal coefficient mu (strategy fedprox).",
+    "server_lr": "Server learning rate eta (fedadam, fedyogi).",
+    "clip_norm": "Client gradient clipping norm (0 = off).",
+    "selection": f"Client selection: {_choices(cfgmod.SELECTIONS)}.",
+    "allocation": f"Allocation of clients to strata: {_choices(cfgmod.ALLOCATIONS)}.",
+    "design": f"Within-stratum design: {_choices(cfgmod.DESIGNS)} (auto = by predicted variance).",
+    "n_strata": "Number of strata (0 = choose automatically).",
+    "stratify_by": f"Stratify on: {_choices(cfgmod.STRATIFY_BY)}.",
+    "restratify_every": "Re-stratify every R rounds (0 = never).",
+    "estimator": f"Aggregation estimator: {_choices(cfgmod.ESTIMATORS)} (ht = Horvitz-Thompson).",
+    "profile_epsilon": "Local DP epsilon of the profiled label histograms (0 = exact).",
+    "poc_d": "Power-of-Choice candidate set size d (0 = 2 x clients-per-round).",
+    "strategy": f"Server strategy: {_choices(cfgmod.STRATEGIES)}.",
+    "seed": "Random seed (partition, model init, selection, client training).",
+    "device": "Torch device: auto, cpu, cuda, cuda:0, ...",
+    "data_root": "Folder with local data files (else $FEDSTRAT_DATA).",
+    "out": "Output directory (default runs/<timestamp>-<selection>-s<seed>).",
+    "eval_every": "Evaluate the global model every k rounds.",
+    "target_accuracy": "Target accuracy (AUC for CTR) for 'rounds to target' (0 = dataset "
+    "default).",
+    "node_wait_timeout": "Seconds to wait for enough nodes each round.",
+    "round_timeout": "Seconds to wait for replies each round.",
+    "resume": "Resume the run in this run directory from its last checkpoint.",
+}
+
+
+def config_fields() -> list[tuple[str, type]]:
+    """``(name, python type)`` of every RunConfig field."""
+    out = []
+    for f in fields(RunConfig):
+        tname = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
+        out.append((f.name, _TYPES.get(tname, str)))
+    return out
+
+
+def flag(name: str) -> str:
+    """``num_clients`` -> ``--num-clients``."""
+    return "--" + name.replace("_", "-")
+
+
+def run_options(exclude: Iterable[str] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator adding one ``--option`` per RunConfig field (minus ``exclude``) to a command.
+
+    The wrapped function receives the given values as ``run_opts: dict[str, Any]`` (only options
+    that were given explicitly, i.e. not ``None``), plus ``config`` and ``set_values``.
+    """
+    excluded = set(exclude)
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        own = inspect.signature(func, eval_str=True)
+        params = [
+            p for p in own.parameters.values() if p.name not in ("run_opts", "config", "set_values")
+        ]
+        names = [n for n, _ in config_fields() if n not in excluded]
+        added: list[inspect.Parameter] = []
+        for name, typ in config_fields():
+            if name in excluded:
+                continue
+            help_text = HELP.get(name, f"Run option {name.replace('_', '-')}.")
+            added.append(
+                inspect.Parameter(
+                    name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=typer.Option(None, flag(name), help=help_text, show_default=False),
+                    annotation=typ | None,
+                )
+            )
+        added.append(
+            inspect.Parameter(
+                "config",
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(
+                    None,
+                    "--config",
+                    help="TOML file whose keys mirror these options (num-clients = 100); "
+                    "explicit flags override it.",
+                    show_default=False,
+                ),
+                annotation=Path | None,
+            )
+        )
+        added.append(
+            inspect.Parameter(
+                "set_values",
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(
+                    None,
+                    "--set",
+                    help="Extra run option KEY=VALUE (repeatable), e.g. --set poc-d=20.",
+                    show_default=False,
+                ),
+                annotation=list[str] | None,
+            )
+        )
+
+        @functools.wraps(func)
+        def wrapper(**kwargs: Any) -> Any:
+            run_opts = {n: kwargs.pop(n) for n in names if kwargs.get(n) is not None}
+            for n in names:
+                kwargs.pop(n, None)
+            return func(run_opts=run_opts, **kwargs)
+
+        all_params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params] + added
+        wrapper.__signature__ = inspect.Signature(all_params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in all_params}
+        del wrapper.__wrapped__  # typer must see the new signature, not the original
+        return wrapper
+
+    return decorate
+
+
+def parse_set_values(items: Iterable[str] | None) -> dict[str, Any]:
+    """``["poc-d=20", "design=pps"]`` -> ``{"poc-d": 20, "design": "pps"}`` (TOML-typed values)."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        raw = raw.strip()
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        out[key] = value
+    return out
+
+
+def build_config(
+    run_opts: Mapping[str, Any],
+    config: Path | None = None,
+    set_values: Iterable[str] | None = None,
+    base: RunConfig | None = None,
+) -> RunConfig:
+    """Resolve defaults < config file < ``--set`` < explicit flags, then validate.
+
+    Raises :class:`ConfigError` (a ``ValueError``) on any bad value, unknown key or bad file.
+    """
+    cfg = base if base is not None else RunConfig()
+    if config is not None:
+        cfg = RunConfig.from_toml(config, base=cfg)
+    extra = parse_set_values(set_values)
+    if extra:
+        cfg = RunConfig.from_mapping(extra, base=cfg)
+    if run_opts:
+        cfg = RunConfig.from_mapping(dict(run_opts), base=cfg)
+    return cfg.validate()

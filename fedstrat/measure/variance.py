@@ -1,0 +1,537 @@
+r"""Measured variance of the aggregate under each client-selection scheme.
+
+At a chosen round every client's update :math:`\Delta_i` is computed in-process from the same
+global model (``fedstrat.models.train.train_steps`` on the client's partition, no Flower), giving
+the full-participation target
+
+.. math:: T = \sum_i p_i \Delta_i, \qquad p_i = n_i / n .
+
+For each selection scheme a sampler draws ``n_samples`` seeded samples :math:`s`; the aggregate is
+:math:`\hat T_s = \sum_{i \in s} w_i \Delta_i` with the sampler's weights, and we report the
+Monte Carlo estimate of the mean squared error
+
+.. math:: \widehat{\mathrm{MSE}} = \frac1S \sum_{s} \lVert \hat T_s - T \rVert^2
+
+(= the variance :math:`\operatorname{tr}\operatorname{Cov}(\hat T)` for unbiased designs) with its
+standard error, the empirical bias :math:`\lVert \bar{\hat T} - T \rVert`, and the design
+formula's predicted variance from ``fedstrat.sampling`` for comparison.
+
+Computation: writing :math:`\hat T_s - T = c_s^\top U` with :math:`c_s = w_s - p`
+(:math:`w_s` the weights scattered to length N, :math:`U` the N x D update matrix),
+:math:`\lVert \hat T_s - T\rVert^2 = c_s^\top G c_s` with the Gram matrix :math:`G = U U^\top`,
+so each sample costs O(N^2) instead of O(|s| D).
+
+Stratified selection uses the strata the system would use (k-means on label histograms,
+``choose_design`` when ``design="auto"``) and a Neyman allocation computed from the EXACT
+per-stratum dispersion of these updates (an oracle for the tracked :math:`S_h`; the system
+estimates it from sketches of past updates). ``stratified-prop`` keeps the strata and design with
+proportional allocation and needs no update information. Clustered Sampling Alg. 2 is given the
+same updates as its representative gradients (equally an oracle).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+MEASURED_SELECTIONS: tuple[str, ...] = (
+    "uniform",
+    "multinomial",
+    "clustered1",
+    "clustered2",
+    "stratified",
+    "stratified-prop",
+    "poc",
+)
+
+
+# ---------------------------------------------------------------------------------- numpy core
+@dataclass
+class Population:
+    """N client updates (rows of ``updates``) with sizes n_i.
+
+    ``p`` = n_i / n, ``target`` T = p @ U, ``gram`` G = U U^T (float64).
+    """
+
+    updates: np.ndarray
+    sizes: np.ndarray
+    p: np.ndarray = field(init=False, repr=False)
+    target: np.ndarray = field(init=False, repr=False)
+    gram: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        u = np.asarray(self.updates, dtype=np.float64)
+        s = np.asarray(self.sizes, dtype=np.float64)
+        if u.ndim != 2:
+            raise ValueError(f"updates must be a 2-D array (N, D), got shape {u.shape}")
+        if s.shape != (u.shape[0],):
+            raise ValueError(f"sizes must have length N={u.shape[0]}, got shape {s.shape}")
+        if not np.all(np.isfinite(u)) or not np.all(np.isfinite(s)) or np.any(s <= 0):
+            raise ValueError("updates must be finite and sizes finite and > 0")
+        self.updates = u
+        self.sizes = s
+        self.p = s / s.sum()
+        self.target = self.p @ u
+        self.gram = u @ u.T
+
+    @property
+    def n_clients(self) -> int:
+        return int(self.updates.shape[0])
+
+    def sq_error(self, coef: np.ndarray) -> np.ndarray:
+        """||c @ U||^2 for each row c of ``coef`` (shape (S, N)) via the Gram matrix."""
+        c = np.atleast_2d(coef)
+        return np.maximum(np.einsum("si,ij,sj->s", c, self.gram, c), 0.0)
+
+
+@dataclass
+class SelectionStats:
+    """Monte Carlo result for one selection scheme."""
+
+    selection: str
+    measured: float  # MSE estimate (1/S) sum ||T_hat - T||^2
+    measured_se: float  # its standard error
+    bias: float  # ||mean(T_hat) - T||
+    bias_z: float  # bias relative to its Monte Carlo standard error sqrt(MSE/S)
+    predicted: float  # design-formula variance (NaN if none)
+    unbiased: bool  # the sampler's claim
+    mean_selected: float  # mean number of distinct clients per sample
+    n_samples: int
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def monte_carlo(
+    pop: Population,
+    sampler: Any,
+    n_samples: int = 2000,
+    seed: int = 0,
+    name: str = "",
+    predicted: float = math.nan,
+    info: Mapping[str, Any] | None = None,
+) -> SelectionStats:
+    """Draw ``n_samples`` seeded samples from ``sampler`` and measure E||T_hat - T||^2."""
+    if n_samples < 2:
+        raise ValueError(f"n_samples must be >= 2, got {n_samples}")
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    n = pop.n_clients
+    coef = np.zeros((n_samples, n))
+    n_sel = np.zeros(n_samples)
+    unbiased = True
+    for k in range(n_samples):
+        sel = sampler.sample(rng)
+        ids = np.asarray(sel.ids, dtype=np.int64)
+        np.add.at(coef[k], ids, np.asarray(sel.weights, dtype=np.float64))
+        n_sel[k] = len(np.unique(ids))
+        unbiased = bool(getattr(sel, "unbiased", True))
+    coef -= pop.p
+    err = pop.sq_error(coef)
+    mse = float(err.mean())
+    mean_c = coef.mean(axis=0)
+    bias = math.sqrt(float(pop.sq_error(mean_c)[0]))
+    mc_se = math.sqrt(mse / n_samples) if mse > 0 else 0.0
+    return SelectionStats(
+        selection=name or type(sampler).__name__,
+        measured=mse,
+        measured_se=float(err.std(ddof=1) / math.sqrt(n_samples)),
+        bias=bias,
+        bias_z=bias / mc_se if mc_se > 0 else 0.0,
+        predicted=float(predicted),
+        unbiased=unbiased,
+        mean_selected=float(n_sel.mean()),
+        n_samples=n_samples,
+        seconds=time.perf_counter() - t0,
+        info=dict(info or {}),
+    )
+
+
+def _stratum_dispersion(
+    pop: Population, labels: np.ndarray, design: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per stratum: (N_h, P_h, dispersion) from the exact updates.
+
+    srswor: S_{y,h} = sqrt(sum_{i in h} ||y_i - ybar_h||^2 / (N_h - 1)), y_i = p_i Delta_i.
+    pps:    sigma_h = sqrt(sum_{i in h} q_i ||Delta_i - Dbar_h||^2), q_i = p_i / P_h.
+    """
+    h_count = int(labels.max()) + 1
+    nh = np.bincount(labels, minlength=h_count).astype(np.int64)
+    ph = np.bincount(labels, weights=pop.p, minlength=h_count)
+    disp = np.zeros(h_count)
+    for h in range(h_count):
+        idx = np.flatnonzero(labels == h)
+        if design == "srswor":
+            if len(idx) < 2:
+                continue
+            y = pop.p[idx, None] * pop.updates[idx]
+            disp[h] = math.sqrt(float(((y - y.mean(axis=0)) ** 2).sum()) / (len(idx) - 1))
+        else:
+            q = pop.p[idx] / ph[h]
+            d = pop.updates[idx]
+            mean = q @ d
+            disp[h] = math.sqrt(float(q @ ((d - mean) ** 2).sum(axis=1)))
+    return nh, ph, disp
+
+
+def build_samplers(
+    pop: Population,
+    m: int,
+    histograms: np.ndarray | None = None,
+    *,
+    selections: Iterable[str] = MEASURED_SELECTIONS,
+    design: str = "auto",
+    n_strata: int = 0,
+    losses: np.ndarray | None = None,
+    poc_d: int = 0,
+    seed: int = 0,
+) -> dict[str, tuple[Any, float, dict[str, Any]]]:
+    """``{name: (sampler, predicted variance, info)}`` for the requested selections.
+
+    Strata come from k-means on the row-normalised label ``histograms`` (``design="auto"``:
+    ``choose_design`` picks strata count and design; otherwise ``stratify_by_histograms`` with
+    ``n_strata`` (0 = automatic) and the given design). Neyman allocation uses the exact
+    per-stratum dispersion of ``pop`` (see :func:`_stratum_dispersion`).
+    """
+    from fedstrat import sampling as S
+
+    sizes = pop.sizes
+    selections = list(selections)
+    unknown = [s for s in selections if s not in MEASURED_SELECTIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown selection(s) {unknown}; choose from: " + ", ".join(MEASURED_SELECTIONS)
+        )
+    if not 1 <= m <= pop.n_clients:
+        raise ValueError(f"m must be in [1, N={pop.n_clients}], got {m}")
+    out: dict[str, tuple[Any, float, dict[str, Any]]] = {}
+    int_sizes = np.asarray(np.rint(sizes), dtype=np.int64)
+    u_pred = float(S.uniform_variance(pop.updates, int_sizes, m))
+    if "uniform" in selections:
+        out["uniform"] = (S.UniformSampler(int_sizes, m, seed=seed), u_pred, {})
+    if "multinomial" in selections:
+        pred = float(S.multinomial_variance(pop.updates, int_sizes, m))
+        out["multinomial"] = (S.MultinomialSampler(int_sizes, m, seed=seed), pred, {})
+    if "clustered1" in selections:
+        out["clustered1"] = (S.ClusteredSampler(int_sizes, m, algorithm=1, seed=seed), math.nan, {})
+    if "clustered2" in selections:
+        smp = S.ClusteredSampler(int_sizes, m, algorithm=2, updates=pop.updates, seed=seed)
+        out["clustered2"] = (smp, math.nan, {"representative": "exact updates (oracle)"})
+    if "poc" in selections:
+        d = poc_d or min(pop.n_clients, 2 * m)
+        smp = S.PowerOfChoiceSampler(int_sizes, m, d, seed=seed)
+        smp.set_losses(np.asarray(losses if losses is not None else np.ones(pop.n_clients)))
+        out["poc"] = (smp, math.nan, {"d": d, "biased": True})
+    strat_names = [s for s in selections if s.startswith("stratified")]
+    if strat_names:
+        if histograms is None:
+            raise ValueError("stratified selection needs the clients' label histograms")
+        hist = np.asarray(histograms, dtype=np.float64)
+        feats = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1e-12)
+        info: dict[str, Any] = {}
+        if design == "auto":
+            kw: dict[str, Any] = {"seed": seed}
+            if n_strata:
+                kw["candidate_strata"] = (n_strata,)
+            choice = S.choose_design(int_sizes, feats, m, **kw)
+            chosen = str(choice.design)
+            info["choose_design"] = str(getattr(choice, "reason", ""))
+            strata = getattr(choice, "strata", None)
+            if chosen not in ("pps", "srswor") or strata is None:
+                # choose_design fell back to uniform: so does the system
+                for name in strat_names:
+                    out[name] = (
+                        S.UniformSampler(int_sizes, m, seed=seed),
+                        u_pred,
+                        {"fallback": "uniform", **info},
+                    )
+                return out
+            labels = _labels_of(strata)
+        else:
+            chosen = design
+            strata = S.stratify_by_histograms(hist, n_strata=n_strata or None, seed=seed)
+            labels = _labels_of(strata)
+        strata_obj = strata if hasattr(strata, "n_strata") else S.Strata(labels)
+        nh, ph, disp = _stratum_dispersion(pop, labels, chosen)
+        info.update({"design": chosen, "n_strata": int(len(nh)), "N_h": nh.tolist()})
+        if "stratified" in strat_names:
+            if chosen == "pps":
+                alloc = S.neyman_allocation(ph, disp, m, capacity=nh)
+            else:
+                alloc = S.neyman_allocation(nh, disp, m)
+            alloc = np.asarray(alloc, dtype=np.int64)
+            pred = float(S.estimator_variance(pop.updates, int_sizes, strata_obj, alloc, chosen))
+            smp = S.StratifiedSampler(int_sizes, strata_obj, alloc, design=chosen, seed=seed)
+            out["stratified"] = (
+                smp,
+                pred,
+                {**info, "allocation": alloc.tolist(), "S_h": "exact, from these updates"},
+            )
+        if "stratified-prop" in strat_names:
+            alloc = np.asarray(S.proportional_allocation(nh, m), dtype=np.int64)
+            pred = float(S.estimator_variance(pop.updates, int_sizes, strata_obj, alloc, chosen))
+            smp = S.StratifiedSampler(int_sizes, strata_obj, alloc, design=chosen, seed=seed)
+            out["stratified-prop"] = (smp, pred, {**info, "allocation": alloc.tolist()})
+    return {k: out[k] for k in selections if k in out}
+
+
+def _labels_of(strata: Any) -> np.ndarray:
+    labels = getattr(strata, "labels", strata)
+    return np.asarray(labels, dtype=np.int64)
+
+
+def measure_population(
+    pop: Population,
+    m: int,
+    histograms: np.ndarray | None = None,
+    *,
+    selections: Iterable[str] = MEASURED_SELECTIONS,
+    n_samples: int = 2000,
+    seed: int = 0,
+    design: str = "auto",
+    n_strata: int = 0,
+    losses: np.ndarray | None = None,
+    poc_d: int = 0,
+) -> list[SelectionStats]:
+    """Monte Carlo E||T_hat - T||^2 of every requested selection on one population.
+
+    Every selection draws from its own Generator seeded with ``[seed, k]`` (k its position in
+    :data:`MEASURED_SELECTIONS`), so results are reproducible and independent of which other
+    selections are requested.
+    """
+    samplers = build_samplers(
+        pop,
+        m,
+        histograms,
+        selections=selections,
+        design=design,
+        n_strata=n_strata,
+        losses=losses,
+        poc_d=poc_d,
+        seed=seed,
+    )
+    stats = []
+    for name, (sampler, pred, info) in samplers.items():
+        k = MEASURED_SELECTIONS.index(name)
+        stats.append(
+            monte_carlo(
+                pop,
+                sampler,
+                n_samples,
+                seed=int(np.random.SeedSequence([seed, k]).generate_state(1)[0]),
+                name=name,
+                predicted=pred,
+                info=info,
+            )
+        )
+    return stats
+
+
+# ---------------------------------------------------------------------------------- torch part
+def _flat_params(state: Mapping[str, Any]) -> np.ndarray:
+    """Concatenate the floating-point tensors of a state_dict (in key order) to float64."""
+    import torch
+
+    parts = [
+        v.detach().to("cpu", torch.float64).reshape(-1)
+        for v in state.values()
+        if torch.is_tensor(v) and v.is_floating_point()
+    ]
+    return torch.cat(parts).numpy() if parts else np.zeros(0)
+
+
+def client_seed(seed: int, server_round: int, client: int) -> int:
+    """Per (run seed, round, client) training seed, independent across the three."""
+    return int(np.random.SeedSequence([seed, server_round, client]).generate_state(1)[0] >> 1)
+
+
+def compute_client_updates(
+    cfg: Any,
+    rounds: Sequence[int],
+    *,
+    on_progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Updates of ALL clients at each round in ``rounds`` (in-process, torch).
+
+    Round r uses the global model after r - 1 rounds of full-participation FedAvg
+    (x <- x + T, T = sum p_i Delta_i) from the seeded initial model, so round 1 is the initial
+    model. Returns ``{"sizes", "histograms", "task", "model", "dim", "rounds": {r: {"updates",
+    "losses", "score"}}}``; ``losses`` are the clients' losses on their own data before training
+    (for Power-of-Choice), ``score`` the global model's test accuracy (AUC for CTR).
+    """
+    import torch
+
+    from fedstrat.data import load_dataset, partition_dataset
+    from fedstrat.models import build_model, default_model_for
+    from fedstrat.models.train import evaluate, train_steps
+
+    rounds = sorted({int(r) for r in rounds})
+    if not rounds or rounds[0] < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    say = on_progress or (lambda _msg: None)
+    ds = load_dataset(cfg.dataset, root=cfg.data_root or None, seed=cfg.seed)
+    part_kw: dict[str, Any] = {"alpha": cfg.alpha, "seed": cfg.seed}
+    if cfg.partition == "shard":
+        part_kw["shards_per_client"] = cfg.shards_per_client
+    if cfg.partition == "natural":
+        part_kw["key"] = cfg.natural_key
+    part = partition_dataset(ds, cfg.partition, cfg.num_clients, **part_kw)
+    model_name = cfg.model or default_model_for(cfg.dataset)
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_name, ds)
+    device = "cpu" if cfg.device in ("auto", "") else cfg.device
+    model.to(device)
+    x_all = torch.as_tensor(ds.x)
+    y_all = torch.as_tensor(ds.y)
+    xs = [x_all[torch.as_tensor(idx, dtype=torch.long)] for idx in part.indices]
+    ys = [y_all[torch.as_tensor(idx, dtype=torch.long)] for idx in part.indices]
+    sizes = np.asarray(part.sizes, dtype=np.float64)
+    p = sizes / sizes.sum()
+    task = ds.task
+    keys = [k for k, v in model.state_dict().items() if v.is_floating_point()]
+    result: dict[str, Any] = {
+        "sizes": sizes,
+        "histograms": np.asarray(part.label_histograms, dtype=np.float64),
+        "task": task,
+        "model": model_name,
+        "rounds": {},
+    }
+    glob = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for r in range(1, rounds[-1] + 1):
+        t0 = time.perf_counter()
+        g_flat = _flat_params(glob)
+        updates = np.zeros((len(xs), g_flat.size))
+        losses = np.zeros(len(xs))
+        for i in range(len(xs)):
+            model.load_state_dict(glob)
+            if r in rounds:
+                ev = evaluate(model, xs[i], ys[i], task, device=device)
+                losses[i] = float(ev.get("loss", ev.get("logloss", math.nan)))
+            train_steps(
+                model,
+                xs[i],
+                ys[i],
+                task,
+                epochs=cfg.local_epochs,
+                steps=cfg.local_steps,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                optimizer=cfg.optimizer,
+                proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
+                global_params=None,
+                clip_norm=cfg.clip_norm,
+                seed=client_seed(cfg.seed, r, i),
+                device=device,
+            )
+            updates[i] = _flat_params(model.state_dict()) - g_flat
+        if r in rounds:
+            model.load_state_dict(glob)
+            ev = evaluate(
+                model, torch.as_tensor(ds.x_test), torch.as_tensor(ds.y_test), task, device=device
+            )
+            score = float(ev.get("accuracy", ev.get("auc", math.nan)))
+            result["rounds"][r] = {"updates": updates, "losses": losses, "score": score}
+            say(
+                f"round {r}: updates of {len(xs)} clients ({time.perf_counter() - t0:.1f} s), "
+                f"global test score {score:.4f}"
+            )
+        # full-participation FedAvg step: x <- x + sum p_i Delta_i
+        step = torch.as_tensor(p @ updates)
+        off = 0
+        new = {}
+        for k, v in glob.items():
+            if k in keys:
+                nv = v.numel()
+                new[k] = v + step[off : off + nv].reshape(v.shape).to(v.dtype)
+                off += nv
+            else:
+                new[k] = v
+        glob = new
+    result["dim"] = int(g_flat.size)
+    return result
+
+
+@dataclass
+class MeasureResult:
+    """Rows (one per round x selection) and metadata of a measured-variance experiment."""
+
+    rows: list[dict[str, Any]]
+    meta: dict[str, Any]
+
+    def ratio(self, round_: int | None = None, over: str = "stratified") -> float:
+        """Measured uniform / ``over`` at ``round_`` (mean over rounds if None)."""
+        vals = []
+        for r in {row["round"] for row in self.rows}:
+            if round_ is not None and r != round_:
+                continue
+            by = {row["selection"]: row["measured"] for row in self.rows if row["round"] == r}
+            if by.get(over, 0) > 0 and "uniform" in by:
+                vals.append(by["uniform"] / by[over])
+        return float(np.mean(vals)) if vals else math.nan
+
+
+def measure_variance(
+    cfg: Any,
+    rounds: Sequence[int] = (1, 10),
+    *,
+    selections: Iterable[str] = MEASURED_SELECTIONS,
+    n_samples: int = 2000,
+    on_progress: Callable[[str], None] | None = None,
+) -> MeasureResult:
+    """Compute every client's update at ``rounds`` for the data options of ``cfg`` (a
+    ``RunConfig``) and measure each selection's E||T_hat - T||^2 (see module docstring)."""
+    t0 = time.perf_counter()
+    selections = list(selections)
+    data = compute_client_updates(cfg, rounds, on_progress=on_progress)
+    rows: list[dict[str, Any]] = []
+    for r, rd in sorted(data["rounds"].items()):
+        pop = Population(rd["updates"], data["sizes"])
+        stats = measure_population(
+            pop,
+            cfg.clients_per_round,
+            data["histograms"],
+            selections=selections,
+            n_samples=n_samples,
+            seed=cfg.seed,
+            design=cfg.design,
+            n_strata=cfg.n_strata,
+            losses=rd["losses"],
+            poc_d=cfg.poc_d,
+        )
+        base = next((s.measured for s in stats if s.selection == "uniform"), math.nan)
+        for s in stats:
+            row = {"round": r, "global_score": rd["score"], **s.to_dict()}
+            row["uniform_over_this"] = base / s.measured if s.measured > 0 else math.nan
+            row["target_norm_sq"] = float(pop.target @ pop.target)
+            rows.append(row)
+    meta = {
+        "dataset": cfg.dataset,
+        "partition": cfg.partition,
+        "alpha": cfg.alpha,
+        "num_clients": cfg.num_clients,
+        "clients_per_round": cfg.clients_per_round,
+        "model": data["model"],
+        "dim": data["dim"],
+        "local_epochs": cfg.local_epochs,
+        "local_steps": cfg.local_steps,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "n_samples": n_samples,
+        "rounds": sorted(data["rounds"]),
+        "sizes_min_median_max": [
+            float(np.min(data["sizes"])),
+            float(np.median(data["sizes"])),
+            float(np.max(data["sizes"])),
+        ],
+        "warmup": "round r uses the model after r-1 full-participation FedAvg rounds",
+        "seconds": time.perf_counter() - t0,
+    }
+    return MeasureResult(rows=rows, meta=meta)
