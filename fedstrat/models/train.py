@@ -160,7 +160,10 @@ def train_steps(
         opt = torch.optim.Adam(params, lr=lr)
     skip_singletons = _has_batchnorm(model)
     gen = torch.Generator().manual_seed(int(seed))
-    total_steps = steps if steps > 0 else epochs * math.ceil(n / batch_size)
+    per_epoch = math.ceil(n / batch_size)
+    if skip_singletons and n > 1 and n % batch_size == 1:
+        per_epoch -= 1  # a one-example batch cannot pass BatchNorm in train mode
+    total_steps = steps if steps > 0 else epochs * per_epoch
     done, loss_sum, seen = 0, 0.0, 0
     model.train()
     devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
