@@ -222,7 +222,16 @@ def _int_list(values: str, what: str) -> list[int]:
 @app.command()
 @run_options()
 def simulate(
-    *, run_opts: dict[str, Any], config: Path | None, set_values: list[str] | None
+    *,
+    run_opts: dict[str, Any],
+    config: Path | None,
+    set_values: list[str] | None,
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Validate everything (options, config file, data files, model) and print the "
+        "resolved configuration as TOML; run and write nothing.",
+    ),
 ) -> None:
     """Run one federated simulation (Flower) and write a run directory.
 
@@ -235,6 +244,9 @@ def simulate(
         resume = str(getattr(cfg, "resume", "") or "")
         _check_out_dir(cfg.out, allow_existing=bool(resume))
         preflight(cfg)
+        if dry_run:
+            typer.echo(config_to_toml(cfg), nl=False)
+            return
         _runner()
         console = _console()
         with _make_progress(console) as progress:
@@ -242,6 +254,22 @@ def simulate(
         _print_run_summary(result)
 
     _handle(body)
+
+
+def config_to_toml(cfg: RunConfig) -> str:
+    """The resolved configuration as a flat TOML document (keys spelled like the options)."""
+    import json
+
+    lines = []
+    for key, value in cfg.to_flower().items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int | float):
+            text = repr(value)
+        else:
+            text = json.dumps(str(value))
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
 
 
 def _print_run_summary(result: Any) -> None:
