@@ -1,0 +1,104 @@
+"""The profiling (``MessageType.QUERY``) handler: a node reports its size and label histogram.
+
+Protocol (docs/design.md): the server sends a ConfigRecord under ``"fedstrat-profile"`` with
+``epsilon`` (float, 0 = exact) and ``seed``; the node replies
+``RecordDict({"fedstrat-profile": MetricRecord({"num-examples": n_i, "label-hist": h_i})})``.
+
+With ``epsilon > 0`` the histogram is released through
+``fedstrat.sampling.privatize_histogram(counts, epsilon, rng)`` (an epsilon-DP mechanism for
+a count vector; the result is additionally clipped at 0 here), with the RNG seeded by
+``(seed, dst_node_id)`` so two nodes never add identical noise. ``num-examples`` is sent
+exactly: it is also the aggregation weight of every train reply.
+
+Any ClientApp gets profiling in one line::
+
+    register_profiling(app, lambda context: (label_hist, num_examples))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedstrat.clients.protocol import (
+    PROFILE_KEY,
+    ProtocolError,
+    read_number,
+    replies_errors,
+)
+
+ProfileFn = Callable[[Context], tuple[Sequence[float] | np.ndarray, int]]
+
+
+def _privatize(counts: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+    # Imported lazily: fedstrat.sampling is optional for nodes that only ever get epsilon = 0.
+    from fedstrat.sampling import privatize_histogram
+
+    noisy = np.asarray(privatize_histogram(counts, epsilon, rng), dtype=np.float64)
+    if noisy.shape != counts.shape:
+        raise RuntimeError(
+            f"privatize_histogram returned shape {noisy.shape}, expected {counts.shape}"
+        )
+    return np.clip(noisy, 0.0, None)
+
+
+def profile_reply(
+    message: Message, label_hist: Sequence[float] | np.ndarray, num_examples: int
+) -> Message:
+    """Answer a ``"fedstrat-profile"`` query with the (possibly privatised) label histogram.
+
+    ``label_hist`` is the vector of per-class counts of the node's training data and
+    ``num_examples`` its size n_i. Raises :class:`ProtocolError` (a ValueError) on a message
+    without the profile ConfigRecord or with bad values, and ``ValueError`` on a bad histogram.
+    """
+    records = message.content.config_records
+    if PROFILE_KEY not in records:
+        raise ProtocolError(
+            f"query message has no ConfigRecord {PROFILE_KEY!r} (config records present: "
+            f"{sorted(records)}); this ClientApp only answers fedstrat profiling queries"
+        )
+    cfg = records[PROFILE_KEY]
+    epsilon = read_number(cfg, "epsilon", 0.0, integer=False)
+    seed = read_number(cfg, "seed", 0, integer=True)
+    if epsilon < 0:
+        raise ProtocolError(f"profile 'epsilon' must be >= 0, got {epsilon}")
+
+    counts = np.asarray(label_hist, dtype=np.float64)
+    if counts.ndim != 1 or counts.size == 0:
+        raise ValueError(f"label_hist must be a non-empty 1-D vector, got shape {counts.shape}")
+    if not np.all(np.isfinite(counts)) or np.any(counts < 0):
+        raise ValueError("label_hist must contain finite non-negative counts")
+    if isinstance(num_examples, bool) or int(num_examples) != num_examples or num_examples < 0:
+        raise ValueError(f"num_examples must be a non-negative integer, got {num_examples!r}")
+
+    if epsilon > 0:
+        node = int(message.metadata.dst_node_id)
+        rng = np.random.default_rng([abs(seed), abs(node)])
+        counts = _privatize(counts, epsilon, rng)
+
+    record = MetricRecord(
+        {"num-examples": int(num_examples), "label-hist": [float(c) for c in counts]}
+    )
+    return Message(RecordDict({PROFILE_KEY: record}), reply_to=message)
+
+
+def register_profiling(app: ClientApp, get_profile: ProfileFn, action: str = "default") -> None:
+    """Register the fedstrat profiling handler as ``app``'s query handler.
+
+    ``get_profile(context) -> (label_hist, num_examples)`` supplies the node's label counts and
+    size. Occupies the ``query.<action>`` message type (``"query"`` for the default action);
+    Flower raises ``ValueError`` if ``app`` already has one. Failures inside the handler are
+    returned to the server as error replies, never raised on the node.
+    """
+    if not callable(get_profile):
+        raise ValueError("get_profile must be a callable context -> (label_hist, num_examples)")
+
+    @replies_errors
+    def fedstrat_profile(message: Message, context: Context) -> Message:
+        label_hist, num_examples = get_profile(context)
+        return profile_reply(message, label_hist, num_examples)
+
+    app.query(action)(fedstrat_profile)
