@@ -1,0 +1,62 @@
+"""Stratified client sampling: strata, allocation, samplers, variance, design choice.
+
+Imports only numpy, scipy and scikit-learn (never torch or flwr).
+"""
+
+from .allocation import design_neyman_allocation, neyman_allocation, proportional_allocation
+from .design import DesignChoice, choose_design
+from .samplers import (
+    ClusteredSampler,
+    MultinomialSampler,
+    PowerOfChoiceSampler,
+    StratifiedSampler,
+    UniformSampler,
+    pps_inclusion,
+    systematic_pps,
+)
+from .selection import Sampler, Selection
+from .strata import (
+    Strata,
+    privatize_histogram,
+    sketch_update,
+    stratify_by_histograms,
+    stratify_by_sketches,
+)
+from .variance import (
+    StratumVarianceTracker,
+    VariancePrediction,
+    estimator_variance,
+    multinomial_variance,
+    predicted_variance,
+    stratum_statistics,
+    uniform_variance,
+)
+
+__all__ = [
+    "ClusteredSampler",
+    "DesignChoice",
+    "MultinomialSampler",
+    "PowerOfChoiceSampler",
+    "Sampler",
+    "Selection",
+    "StratifiedSampler",
+    "Strata",
+    "StratumVarianceTracker",
+    "UniformSampler",
+    "VariancePrediction",
+    "choose_design",
+    "design_neyman_allocation",
+    "estimator_variance",
+    "multinomial_variance",
+    "neyman_allocation",
+    "pps_inclusion",
+    "predicted_variance",
+    "privatize_histogram",
+    "proportional_allocation",
+    "sketch_update",
+    "stratify_by_histograms",
+    "stratify_by_sketches",
+    "stratum_statistics",
+    "systematic_pps",
+    "uniform_variance",
+]

@@ -1,0 +1,138 @@
+"""Choose number of strata and design by predicted variance, with a uniform fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._validate import as_count, as_sizes, as_updates
+from .allocation import neyman_allocation
+from .samplers import StratifiedSampler, UniformSampler
+from .strata import Strata, stratify_by_sketches
+from .variance import estimator_variance, stratum_statistics, uniform_variance
+
+__all__ = ["DesignChoice", "choose_design"]
+
+
+@dataclass(frozen=True)
+class DesignChoice:
+    """Result of :func:`choose_design`. ``design == "uniform"`` means no stratification."""
+
+    strata: Strata | None
+    design: str
+    allocation: np.ndarray | None
+    predicted_variance: float
+    uniform_variance: float
+    reason: str
+    candidates: list[dict] = field(default_factory=list)
+
+    @property
+    def n_strata(self) -> int:
+        """Number of strata (1 for uniform)."""
+        return 1 if self.strata is None else self.strata.n_strata
+
+    def make_sampler(
+        self, sizes: np.ndarray | list, m: int, seed: int = 0
+    ) -> UniformSampler | StratifiedSampler:
+        """Instantiate the chosen sampler."""
+        if self.strata is None or self.allocation is None:
+            return UniformSampler(sizes, m, seed=seed)
+        return StratifiedSampler(sizes, self.strata, self.allocation, self.design, seed=seed)
+
+
+def _neyman_for(
+    features: np.ndarray, sizes: np.ndarray, strata: Strata, m: int, design: str, min_per: int
+) -> np.ndarray:
+    p = sizes / sizes.sum()
+    if design == "pps":
+        st = stratum_statistics(features, sizes, strata)
+        return neyman_allocation(st["masses"], st["stds"], m, min_per, capacity=strata.sizes)
+    s_y = np.zeros(strata.n_strata)
+    for h in range(strata.n_strata):
+        mem = strata.members(h)
+        if len(mem) > 1:
+            y = p[mem, None] * features[mem]
+            s_y[h] = np.sqrt(np.sum((y - y.mean(axis=0)) ** 2) / (len(mem) - 1))
+    return neyman_allocation(strata.sizes, s_y, m, min_per)
+
+
+def choose_design(
+    sizes: np.ndarray | list,
+    features: np.ndarray,
+    m: int,
+    candidate_strata: Sequence[int] = (2, 3, 4, 5, 6, 8, 10),
+    designs: Sequence[str] = ("pps", "srswor"),
+    seed: int = 0,
+    normalize: bool = True,
+    min_per_stratum: int = 1,
+) -> DesignChoice:
+    """Pick ``(n_strata, design)`` with the smallest predicted variance, or uniform.
+
+    ``features`` (N, d) act as a proxy for client updates (``Delta_i ≈ features_i``; with
+    ``normalize=True`` rows are scaled to sum 1, e.g. label histograms -> label proportions).
+    For every feasible ``k`` in ``candidate_strata`` (``k <= m``, ``k < N``) clients are
+    clustered by k-means on the proxy, and for every design its Neyman allocation and its
+    variance (:func:`estimator_variance`: exact for srswor, Hansen-Hurwitz for pps) are computed
+    and compared with the exact SRSWOR variance :func:`uniform_variance`. The best candidate is
+    returned only if it is strictly below uniform; otherwise uniform is returned and ``reason``
+    says so.
+    """
+    sz = as_sizes(sizes)
+    n = len(sz)
+    m = as_count(m, "m")
+    if m > n:
+        raise ValueError(f"m={m} exceeds the number of clients {n}")
+    feats = as_updates(features, n)
+    if normalize:
+        if np.any(feats < 0):
+            raise ValueError("normalize=True needs non-negative features (histograms)")
+        tot = feats.sum(axis=1, keepdims=True)
+        if np.any(tot <= 0):
+            raise ValueError("normalize=True needs a positive row sum for every client")
+        feats = feats / tot
+    for d in designs:
+        if d not in ("pps", "srswor"):
+            raise ValueError(f"unknown design {d!r}")
+    v_uni = uniform_variance(feats, sz, m)
+    candidates: list[dict] = []
+    best: tuple[float, Strata, str, np.ndarray] | None = None
+    for k in sorted({int(k) for k in candidate_strata}):
+        if k < 2 or k > m or k >= n or k * min_per_stratum > m:
+            continue
+        strata = stratify_by_sketches(feats, n_strata=k, seed=seed)
+        for d in designs:
+            try:
+                alloc = _neyman_for(feats, sz, strata, m, d, min_per_stratum)
+            except ValueError:
+                continue
+            v = estimator_variance(feats, sz, strata, alloc, d)
+            candidates.append(
+                {
+                    "n_strata": strata.n_strata,
+                    "design": d,
+                    "variance": v,
+                    "allocation": alloc.tolist(),
+                }
+            )
+            if best is None or v < best[0]:
+                best = (v, strata, d, alloc)
+    if best is None or not best[0] < v_uni:
+        why = (
+            "no feasible stratified candidate"
+            if best is None
+            else (
+                f"best stratified candidate ({best[2]}, {best[1].n_strata} strata, "
+                f"{best[0]:.4g}) does not beat uniform ({v_uni:.4g})"
+            )
+        )
+        return DesignChoice(
+            None, "uniform", None, v_uni, v_uni, f"fallback to uniform: {why}", candidates
+        )
+    v, strata, d, alloc = best
+    reason = (
+        f"{d} with {strata.n_strata} strata (Neyman) predicted variance {v:.4g} "
+        f"vs uniform {v_uni:.4g} ({v_uni / v if v > 0 else np.inf:.2f}x lower)"
+    )
+    return DesignChoice(strata, d, alloc, v, v_uni, reason, candidates)

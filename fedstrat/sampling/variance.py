@@ -1,0 +1,310 @@
+"""Design variances (trace of covariance, ``E||T_hat - T||^2``) and per-stratum tracking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._validate import as_count, as_sizes, as_updates
+from .samplers import pps_inclusion
+from .strata import Strata
+
+__all__ = [
+    "StratumVarianceTracker",
+    "uniform_variance",
+    "multinomial_variance",
+    "estimator_variance",
+    "stratum_statistics",
+    "predicted_variance",
+    "VariancePrediction",
+]
+
+
+def _ss(x: np.ndarray) -> float:
+    """Sum of squared deviations from the mean, summed over dimensions."""
+    if x.shape[0] == 0:
+        return 0.0
+    return float(np.sum((x - x.mean(axis=0)) ** 2))
+
+
+def uniform_variance(updates: np.ndarray, sizes: np.ndarray | list, m: int) -> float:
+    """SRSWOR variance ``N^2 (1 - m/N) S_y^2 / m``, ``S_y^2 = sum ||y_i - ybar||^2 / (N-1)``,
+    ``y_i = p_i Delta_i`` (exact)."""
+    sz = as_sizes(sizes)
+    n = len(sz)
+    upd = as_updates(updates, n)
+    m = as_count(m, "m")
+    if m > n:
+        raise ValueError(f"m={m} exceeds the number of clients {n}")
+    if n == 1:
+        return 0.0
+    y = (sz / sz.sum())[:, None] * upd
+    return n * n * (1.0 - m / n) * _ss(y) / (n - 1) / m
+
+
+def multinomial_variance(updates: np.ndarray, sizes: np.ndarray | list, m: int) -> float:
+    """MD-sampling variance ``(1/m) sum_i p_i ||Delta_i - T||^2`` (exact)."""
+    sz = as_sizes(sizes)
+    upd = as_updates(updates, len(sz))
+    m = as_count(m, "m")
+    p = sz / sz.sum()
+    t = p @ upd
+    return float(p @ np.sum((upd - t) ** 2, axis=1)) / m
+
+
+def _check_alloc(strata: Strata, allocation: np.ndarray | list) -> np.ndarray:
+    alloc = np.asarray(allocation)
+    if alloc.shape != (strata.n_strata,) or np.any(alloc != np.round(alloc)):
+        raise ValueError(f"allocation must be {strata.n_strata} integers")
+    alloc = alloc.astype(np.int64)
+    if np.any(alloc < 1) or np.any(alloc > strata.sizes):
+        raise ValueError("allocation must satisfy 1 <= m_h <= N_h")
+    return alloc
+
+
+def estimator_variance(
+    updates: np.ndarray,
+    sizes: np.ndarray | list,
+    strata: Strata | np.ndarray | list,
+    allocation: np.ndarray | list,
+    design: str = "srswor",
+) -> float:
+    """Variance of the stratified estimator.
+
+    design="srswor" (exact): ``sum_h N_h^2 (1 - m_h/N_h) S_{y,h}^2 / m_h``.
+
+    design="pps" (Hansen-Hurwitz APPROXIMATION): certainty units contribute 0; for the
+    non-certainty units ``h'`` of stratum ``h``: ``V_h ≈ P_h'^2 sigma_h^2 / m_h'`` with
+    ``sigma_h^2 = sum_{i in h'} q_i ||Delta_i - Dbar_h||^2``, ``q_i = p_i / P_h'``. This is the
+    with-replacement variance; the without-replacement design is usually somewhat smaller.
+    """
+    sz = as_sizes(sizes)
+    n = len(sz)
+    upd = as_updates(updates, n)
+    st = strata if isinstance(strata, Strata) else Strata(strata)
+    if st.n_clients != n:
+        raise ValueError("strata must label every client")
+    alloc = _check_alloc(st, allocation)
+    p = sz / sz.sum()
+    total = 0.0
+    for h in range(st.n_strata):
+        mem = st.members(h)
+        mh, nh = int(alloc[h]), len(mem)
+        if design == "srswor":
+            if nh > 1:
+                s2 = _ss(p[mem, None] * upd[mem]) / (nh - 1)
+                total += nh * nh * (1.0 - mh / nh) * s2 / mh
+        elif design == "pps":
+            pi = pps_inclusion(p[mem], mh)
+            rest = mem[pi < 1.0]
+            m_rest = mh - int(np.sum(pi >= 1.0))
+            if len(rest) and m_rest > 0:
+                big_p = p[rest].sum()
+                q = p[rest] / big_p
+                dbar = q @ upd[rest]
+                sigma2 = float(q @ np.sum((upd[rest] - dbar) ** 2, axis=1))
+                total += big_p * big_p * sigma2 / m_rest
+        else:
+            raise ValueError(f"design must be 'pps' or 'srswor', got {design!r}")
+    return total
+
+
+@dataclass(frozen=True)
+class VariancePrediction:
+    """Predicted variances of the stratified design and of uniform SRSWOR (same statistics)."""
+
+    stratified: float
+    uniform: float
+
+
+def stratum_statistics(
+    updates: np.ndarray, sizes: np.ndarray | list, strata: Strata | np.ndarray | list
+) -> dict[str, np.ndarray]:
+    """Exact per-stratum ``counts`` N_h, ``masses`` P_h, p-weighted ``means`` Dbar_h and
+    ``stds`` sigma_h (``sigma_h^2 = sum_{i in h} q_i ||Delta_i - Dbar_h||^2``, ``q_i = p_i/P_h``).
+    These are what a :class:`StratumVarianceTracker` fed with HT weights estimates."""
+    sz = as_sizes(sizes)
+    upd = as_updates(updates, len(sz))
+    st = strata if isinstance(strata, Strata) else Strata(strata)
+    p = sz / sz.sum()
+    lab = st.labels
+    masses = np.bincount(lab, weights=p, minlength=st.n_strata)
+    means = np.zeros((st.n_strata, upd.shape[1]))
+    np.add.at(means, lab, p[:, None] * upd)
+    means /= masses[:, None]
+    dev = np.sum((upd - means[lab]) ** 2, axis=1)
+    var = np.bincount(lab, weights=p * dev, minlength=st.n_strata) / masses
+    return {
+        "counts": st.sizes.astype(np.float64),
+        "masses": masses,
+        "means": means,
+        "stds": np.sqrt(np.maximum(var, 0.0)),
+    }
+
+
+def predicted_variance(
+    counts: np.ndarray | list,
+    masses: np.ndarray | list,
+    stds: np.ndarray | list,
+    allocation: np.ndarray | list,
+    design: str = "pps",
+    means: np.ndarray | None = None,
+    m: int | None = None,
+) -> VariancePrediction:
+    """Predict stratified and uniform variance from per-stratum statistics.
+
+    Inputs are ``N_h``, ``P_h`` (sum 1), ``sigma_h`` (p-weighted within std of ``Delta``) and
+    optionally ``Dbar_h`` (p-weighted means), e.g. from a tracker. Approximations:
+
+    - pps: ``sum_h P_h^2 sigma_h^2 / m_h`` (Hansen-Hurwitz, certainty units ignored).
+    - srswor: ``p_i ≈ P_h / N_h`` in stratum h, so ``S_{y,h}^2 ≈ (P_h/N_h)^2 sigma_h^2 N_h /
+      (N_h - 1)`` and ``V = sum_h N_h^2 (1 - m_h/N_h) S_{y,h}^2 / m_h``.
+    - uniform with sample size ``m`` (default ``sum m_h``): ``N^2 (1 - m/N) S_y^2 / m`` with
+      ``(N-1) S_y^2 = within + between``: ``within = sum_h (P_h/N_h)^2 N_h sigma_h^2`` and
+      ``between = sum_h N_h ||ybar_h - ybar||^2``, ``ybar_h = P_h Dbar_h / N_h`` (exact),
+      ``ybar = sum_h P_h Dbar_h / N``. Without ``means`` the between term is omitted, so the
+      uniform prediction is then a lower bound.
+    """
+    cnt = np.asarray(counts, dtype=np.float64)
+    mass = np.asarray(masses, dtype=np.float64)
+    sd = np.asarray(stds, dtype=np.float64)
+    alloc = np.asarray(allocation, dtype=np.float64)
+    if not (cnt.shape == mass.shape == sd.shape == alloc.shape) or cnt.ndim != 1:
+        raise ValueError("counts, masses, stds and allocation must be 1-D of equal length")
+    for name, arr in (("counts", cnt), ("masses", mass), ("stds", sd)):
+        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+            raise ValueError(f"{name} must be finite and non-negative")
+    if np.any(alloc < 1) or np.any(alloc > cnt):
+        raise ValueError("allocation must satisfy 1 <= m_h <= N_h")
+    var_in = sd * sd
+    s_y2 = (mass / cnt) ** 2 * var_in * cnt / np.maximum(cnt - 1.0, 1.0)
+    if design == "pps":
+        strat = float(np.sum(mass * mass * var_in / alloc))
+    elif design == "srswor":
+        strat = float(np.sum(cnt * cnt * (1.0 - alloc / cnt) * s_y2 / alloc))
+    else:
+        raise ValueError(f"design must be 'pps' or 'srswor', got {design!r}")
+    n_total = float(cnt.sum())
+    m_u = float(alloc.sum()) if m is None else float(m)
+    within = float(np.sum((mass / cnt) ** 2 * cnt * var_in))
+    between = 0.0
+    if means is not None:
+        mu = np.asarray(means, dtype=np.float64)
+        if mu.ndim == 1:
+            mu = mu[:, None]
+        if mu.shape[0] != len(cnt):
+            raise ValueError("means must have one row per stratum")
+        ybar_h = mass[:, None] * mu / cnt[:, None]
+        ybar = (mass @ mu) / n_total
+        between = float(np.sum(cnt * np.sum((ybar_h - ybar) ** 2, axis=1)))
+    if n_total <= 1:
+        return VariancePrediction(strat, 0.0)
+    s2 = (within + between) / (n_total - 1.0)
+    uni = n_total**2 * (1.0 - m_u / n_total) * s2 / m_u
+    return VariancePrediction(strat, float(uni))
+
+
+class StratumVarianceTracker:
+    """Online per-stratum weighted mean and variance of update sketches.
+
+    Weighted Welford: for a new sketch ``x`` with weight ``w``: ``W += w``,
+    ``mean += (w/W)(x - mean)``, ``M2 += w (x - mean_old)·(x - mean_new)``; variance
+    ``M2 / W`` (trace, summed over dims). With ``ema=lambda`` in (0, 1) past statistics are
+    decayed first: ``W <- lambda W``, ``M2 <- lambda M2`` (exponentially weighted moments).
+    Feed ``weight = Selection.weights[i]`` (the HT weight ``p_i / pi_i``): the weighted moments
+    then estimate the p-weighted stratum mean ``Dbar_h`` and ``sigma_h^2`` used by the pps design
+    and :func:`design_neyman_allocation`.
+
+    ``stds()``: strata with fewer than 2 updates get ``prior_std`` or, if None, the pooled std
+    of the observed strata (``sqrt(sum M2 / sum W)``), or 1.0 when nothing was observed.
+    """
+
+    def __init__(
+        self, n_strata: int, dim: int, prior_std: float | None = None, ema: float | None = None
+    ) -> None:
+        self.n_strata = as_count(n_strata, "n_strata")
+        self.dim = as_count(dim, "dim")
+        if prior_std is not None and (not np.isfinite(prior_std) or prior_std < 0):
+            raise ValueError("prior_std must be finite and non-negative")
+        if ema is not None and not 0.0 < ema < 1.0:
+            raise ValueError("ema must be in (0, 1)")
+        self.prior_std = prior_std
+        self.ema = ema
+        self._w = np.zeros(self.n_strata)
+        self._mean = np.zeros((self.n_strata, self.dim))
+        self._m2 = np.zeros(self.n_strata)
+        self._n = np.zeros(self.n_strata, dtype=np.int64)
+
+    def update(self, stratum: int, sketch: np.ndarray, weight: float = 1.0) -> None:
+        """Add one observation ``sketch`` (dim,) of stratum ``stratum`` with weight ``weight``."""
+        h = int(stratum)
+        if not 0 <= h < self.n_strata:
+            raise ValueError(f"stratum {stratum} out of range 0..{self.n_strata - 1}")
+        x = np.asarray(sketch, dtype=np.float64).reshape(-1)
+        if x.shape != (self.dim,):
+            raise ValueError(f"sketch must have shape ({self.dim},), got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("sketch contains NaN or inf")
+        w = float(weight)
+        if not np.isfinite(w) or w <= 0:
+            raise ValueError("weight must be finite and positive")
+        if self.ema is not None:
+            self._w[h] *= self.ema
+            self._m2[h] *= self.ema
+        self._w[h] += w
+        delta = x - self._mean[h]
+        self._mean[h] += (w / self._w[h]) * delta
+        self._m2[h] += w * float(delta @ (x - self._mean[h]))
+        self._n[h] += 1
+
+    def counts(self) -> np.ndarray:
+        """Number of updates seen per stratum."""
+        return self._n.copy()
+
+    def means(self) -> np.ndarray:
+        """Weighted mean sketch per stratum (zeros where unobserved), shape (H, dim)."""
+        return self._mean.copy()
+
+    def variances(self) -> np.ndarray:
+        """Weighted within-stratum variance (trace) per stratum; NaN with < 2 updates."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            v = np.where(self._n >= 2, self._m2 / self._w, np.nan)
+        return np.maximum(v, 0.0)
+
+    def stds(self) -> np.ndarray:
+        """Per-stratum std; strata with < 2 updates get the prior (see class doc)."""
+        v = self.variances()
+        seen = self._n >= 2
+        if self.prior_std is not None:
+            prior = float(self.prior_std)
+        elif seen.any():
+            prior = float(np.sqrt(max(self._m2[seen].sum() / self._w[seen].sum(), 0.0)))
+        else:
+            prior = 1.0
+        return np.where(seen, np.sqrt(np.where(seen, v, 0.0)), prior)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointable state (plain numpy arrays and floats)."""
+        return {
+            "n_strata": self.n_strata,
+            "dim": self.dim,
+            "prior_std": self.prior_std,
+            "ema": self.ema,
+            "w": self._w.copy(),
+            "mean": self._mean.copy(),
+            "m2": self._m2.copy(),
+            "n": self._n.copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state produced by :meth:`state_dict`."""
+        if int(state["n_strata"]) != self.n_strata or int(state["dim"]) != self.dim:
+            raise ValueError("state_dict shape does not match this tracker")
+        self.prior_std = state["prior_std"]
+        self.ema = state["ema"]
+        self._w = np.asarray(state["w"], dtype=np.float64).copy()
+        self._mean = np.asarray(state["mean"], dtype=np.float64).copy()
+        self._m2 = np.asarray(state["m2"], dtype=np.float64).copy()
+        self._n = np.asarray(state["n"], dtype=np.int64).copy()
