@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -432,33 +433,43 @@ def load_criteo(
     cols = ["label", *CRITEO_INT, *CRITEO_CAT]
     try:
         with open_maybe_gzip(path) as fh:
-            df = pd.read_csv(
-                io.TextIOWrapper(fh, encoding="utf-8", errors="replace"),
-                sep="\t",
-                header=None,
-                names=cols,
-                nrows=max_rows,
-                dtype={
-                    **{c: "float64" for c in ["label", *CRITEO_INT]},
-                    **{c: str for c in CRITEO_CAT},
-                },
-                keep_default_na=False,
-                na_values={c: [""] for c in ["label", *CRITEO_INT]},
-                quoting=3,
-                on_bad_lines="error",
-            )
-    except Exception as exc:  # noqa: BLE001
+            lines = [ln for ln in itertools.islice(fh, max_rows) if ln.strip(b"\r\n")]
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"criteo: cannot read {path}: {exc}") from exc
+    if not lines:
+        raise DataError(f"criteo: {path} is empty")
+    bad = next((i for i, ln in enumerate(lines) if ln.count(b"\t") != 39), None)
+    if bad is not None:
+        ncols = lines[bad].count(b"\t") + 1
+        raise DataError(
+            f"criteo: {path} line {bad + 1} has {ncols} tab-separated "
+            "columns, expected 40 (label, 13 integer, 26 categorical): not a Criteo train.txt"
+        )
+    try:
+        df = pd.read_csv(
+            io.BytesIO(b"".join(lines)),
+            sep="\t",
+            header=None,
+            names=cols,
+            dtype={
+                **{c: "float64" for c in ["label", *CRITEO_INT]},
+                **{c: str for c in CRITEO_CAT},
+            },
+            keep_default_na=False,
+            na_values={c: [""] for c in ["label", *CRITEO_INT]},
+            quoting=3,
+            encoding="utf-8",
+            encoding_errors="replace",
+        )
+    except (ValueError, pd.errors.ParserError) as exc:
         raise DataError(
             f"criteo: {path} is not a Criteo train.txt (label, 13 integer and 26 categorical "
             f"tab-separated columns): {exc}"
         ) from exc
-    if df.empty:
-        raise DataError(f"criteo: {path} is empty")
+    del lines
     label = df["label"].to_numpy()
     if np.isnan(label).any() or not np.isin(label, (0.0, 1.0)).all():
         raise DataError(f"criteo: {path}: the first column (label) must be 0 or 1")
-    if df[CRITEO_CAT[-1]].isna().any():
-        raise DataError(f"criteo: {path}: some rows have fewer than 40 columns")
     table = pd.DataFrame({c: log_bucket(df[c].to_numpy()) for c in CRITEO_INT})
     for c in CRITEO_CAT:
         table[c] = df[c].fillna("")

@@ -6,6 +6,7 @@ import functools
 import pickle
 import struct
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -67,12 +68,23 @@ def _finish(
 # ----------------------------------------------------------------------------- digits
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    # The CSV that sklearn.datasets.load_digits reads; read directly because importing
+    # sklearn.datasets costs seconds. Falls back to load_digits if the layout ever changes.
+    pkg = package_dir("sklearn")
+    path = pkg / "datasets" / "data" / "digits.csv.gz" if pkg is not None else None
+    if path is not None and path.is_file():
+        values = pd.read_csv(path, header=None, dtype=np.int64).to_numpy()
+        if values.shape != (1797, 65):
+            raise DataError(f"digits: {path} has shape {values.shape}, expected (1797, 65)")
+        images, target = values[:, :64].reshape(-1, 8, 8), values[:, 64]
+    else:  # pragma: no cover - depends on the installed scikit-learn
+        from sklearn.datasets import load_digits as sk_load_digits
 
-    bunch = load_digits()
-    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
+        bunch = sk_load_digits()
+        images, target = bunch.images, bunch.target
+    x = (images.astype(np.float32) / 16.0)[:, None, :, :]
     x.setflags(write=False)
-    y = bunch.target.astype(np.int64)
+    y = target.astype(np.int64)
     y.setflags(write=False)
     return x, y
 
@@ -160,7 +172,7 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with open_maybe_gzip(path) as fh:
             data = fh.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"cannot read IDX file {path}: {exc}") from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number {data[:4].hex()})")
@@ -294,7 +306,7 @@ def _cifar_arrays(root: Path | None) -> tuple[np.ndarray, ...]:
                     if member is None:
                         raise KeyError(fname)
                     batches[fname] = _parse_cifar_batch(member.read(), f"{tar_path}:{fname}")
-        except (KeyError, tarfile.TarError, OSError, EOFError) as exc:
+        except (KeyError, tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             raise DataError(
                 f"cifar10: {tar_path} is not a complete CIFAR-10 python archive ({exc}); "
                 "replace it with cifar-10-python.tar.gz or extract it to "

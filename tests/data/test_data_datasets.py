@@ -14,7 +14,15 @@ needs_recbole = pytest.mark.skipif(not HAS_RECBOLE, reason="recbole wheel (Movie
 
 
 def test_digits_shapes_and_split() -> None:
+    from sklearn.datasets import load_digits
+
+    ref = load_digits()
     ds = load_dataset("digits")
+    # same images and labels as scikit-learn's loader (as a multiset of (image, label) rows)
+    ours = np.concatenate([ds.x, ds.x_test]).reshape(1797, 64) * 16
+    both = np.concatenate([ours, np.concatenate([ds.y, ds.y_test])[:, None]], axis=1)
+    theirs = np.concatenate([ref.data, ref.target[:, None]], axis=1)
+    np.testing.assert_array_equal(np.unique(both, axis=0), np.unique(theirs, axis=0))
     assert ds.task == "classification" and ds.num_classes == 10
     assert ds.x.dtype == np.float32 and ds.x.shape[1:] == (1, 8, 8)
     assert ds.y.dtype == np.int64
