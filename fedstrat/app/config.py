@@ -88,6 +88,7 @@ class RunConfig:
     target_accuracy: float = 0.0  # 0 = per-dataset default
     node_wait_timeout: float = 60.0
     round_timeout: float = 600.0
+    resume: str = ""  # run directory (or its checkpoint/) to continue from; "" = fresh run
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> RunConfig:

@@ -1,0 +1,137 @@
+"""Per-round checkpoints in ``<run dir>/checkpoint/``.
+
+Files (written in this order, each atomically; ``state.json`` last, so it always points at
+complete array files)::
+
+    arrays-r<round>.npz      global model arrays (ArrayRecord keys, in order)
+    server-opt-r<round>.npz  server-optimizer moments of FedAdam/FedYogi (``m_t.<key>``,
+                             ``v_t.<key>``), only for those strategies
+    state.json               {"round", "array_keys", "arrays_file", "server_opt_file",
+                              "strategy_state", "metrics", "elapsed", "config"}
+
+Older array files are removed after ``state.json`` has been replaced.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedstrat.app.config import ConfigError
+from fedstrat.app.rundir import CHECKPOINT_DIR, write_bytes_atomic, write_json_atomic
+
+STATE_FILE = "state.json"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint."""
+
+    round: int
+    arrays: dict[str, np.ndarray]
+    server_opt: dict[str, dict[str, np.ndarray]]
+    strategy_state: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    elapsed: float
+    config: dict[str, Any]
+
+
+def find_checkpoint_dir(path: str | Path) -> Path:
+    """``path`` itself if it holds ``state.json``, else ``path/checkpoint``; ConfigError if
+    neither has one."""
+    p = Path(path).expanduser()
+    for cand in (p, p / CHECKPOINT_DIR):
+        if (cand / STATE_FILE).is_file():
+            return cand.resolve()
+    raise ConfigError(f"resume: no checkpoint found in {p} (expected {p / CHECKPOINT_DIR})")
+
+
+def checkpoint_round(ckpt_dir: Path) -> int:
+    """The round number stored in a checkpoint folder."""
+    try:
+        state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text(encoding="utf-8"))
+        return int(state["round"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"resume: unreadable checkpoint in {ckpt_dir}: {exc}") from exc
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buf.getvalue()
+
+
+def save_checkpoint(
+    run_dir: Path,
+    *,
+    round: int,  # noqa: A002 - the natural name
+    arrays: Mapping[str, np.ndarray],
+    strategy_state: Mapping[str, Any],
+    metrics: Sequence[Mapping[str, Any]],
+    elapsed: float,
+    config: Mapping[str, Any],
+    server_opt: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+) -> Path:
+    """Write the checkpoint of ``round`` (see the module docstring); returns its folder."""
+    ckpt = Path(run_dir) / CHECKPOINT_DIR
+    ckpt.mkdir(parents=True, exist_ok=True)
+    arrays_file = f"arrays-r{round}.npz"
+    write_bytes_atomic(ckpt / arrays_file, _npz_bytes(arrays))
+    opt_file = None
+    if server_opt:
+        flat = {
+            f"{name}.{k}": v for name, moments in server_opt.items() for k, v in moments.items()
+        }
+        opt_file = f"server-opt-r{round}.npz"
+        write_bytes_atomic(ckpt / opt_file, _npz_bytes(flat))
+    write_json_atomic(
+        ckpt / STATE_FILE,
+        {
+            "round": round,
+            "array_keys": list(arrays.keys()),
+            "arrays_file": arrays_file,
+            "server_opt_file": opt_file,
+            "server_opt_names": sorted(server_opt) if server_opt else [],
+            "strategy_state": dict(strategy_state),
+            "metrics": list(metrics),
+            "elapsed": elapsed,
+            "config": dict(config),
+        },
+    )
+    keep = {arrays_file, opt_file, STATE_FILE}
+    for old in ckpt.glob("*.npz"):
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
+    return ckpt
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load the checkpoint in ``path`` (a run directory or its ``checkpoint/`` folder)."""
+    ckpt = find_checkpoint_dir(path)
+    try:
+        state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
+        with np.load(ckpt / state["arrays_file"], allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in state["array_keys"]}
+        server_opt: dict[str, dict[str, np.ndarray]] = {}
+        if state.get("server_opt_file"):
+            with np.load(ckpt / state["server_opt_file"], allow_pickle=False) as npz:
+                for name in npz.files:
+                    group, key = name.split(".", 1)
+                    server_opt.setdefault(group, {})[key] = npz[name]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"resume: unreadable checkpoint in {ckpt}: {exc}") from exc
+    return Checkpoint(
+        round=int(state["round"]),
+        arrays=arrays,
+        server_opt=server_opt,
+        strategy_state=state.get("strategy_state") or {},
+        metrics=state.get("metrics") or [],
+        elapsed=float(state.get("elapsed") or 0.0),
+        config=state.get("config") or {},
+    )

@@ -1,0 +1,180 @@
+"""A Grid view with stable node ids, so that runs are reproducible and resumable.
+
+Flower draws node ids at random when nodes register (in simulation: anew for every run). The
+selection strategy draws clients by node id, and its checkpointed state (profiles, strata) is
+keyed by node id, so with raw ids the same seed would pick different data partitions in two runs
+and a resumed run could not reuse its state. :class:`StableNodeGrid` asks every new node once
+(the profile query of docs/design.md) and gives it the id ``1 + partition-id`` when every reply
+carries ``partition-id`` (optional field of the profile reply: the node's
+``node_config["partition-id"]``). Otherwise, for the first nodes, the ids are ``1 + rank`` of
+the replies' exact ``(num-examples, label-hist)``, which depends only on the data partition
+(with ``profile-epsilon = 0``). Nodes left over (no reply, duplicate profiles, late joiners
+without a partition id) keep their Flower id, with a warning: such runs are not reproducible
+across restarts.
+
+Everything above the grid (the strategy) sees only stable ids: ``get_node_ids`` returns them,
+outgoing messages are re-addressed to the Flower id and replies are re-labelled with the stable
+id of their sender. Replies are returned sorted by sender, so aggregation order (and hence the
+floating-point result) does not depend on arrival order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+PROFILE_KEY = "fedstrat-profile"
+log = logging.getLogger("fedstrat.app")
+
+
+class StableNodeGrid(Grid):
+    """Wrap ``grid`` so that node ids are ``1 + partition-id`` (see the module docstring).
+
+    ``epsilon``/``seed`` fill the profile query's ConfigRecord; ``timeout`` bounds the wait for
+    profile replies (seconds).
+    """
+
+    def __init__(
+        self, grid: Grid, *, epsilon: float = 0.0, seed: int = 0, timeout: float = 60.0
+    ) -> None:
+        self._grid = grid
+        self._epsilon = float(epsilon)
+        self._seed = int(seed)
+        self._timeout = float(timeout)
+        self._to_real: dict[int, int] = {}
+        self._to_stable: dict[int, int] = {}
+        self.unstable: set[int] = set()
+
+    # -------------------------------------------------------------------- id mapping
+    @property
+    def mapping(self) -> dict[int, int]:
+        """Stable id -> Flower node id of every node seen so far."""
+        return dict(self._to_real)
+
+    def _real(self, node_id: int) -> int:
+        return self._to_real.get(node_id, node_id)
+
+    def _stable(self, node_id: int) -> int:
+        return self._to_stable.get(node_id, node_id)
+
+    def _register(self, new: list[int]) -> None:
+        content = RecordDict(
+            {PROFILE_KEY: ConfigRecord({"epsilon": self._epsilon, "seed": self._seed})}
+        )
+        msgs = [
+            self._grid.create_message(content, MessageType.QUERY, nid, "fedstrat-node-ids")
+            for nid in new
+        ]
+        replies = list(self._grid.send_and_receive(msgs, timeout=self._timeout))
+        pid_of: dict[int, int] = {}
+        content_key: dict[int, tuple[float, ...]] = {}
+        for rep in replies:
+            if rep.has_error() or PROFILE_KEY not in rep.content:
+                continue
+            rec = rep.content[PROFILE_KEY]
+            src = rep.metadata.src_node_id
+            pid = rec.get("partition-id")
+            if isinstance(pid, int | float) and float(pid).is_integer() and pid >= 0:
+                pid_of[src] = int(pid)
+            n, hist = rec.get("num-examples"), rec.get("label-hist")
+            if isinstance(n, int | float) and isinstance(hist, list):
+                content_key[src] = (float(n), *(float(h) for h in hist))
+        stable_of: dict[int, int] = {}
+        if len(pid_of) == len(new):
+            stable_of = {nid: pid + 1 for nid, pid in pid_of.items()}
+        elif not self._to_real and len(content_key) == len(new):
+            # No partition ids reported: order the first nodes by their (exact) profile, which
+            # is a function of the data partition only; ties leave the order undetermined.
+            keys = sorted(content_key.values())
+            if len(set(keys)) == len(keys):
+                stable_of = {nid: keys.index(k) + 1 for nid, k in content_key.items()}
+        for nid in sorted(new):
+            stable = stable_of.get(nid)
+            if stable is not None and stable not in self._to_real and stable not in self._to_stable:
+                self._to_real[stable] = nid
+                self._to_stable[nid] = stable
+            else:
+                self._to_real[nid] = nid
+                self._to_stable[nid] = nid
+                self.unstable.add(nid)
+        if self.unstable:
+            log.warning(
+                "%d node(s) reported no (or a duplicate) partition-id; they keep Flower's "
+                "random node ids, so this run is not reproducible across restarts",
+                len(self.unstable),
+            )
+
+    def _refresh(self) -> list[int]:
+        real = [int(n) for n in self._grid.get_node_ids()]
+        new = [n for n in real if n not in self._to_stable]
+        if new:
+            self._register(new)
+        return real
+
+    # -------------------------------------------------------------------- Grid API
+    def set_run(self, run: Any) -> None:  # noqa: D102 - delegated
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Any:  # noqa: D102 - delegated
+        return self._grid.run
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Stable ids of the connected nodes, sorted."""
+        return sorted(self._stable(n) for n in self._refresh())
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """Like ``Grid.create_message``; ``dst_node_id`` is a stable id."""
+        real = self._real(dst_node_id)
+        return self._grid.create_message(content, message_type, real, group_id, ttl)
+
+    def _readdress(self, messages: Iterable[Message]) -> list[tuple[Message, int]]:
+        out = []
+        for m in messages:
+            original = m.metadata.dst_node_id
+            m.metadata.dst_node_id = self._real(original)
+            out.append((m, original))
+        return out
+
+    def _relabel(self, replies: Iterable[Message]) -> list[Message]:
+        out = list(replies)
+        for r in out:
+            r.metadata.__dict__["_src_node_id"] = self._stable(r.metadata.src_node_id)
+        out.sort(key=lambda r: (r.metadata.src_node_id, r.metadata.reply_to_message_id))
+        return out
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Push messages addressed with stable ids."""
+        sent = self._readdress(messages)
+        try:
+            return self._grid.push_messages([m for m, _ in sent])
+        finally:
+            for m, original in sent:
+                m.metadata.dst_node_id = original
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Pull replies; their senders carry stable ids."""
+        return self._relabel(self._grid.pull_messages(message_ids))
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Send messages addressed with stable ids; replies sorted by stable sender id."""
+        sent = self._readdress(messages)
+        try:
+            replies = self._grid.send_and_receive([m for m, _ in sent], timeout=timeout)
+        finally:
+            for m, original in sent:
+                m.metadata.dst_node_id = original
+        return self._relabel(replies)

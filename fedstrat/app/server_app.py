@@ -1,0 +1,417 @@
+"""The fedstrat ServerApp: ``fedstrat.app.server_app:app``.
+
+One job = one :class:`~fedstrat.app.config.RunConfig` (read from ``context.run_config``).
+The server builds the initial model (seeded), a Flower base strategy (FedAvg, FedProx, FedAdam
+or FedYogi, ``fraction_evaluate=0``: evaluation is centralised on the dataset's test split)
+wrapped in :class:`fedstrat.strategies.StratifiedSelection`, and runs the rounds itself.
+
+Why its own round loop instead of ``Strategy.start``: ``start`` always counts rounds from 1
+and offers no per-round hook besides ``evaluate_fn``. A resumed run must continue at round
+r + 1 (client training and selection are seeded by the round number) and every round must
+write metrics, progress and a checkpoint. :func:`run_rounds` performs exactly the calls of
+``Strategy.start`` for each round (configure_train -> send_and_receive -> aggregate_train ->
+configure_evaluate -> send_and_receive -> aggregate_evaluate -> centralised evaluation) and
+then calls a hook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi, Strategy
+
+from fedstrat.app.checkpoint import load_checkpoint, save_checkpoint
+from fedstrat.app.config import RunConfig
+from fedstrat.app.grid import StableNodeGrid
+from fedstrat.app.rundir import (
+    LOGS_DIR,
+    MODEL_FILE,
+    PROGRESS_FILE,
+    SAMPLING_FILE,
+    SUMMARY_FILE,
+    append_jsonl,
+    default_run_dir,
+    primary_metric,
+    read_jsonl,
+    summarize,
+    write_bytes_atomic,
+    write_config,
+    write_json_atomic,
+    write_metrics,
+    write_plots,
+)
+
+log = logging.getLogger("fedstrat.app")
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower entry point: run the job described by ``context.run_config``."""
+    cfg = RunConfig.from_mapping(dict(context.run_config)).validate()
+    run_server(grid, cfg)
+
+
+# ---------------------------------------------------------------------------- building blocks
+def build_base_strategy(cfg: RunConfig) -> Strategy:
+    """The Flower strategy whose aggregation rule / server optimiser is kept.
+
+    ``fraction_evaluate=0`` (no federated evaluation); minimum node counts are 1 because the
+    selection wrapper decides how many nodes take part.
+    """
+    common: dict[str, Any] = {
+        "fraction_train": 1.0,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 0,
+        "min_available_nodes": 1,
+    }
+    if cfg.strategy == "fedavg":
+        return FedAvg(**common)
+    if cfg.strategy == "fedprox":
+        return FedProx(proximal_mu=cfg.proximal_mu, **common)
+    if cfg.strategy == "fedadam":
+        return FedAdam(eta=cfg.server_lr, **common)
+    if cfg.strategy == "fedyogi":
+        return FedYogi(eta=cfg.server_lr, **common)
+    raise ValueError(f"unknown strategy {cfg.strategy!r}")
+
+
+def build_strategy(cfg: RunConfig, base: Strategy, record_path: Path | None) -> Strategy:
+    """``StratifiedSelection(base, ...)`` configured from ``cfg``."""
+    from fedstrat.strategies import StratifiedSelection
+
+    return StratifiedSelection(
+        base,
+        clients_per_round=cfg.clients_per_round,
+        selection=cfg.selection,
+        allocation=cfg.allocation,
+        design=cfg.design,
+        estimator=cfg.estimator,
+        n_strata=cfg.n_strata or None,
+        stratify_by=cfg.stratify_by,
+        restratify_every=cfg.restratify_every,
+        profile_epsilon=cfg.profile_epsilon,
+        poc_d=cfg.poc_d or None,
+        node_wait_timeout=cfg.node_wait_timeout,
+        seed=cfg.seed,
+        record_path=None if record_path is None else str(record_path),
+    )
+
+
+def train_config(cfg: RunConfig) -> ConfigRecord:
+    """The train ConfigRecord of docs/design.md (the strategy adds ``server-round``;
+    FedProx sets its own ``proximal-mu``)."""
+    return ConfigRecord(
+        {
+            "local-epochs": cfg.local_epochs,
+            "local-steps": cfg.local_steps,
+            "lr": cfg.lr,
+            "batch-size": cfg.batch_size,
+            "optimizer": cfg.optimizer,
+            "proximal-mu": cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
+            "clip-norm": cfg.clip_norm,
+            "seed": cfg.seed,
+        }
+    )
+
+
+class CentralEvaluator:
+    """``evaluate_fn(round, arrays)`` on the test split: accuracy/loss or AUC/logloss."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        from fedstrat.data import load_dataset
+        from fedstrat.models import build_model, default_model_for, get_device
+
+        self.dataset = load_dataset(cfg.dataset, root=cfg.data_root or None, seed=cfg.seed)
+        self.task = self.dataset.task
+        self.model_name = cfg.model or default_model_for(self.dataset)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(self.model_name, self.dataset)
+        self.device = get_device(cfg.device)
+
+    def initial_arrays(self) -> ArrayRecord:
+        """The seeded initial model as an ArrayRecord (state_dict keys)."""
+        return ArrayRecord(self.model.state_dict())
+
+    def load(self, arrays: ArrayRecord) -> torch.nn.Module:
+        """Load ``arrays`` into the server's model copy and return it."""
+        self.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        return self.model
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        from fedstrat.models import evaluate
+
+        res = evaluate(
+            self.load(arrays), self.dataset.x_test, self.dataset.y_test, self.task,
+            device=self.device,
+        )
+        score, loss = primary_metric(self.task)
+        src_loss = "logloss" if self.task == "ctr" else "loss"
+        return MetricRecord({score: float(res[score]), loss: float(res[src_loss])})
+
+
+def _server_opt_state(base: Strategy) -> dict[str, dict[str, np.ndarray]]:
+    """FedAdam/FedYogi moments (``m_t``, ``v_t``) if they exist yet."""
+    out = {}
+    for name in ("m_t", "v_t"):
+        moments = getattr(base, name, None)
+        if isinstance(moments, dict) and moments:
+            out[name] = {k: np.asarray(v) for k, v in moments.items()}
+    return out
+
+
+def _restore_server_opt(base: Strategy, state: dict[str, dict[str, np.ndarray]]) -> None:
+    for name, moments in state.items():
+        setattr(base, name, {k: np.array(v) for k, v in moments.items()})
+
+
+def _first(mapping: Any, *keys: str) -> Any:
+    if mapping is None:
+        return None
+    for k in keys:
+        try:
+            if k in mapping and mapping[k] is not None:
+                return mapping[k]
+        except TypeError:
+            continue
+    return None
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def round_row(
+    rnd: int,
+    train_metrics: MetricRecord | None,
+    record: dict[str, Any] | None,
+    eval_metrics: MetricRecord | None,
+    seconds: float,
+    elapsed: float,
+) -> dict[str, Any]:
+    """One metrics row from the aggregated train metrics, the strategy's record of the round
+    and the centralised evaluation (see ``fedstrat.app.rundir.METRIC_COLUMNS``)."""
+    row: dict[str, Any] = {"round": rnd, "seconds": seconds, "elapsed": elapsed}
+    if eval_metrics is not None:
+        for k in ("accuracy", "loss", "auc", "logloss"):
+            if k in eval_metrics:
+                row[k] = _num(eval_metrics[k])
+    row["train_loss"] = _num(_first(train_metrics, "train-loss"))
+    pv = _first(train_metrics, "fedstrat-pred-var")
+    pvu = _first(train_metrics, "fedstrat-pred-var-uniform")
+    ratio = _first(train_metrics, "fedstrat-var-ratio")
+    if record:
+        pv = pv if pv is not None else _first(record, "pred_var", "predicted_variance")
+        pvu = pvu if pvu is not None else _first(record, "pred_var_uniform", "uniform_variance")
+        ratio = ratio if ratio is not None else _first(record, "var_ratio", "ratio")
+    row["pred_var"], row["pred_var_uniform"] = _num(pv), _num(pvu)
+    row["var_ratio"] = _num(ratio)
+    if row["var_ratio"] is None and row["pred_var"] and row["pred_var_uniform"] is not None:
+        row["var_ratio"] = row["pred_var_uniform"] / row["pred_var"]
+    n_failed = _first(train_metrics, "fedstrat-n-failed")
+    n_rejected = _first(train_metrics, "fedstrat-n-rejected")
+    selected = _first(record, "selected", "selected_nodes", "selected_ids")
+    row["n_selected"] = len(selected) if isinstance(selected, list) else None
+    row["n_failed"] = int(n_failed) if _num(n_failed) is not None else None
+    row["n_rejected"] = int(n_rejected) if _num(n_rejected) is not None else None
+    return row
+
+
+RoundHook = Callable[[int, ArrayRecord, MetricRecord | None, MetricRecord | None], None]
+
+
+def run_rounds(
+    strategy: Strategy,
+    grid: Grid,
+    arrays: ArrayRecord,
+    *,
+    first_round: int,
+    last_round: int,
+    train_cfg: ConfigRecord,
+    timeout: float,
+    evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None,
+    on_round: RoundHook,
+) -> ArrayRecord:
+    """Rounds ``first_round..last_round`` with the calls of ``Strategy.start``; after each,
+    ``on_round(round, arrays, train_metrics, eval_metrics)``. Returns the final arrays."""
+    for rnd in range(first_round, last_round + 1):
+        log.info("[ROUND %s/%s]", rnd, last_round)
+        replies = grid.send_and_receive(
+            messages=strategy.configure_train(rnd, arrays, ConfigRecord(dict(train_cfg)), grid),
+            timeout=timeout,
+        )
+        new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+        else:
+            log.warning("round %d: no aggregate (every reply failed); model unchanged", rnd)
+        eval_msgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid))
+        if eval_msgs:
+            strategy.aggregate_evaluate(rnd, grid.send_and_receive(eval_msgs, timeout=timeout))
+        eval_metrics = evaluate_fn(rnd, arrays) if evaluate_fn is not None else None
+        on_round(rnd, arrays, train_metrics, eval_metrics)
+    return arrays
+
+
+def _attach_log_file(run_dir: Path) -> logging.Handler:
+    (run_dir / LOGS_DIR).mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / LOGS_DIR / "server.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("flwr", "fedstrat"):
+        logging.getLogger(name).addHandler(handler)
+    logging.getLogger("fedstrat").setLevel(logging.INFO)
+    return handler
+
+
+def _truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    if path.is_file():
+        kept = [r for r in read_jsonl(path) if keep(r)]
+        import json
+
+        write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+# ---------------------------------------------------------------------------- the job
+def run_server(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
+    """Run the whole job on ``grid``; writes the run directory and returns the summary."""
+    t0 = time.perf_counter()
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    run_dir = run_dir.expanduser().resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(cfg, out=str(run_dir))
+    handler = _attach_log_file(run_dir)
+    progress = run_dir / PROGRESS_FILE
+    try:
+        return _run(grid, cfg, run_dir, progress, t0)
+    except BaseException as exc:
+        append_jsonl(
+            progress,
+            {
+                "event": "error",
+                "message": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+                "time": datetime.now(timezone.utc).isoformat(),
+            },
+        )
+        raise
+    finally:
+        for name in ("flwr", "fedstrat"):
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
+
+
+def _run(grid: Grid, cfg: RunConfig, run_dir: Path, progress: Path, t0: float) -> dict[str, Any]:
+    resuming = bool(cfg.resume)
+    ckpt = load_checkpoint(cfg.resume) if resuming else None
+    append_jsonl(
+        progress,
+        {
+            "event": "start",
+            "rounds": cfg.rounds,
+            "first_round": (ckpt.round + 1) if ckpt else 1,
+            "resumed_from": ckpt.round if ckpt else None,
+            "time": datetime.now(timezone.utc).isoformat(),
+        },
+    )
+    write_config(run_dir, cfg)
+    evaluator = CentralEvaluator(cfg)
+    base = build_base_strategy(cfg)
+    sampling_path = run_dir / SAMPLING_FILE
+    strategy = build_strategy(cfg, base, sampling_path)
+    stable_grid = StableNodeGrid(
+        grid, epsilon=cfg.profile_epsilon, seed=cfg.seed, timeout=cfg.node_wait_timeout
+    )
+    rows: list[dict[str, Any]]
+    if ckpt is not None:
+        arrays = ArrayRecord({k: v for k, v in ckpt.arrays.items()})
+        strategy.load_state_dict(ckpt.strategy_state)
+        _restore_server_opt(base, ckpt.server_opt)
+        rows = [dict(r) for r in ckpt.metrics]
+        elapsed0 = ckpt.elapsed
+        first = ckpt.round + 1
+        done = ckpt.round
+        _truncate_jsonl(sampling_path, lambda r: int(r.get("round", 0)) <= done)
+    else:
+        if sampling_path.exists():
+            sampling_path.unlink()
+        arrays = evaluator.initial_arrays()
+        init = evaluator(0, arrays)
+        rows = [round_row(0, None, None, init, 0.0, 0.0)]
+        elapsed0 = 0.0
+        first = 1
+    t_loop = time.perf_counter()
+    t_round = [time.perf_counter()]
+
+    def on_round(
+        rnd: int, arrs: ArrayRecord, train_m: MetricRecord | None, eval_m: MetricRecord | None
+    ) -> None:
+        now = time.perf_counter()
+        records = getattr(strategy, "records", None)
+        record = records[-1] if records else None
+        elapsed = elapsed0 + (now - t_loop)
+        row = round_row(rnd, train_m, record, eval_m, now - t_round[0], elapsed)
+        rows.append(row)
+        write_metrics(run_dir, rows)
+        save_checkpoint(
+            run_dir,
+            round=rnd,
+            arrays={k: v.numpy() for k, v in arrs.items()},
+            strategy_state=strategy.state_dict(),
+            server_opt=_server_opt_state(base),
+            metrics=rows,
+            elapsed=elapsed,
+            config=cfg.to_dict(),
+        )
+        append_jsonl(progress, {"event": "round", "rounds": cfg.rounds, **row})
+        t_round[0] = time.perf_counter()
+
+    def evaluate_fn(rnd: int, arrs: ArrayRecord) -> MetricRecord | None:
+        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+            return evaluator(rnd, arrs)
+        return None
+
+    arrays = run_rounds(
+        strategy,
+        stable_grid,
+        arrays,
+        first_round=first,
+        last_round=cfg.rounds,
+        train_cfg=train_config(cfg),
+        timeout=cfg.round_timeout,
+        evaluate_fn=evaluate_fn,
+        on_round=on_round,
+    )
+    write_metrics(run_dir, rows)
+    model = evaluator.load(arrays)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    write_bytes_atomic(run_dir / MODEL_FILE, buf.getvalue())
+    write_plots(run_dir, rows, evaluator.task)
+    summary = summarize(rows, cfg, evaluator.task, wall_seconds=time.perf_counter() - t0)
+    summary["model"] = evaluator.model_name
+    summary["resumed_from"] = ckpt.round if ckpt else None
+    summary["unstable_nodes"] = len(stable_grid.unstable)
+    write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    append_jsonl(
+        progress,
+        {"event": "end", "summary": summary, "time": datetime.now(timezone.utc).isoformat()},
+    )
+    return summary

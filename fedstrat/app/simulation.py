@@ -1,0 +1,397 @@
+"""Run a fedstrat job as a Flower simulation on this machine, without deprecated entry points.
+
+Route (Flower 1.41; ``flwr.simulation.run_simulation`` is deprecated in favour of ``flwr run``):
+
+1. start our OWN ``flower-superlink --insecure --simulation --isolation subprocess
+   --disable-runtime-dependency-installation`` on a free ``127.0.0.1`` port, with a private
+   ``FLWR_HOME`` in a temporary folder (its Flower config holds one SuperLink connection,
+   ``fedstrat``, pointing at that port; the user's ``~/.flwr`` is never touched);
+2. submit the Flower App shipped in the package (``fedstrat/app/flwr_app``: a pyproject whose
+   components are ``fedstrat.app.server_app:app`` and ``fedstrat.clients.client_app:app``) with
+   ``flwr run <app> fedstrat --run-config <toml> --federation-config "num-supernodes=N
+   client-resources-num-cpus=1 init-args-num-cpus=C" --stream``; its output (Flower's logs) goes
+   to ``<run dir>/logs/flower.log``;
+3. follow ``<run dir>/progress.jsonl`` (written by the ServerApp after every round) and call
+   ``on_round`` for each round;
+4. stop everything in ``finally`` (also on errors and Ctrl-C): every process started here carries
+   a unique ``FEDSTRAT_SIM_TAG`` environment marker, so SuperLink, SuperExec, the simulation
+   process and Ray's processes are found in ``/proc`` and terminated by PID (SIGTERM, then
+   SIGKILL), even those that started their own session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import fedstrat
+from fedstrat.app import procs
+from fedstrat.app.checkpoint import checkpoint_round, find_checkpoint_dir
+from fedstrat.app.config import ConfigError, RunConfig
+from fedstrat.app.rundir import (
+    CONFIG_FILE,
+    LOGS_DIR,
+    METRICS_JSON,
+    PROGRESS_FILE,
+    SUMMARY_FILE,
+    default_run_dir,
+    flat_toml,
+    read_jsonl,
+    write_json_atomic,
+)
+
+#: Options that may differ between a run and its resumption (they do not change the model).
+RESUMABLE_OPTIONS = frozenset(
+    {
+        "rounds",
+        "out",
+        "resume",
+        "eval_every",
+        "target_accuracy",
+        "node_wait_timeout",
+        "round_timeout",
+        "device",
+        "data_root",
+    }
+)
+CONNECTION = "fedstrat"
+SUPERLINK_START_TIMEOUT = 60.0
+
+
+class SimulationError(RuntimeError):
+    """The simulation did not finish; the message names the cause and the log file."""
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_simulation_job` returns."""
+
+    run_dir: Path
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def flwr_app_dir() -> Path:
+    """The Flower App directory shipped inside the package (``flwr run`` target)."""
+    return Path(__file__).resolve().parent / "flwr_app"
+
+
+# ---------------------------------------------------------------------------- config
+def resume_config(run_dir: str | Path, **overrides: Any) -> RunConfig:
+    """The saved configuration of ``run_dir`` with ``resume`` set (plus ``overrides``,
+    e.g. ``rounds=40``): pass it to :func:`run_simulation_job` to continue that run."""
+    ckpt = find_checkpoint_dir(run_dir)
+    base_dir = ckpt.parent
+    saved = RunConfig.from_toml(base_dir / CONFIG_FILE)
+    values = {"resume": str(base_dir), "out": str(base_dir), **overrides}
+    return RunConfig.from_mapping(values, base=saved).validate()
+
+
+def prepare_job(cfg: RunConfig) -> RunConfig:
+    """Validate ``cfg`` and resolve its run directory to an absolute path (nothing is written).
+
+    Fresh runs refuse a non-empty existing directory. ``resume`` must name a run directory with
+    a checkpoint whose saved configuration equals ``cfg`` except for
+    :data:`RESUMABLE_OPTIONS`; the resumed run continues in that directory. Raises
+    :class:`ConfigError`.
+    """
+    cfg = dataclasses.replace(cfg).validate()
+    if cfg.resume:
+        ckpt = find_checkpoint_dir(cfg.resume)
+        run_dir = ckpt.parent.resolve()
+        if cfg.out and Path(cfg.out).resolve() != run_dir:
+            raise ConfigError(
+                f"a resumed run continues in its own directory {run_dir}; out={cfg.out!r} differs"
+            )
+        saved = RunConfig.from_toml(run_dir / CONFIG_FILE)
+        diff = [
+            f.name.replace("_", "-")
+            for f in dataclasses.fields(RunConfig)
+            if f.name not in RESUMABLE_OPTIONS and getattr(saved, f.name) != getattr(cfg, f.name)
+        ]
+        if diff:
+            raise ConfigError(
+                "resume: these options differ from the saved run and would change the result: "
+                + ", ".join(diff)
+                + " (use fedstrat.app.simulation.resume_config to start from the saved config)"
+            )
+        done = checkpoint_round(ckpt)
+        if done > cfg.rounds:
+            raise ConfigError(f"resume: the checkpoint is at round {done} > rounds={cfg.rounds}")
+        return dataclasses.replace(cfg, out=str(run_dir), resume=str(run_dir))
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    run_dir = run_dir.expanduser().resolve()
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise ConfigError(
+            f"run directory {run_dir} already exists and is not empty; choose another out "
+            "(or resume it)"
+        )
+    return dataclasses.replace(cfg, out=str(run_dir))
+
+
+# ---------------------------------------------------------------------------- processes
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _executable(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise SimulationError(f"cannot find the `{name}` executable (is flwr installed?)")
+    return found
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as r:
+            return 200 <= r.status < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _pump(stream: IO[bytes], sink: IO[bytes], echo: bool) -> None:
+    for line in iter(stream.readline, b""):
+        sink.write(line)
+        sink.flush()
+        if echo:
+            sys.stderr.write(line.decode("utf-8", "replace"))
+    stream.close()
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class _Session:
+    """One private SuperLink (+ everything it spawns), identified by an environment tag."""
+
+    def __init__(self, run_dir: Path, quiet: bool) -> None:
+        self.tag = uuid.uuid4().hex
+        self.home = Path(tempfile.mkdtemp(prefix="fedstrat-flwr-"))
+        self.logs = run_dir / LOGS_DIR
+        self.quiet = quiet
+        self.port = 0
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.files: list[IO[bytes]] = []
+        self.threads: list[threading.Thread] = []
+        self.env = os.environ.copy()
+        pkg_root = str(Path(fedstrat.__file__).resolve().parents[1])
+        pythonpath = self.env.get("PYTHONPATH", "")
+        self.env.update(
+            {
+                "FLWR_HOME": str(self.home),
+                "FLWR_TELEMETRY_ENABLED": "0",
+                "FLWR_DISABLE_UPDATE_CHECK": "1",
+                "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+                "PYTHONPATH": pkg_root + (os.pathsep + pythonpath if pythonpath else ""),
+                procs.TAG_ENV: self.tag,
+            }
+        )
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            self.env.setdefault(var, "1")
+
+    def _popen(self, cmd: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        sink = open(self.logs / log_name, "ab")  # noqa: SIM115 - closed in close()
+        self.files.append(sink)
+        proc = subprocess.Popen(
+            cmd,
+            env=self.env,
+            cwd=str(self.home),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        t = threading.Thread(target=_pump, args=(proc.stdout, sink, not self.quiet), daemon=True)
+        t.start()
+        self.threads.append(t)
+        return proc
+
+    def start_superlink(self) -> float:
+        """Start the SuperLink and wait until its HTTP API answers; returns seconds taken."""
+        t0 = time.perf_counter()
+        exe = _executable("flower-superlink")
+        last = ""
+        for _attempt in range(3):
+            self.port = _free_port()
+            proc = self._popen(
+                [
+                    exe,
+                    "--insecure",
+                    "--simulation",
+                    "--isolation",
+                    "subprocess",
+                    "--disable-runtime-dependency-installation",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                "superlink.log",
+            )
+            deadline = time.monotonic() + SUPERLINK_START_TIMEOUT
+            while time.monotonic() < deadline and proc.poll() is None:
+                if _healthy(self.port):
+                    (self.home / "config.toml").write_text(
+                        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+                        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\n'
+                        "insecure = true\n",
+                        encoding="utf-8",
+                    )
+                    return time.perf_counter() - t0
+                time.sleep(0.1)
+            last = _tail(self.logs / "superlink.log", 10)
+            self._stop(proc)
+        raise SimulationError(f"the Flower SuperLink did not start:\n{last}")
+
+    def submit(self, cfg: RunConfig, num_cpus: int) -> subprocess.Popen[bytes]:
+        run_config = self.home / "run-config.toml"
+        run_config.write_text(flat_toml(cfg.to_flower()), encoding="utf-8")
+        federation = (
+            f"num-supernodes={cfg.num_clients} client-resources-num-cpus=1 "
+            f"init-args-num-cpus={num_cpus}"
+        )
+        cmd = [
+            _executable("flwr"),
+            "run",
+            str(flwr_app_dir()),
+            CONNECTION,
+            "--run-config",
+            str(run_config),
+            "--federation-config",
+            federation,
+            "--stream",
+        ]
+        return self._popen(cmd, "flower.log")
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def close(self) -> None:
+        """Stop every process of this session (by PID) and remove the private FLWR_HOME."""
+        try:
+            for proc in reversed(self.procs):
+                self._stop(proc)
+            procs.terminate_tagged(self.tag)
+        finally:
+            for t in self.threads:
+                t.join(timeout=5)
+            for f in self.files:
+                f.close()
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- runner
+def run_simulation_job(
+    cfg: RunConfig,
+    *,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    quiet: bool = True,
+    timeout: float | None = None,
+    num_cpus: int | None = None,
+) -> RunResult:
+    """Run ``cfg`` as a Flower simulation (``cfg.num_clients`` simulated SuperNodes).
+
+    ``on_round`` receives each ``{"event": "round", "round": r, "rounds": R, ...}`` progress
+    record (same keys as a metrics row) as soon as the ServerApp has written it. ``quiet=False``
+    also echoes Flower's logs to stderr (they always go to ``<run dir>/logs/``). ``num_cpus``:
+    CPUs given to Ray (default: all available); each simulated client uses one. ``timeout``:
+    seconds for the whole job (None = no limit). Raises :class:`ConfigError` for a bad
+    configuration before anything is written, :class:`SimulationError` when the run fails or
+    times out. No process started here outlives this call.
+    """
+    cfg = prepare_job(cfg)
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    progress_path = run_dir / PROGRESS_FILE
+    seen = len(read_jsonl(progress_path))  # a resumed run appends to its progress file
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    session = _Session(run_dir, quiet)
+    events: list[dict[str, Any]] = []
+    try:
+        timings["superlink_start_s"] = session.start_superlink()
+        flwr_proc = session.submit(cfg, num_cpus or _cpu_count())
+        end_seen_at: float | None = None
+        while True:
+            records = read_jsonl(progress_path)
+            for rec in records[seen:]:
+                events.append(rec)
+                if rec.get("event") == "start" and "app_start_s" not in timings:
+                    timings["app_start_s"] = time.perf_counter() - t_start
+                if rec.get("event") == "round":
+                    timings.setdefault("first_round_s", time.perf_counter() - t_start)
+                    if on_round is not None:
+                        on_round(rec)
+                if rec.get("event") in ("end", "error") and end_seen_at is None:
+                    end_seen_at = time.monotonic()
+            seen = len(records)
+            if flwr_proc.poll() is not None:
+                if len(read_jsonl(progress_path)) == seen:
+                    break
+                continue
+            if end_seen_at is not None and time.monotonic() - end_seen_at > 30:
+                break  # the log stream did not close after the app finished
+            if timeout is not None and time.perf_counter() - t_start > timeout:
+                raise SimulationError(
+                    f"simulation timed out after {timeout:.0f}s; logs: {session.logs}"
+                )
+            time.sleep(0.2)
+    finally:
+        session.close()
+    timings["total_s"] = time.perf_counter() - t_start
+    errors = [e for e in events if e.get("event") == "error"]
+    summary_path = run_dir / SUMMARY_FILE
+    if errors or not any(e.get("event") == "end" for e in events) or not summary_path.is_file():
+        reason = errors[-1].get("message", "") if errors else "the ServerApp did not finish"
+        raise SimulationError(
+            f"simulation failed: {reason}\n--- last lines of {session.logs / 'flower.log'}:\n"
+            + _tail(session.logs / "flower.log")
+        )
+    import json
+
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    summary["runner"] = {k: round(v, 3) for k, v in timings.items()}
+    write_json_atomic(summary_path, summary)
+    metrics = json.loads((run_dir / METRICS_JSON).read_text(encoding="utf-8"))
+    return RunResult(run_dir=run_dir, metrics=metrics, summary=summary)
