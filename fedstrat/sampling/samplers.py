@@ -269,6 +269,8 @@ class ClusteredSampler:
         mass = self.m * self.p[order]
         end = np.cumsum(mass)
         end *= self.m / end[-1]
+        snap = np.round(end)
+        end = np.where(np.abs(end - snap) < 1e-9, snap, end)  # exact bucket boundaries
         start = np.concatenate([[0.0], end[:-1]])
         first = np.minimum(np.floor(start).astype(np.int64), self.m - 1)
         last = np.minimum(np.ceil(end).astype(np.int64) - 1, self.m - 1)

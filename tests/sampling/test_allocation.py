@@ -15,7 +15,8 @@ from fedstrat.sampling import (
 
 
 def _all_allocations(lower, upper, m):
-    for combo in itertools.product(*[range(lo, up + 1) for lo, up in zip(lower, upper)]):
+    ranges = [range(lo, up + 1) for lo, up in zip(lower, upper, strict=True)]
+    for combo in itertools.product(*ranges):
         if sum(combo) == m:
             yield np.array(combo)
 
