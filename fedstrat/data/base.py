@@ -19,7 +19,7 @@ class DataError(ValueError):
     """A dataset file is missing or unreadable; the message says which file to put where."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Dataset:
     """A dataset with a train split (``x``, ``y``) and a held-out test split.
 

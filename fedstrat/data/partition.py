@@ -30,7 +30,7 @@ SCHEMES = ("iid", "shard", "dirichlet", "natural")
 _DIRICHLET_DRAWS = 20
 
 
-@dataclass
+@dataclass(eq=False)
 class Partition:
     """Client index sets into ``ds.x`` with their label histograms.
 

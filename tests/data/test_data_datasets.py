@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from fedstrat.data import DataError, list_datasets, load_dataset
+from fedstrat.data import DataError, Dataset, list_datasets, load_dataset
 
 HAS_RECBOLE = importlib.util.find_spec("recbole") is not None
 needs_recbole = pytest.mark.skipif(not HAS_RECBOLE, reason="recbole wheel (MovieLens-100k) absent")
@@ -130,3 +130,14 @@ def test_registry_lists_and_rejects() -> None:
     with pytest.raises(ValueError, match="hashing"):
         load_dataset("mnist5k", hashing=True)
     assert not issubclass(ValueError, DataError) and issubclass(DataError, ValueError)
+
+
+def test_dataset_validates_lengths() -> None:
+    x = np.zeros((4, 1, 2, 2), np.float32)
+    y = np.zeros(4, np.int64)
+    with pytest.raises(ValueError, match="y has 3"):
+        Dataset("t", "classification", x, y[:3], 2, x, y)
+    with pytest.raises(ValueError, match="y_test has 2"):
+        Dataset("t", "classification", x, y, 2, x, y[:2])
+    with pytest.raises(ValueError, match="key 'user'"):
+        Dataset("t", "classification", x, y, 2, x, y, keys={"user": np.zeros(3, np.int64)})
