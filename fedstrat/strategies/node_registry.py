@@ -1,0 +1,117 @@
+"""What the server knows about each Flower node: profile, latest update sketch, loss, cost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class NodeRegistry:
+    """Per-node knowledge keyed by Flower node id (never by partition id).
+
+    Holds for every node ever seen: its profile (``num-examples`` and label histogram, from the
+    profile query) or the reason profiling failed, the number of examples it reported in its
+    last training reply, the sketch of its last accepted update, its last ``train-loss`` and its
+    mean training cost (seconds). Everything is plain Python so that :meth:`state_dict` is
+    JSON-serialisable.
+    """
+
+    def __init__(self) -> None:
+        self.num_examples: dict[int, float] = {}  # from profile or train replies
+        self.histograms: dict[int, list[float]] = {}
+        self.profile_failed: dict[int, str] = {}  # node -> reason
+        self.sketches: dict[int, list[float]] = {}
+        self.losses: dict[int, float] = {}
+        self.cost_sum: dict[int, float] = {}
+        self.cost_count: dict[int, int] = {}
+
+    # ---------------------------------------------------------------- queries
+    def known(self, node_id: int) -> bool:
+        """True once the node was profiled (successfully or not)."""
+        return node_id in self.histograms or node_id in self.profile_failed
+
+    def unseen(self, node_ids: list[int]) -> list[int]:
+        """The nodes of ``node_ids`` never profiled."""
+        return [n for n in node_ids if not self.known(n)]
+
+    def sizes(self, node_ids: list[int]) -> np.ndarray:
+        """``n_i`` of the nodes; unknown sizes are the mean of the known ones (1 if none)."""
+        known = [self.num_examples[n] for n in node_ids if n in self.num_examples]
+        fill = float(np.mean(known)) if known else 1.0
+        if fill <= 0:
+            fill = 1.0
+        return np.array([self.num_examples.get(n, fill) for n in node_ids], dtype=np.float64)
+
+    def histogram_matrix(self, node_ids: list[int]) -> np.ndarray:
+        """Label histograms of ``node_ids`` (all must have one), as a float (N, C) array."""
+        return np.array([self.histograms[n] for n in node_ids], dtype=np.float64)
+
+    def sketch_matrix(self, node_ids: list[int]) -> np.ndarray:
+        """Latest update sketches of ``node_ids`` (all must have one), float (N, dim)."""
+        return np.array([self.sketches[n] for n in node_ids], dtype=np.float64)
+
+    def mean_cost(self, node_id: int) -> float | None:
+        """Mean observed training seconds of the node, or None."""
+        c = self.cost_count.get(node_id, 0)
+        return self.cost_sum[node_id] / c if c else None
+
+    # ---------------------------------------------------------------- updates
+    def set_profile(self, node_id: int, num_examples: float, histogram: list[float]) -> None:
+        """Record a successful profile reply."""
+        self.num_examples[node_id] = float(num_examples)
+        self.histograms[node_id] = [float(v) for v in histogram]
+        self.profile_failed.pop(node_id, None)
+
+    def set_profile_failed(self, node_id: int, reason: str) -> None:
+        """Record that the node could not be profiled."""
+        self.profile_failed[node_id] = reason
+
+    def observe_train(
+        self,
+        node_id: int,
+        num_examples: float | None = None,
+        sketch: np.ndarray | None = None,
+        loss: float | None = None,
+        cost: float | None = None,
+    ) -> None:
+        """Record what an accepted training reply told about the node."""
+        if num_examples is not None and num_examples > 0 and node_id not in self.histograms:
+            self.num_examples[node_id] = float(num_examples)
+        if sketch is not None:
+            self.sketches[node_id] = [float(v) for v in sketch]
+        if loss is not None and np.isfinite(loss):
+            self.losses[node_id] = float(loss)
+        if cost is not None and np.isfinite(cost) and cost >= 0:
+            self.cost_sum[node_id] = self.cost_sum.get(node_id, 0.0) + float(cost)
+            self.cost_count[node_id] = self.cost_count.get(node_id, 0) + 1
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state (node ids become strings, as JSON keys must)."""
+
+        def enc(d: dict[int, Any]) -> dict[str, Any]:
+            return {str(k): v for k, v in d.items()}
+
+        return {
+            "num_examples": enc(self.num_examples),
+            "histograms": enc(self.histograms),
+            "profile_failed": enc(self.profile_failed),
+            "sketches": enc(self.sketches),
+            "losses": enc(self.losses),
+            "cost_sum": enc(self.cost_sum),
+            "cost_count": enc(self.cost_count),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        for name in (
+            "num_examples",
+            "histograms",
+            "profile_failed",
+            "sketches",
+            "losses",
+            "cost_sum",
+            "cost_count",
+        ):
+            setattr(self, name, {int(k): v for k, v in state.get(name, {}).items()})

@@ -1,0 +1,58 @@
+"""The profile protocol of docs/design.md: build ``QUERY`` messages and parse their replies.
+
+Query content: ``RecordDict({"fedstrat-profile": ConfigRecord({"epsilon": float, "seed": int})})``.
+Reply content: ``RecordDict({"fedstrat-profile": MetricRecord({"num-examples": int,
+"label-hist": list[float]})})``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+PROFILE_KEY = "fedstrat-profile"
+
+
+def make_profile_messages(
+    node_ids: list[int], epsilon: float, seed: int, group_id: str = ""
+) -> list[Message]:
+    """One ``MessageType.QUERY`` message per node asking for its profile.
+
+    ``epsilon`` > 0 asks the node to privatise its label histogram (epsilon-LDP); 0 = exact.
+    """
+    if epsilon < 0 or not math.isfinite(epsilon):
+        raise ValueError(f"profile epsilon must be finite and >= 0, got {epsilon}")
+    content = RecordDict(
+        {PROFILE_KEY: ConfigRecord({"epsilon": float(epsilon), "seed": int(seed)})}
+    )
+    return [
+        Message(
+            content=content, dst_node_id=int(n), message_type=MessageType.QUERY, group_id=group_id
+        )
+        for n in node_ids
+    ]
+
+
+def parse_profile_reply(reply: Message) -> tuple[float, list[float]] | str:
+    """``(num_examples, label_histogram)`` from a profile reply, or the reason it is unusable."""
+    if reply.has_error():
+        return f"error reply: {reply.error.reason}"
+    content = reply.content
+    if PROFILE_KEY not in content.metric_records:
+        return f"reply has no MetricRecord '{PROFILE_KEY}'"
+    rec = content.metric_records[PROFILE_KEY]
+    n = rec.get("num-examples")
+    hist = rec.get("label-hist")
+    if isinstance(n, list) or n is None:
+        return "missing or non-scalar 'num-examples'"
+    if not math.isfinite(float(n)) or float(n) <= 0:
+        return f"'num-examples' must be a positive number, got {n}"
+    if not isinstance(hist, list) or len(hist) == 0:
+        return "missing or empty 'label-hist'"
+    values = [float(v) for v in hist]
+    if any(not math.isfinite(v) or v < 0 for v in values):
+        return "'label-hist' has negative or non-finite entries"
+    if sum(values) <= 0:
+        return "'label-hist' sums to zero"
+    return float(n), values

@@ -1,0 +1,85 @@
+"""Validation of training replies against the global arrays sent in the round."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
+
+
+@dataclass
+class ValidReply:
+    """A training reply that passed :func:`validate_train_reply`, with decoded arrays."""
+
+    node_id: int
+    message: Message
+    array_key: str
+    metric_key: str
+    arrays: dict[str, np.ndarray]
+    metrics: MetricRecord
+    num_examples: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def array_signature(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{key: (shape, dtype)}`` of an ArrayRecord, read from metadata (no decoding)."""
+    return {k: (tuple(int(d) for d in a.shape), str(a.dtype)) for k, a in arrays.items()}
+
+
+def validate_train_reply(
+    reply: Message,
+    expected: dict[str, tuple[tuple[int, ...], str]],
+    selected: set[int],
+    num_examples_key: str = "num-examples",
+) -> ValidReply | str:
+    """Check one training reply; return the decoded reply or the reason to reject it.
+
+    Rejected: error replies; senders not selected this round; not exactly one ArrayRecord and
+    one MetricRecord; a missing, non-scalar, non-finite or non-positive ``num_examples_key``;
+    array keys, shapes or dtypes different from ``expected`` (the global arrays sent); NaN or
+    Inf in any array.
+    """
+    node = int(reply.metadata.src_node_id)
+    if reply.has_error():
+        return f"error reply from node {node}: {reply.error.reason}"
+    if node not in selected:
+        return f"node {node} was not selected this round"
+    content = reply.content
+    if len(content.array_records) != 1:
+        return f"expected exactly one ArrayRecord, got {len(content.array_records)}"
+    if len(content.metric_records) != 1:
+        return f"expected exactly one MetricRecord, got {len(content.metric_records)}"
+    array_key, record = next(iter(content.array_records.items()))
+    metric_key, metrics = next(iter(content.metric_records.items()))
+    n = metrics.get(num_examples_key)
+    if n is None or isinstance(n, list):
+        return f"missing or non-scalar metric '{num_examples_key}'"
+    if not math.isfinite(float(n)) or float(n) <= 0:
+        return f"metric '{num_examples_key}' must be positive and finite, got {n}"
+    got = array_signature(record)
+    if set(got) != set(expected):
+        missing = sorted(set(expected) - set(got))
+        unexpected = sorted(set(got) - set(expected))
+        return f"array keys differ: missing {missing}, unexpected {unexpected}"
+    for key, (shape, dtype) in expected.items():
+        if got[key][0] != shape:
+            return f"array '{key}' has shape {got[key][0]}, expected {shape}"
+        if got[key][1] != dtype:
+            return f"array '{key}' has dtype {got[key][1]}, expected {dtype}"
+    arrays: dict[str, np.ndarray] = {}
+    for key, arr in record.items():
+        value = arr.numpy()
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            return f"array '{key}' contains NaN or Inf"
+        arrays[key] = value
+    return ValidReply(
+        node_id=node,
+        message=reply,
+        array_key=array_key,
+        metric_key=metric_key,
+        arrays=arrays,
+        metrics=metrics,
+        num_examples=float(n),
+    )
