@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -67,6 +68,7 @@ def choose_design(
     seed: int = 0,
     normalize: bool = True,
     min_per_stratum: int = 1,
+    rel_margin: float = 1e-9,
 ) -> DesignChoice:
     """Pick ``(n_strata, design)`` with the smallest predicted variance, or uniform.
 
@@ -76,8 +78,9 @@ def choose_design(
     clustered by k-means on the proxy, and for every design its Neyman allocation and its
     variance (:func:`estimator_variance`: exact for srswor, Hansen-Hurwitz for pps) are computed
     and compared with the exact SRSWOR variance :func:`uniform_variance`. The best candidate is
-    returned only if it is strictly below uniform; otherwise uniform is returned and ``reason``
-    says so.
+    returned only if it is below ``(1 - rel_margin)`` times the uniform variance (guards against
+    rounding noise); otherwise uniform is returned and ``reason`` says so. Clusterings that
+    collapse to a single stratum (too few distinct rows) are skipped.
     """
     sz = as_sizes(sizes)
     n = len(sz)
@@ -97,11 +100,17 @@ def choose_design(
             raise ValueError(f"unknown design {d!r}")
     v_uni = uniform_variance(feats, sz, m)
     candidates: list[dict] = []
+    seen: set[int] = set()
     best: tuple[float, Strata, str, np.ndarray] | None = None
     for k in sorted({int(k) for k in candidate_strata}):
         if k < 2 or k > m or k >= n or k * min_per_stratum > m:
             continue
-        strata = stratify_by_sketches(feats, n_strata=k, seed=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            strata = stratify_by_sketches(feats, n_strata=k, seed=seed)
+        if strata.n_strata < 2 or strata.n_strata in seen:
+            continue
+        seen.add(strata.n_strata)
         for d in designs:
             try:
                 alloc = _neyman_for(feats, sz, strata, m, d, min_per_stratum)
@@ -118,7 +127,7 @@ def choose_design(
             )
             if best is None or v < best[0]:
                 best = (v, strata, d, alloc)
-    if best is None or not best[0] < v_uni:
+    if best is None or not best[0] < v_uni * (1.0 - rel_margin):
         why = (
             "no feasible stratified candidate"
             if best is None

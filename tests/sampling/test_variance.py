@@ -1,0 +1,156 @@
+"""Variance formulas, tracker, prediction, and the Neyman <= proportional <= uniform chain."""
+
+import numpy as np
+import pytest
+
+from fedstrat.sampling import (
+    Strata,
+    StratumVarianceTracker,
+    estimator_variance,
+    neyman_allocation,
+    predicted_variance,
+    proportional_allocation,
+    stratum_statistics,
+    uniform_variance,
+)
+
+
+def _structured(seed=0, n_h=(30, 50, 20), spread=(0.2, 1.0, 3.0), dim=4, equal_sizes=True):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(n_h)), n_h)
+    centers = rng.normal(size=(len(n_h), dim)) * 5
+    upd = centers[labels] + rng.normal(size=(len(labels), dim)) * np.array(spread)[labels, None]
+    sizes = np.full(len(labels), 10.0) if equal_sizes else rng.integers(5, 50, len(labels)) * 1.0
+    return sizes, upd, Strata(labels)
+
+
+def test_neyman_le_proportional_le_uniform_srswor():
+    for seed in range(3):
+        sizes, upd, strata = _structured(seed)
+        m = 15
+        p = sizes / sizes.sum()
+        s_y = np.array(
+            [
+                np.sqrt(
+                    np.sum(
+                        np.var(p[strata.members(h), None] * upd[strata.members(h)], axis=0, ddof=1)
+                    )
+                )
+                for h in range(strata.n_strata)
+            ]
+        )
+        v_ney = estimator_variance(
+            upd, sizes, strata, neyman_allocation(strata.sizes, s_y, m), "srswor"
+        )
+        v_prop = estimator_variance(
+            upd, sizes, strata, proportional_allocation(strata.sizes, m), "srswor"
+        )
+        v_uni = uniform_variance(upd, sizes, m)
+        assert v_ney <= v_prop <= v_uni
+        assert v_ney < 0.5 * v_uni
+
+
+def test_neyman_le_proportional_pps():
+    sizes, upd, strata = _structured(1, equal_sizes=False)
+    m = 15
+    st = stratum_statistics(upd, sizes, strata)
+    ney = neyman_allocation(st["masses"], st["stds"], m, capacity=strata.sizes)
+    prop = proportional_allocation(st["masses"], m, capacity=strata.sizes)
+    v_ney = estimator_variance(upd, sizes, strata, ney, "pps")
+    v_prop = estimator_variance(upd, sizes, strata, prop, "pps")
+    assert v_ney <= v_prop < uniform_variance(upd, sizes, m)
+
+
+def test_pps_hh_formula_by_hand():
+    # One stratum, no certainties: V = P^2 sigma^2 / m with P = 1.
+    sizes = np.array([2.0, 2.0, 3.0])
+    upd = np.array([[0.0], [2.0], [4.0]])
+    # q = (2/7, 2/7, 3/7), Dbar = 16/7, sigma^2 = E_q[x^2] - Dbar^2 = 56/7 - 256/49 = 136/49
+    assert estimator_variance(upd, sizes, [0, 0, 0], [2], "pps") == pytest.approx(68 / 49)
+    # sizes (1, 1, 2), m = 2: client 2 has pi = 2 * 1/2 = 1 -> certainty; the rest: P' = 1/2,
+    # m' = 1, q = (1/2, 1/2), sigma^2 = 1 -> V = (1/2)^2 * 1 / 1 = 0.25.
+    assert estimator_variance(upd, [1, 1, 2], [0, 0, 0], [2], "pps") == pytest.approx(0.25)
+    # Taking everything: all certainties -> 0.
+    assert estimator_variance(upd, sizes, [0, 0, 0], [3], "pps") == 0.0
+    with pytest.raises(ValueError):
+        estimator_variance(upd, sizes, [0, 0, 0], [2], "bogus")
+    with pytest.raises(ValueError):
+        estimator_variance(upd, sizes, [0, 0, 0], [4], "srswor")
+
+
+def test_predicted_matches_exact_with_true_statistics():
+    sizes, upd, strata = _structured(2)  # equal sizes: p_i = P_h / N_h exactly
+    st = stratum_statistics(upd, sizes, strata)
+    alloc = np.array([4, 6, 5])
+    pred = predicted_variance(
+        st["counts"], st["masses"], st["stds"], alloc, "srswor", means=st["means"]
+    )
+    assert pred.stratified == pytest.approx(estimator_variance(upd, sizes, strata, alloc, "srswor"))
+    assert pred.uniform == pytest.approx(uniform_variance(upd, sizes, 15))
+    pred_pps = predicted_variance(st["counts"], st["masses"], st["stds"], alloc, "pps")
+    assert pred_pps.stratified == pytest.approx(
+        estimator_variance(upd, sizes, strata, alloc, "pps")
+    )
+    # Without means the between-strata term is dropped: a lower bound.
+    no_means = predicted_variance(st["counts"], st["masses"], st["stds"], alloc, "srswor")
+    assert no_means.uniform < pred.uniform
+    with pytest.raises(ValueError):
+        predicted_variance([1, 2], [0.5, 0.5], [1, 1], [2, 2])
+
+
+def test_tracker_matches_weighted_moments():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 3))
+    w = rng.random(50) + 0.1
+    lab = rng.integers(0, 2, 50)
+    tr = StratumVarianceTracker(3, 3, prior_std=7.0)
+    for i in range(50):
+        tr.update(lab[i], x[i], w[i])
+    for h in range(2):
+        sel = lab == h
+        mu = np.average(x[sel], axis=0, weights=w[sel])
+        var = np.sum(w[sel] * np.sum((x[sel] - mu) ** 2, axis=1)) / w[sel].sum()
+        np.testing.assert_allclose(tr.means()[h], mu)
+        np.testing.assert_allclose(tr.stds()[h], np.sqrt(var))
+    assert tr.stds()[2] == 7.0 and tr.counts().tolist()[2] == 0
+    # Pooled prior when prior_std is None.
+    tr2 = StratumVarianceTracker(3, 3)
+    assert tr2.stds().tolist() == [1.0, 1.0, 1.0]
+    tr2.load_state_dict({**tr.state_dict(), "prior_std": None})
+    pooled = np.sqrt(tr._m2[:2].sum() / tr._w[:2].sum())
+    assert tr2.stds()[2] == pytest.approx(pooled)
+    np.testing.assert_allclose(tr2.means(), tr.means())
+    with pytest.raises(ValueError):
+        tr.update(3, x[0])
+    with pytest.raises(ValueError):
+        tr.update(0, x[0, :2])
+    with pytest.raises(ValueError):
+        tr.update(0, x[0], weight=0.0)
+    with pytest.raises(ValueError):
+        StratumVarianceTracker(2, 3, ema=1.5)
+
+
+def test_tracker_ema_forgets():
+    tr = StratumVarianceTracker(1, 1, ema=0.5)
+    for _ in range(50):
+        tr.update(0, [0.0])
+    for _ in range(50):
+        tr.update(0, [10.0])
+    assert tr.means()[0, 0] == pytest.approx(10.0, abs=1e-6)
+    assert tr.stds()[0] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_tracker_with_ht_weights_estimates_stratum_statistics():
+    from fedstrat.sampling import StratifiedSampler
+
+    sizes, upd, strata = _structured(3, equal_sizes=False)
+    sampler = StratifiedSampler(sizes, strata, [5, 5, 5], "pps", seed=0)
+    tr = StratumVarianceTracker(strata.n_strata, upd.shape[1])
+    for _ in range(400):
+        sel = sampler.sample()
+        for i, h, w in zip(sel.ids, sel.strata, sel.weights, strict=True):
+            tr.update(h, upd[i], w)
+    st = stratum_statistics(upd, sizes, strata)
+    # 2000 observations per stratum: means/stds within 10 % (seeded).
+    np.testing.assert_allclose(tr.stds(), st["stds"], rtol=0.1)
+    np.testing.assert_allclose(tr.means(), st["means"], atol=0.1 * np.abs(st["means"]).max())
