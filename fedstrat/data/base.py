@@ -64,6 +64,11 @@ class Dataset:
         return int(len(self.y_test))
 
     @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example: (C, H, W) for images, (F,) for CTR rows."""
+        return tuple(int(d) for d in self.x.shape[1:])
+
+    @property
     def labels(self) -> np.ndarray:
         """Train labels as int64 class ids (CTR clicks become 0/1)."""
         return self.y.astype(np.int64, copy=False)

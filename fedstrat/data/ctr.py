@@ -4,10 +4,11 @@ Every CTR dataset is a table of categorical fields encoded as int64 ids ``x[:, f
 ``[0, field_dims[f])`` and a float32 click label.
 
 Encoding. By default each field's vocabulary is built from the whole file (train and test):
-the sorted distinct values get ids ``0..V-1``. A shared vocabulary is fine for simulation, where
-one process builds it; a real deployment has none, so ``hashing=True`` maps a value ``v`` of
-field ``f`` to ``crc32(f"{f}={v}") mod B_f`` (stable across processes and machines, unlike
-Python's ``hash``) with ``B_f = hash_buckets`` (an int for all fields or a per-field dict).
+the sorted distinct values (numeric order for integer-valued fields) get ids ``0..V-1``. A shared
+vocabulary is fine for simulation, where one process builds it; a real deployment has none, so
+``hashing=True`` maps a value ``v`` of field ``f`` to ``crc32(f"{f}={v}") mod B_f`` (stable
+across processes and machines, unlike Python's ``hash``) with ``B_f = hash_buckets`` (an int for
+all fields or a per-field dict). Natural partition keys always use exact vocabulary ids.
 """
 
 from __future__ import annotations
@@ -73,21 +74,42 @@ def encode_fields(
             continue
         values = table[f].astype(str).to_numpy()
         if hashing:
+            if isinstance(hash_buckets, Mapping) and f not in hash_buckets:
+                raise ValueError(
+                    f"hash_buckets has no entry for field {f!r}; it needs all of {fields}"
+                )
             b = hash_buckets[f] if isinstance(hash_buckets, Mapping) else hash_buckets
             cols.append(stable_hash(f, values, int(b)))
             dims.append(int(b))
         else:
-            codes, uniq = pd.factorize(values, sort=True)
-            cols.append(codes.astype(np.int64))
-            dims.append(len(uniq))
+            codes, size = vocab_ids(values)
+            cols.append(codes)
+            dims.append(size)
     x = np.stack(cols, axis=1) if cols else np.empty((len(table), 0), np.int64)
     return x, dims
 
 
+def vocab_ids(values: np.ndarray | pd.Series) -> tuple[np.ndarray, int]:
+    """Vocabulary encoding: distinct values sorted (numerically if all are integers, else as
+    strings) get ids ``0..V-1``. Returns ``(ids int64, V)``."""
+    v = np.asarray(values)
+    if v.dtype.kind != "O" or not all(isinstance(u, str) for u in pd.unique(v)):
+        v = v.astype(str)
+    codes, uniq = pd.factorize(v)
+    uniq = np.asarray(uniq, dtype=str)
+    num = pd.to_numeric(pd.Series(uniq), errors="coerce").to_numpy(dtype=np.float64)
+    if len(uniq) and not np.isnan(num).any() and (num == np.floor(num)).all():
+        order = np.argsort(num, kind="stable")
+    else:
+        order = np.argsort(uniq, kind="stable")
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[order] = np.arange(len(uniq))
+    return rank[codes], len(uniq)
+
+
 def _group_ids(values: pd.Series) -> np.ndarray:
-    """Exact group ids (sorted distinct values -> 0..G-1), independent of hashing."""
-    codes, _ = pd.factorize(values.astype(str).to_numpy(), sort=True)
-    return codes.astype(np.int64)
+    """Exact group ids (vocabulary ids of the raw values), independent of hashing."""
+    return vocab_ids(values)[0]
 
 
 def temporal_split(

@@ -83,6 +83,13 @@ def test_movielens100k_fields_labels_keys() -> None:
     assert len(np.unique(ds.keys["occupation"])) == 21
     # the user key is exact (vocabulary ids of users), matching the user field
     np.testing.assert_array_equal(ds.keys["user"], ds.x[:, 0])
+    # integer ids are ordered numerically: user "1" -> 0, user "943" -> 942
+    from fedstrat.data.ctr import vocab_ids
+
+    ids, size = vocab_ids(np.array(["10", "9", "100", "9"]))
+    assert ids.tolist() == [1, 0, 2, 0] and size == 3
+    ids, size = vocab_ids(np.array(["b", "a", "10", "a"]))
+    assert ids.tolist() == [2, 1, 0, 1] and size == 3
 
 
 @pytest.mark.ctr
@@ -107,6 +114,8 @@ def test_movielens100k_hashing_and_temporal_split() -> None:
     assert len(np.unique(ds.keys["user"])) == 943
     temporal = load_dataset("movielens-100k", split="temporal")
     assert temporal.num_test == pytest.approx(20_000, rel=0.02)
+    with pytest.raises(ValueError, match="'genre'"):
+        load_dataset("movielens-100k", hashing=True, hash_buckets={"user": 10, "item": 10})
     with pytest.raises(ValueError, match="split"):
         load_dataset("movielens-100k", split="bogus")
 
