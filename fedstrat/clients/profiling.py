@@ -1,7 +1,7 @@
 """The profiling (``MessageType.QUERY``) handler: a node reports its size and label histogram.
 
 Protocol (docs/design.md): the server sends a ConfigRecord under ``"fedstrat-profile"`` with
-``epsilon`` (float, 0 = exact) and ``seed``; the node replies
+``epsilon`` (float, 0 or inf = exact) and ``seed``; the node replies
 ``RecordDict({"fedstrat-profile": MetricRecord({"num-examples": n_i, "label-hist": h_i})})``.
 
 With ``epsilon > 0`` the histogram is released through
@@ -17,6 +17,7 @@ Any ClientApp gets profiling in one line::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -61,7 +62,10 @@ def profile_reply(
             f"{sorted(records)}); this ClientApp only answers fedstrat profiling queries"
         )
     cfg = records[PROFILE_KEY]
-    epsilon = read_number(cfg, "epsilon", 0.0, integer=False)
+    raw_eps = cfg.get("epsilon", 0.0)
+    # epsilon = inf means "no privacy" like epsilon = 0
+    inf = isinstance(raw_eps, float) and math.isinf(raw_eps) and raw_eps > 0
+    epsilon = 0.0 if inf else read_number(cfg, "epsilon", 0.0, integer=False)
     seed = read_number(cfg, "seed", 0, integer=True)
     if epsilon < 0:
         raise ProtocolError(f"profile 'epsilon' must be >= 0, got {epsilon}")

@@ -42,6 +42,17 @@ def initial_arrays(digits_model_factory: Callable[[], Any]) -> ArrayRecord:
     return ArrayRecord(digits_model_factory().state_dict())
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread avoids spin-wait contention on the 2-core CI box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _fresh_cache() -> Iterator[None]:
     clear_cache()
