@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 
 def _package_dir(name: str) -> Path | None:
@@ -99,3 +100,12 @@ def ml100k():
     if ml100k_dir() is None:
         pytest.skip("MovieLens-100k folder of the recbole wheel is absent")
     return _load("movielens-100k", _load_ml100k_direct)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Small models run fastest on one thread, and the test machine is shared (2 cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
