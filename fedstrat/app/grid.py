@@ -15,7 +15,8 @@ across restarts.
 Everything above the grid (the strategy) sees only stable ids: ``get_node_ids`` returns them,
 outgoing messages are re-addressed to the Flower id and replies are re-labelled with the stable
 id of their sender. Replies are returned sorted by sender, so aggregation order (and hence the
-floating-point result) does not depend on arrival order.
+floating-point result) does not depend on arrival order. The strategy's own profile query (same
+epsilon and seed) is answered from the stored replies, so nodes are asked only once.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class StableNodeGrid(Grid):
         self._to_real: dict[int, int] = {}
         self._to_stable: dict[int, int] = {}
         self.unstable: set[int] = set()
+        self._profiles: dict[int, RecordDict] = {}  # Flower id -> profile reply content
+        self.profiles_served = 0
 
     # -------------------------------------------------------------------- id mapping
     @property
@@ -66,10 +69,12 @@ class StableNodeGrid(Grid):
             {PROFILE_KEY: ConfigRecord({"epsilon": self._epsilon, "seed": self._seed})}
         )
         msgs = [
-            self._grid.create_message(content, MessageType.QUERY, nid, "fedstrat-node-ids")
-            for nid in new
+            Message(content, nid, MessageType.QUERY, group_id="fedstrat-node-ids") for nid in new
         ]
         replies = list(self._grid.send_and_receive(msgs, timeout=self._timeout))
+        for rep in replies:
+            if not rep.has_error() and PROFILE_KEY in rep.content:
+                self._profiles[rep.metadata.src_node_id] = rep.content
         pid_of: dict[int, int] = {}
         content_key: dict[int, tuple[float, ...]] = {}
         for rep in replies:
@@ -167,10 +172,39 @@ class StableNodeGrid(Grid):
         """Pull replies; their senders carry stable ids."""
         return self._relabel(self._grid.pull_messages(message_ids))
 
+    def _cached_profiles(self, messages: list[Message]) -> list[Message] | None:
+        """Replies to a profile query identical to ours, from the answers we already have."""
+        if not messages:
+            return None
+        for m in messages:
+            if m.metadata.message_type != MessageType.QUERY or not m.has_content():
+                return None
+            cfg = m.content.config_records.get(PROFILE_KEY)
+            if cfg is None or set(m.content.keys()) != {PROFILE_KEY}:
+                return None
+            if float(cfg.get("epsilon", -1.0)) != self._epsilon or cfg.get("seed") != self._seed:
+                return None
+            if self._real(m.metadata.dst_node_id) not in self._profiles:
+                return None
+        replies = []
+        for m in messages:
+            content = self._profiles[self._real(m.metadata.dst_node_id)]
+            replies.append(Message(content, reply_to=m))
+        self.profiles_served += len(replies)
+        return replies
+
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Send messages addressed with stable ids; replies sorted by stable sender id."""
+        """Send messages addressed with stable ids; replies sorted by stable sender id.
+
+        A profile query identical to the one this grid already sent is answered from the
+        stored replies (profiles are fixed per node), so nodes are profiled only once.
+        """
+        messages = list(messages)
+        cached = self._cached_profiles(messages)
+        if cached is not None:
+            return sorted(cached, key=lambda r: r.metadata.src_node_id)
         sent = self._readdress(messages)
         try:
             replies = self._grid.send_and_receive([m for m, _ in sent], timeout=timeout)

@@ -108,6 +108,7 @@ def build_strategy(cfg: RunConfig, base: Strategy, record_path: Path | None) -> 
         profile_epsilon=cfg.profile_epsilon,
         poc_d=cfg.poc_d or None,
         node_wait_timeout=cfg.node_wait_timeout,
+        profile_timeout=cfg.round_timeout,
         seed=cfg.seed,
         record_path=None if record_path is None else str(record_path),
     )
@@ -337,7 +338,7 @@ def _run(grid: Grid, cfg: RunConfig, run_dir: Path, progress: Path, t0: float) -
     sampling_path = run_dir / SAMPLING_FILE
     strategy = build_strategy(cfg, base, sampling_path)
     stable_grid = StableNodeGrid(
-        grid, epsilon=cfg.profile_epsilon, seed=cfg.seed, timeout=cfg.node_wait_timeout
+        grid, epsilon=cfg.profile_epsilon, seed=cfg.seed, timeout=cfg.round_timeout
     )
     rows: list[dict[str, Any]]
     if ckpt is not None:
@@ -409,6 +410,7 @@ def _run(grid: Grid, cfg: RunConfig, run_dir: Path, progress: Path, t0: float) -
     summary["model"] = evaluator.model_name
     summary["resumed_from"] = ckpt.round if ckpt else None
     summary["unstable_nodes"] = len(stable_grid.unstable)
+    summary["nodes"] = len(stable_grid.mapping)
     write_json_atomic(run_dir / SUMMARY_FILE, summary)
     append_jsonl(
         progress,

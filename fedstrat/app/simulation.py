@@ -83,6 +83,7 @@ class RunResult:
     run_dir: Path
     metrics: list[dict[str, Any]]
     summary: dict[str, Any]
+    process_tag: str = ""  # FEDSTRAT_SIM_TAG of the processes this run started (all stopped)
 
 
 def flwr_app_dir() -> Path:
@@ -394,4 +395,4 @@ def run_simulation_job(
     summary["runner"] = {k: round(v, 3) for k, v in timings.items()}
     write_json_atomic(summary_path, summary)
     metrics = json.loads((run_dir / METRICS_JSON).read_text(encoding="utf-8"))
-    return RunResult(run_dir=run_dir, metrics=metrics, summary=summary)
+    return RunResult(run_dir=run_dir, metrics=metrics, summary=summary, process_tag=session.tag)
