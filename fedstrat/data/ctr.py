@@ -215,6 +215,48 @@ def _build_movielens(
     )
 
 
+def _join_movielens(
+    name: str,
+    ratings: pd.DataFrame,
+    users: pd.DataFrame,
+    item_id: pd.Series,
+    genre: pd.Series,
+    year: pd.Series,
+) -> pd.DataFrame:
+    """One row per rating with the raw MovieLens fields (strings), rating and timestamp.
+
+    ``ratings``: user_id, item_id, rating, timestamp; ``users``: user_id, gender, age,
+    occupation, zip_code; items given as aligned columns (id, first genre, release year).
+    Per-user and per-item attributes are derived on the small tables, then joined.
+    """
+    try:
+        age = age_bucket(users["age"].astype(int).to_numpy())
+        rating = ratings["rating"].astype(float).to_numpy()
+        ts = ratings["timestamp"].astype(float).astype(np.int64).to_numpy()
+    except ValueError as exc:
+        raise DataError(f"{name}: non-numeric rating, timestamp or age ({exc})") from exc
+    u = pd.DataFrame(
+        {
+            "user": users["user_id"].to_numpy(),
+            "gender": users["gender"].to_numpy(),
+            "age": age,
+            "occupation": users["occupation"].to_numpy(),
+            "zip": users["zip_code"].str[:1].to_numpy(),
+        }
+    )
+    i = pd.DataFrame(
+        {"item": item_id.to_numpy(), "genre": genre.to_numpy(), "year": year_bucket(year)}
+    )
+    r = pd.DataFrame({"user": ratings["user_id"].to_numpy(), "item": ratings["item_id"].to_numpy()})
+    t = r.merge(u, on="user", how="left").merge(i, on="item", how="left")
+    if t[["gender", "genre"]].isna().any().any():
+        raise DataError(f"{name}: ratings refer to users or items missing from the files")
+    t = t[MOVIELENS_FIELDS]
+    t["rating"] = rating
+    t["timestamp"] = ts
+    return t
+
+
 # ----------------------------------------------------------------------------- MovieLens-100k
 def movielens100k_dir() -> Path:
     """``recbole/dataset_example/ml-100k`` of the installed recbole wheel (not imported)."""
@@ -255,24 +297,14 @@ def _ml100k_table() -> pd.DataFrame:
         folder / "ml-100k.user", ["user_id", "age", "gender", "occupation", "zip_code"]
     )
     items = _read_atomic(folder / "ml-100k.item", ["item_id", "release_year", "class"])
-    t = inter.merge(users, on="user_id", how="left").merge(items, on="item_id", how="left")
-    if t[["gender", "class"]].isna().any().any():
-        raise DataError("movielens-100k: ratings refer to users or items missing from the files")
-    table = pd.DataFrame(
-        {
-            "user": t["user_id"],
-            "item": t["item_id"],
-            "gender": t["gender"],
-            "age": age_bucket(t["age"].astype(int).to_numpy()),
-            "occupation": t["occupation"],
-            "zip": t["zip_code"].str[:1],
-            "genre": t["class"].str.split(" ").str[0],
-            "year": year_bucket(t["release_year"]),
-            "rating": t["rating"].astype(float),
-            "timestamp": t["timestamp"].astype(float).astype(np.int64),
-        }
+    return _join_movielens(
+        "movielens-100k",
+        inter,
+        users,
+        items["item_id"],
+        items["class"].str.split(" ").str[0],
+        items["release_year"],
     )
-    return table
 
 
 def load_movielens100k(
@@ -355,30 +387,13 @@ def _ml1m_table(root: Path | None) -> pd.DataFrame:
     r = _read_dat(*raw["ratings.dat"], _ML1M_FILES["ratings.dat"])
     u = _read_dat(*raw["users.dat"], _ML1M_FILES["users.dat"])
     m = _read_dat(*raw["movies.dat"], _ML1M_FILES["movies.dat"])
-    t = r.merge(u, on="user_id", how="left").merge(m, on="item_id", how="left")
-    if t[["gender", "genres"]].isna().any().any():
-        raise DataError(
-            "movielens-1m: ratings.dat refers to users or movies missing from the files"
-        )
-    try:
-        rating = t["rating"].astype(float)
-        ts = t["timestamp"].astype(np.int64)
-        age = t["age"].astype(int).to_numpy()
-    except ValueError as exc:
-        raise DataError(f"movielens-1m: non-numeric rating, timestamp or age ({exc})") from exc
-    return pd.DataFrame(
-        {
-            "user": t["user_id"],
-            "item": t["item_id"],
-            "gender": t["gender"],
-            "age": age_bucket(age),
-            "occupation": t["occupation"],
-            "zip": t["zip_code"].str[:1],
-            "genre": t["genres"].str.split("|").str[0],
-            "year": year_bucket(t["title"].str.extract(r"\((\d{4})\)\s*$")[0]),
-            "rating": rating,
-            "timestamp": ts,
-        }
+    return _join_movielens(
+        "movielens-1m",
+        r,
+        u,
+        m["item_id"],
+        m["genres"].str.split("|").str[0],
+        m["title"].str.extract(r"\((\d{4})\)\s*$")[0],
     )
 
 
