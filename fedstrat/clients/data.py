@@ -110,13 +110,13 @@ class DataSpec:
         cls, run_config: Mapping[str, Any], node_config: Mapping[str, Any] | None = None
     ) -> DataSpec:
         """Read and check the data keys; ``num-partitions`` in ``node_config`` must agree with
-        ``num-clients`` in ``run_config`` (except for the natural partition, checked later)."""
+        ``num-clients`` in ``run_config`` (it replaces it when the run config has none)."""
         num_clients = _get(run_config, "num-clients", int)
         partition = _get(run_config, "partition", str)
         node_config = node_config or {}
         if "num-partitions" in node_config:
             n_parts = int(node_config["num-partitions"])
-            if "num-clients" not in run_config or partition == "natural":
+            if "num-clients" not in run_config:
                 num_clients = n_parts
             elif n_parts != num_clients:
                 raise ProtocolError(

@@ -2,7 +2,8 @@
 
 Protocol (docs/design.md): the server sends a ConfigRecord under ``"fedstrat-profile"`` with
 ``epsilon`` (float, 0 or inf = exact) and ``seed``; the node replies
-``RecordDict({"fedstrat-profile": MetricRecord({"num-examples": n_i, "label-hist": h_i})})``.
+``RecordDict({"fedstrat-profile": MetricRecord({"num-examples": n_i, "label-hist": h_i})})``,
+plus ``partition-id`` when the node config has one.
 
 With ``epsilon > 0`` the histogram is released through
 ``fedstrat.sampling.privatize_histogram(counts, epsilon, rng)`` (an epsilon-DP mechanism for
@@ -47,13 +48,18 @@ def _privatize(counts: np.ndarray, epsilon: float, rng: np.random.Generator) -> 
 
 
 def profile_reply(
-    message: Message, label_hist: Sequence[float] | np.ndarray, num_examples: int
+    message: Message,
+    label_hist: Sequence[float] | np.ndarray,
+    num_examples: int,
+    partition_id: int | None = None,
 ) -> Message:
     """Answer a ``"fedstrat-profile"`` query with the (possibly privatised) label histogram.
 
     ``label_hist`` is the vector of per-class counts of the node's training data and
-    ``num_examples`` its size n_i. Raises :class:`ProtocolError` (a ValueError) on a message
-    without the profile ConfigRecord or with bad values, and ``ValueError`` on a bad histogram.
+    ``num_examples`` its size n_i. ``partition_id`` (optional) is added to the reply as
+    ``partition-id`` so the server can give nodes stable ids. Raises :class:`ProtocolError`
+    (a ValueError) on a message without the profile ConfigRecord or with bad values, and
+    ``ValueError`` on a bad histogram.
     """
     records = message.content.config_records
     if PROFILE_KEY not in records:
@@ -83,9 +89,15 @@ def profile_reply(
         rng = np.random.default_rng([abs(seed), abs(node)])
         counts = _privatize(counts, epsilon, rng)
 
-    record = MetricRecord(
-        {"num-examples": int(num_examples), "label-hist": [float(c) for c in counts]}
-    )
+    values: dict[str, int | list[float]] = {
+        "num-examples": int(num_examples),
+        "label-hist": [float(c) for c in counts],
+    }
+    if partition_id is not None:
+        if isinstance(partition_id, bool) or int(partition_id) != partition_id:
+            raise ValueError(f"partition_id must be an integer, got {partition_id!r}")
+        values["partition-id"] = int(partition_id)
+    record = MetricRecord(values)
     return Message(RecordDict({PROFILE_KEY: record}), reply_to=message)
 
 
@@ -93,9 +105,10 @@ def register_profiling(app: ClientApp, get_profile: ProfileFn, action: str = "de
     """Register the fedstrat profiling handler as ``app``'s query handler.
 
     ``get_profile(context) -> (label_hist, num_examples)`` supplies the node's label counts and
-    size. Occupies the ``query.<action>`` message type (``"query"`` for the default action);
-    Flower raises ``ValueError`` if ``app`` already has one. Failures inside the handler are
-    returned to the server as error replies, never raised on the node.
+    size; the node config's ``partition-id``, when set, is echoed in the reply. Occupies the
+    ``query.<action>`` message type (``"query"`` for the default action); Flower raises
+    ``ValueError`` if ``app`` already has one. Failures inside the handler are returned to the
+    server as error replies, never raised on the node.
     """
     if not callable(get_profile):
         raise ValueError("get_profile must be a callable context -> (label_hist, num_examples)")
@@ -103,6 +116,8 @@ def register_profiling(app: ClientApp, get_profile: ProfileFn, action: str = "de
     @replies_errors
     def fedstrat_profile(message: Message, context: Context) -> Message:
         label_hist, num_examples = get_profile(context)
-        return profile_reply(message, label_hist, num_examples)
+        pid = context.node_config.get("partition-id")
+        pid = int(pid) if isinstance(pid, (int, float)) and not isinstance(pid, bool) else None
+        return profile_reply(message, label_hist, num_examples, partition_id=pid)
 
     app.query(action)(fedstrat_profile)

@@ -24,6 +24,8 @@ def test_exact_profile_matches_node_data(partition_id: int) -> None:
     assert not reply.has_error(), reply.error
     assert set(reply.content.metric_records) == {"fedstrat-profile"}
     record = reply.content["fedstrat-profile"]
+    assert set(record) == {"num-examples", "label-hist", "partition-id"}
+    assert record["partition-id"] == partition_id
     data = load_client_data(DIGITS_RUN_CONFIG, {"partition-id": partition_id, "num-partitions": 5})
     hist = np.asarray(record["label-hist"])
     assert record["num-examples"] == data.num_examples
@@ -79,12 +81,13 @@ def test_register_profiling_on_foreign_client_app() -> None:
 
     register_profiling(foreign, lambda ctx: ([3, 0, 2], 5))
     msg = _query()
-    reply = foreign(msg, make_context())
+    ctx = make_context()
+    ctx.node_config.clear()  # a deployment without partition-id: no partition-id in the reply
+    reply = foreign(msg, ctx)
     assert not reply.has_error(), reply.error
     assert reply.metadata.reply_to_message_id == msg.metadata.message_id
     record = reply.content["fedstrat-profile"]
-    assert record["num-examples"] == 5
-    assert record["label-hist"] == [3.0, 0.0, 2.0]
+    assert dict(record) == {"num-examples": 5, "label-hist": [3.0, 0.0, 2.0]}
     # the query slot is now taken
     with pytest.raises(ValueError):
         register_profiling(foreign, lambda ctx: ([1], 1))
