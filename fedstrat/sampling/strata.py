@@ -102,7 +102,7 @@ class Strata:
         return f"Strata(n_strata={self.n_strata}, sizes={self.sizes.tolist()})"
 
 
-def _kmeans_strata(
+def _kmeans_strata_impl(
     x: np.ndarray,
     n_strata: int | None,
     seed: int,
@@ -164,6 +164,22 @@ def _kmeans_strata(
         model, _ = fit(k)
     labels = model.predict(x)  # type: ignore[attr-defined]
     return Strata.from_labels(labels)
+
+
+def _kmeans_strata(
+    x: np.ndarray,
+    n_strata: int | None,
+    seed: int,
+    pca_components: int | None,
+    max_strata: int | None,
+    fit_sample: int | None,
+) -> Strata:
+    # Single-threaded BLAS/OpenMP: on small inputs and shared machines, multi-threaded k-means
+    # is up to 20x slower through oversubscription (measured on the 2-core dev machine).
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _kmeans_strata_impl(x, n_strata, seed, pca_components, max_strata, fit_sample)
 
 
 def stratify_by_histograms(
