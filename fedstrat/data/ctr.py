@@ -342,14 +342,32 @@ _ML1M_FILES = {
 
 
 def _read_dat(raw: bytes, where: str, columns: list[str]) -> pd.DataFrame:
-    rows = [line.split("::") for line in raw.decode("latin-1").splitlines() if line.strip()]
-    bad = next((i for i, r in enumerate(rows) if len(r) != len(columns)), None)
-    if bad is not None or not rows:
-        detail = f"line {bad + 1} has {len(rows[bad])} fields" if bad is not None else "empty"
+    """Parse a MovieLens-1M ``.dat`` file ('::'-separated, latin-1) into string columns."""
+    lines = [ln for ln in raw.replace(b"\r\n", b"\n").split(b"\n") if ln.strip()]
+    bad = next((i for i, ln in enumerate(lines) if ln.count(b"::") != len(columns) - 1), None)
+    if bad is not None or not lines:
+        detail = (
+            f"line {bad + 1} has {lines[bad].count(b'::') + 1} fields"
+            if bad is not None
+            else "empty"
+        )
         raise DataError(
             f"movielens-1m: {where} is corrupt ({detail}; expected {len(columns)} "
             f"'::'-separated fields: {'::'.join(columns)})"
         )
+    if b"\t" not in raw:  # fast path: C parser on tab-separated bytes
+        body = b"\n".join(lines).replace(b"::", b"\t")
+        return pd.read_csv(
+            io.BytesIO(body),
+            sep="\t",
+            header=None,
+            names=columns,
+            dtype=str,
+            keep_default_na=False,
+            quoting=3,
+            encoding="latin-1",
+        )
+    rows = [ln.decode("latin-1").split("::") for ln in lines]
     return pd.DataFrame(rows, columns=columns)
 
 
