@@ -216,6 +216,13 @@ def partition_dataset(
         if shards_per_client < 1:
             raise ValueError(f"shards_per_client must be >= 1, got {shards_per_client}")
         parts = _shard(labels, num_clients, shards_per_client, rng)
+        smallest = min(len(q) for q in parts)
+        if smallest < min_size:
+            raise ValueError(
+                f"shard: a client got {smallest} rows < min_size={min_size} (shards of "
+                f"{len(labels) // (num_clients * shards_per_client)} rows); use fewer clients "
+                "or a smaller min_size"
+            )
     else:
         if not alpha > 0:
             raise ValueError(f"alpha must be > 0, got {alpha}")

@@ -146,6 +146,10 @@ def test_partition_errors() -> None:
         partition_dataset(ds, "dirichlet", 3, alpha=0.0)
     with pytest.raises(ValueError, match="shards"):
         partition_dataset(ds, "shard", 20, shards_per_client=2)
+    with pytest.raises(ValueError, match="shard: a client got 2 rows"):
+        # 30 rows, 20 shards (10 of 2 rows, 10 of 1 row): with seed 0 a client gets two 1-row
+        # shards although 10 clients x 3 rows fit into 30 rows
+        partition_dataset(toy(np.arange(30) % 3, 3), "shard", 10, shards_per_client=2, min_size=3)
     with pytest.raises(ValueError, match="num_clients"):
         partition_dataset(ds, "iid", 0)
     with pytest.raises(ValueError, match="natural partition keys"):
