@@ -1,0 +1,255 @@
+"""``fedstrat deploy``: certificates, a real local federation, and the shipped Flower App.
+
+Registered in :mod:`fedstrat.cli.main` as ``fedstrat deploy``. Commands:
+
+* ``fedstrat deploy certs DIR`` - test CA, SuperLink certificate (SAN localhost/127.0.0.1 plus
+  ``--host`` entries) and SuperNode authentication key pairs;
+* ``fedstrat deploy local --num-supernodes N [run options]`` - start a TLS SuperLink with
+  SuperNode authentication and N SuperNodes on 127.0.0.1, run the fedstrat Flower App on them
+  with ``flwr run``, follow its progress, stop everything;
+* ``fedstrat deploy app-dir`` - print the path of the Flower App shipped in the package (what
+  ``flwr run`` needs on a real deployment, see docs/deploy.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from fedstrat.app.config import ConfigError, RunConfig
+from fedstrat.cli.options import build_config, run_options
+
+deploy_app = typer.Typer(
+    name="deploy",
+    help="Run fedstrat on Flower's Deployment Engine (SuperLink + SuperNodes, TLS, auth).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"Error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def app_dir() -> Path:
+    """Directory of the Flower App shipped in the package (``pyproject.toml`` with components)."""
+    import fedstrat.app
+
+    path = Path(fedstrat.app.__file__).resolve().parent / "flwr_app"
+    if not (path / "pyproject.toml").is_file():
+        raise FileNotFoundError(f"the packaged Flower App is missing: {path}/pyproject.toml")
+    return path
+
+
+@deploy_app.command("app-dir")
+def app_dir_cmd() -> None:
+    """Print the path of the Flower App shipped inside fedstrat (for ``flwr run``)."""
+    try:
+        typer.echo(str(app_dir()))
+    except FileNotFoundError as exc:
+        raise _fail(str(exc), 1) from None
+
+
+@deploy_app.command("certs")
+def certs_cmd(
+    directory: Path = typer.Argument(..., help="Folder to write the certificates and keys to."),
+    num_supernodes: int = typer.Option(
+        3, "--num-supernodes", "-n", help="Number of SuperNode authentication key pairs."
+    ),
+    host: list[str] = typer.Option(
+        [],
+        "--host",
+        help="Extra host name or IP address of the SuperLink for the certificate's "
+        "subjectAltName (repeatable). localhost and 127.0.0.1 are always included.",
+    ),
+    days: int = typer.Option(365, "--days", help="Validity in days."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
+) -> None:
+    """Generate a test CA, a SuperLink TLS certificate and SuperNode auth key pairs."""
+    from fedstrat.deploy.certs import certificate_hosts, generate_certificates
+
+    if num_supernodes < 0:
+        raise _fail(f"--num-supernodes must be >= 0, got {num_supernodes}")
+    try:
+        certs = generate_certificates(
+            directory, hosts=host, num_supernodes=num_supernodes, days=days, overwrite=overwrite
+        )
+    except (FileExistsError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"CA certificate        {certs.ca_cert}   (copy to every SuperNode)")
+    typer.echo(f"CA key                {certs.ca_key}   (keep private)")
+    typer.echo(f"SuperLink certificate {certs.server_cert}")
+    typer.echo(f"SuperLink key         {certs.server_key}")
+    typer.echo(f"certificate hosts     {', '.join(certificate_hosts(certs.server_cert))}")
+    for priv, pub in zip(certs.supernode_private_keys, certs.supernode_public_keys, strict=True):
+        typer.echo(f"SuperNode key pair    {priv}  {pub.name}")
+
+
+def _base_for(num_supernodes: int) -> RunConfig:
+    """Defaults for a deployment of ``num_supernodes`` nodes: ``num-clients`` = N and, unless
+    set otherwise, ``clients-per-round`` = min(default, N)."""
+    base = RunConfig()
+    return dataclasses.replace(
+        base,
+        num_clients=num_supernodes,
+        clients_per_round=min(base.clients_per_round, num_supernodes),
+    )
+
+
+def _default_out(cfg: RunConfig) -> Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-deploy-{cfg.selection}-s{cfg.seed}"
+
+
+class _ProgressTail:
+    """Print new rounds from ``<run dir>/progress.jsonl`` while the run is going."""
+
+    def __init__(self, run_dir: Path, quiet: bool) -> None:
+        self.path = run_dir / "progress.jsonl"
+        self.seen = 0
+        self.quiet = quiet
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        if self.quiet or not self.path.is_file():
+            return
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for line in lines[self.seen :]:
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            kind = ev.get("event")
+            if kind == "round":
+                parts = [f"round {ev.get('round')}/{ev.get('rounds')}"]
+                for key in ("accuracy", "auc", "loss", "train_loss", "var_ratio"):
+                    if isinstance(ev.get(key), int | float):
+                        parts.append(f"{key} {ev[key]:.4g}")
+                for key in ("n_failed", "n_rejected"):
+                    if ev.get(key):
+                        parts.append(f"{key} {ev[key]}")
+                typer.echo("  " + "  ".join(parts))
+            elif kind == "start":
+                typer.echo(f"  run started at round {ev.get('first_round')}")
+            elif kind == "error":
+                typer.echo(f"  ServerApp error: {ev.get('message')}", err=True)
+        self.seen = len(lines)
+
+
+@deploy_app.command("local")
+@run_options(exclude=("num_clients",))
+def local_cmd(
+    *,
+    run_opts: dict[str, Any],
+    config: Path | None,
+    set_values: list[str] | None,
+    num_supernodes: int = typer.Option(
+        3, "--num-supernodes", "-n", help="SuperNodes to start (= num-clients of the run)."
+    ),
+    tls: bool = typer.Option(True, "--tls/--insecure", help="TLS between all components."),
+    auth: bool = typer.Option(
+        True, "--auth/--no-auth", help="SuperNode authentication (needs --tls)."
+    ),
+    certs: Path | None = typer.Option(
+        None, "--certs", help="Certificate folder from `fedstrat deploy certs` (default: new)."
+    ),
+    app: Path | None = typer.Option(
+        None, "--app", help="Flower App directory (default: the one shipped in fedstrat)."
+    ),
+    workdir: Path | None = typer.Option(
+        None, "--workdir", help="Folder for logs and FLWR_HOME dirs (default: temporary)."
+    ),
+    keep_workdir: bool = typer.Option(
+        False, "--keep-workdir", help="Keep the temporary workdir (logs) after the run."
+    ),
+    timeout: float = typer.Option(3600.0, "--timeout", help="Seconds to wait for the run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary."),
+) -> None:
+    """Run fedstrat on a real local federation: TLS SuperLink + N authenticated SuperNodes.
+
+    Every process binds to 127.0.0.1 on a free port, and every process started here is stopped
+    at the end, also on errors and Ctrl-C. Node i gets partition i of num-supernodes.
+    """
+    from fedstrat.deploy.local import FederationError, LocalFederation
+
+    if num_supernodes < 1:
+        raise _fail(f"--num-supernodes must be >= 1, got {num_supernodes}")
+    if auth and not tls:
+        raise _fail("SuperNode authentication needs TLS: use --tls or --no-auth")
+    try:
+        cfg = build_config(run_opts, config, set_values, base=_base_for(num_supernodes))
+        cfg = dataclasses.replace(cfg, num_clients=num_supernodes)
+        if cfg.resume and not cfg.out:
+            cfg = dataclasses.replace(cfg, out=cfg.resume)
+        out = Path(cfg.out) if cfg.out else _default_out(cfg)
+        cfg = dataclasses.replace(cfg, out=str(out.expanduser().resolve()))
+        if cfg.resume:
+            cfg = dataclasses.replace(cfg, resume=str(Path(cfg.resume).expanduser().resolve()))
+        cfg.validate()
+        app_path = (app or app_dir()).expanduser().resolve()
+    except (ConfigError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    if not cfg.resume and Path(cfg.out).exists() and any(Path(cfg.out).iterdir()):
+        raise _fail(f"output directory {cfg.out} exists and is not empty (use --resume or --out)")
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    echo = (lambda _m: None) if quiet else (lambda m: typer.echo(f"[deploy] {m}", err=True))
+    tail = _ProgressTail(Path(cfg.out), quiet)
+    try:
+        with LocalFederation(
+            num_supernodes,
+            tls=tls,
+            auth=auth,
+            certs_dir=certs,
+            workdir=workdir,
+            keep_workdir=keep_workdir,
+            echo=echo,
+        ) as fed:
+            result = fed.run(app_path, cfg.to_flower(), timeout=timeout, on_poll=tail)
+            tail(result.info)
+            if result.log_path is not None and keep_workdir:
+                echo(f"ServerApp log: {result.log_path}")
+            elif not result.ok and result.log_path is not None:
+                typer.echo(_last_lines(result.log_path, 30), err=True)
+    except KeyboardInterrupt:
+        raise _fail("interrupted; every started process was stopped", 130) from None
+    except (FederationError, TimeoutError, ValueError) as exc:
+        raise _fail(str(exc), 1) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    summary_path = Path(cfg.out) / "summary.json"
+    typer.echo(f"run {result.run_id}: {result.status} in {result.elapsed:.1f} s")
+    typer.echo(f"run directory: {cfg.out}")
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        keys = ("metric", "final", "best", "rounds", "mean_var_ratio", "wall_seconds")
+        shown = {k: summary[k] for k in keys if k in summary}
+        if shown:
+            typer.echo("summary: " + json.dumps(shown))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _last_lines(path: Path, n: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def main() -> None:  # pragma: no cover - ``python -m fedstrat.cli.deploy``
+    deploy_app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Fast checks of the deploy helpers (no Flower processes): certificates, keys, run config, CLI."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import (
+    load_pem_private_key,
+    load_ssh_private_key,
+    load_ssh_public_key,
+)
+from typer.testing import CliRunner
+
+from fedstrat.deploy.certs import (
+    CertificateSet,
+    certificate_hosts,
+    generate_certificates,
+    generate_supernode_keys,
+)
+from fedstrat.deploy.local import (
+    MARKER_ENV,
+    LocalFederation,
+    find_marked_processes,
+    format_run_config,
+    free_port,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+pytestmark = pytest.mark.deploy
+
+
+def test_certificates_chain_and_subject_alt_names(tmp_path: Path) -> None:
+    certs = generate_certificates(tmp_path, hosts=["10.0.0.5", "link.example"], num_supernodes=2)
+    ca = x509.load_pem_x509_certificate(certs.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(certs.server_cert.read_bytes())
+    # The server certificate is signed by the CA (raises InvalidSignature otherwise).
+    server.verify_directly_issued_by(ca)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+    assert server.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("127.0.0.1") in san.get_values_for_type(x509.IPAddress)
+    assert ipaddress.ip_address("10.0.0.5") in san.get_values_for_type(x509.IPAddress)
+    assert {"localhost", "link.example"} <= set(san.get_values_for_type(x509.DNSName))
+    assert set(certificate_hosts(certs.server_cert)) == {
+        "localhost",
+        "link.example",
+        "127.0.0.1",
+        "10.0.0.5",
+    }
+    key = load_pem_private_key(certs.server_key.read_bytes(), None)
+    assert key.public_key().public_numbers() == server.public_key().public_numbers()
+    assert certs.server_key.stat().st_mode & 0o077 == 0  # private keys: owner only
+    assert certs.ca_key.stat().st_mode & 0o077 == 0
+
+
+def test_supernode_keys_are_openssh_p384_pairs(tmp_path: Path) -> None:
+    privs, pubs = generate_supernode_keys(tmp_path, 3)
+    assert [p.name for p in privs] == ["supernode-0", "supernode-1", "supernode-2"]
+    seen = set()
+    for priv_path, pub_path in zip(privs, pubs, strict=True):
+        priv = load_ssh_private_key(priv_path.read_bytes(), None)
+        pub = load_ssh_public_key(pub_path.read_bytes())
+        assert isinstance(priv, ec.EllipticCurvePrivateKey)
+        assert isinstance(priv.curve, ec.SECP384R1)
+        assert priv.public_key().public_numbers() == pub.public_numbers()
+        seen.add(pub_path.read_text().split()[1])
+        assert priv_path.stat().st_mode & 0o077 == 0
+    assert len(seen) == 3  # distinct keys
+    # Existing pairs are kept (a SuperNode's identity must not change behind its back).
+    before = privs[0].read_bytes()
+    generate_supernode_keys(tmp_path, 4)
+    assert privs[0].read_bytes() == before
+    assert (tmp_path / "supernode-3.pub").is_file()
+
+
+def test_existing_ca_is_not_overwritten_silently(tmp_path: Path) -> None:
+    generate_certificates(tmp_path)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        generate_certificates(tmp_path)
+    again = generate_certificates(tmp_path, overwrite=True, num_supernodes=1)
+    found = CertificateSet.from_directory(tmp_path)
+    assert found.ca_cert == again.ca_cert
+    assert [p.name for p in found.supernode_private_keys] == ["supernode-0"]
+    with pytest.raises(FileNotFoundError):
+        CertificateSet.from_directory(tmp_path / "nothing")
+    with pytest.raises(ValueError):
+        generate_certificates(tmp_path / "x", days=0)
+
+
+def test_format_run_config_round_trips_through_toml() -> None:
+    values = {"dataset": 'di"gits', "num_clients": 3, "lr": 0.2, "resume": "", "flag": True}
+    parsed = tomllib.loads(format_run_config(values))
+    assert parsed == {"dataset": 'di"gits', "num-clients": 3, "lr": 0.2, "resume": "", "flag": True}
+    with pytest.raises(ValueError, match="finite"):
+        format_run_config({"lr": float("nan")})
+    with pytest.raises(ValueError, match="bool, int, float or str"):
+        format_run_config({"lr": [1, 2]})
+    with pytest.raises(ValueError, match="invalid run-config key"):
+        format_run_config({"a.b": 1})
+
+
+def test_local_federation_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="num_supernodes"):
+        LocalFederation(0)
+    with pytest.raises(ValueError, match="requires TLS"):
+        LocalFederation(2, tls=False, auth=True)
+    with pytest.raises(ValueError, match="startup_timeout"):
+        LocalFederation(2, startup_timeout=0)
+
+
+def test_free_port_is_bindable_on_loopback() -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_marked_processes_are_found_and_only_those(tmp_path: Path) -> None:
+    marker = "test-" + os.urandom(4).hex()
+    env = dict(os.environ, **{MARKER_ENV: marker})
+    code = "import time; time.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    other = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 10
+        while proc.pid not in find_marked_processes(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        found = find_marked_processes(marker)
+        assert proc.pid in found and other.pid not in found
+    finally:
+        for p in (proc, other):
+            p.kill()
+            p.wait()
+    assert find_marked_processes(marker) == []
+
+
+def test_cli_certs_command(tmp_path: Path) -> None:
+    from fedstrat.cli.deploy import app_dir, deploy_app
+
+    runner = CliRunner()
+    res = runner.invoke(
+        deploy_app, ["certs", str(tmp_path / "c"), "-n", "2", "--host", "192.168.1.7"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "192.168.1.7" in res.output
+    assert (tmp_path / "c" / "supernode-keys" / "supernode-1.pub").is_file()
+    res = runner.invoke(deploy_app, ["certs", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "overwrite" in res.output
+    res = runner.invoke(deploy_app, ["app-dir"])
+    assert res.exit_code == 0 and Path(res.output.strip()) == app_dir()
+    pyproject = tomllib.loads((app_dir() / "pyproject.toml").read_text())
+    components = pyproject["tool"]["flwr"]["app"]["components"]
+    assert components == {
+        "serverapp": "fedstrat.app.server_app:app",
+        "clientapp": "fedstrat.clients.client_app:app",
+    }
+
+
+def test_cli_local_rejects_bad_input_before_starting_anything(tmp_path: Path) -> None:
+    from fedstrat.cli.deploy import deploy_app
+
+    runner = CliRunner()
+    res = runner.invoke(deploy_app, ["local", "-n", "2", "--insecure"])
+    assert res.exit_code == 2 and "TLS" in res.output
+    res = runner.invoke(deploy_app, ["local", "-n", "0"])
+    assert res.exit_code == 2
+    res = runner.invoke(deploy_app, ["local", "-n", "2", "--dataset", "nope"])
+    assert res.exit_code == 2 and "dataset" in res.output
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "x").write_text("x")
+    res = runner.invoke(deploy_app, ["local", "-n", "2", "--out", str(out)])
+    assert res.exit_code == 2 and "not empty" in res.output
+    res = runner.invoke(deploy_app, ["local", "-n", "2", "--clients-per-round", "3"])
+    assert res.exit_code == 2 and "exceeds num-clients (2)" in res.output
+
+
+def test_deploy_is_registered_in_the_main_cli() -> None:
+    from fedstrat.cli.main import app
+
+    res = CliRunner().invoke(app, ["deploy", "--help"])
+    assert res.exit_code == 0, res.output
+    assert "local" in res.output and "certs" in res.output
+
+
+def test_docs_commands_use_real_flags() -> None:
+    """Every ``--flag`` of flower-superlink/supernode used in docs/deploy.md exists in 1.41."""
+    docs = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
+    text = docs.read_text()
+    helps = {}
+    for exe in ("flower-superlink", "flower-supernode"):
+        path = Path(sys.executable).parent / exe
+        helps[exe] = subprocess.run(
+            [str(path), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, FLWR_TELEMETRY_ENABLED="0"),
+        ).stdout
+    checked = 0
+    for block in text.split("```")[1::2]:
+        for line in textwrap.dedent(block).replace("\\\n", " ").splitlines():
+            words = line.split()
+            if not words or words[0] not in helps:
+                continue
+            for w in words[1:]:
+                if w.startswith("--"):
+                    flag = w.split("=")[0]
+                    assert flag in helps[words[0]], f"{words[0]} has no {flag}"
+                    checked += 1
+    assert checked >= 10

@@ -1,0 +1,252 @@
+"""fedstrat on Flower's Deployment Engine: a real TLS SuperLink + 3 authenticated SuperNodes.
+
+All tests of this module share ONE federation (module fixture; starting one costs ~10-20 s) and
+run in file order: integration run (also the uninterrupted reference for resume), resume,
+malformed updates, a SuperNode killed mid-run, and finally a check that every process the
+federation started is gone. Everything binds to 127.0.0.1. Each run is bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from fedstrat.cli.deploy import app_dir
+from fedstrat.deploy.local import LocalFederation, find_marked_processes
+
+pytestmark = pytest.mark.deploy
+
+RUN_TIMEOUT = 240.0  # seconds, per run (a healthy 4-round run takes ~40-90 s on 2 cores)
+
+#: A small, fast job on real data: sklearn digits (8x8) in 3 Dirichlet(1.0) partitions, one per
+#: SuperNode; an MLP learns visibly in a few rounds with lr 0.2.
+BASE: dict[str, Any] = {
+    "dataset": "digits",
+    "model": "mlp",
+    "partition": "dirichlet",
+    "alpha": 1.0,
+    "num-clients": 3,
+    "clients-per-round": 2,
+    "local-epochs": 1,
+    "lr": 0.2,
+    "batch-size": 32,
+    "seed": 0,
+    "node-wait-timeout": 60.0,
+    "round-timeout": 120.0,
+}
+
+_shared: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    workdir = tmp_path_factory.mktemp("federation")
+    fed = LocalFederation(3, tls=True, auth=True, workdir=workdir, startup_timeout=120.0)
+    with fed:
+        yield fed
+
+
+def _run(fed: LocalFederation, out: Path, app: Path | None = None, **overrides: Any) -> Any:
+    cfg = dict(BASE, out=str(out), **overrides)
+    result = fed.run(app or app_dir(), cfg, timeout=RUN_TIMEOUT)
+    if not result.ok:
+        log = result.log_path.read_text() if result.log_path else ""
+        pytest.fail(f"run {result.run_id} ended {result.status}:\n{log[-4000:]}")
+    return result
+
+
+def _metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _records(run_dir: Path) -> list[dict[str, Any]]:
+    lines = (run_dir / "sampling.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _model(run_dir: Path) -> dict[str, np.ndarray]:
+    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    return {k: v.numpy() for k, v in state.items()}
+
+
+def _reference(fed: LocalFederation, tmp: Path) -> Path:
+    """The uninterrupted 4-round run (made by the integration test, or here if run alone)."""
+    if "reference" not in _shared:
+        _run(fed, tmp / "reference", rounds=4)
+        _shared["reference"] = tmp / "reference"
+    return _shared["reference"]
+
+
+def test_federation_is_up_with_tls_and_auth(federation: LocalFederation) -> None:
+    assert federation.address.startswith("127.0.0.1:")
+    assert len(federation.node_ids) == 3  # one registered public key per SuperNode
+    log = federation.superlink.log_path.read_text()
+    assert "https://127.0.0.1" in log  # served over TLS
+    for i in range(3):
+        text = federation.supernodes[i].log_path.read_text()
+        assert f"SuperNode ID: {federation.node_ids[i]}" in text  # authenticated identity
+
+
+def test_integration_stratified_fedavg_improves(
+    federation: LocalFederation, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    run_dir = _reference(federation, tmp_path_factory.mktemp("integration"))
+    for name in (
+        "config.toml",
+        "metrics.csv",
+        "metrics.json",
+        "sampling.jsonl",
+        "model.pt",
+        "summary.json",
+        "progress.jsonl",
+    ):
+        assert (run_dir / name).is_file(), name
+    rows = _metrics(run_dir)
+    assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
+    acc0, acc_end = rows[0]["accuracy"], rows[-1]["accuracy"]
+    assert acc_end >= acc0 + 0.2, (acc0, acc_end)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    records = _records(run_dir)
+    assert [r["round"] for r in records] == [1, 2, 3, 4]
+    for rec in records:
+        assert rec["selection"] == "stratified"
+        assert len(rec["selected"]) == 2  # clients-per-round of 3 SuperNodes
+        assert sorted(rec["responders"]) == sorted(rec["selected"])
+        assert not rec["failures"] and not rec["rejected"]
+    for value in _model(run_dir).values():
+        assert np.isfinite(value).all()
+
+
+def test_resume_through_deployment_matches_uninterrupted(
+    federation: LocalFederation, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("resume")
+    reference = _reference(federation, tmp)
+    part = tmp / "interrupted"
+    _run(federation, part, rounds=2)
+    assert [r["round"] for r in _metrics(part)] == [0, 1, 2]
+    _run(federation, part, rounds=4, resume=str(part))
+    assert [r["round"] for r in _metrics(part)] == [0, 1, 2, 3, 4]
+    ref_records, part_records = _records(reference), _records(part)
+    assert [r["selected"] for r in part_records] == [r["selected"] for r in ref_records]
+    ref_model, resumed = _model(reference), _model(part)
+    assert ref_model.keys() == resumed.keys()
+    for key in ref_model:
+        np.testing.assert_allclose(resumed[key], ref_model[key], rtol=0, atol=1e-6, err_msg=key)
+    ref_acc = [r["accuracy"] for r in _metrics(reference)]
+    assert [r["accuracy"] for r in _metrics(part)] == pytest.approx(ref_acc, abs=1e-6)
+
+
+def test_malformed_updates_are_rejected(
+    federation: LocalFederation, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("faulty")
+    app = tmp / "faulty_app"
+    app.mkdir()
+    pyproject = (app_dir() / "pyproject.toml").read_text()
+    assert 'clientapp = "fedstrat.clients.client_app:app"' in pyproject
+    pyproject = pyproject.replace(
+        'clientapp = "fedstrat.clients.client_app:app"', 'clientapp = "faulty_client:app"'
+    ).replace('name = "fedstrat-app"', 'name = "fedstrat-faulty-app"')
+    (app / "pyproject.toml").write_text(pyproject)
+    shutil.copy(Path(__file__).with_name("faulty_client.py"), app / "faulty_client.py")
+
+    run_dir = tmp / "run"
+    # Every node every round: partition 0 sends NaN, partition 1 a wrong shape, 2 is honest.
+    _run(federation, run_dir, app=app, rounds=2, **{"clients-per-round": 3})
+    records = _records(run_dir)
+    assert len(records) == 2
+    for rec in records:
+        assert len(rec["selected"]) == 3
+        assert len(rec["rejected"]) == 2, rec["rejected"]
+        assert len(rec["responders"]) == 1
+        reasons = " ".join(json.dumps(r) for r in rec["rejected"]).lower()
+        assert "nan" in reasons or "finite" in reasons, reasons
+        assert "shape" in reasons, reasons
+    rows = _metrics(run_dir)
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"]  # the honest update still helps
+    for value in _model(run_dir).values():
+        assert np.isfinite(value).all()
+
+
+def _progress_rounds(run_dir: Path) -> list[int]:
+    path = run_dir / "progress.jsonl"
+    if not path.is_file():
+        return []
+    rounds = []
+    for line in path.read_text().splitlines():
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if ev.get("event") == "round":
+            rounds.append(int(ev["round"]))
+    return rounds
+
+
+def _wait_for(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_killed_supernode_run_completes_and_restarted_node_rejoins(
+    federation: LocalFederation, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("kill")
+    run_dir = tmp / "run"
+    victim = 2
+    cfg = dict(BASE, out=str(run_dir), rounds=5, **{"clients-per-round": 3, "round-timeout": 45.0})
+    run_id = federation.submit(app_dir(), cfg)
+    try:
+        _wait_for(lambda: 1 in _progress_rounds(run_dir), RUN_TIMEOUT, "round 1")
+        federation.kill_supernode(victim, signal.SIGKILL)  # a crash, mid-run
+        _wait_for(lambda: 2 in _progress_rounds(run_dir), RUN_TIMEOUT, "round 2")
+        federation.start_supernode(victim)  # same key -> same Flower node id
+        result = federation.wait(run_id, timeout=RUN_TIMEOUT)
+    finally:
+        if not federation.supernodes[victim].alive():
+            federation.start_supernode(victim)
+    assert result.ok, result
+    records = _records(run_dir)
+    assert [r["round"] for r in records] == [1, 2, 3, 4, 5]
+    # The grid gives node ids 1 + partition-id, so the victim is node 3 in the records.
+    victim_id = victim + 1
+    assert victim_id in records[0]["responders"]
+    failed_rounds = [r["round"] for r in records if r["failures"]]
+    assert 2 in failed_rounds, [(r["round"], r["failures"]) for r in records]
+    rec2 = records[1]
+    assert victim_id not in rec2["responders"]
+    assert len(rec2["responders"]) == 2
+    assert sum(rec2["weights"]) > 0
+    rejoined = [r["round"] for r in records[2:] if victim_id in r["responders"]]
+    assert rejoined, "restarted SuperNode never answered again"
+    rows = _metrics(run_dir)
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"]
+    assert rows[2]["n_failed"] >= 1
+
+
+def test_stop_leaves_no_process_behind(federation: LocalFederation) -> None:
+    marker = federation.marker
+    assert federation.pids(), "federation should be running before stop"
+    port = int(federation.address.rsplit(":", 1)[1])
+    federation.stop()
+    assert find_marked_processes(marker) == []
+    for proc in [federation.superlink, *federation.supernodes.values()]:
+        assert proc is not None and proc.popen.poll() is not None
+    import socket
+
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # SuperLink port closed
