@@ -266,7 +266,7 @@ def privatize_histogram(
 
 
 _CHUNK = 65_536
-_CACHE_LIMIT = 1 << 24  # cache projection matrices up to 16M entries (64 MiB float32)
+_CACHE_LIMIT = 1 << 23  # cache projection matrices up to 8M entries (64 MiB float64)
 
 
 def _projection_chunk(d0: int, d1: int, dim: int, seed: int, chunk: int) -> np.ndarray:
@@ -280,7 +280,7 @@ def _projection(d: int, dim: int, seed: int) -> np.ndarray:
         _projection_chunk(s, min(s + _CHUNK, d), dim, seed, c)
         for c, s in enumerate(range(0, d, _CHUNK))
     ]
-    mat = np.concatenate(parts, axis=0)
+    mat = np.concatenate(parts, axis=0).astype(np.float64)
     mat.setflags(write=False)
     return mat
 
@@ -290,8 +290,9 @@ def sketch_update(vector: np.ndarray, dim: int = 64, seed: int = 0) -> np.ndarra
 
     ``E ||s||^2 = ||v||^2`` and inner products are preserved in expectation
     (Johnson-Lindenstrauss). ``G`` is generated in row chunks from ``(seed, dim, chunk)``, so the
-    same ``(D, dim, seed)`` gives the same matrix on every call site; matrices up to 16M entries
-    are cached. ``vector`` may be 1-D (D,) or a batch (B, D); returns float64 (dim,) or (B, dim).
+    same ``(D, dim, seed)`` gives the same matrix on every call site; matrices up to 8M entries
+    are cached (larger ones are regenerated chunk by chunk on every call). ``vector`` may be
+    1-D (D,) or a batch (B, D); returns float64 (dim,) or (B, dim).
     """
     dim = as_count(dim, "dim")
     v = np.asarray(vector, dtype=np.float64)
@@ -302,7 +303,7 @@ def sketch_update(vector: np.ndarray, dim: int = 64, seed: int = 0) -> np.ndarra
     d = v.shape[-1]
     scale = 1.0 / np.sqrt(dim)
     if d * dim <= _CACHE_LIMIT:
-        return (v @ _projection(d, dim, int(seed)).astype(np.float64)) * scale
+        return (v @ _projection(d, dim, int(seed))) * scale
     out = np.zeros(v.shape[:-1] + (dim,), dtype=np.float64)
     for c, s in enumerate(range(0, d, _CHUNK)):
         e = min(s + _CHUNK, d)

@@ -131,11 +131,19 @@ def stratum_statistics(
     p = sz / sz.sum()
     lab = st.labels
     masses = np.bincount(lab, weights=p, minlength=st.n_strata)
-    means = np.zeros((st.n_strata, upd.shape[1]))
-    np.add.at(means, lab, p[:, None] * upd)
-    means /= masses[:, None]
-    dev = np.sum((upd - means[lab]) ** 2, axis=1)
-    var = np.bincount(lab, weights=p * dev, minlength=st.n_strata) / masses
+    # Shift by the global weighted mean (reduces cancellation), then use first and second
+    # moments per stratum: sigma_h^2 = E_q||x||^2 - ||E_q x||^2 (vectorised, O(N d)).
+    shift = p @ upd
+    xc = upd - shift
+    wx = p[:, None] * xc
+    first = np.stack(
+        [np.bincount(lab, weights=wx[:, j], minlength=st.n_strata) for j in range(upd.shape[1])],
+        axis=1,
+    )
+    second = np.bincount(lab, weights=np.einsum("ij,ij->i", wx, xc), minlength=st.n_strata)
+    centred = first / masses[:, None]
+    means = centred + shift
+    var = second / masses - np.sum(centred * centred, axis=1)
     return {
         "counts": st.sizes.astype(np.float64),
         "masses": masses,
