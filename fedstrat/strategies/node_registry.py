@@ -36,8 +36,8 @@ class NodeRegistry:
         return [n for n in node_ids if not self.known(n)]
 
     def sizes(self, node_ids: list[int]) -> np.ndarray:
-        """``n_i`` of the nodes; unknown sizes are the mean of the known ones (1 if none)."""
-        known = [self.num_examples[n] for n in node_ids if n in self.num_examples]
+        """``n_i`` of the nodes; unknown sizes are the mean of every known size (1 if none)."""
+        known = list(self.num_examples.values())
         fill = float(np.mean(known)) if known else 1.0
         if fill <= 0:
             fill = 1.0

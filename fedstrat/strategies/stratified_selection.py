@@ -528,16 +528,21 @@ class StratifiedSelection(Strategy):
             if kind == "sketches" and server_round <= self.warmup_rounds:
                 return
             nodes = self._feature_nodes(sorted(set(available) | set(self._node_stratum)), kind)
+            n_unknown = len(set(available) - set(nodes))
             if len(nodes) >= 2:
-                self.stratify(server_round, nodes, kind)
+                self.stratify(server_round, nodes, kind, n_unknown)
         if self._centroids is not None:
             self.assign_new_nodes(available)
 
-    def stratify(self, server_round: int, nodes: list[int], kind: str) -> None:
-        """Stratify ``nodes`` on ``kind`` features and choose the design; reset the tracker."""
+    def stratify(self, server_round: int, nodes: list[int], kind: str, n_unknown: int = 0) -> None:
+        """Stratify ``nodes`` on ``kind`` features and choose the design; reset the tracker.
+
+        ``n_unknown`` available nodes have no features: they will form their own stratum,
+        which needs one of the ``clients_per_round`` slots.
+        """
         x = self._features(nodes, kind)
         sizes = self.registry.sizes(nodes)
-        m = min(self.clients_per_round, len(nodes))
+        m = min(self.clients_per_round - (1 if n_unknown else 0), len(nodes))
         reason = ""
         if self.design == "auto":
             cands: tuple[int, ...] = (
@@ -923,6 +928,11 @@ class StratifiedSelection(Strategy):
             "selected": [int(n) for n in plan["selected"]],
             "selection_weights": [float(w) for w in sel.weights],
             "inclusion": [float(p) for p in sel.inclusion],
+            "selected_strata": (
+                None
+                if sel.strata is None or "present" not in plan
+                else [int(h) for h in plan["present"][sel.strata]]
+            ),
             "responders": [v.node_id for v in valid],
             "weights": [float(w) for w in weights],
             "rejected": rejected,
