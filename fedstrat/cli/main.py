@@ -446,6 +446,9 @@ def measure_variance_cmd(
         "--selections",
         help="Selections to measure (stratified-prop = same strata, proportional allocation).",
     ),
+    seeds: str = typer.Option(
+        "", "--seeds", help="Comma-separated seeds to repeat the measurement (default: --seed)."
+    ),
 ) -> None:
     """Measure E||T_hat - T||^2 of each selection from every client's real update (no Flower).
 
@@ -470,7 +473,8 @@ def measure_variance_cmd(
         out = Path(cfg.out or f"runs/variance-{_stamp()}")
         _check_out_dir(str(out))
         preflight(cfg)
-        res = _measure_into(cfg, [cfg.seed], rounds, samples, out, _console(), sels)
+        seed_list = _int_list(seeds, "--seeds") if seeds.strip() else [cfg.seed]
+        res = _measure_into(cfg, seed_list, rounds, samples, out, _console(), sels)
         _out_console().print(
             f"uniform/stratified measured variance ratio: {res.ratio():.3g} (mean over rounds); "
             f"wrote {out}"

@@ -1,0 +1,134 @@
+"""report / compare on run directories, without Flower: a fake runner writes run dirs in the
+documented layout (docs/design.md, fedstrat.app)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+from fedstrat.cli import main as cli_main
+from fedstrat.cli.main import app
+from fedstrat.cli.report import compare_rows, load_run, rounds_to_target
+
+runner = CliRunner()
+
+
+def _write_run(d: Path, selection: str, seed: int, accs: list[float], pv: float) -> None:
+    """A run dir as the app writes it: round 0 = initial model, then one row per round."""
+    d.mkdir(parents=True)
+    rows = []
+    for r, acc in enumerate(accs):
+        rows.append(
+            {
+                "round": r,
+                "accuracy": acc,
+                "loss": 2.0 - acc,
+                "auc": None,
+                "pred_var": None if r == 0 else pv,
+                "pred_var_uniform": None if r == 0 else 0.04,
+                "var_ratio": None if r == 0 else 0.04 / pv,
+                "seconds": 0.5,
+            }
+        )
+    (d / "metrics.json").write_text(json.dumps(rows))
+    (d / "config.toml").write_text(
+        f'dataset = "digits"\nselection = "{selection}"\nseed = {seed}\nrounds = {len(accs) - 1}\n'
+    )
+    (d / "summary.json").write_text(json.dumps({"target": 0.5, "wall_seconds": 3.0}))
+
+
+def test_load_run_and_rounds_to_target(tmp_path: Path) -> None:
+    _write_run(tmp_path / "a", "stratified", 0, [0.1, 0.3, 0.55, 0.6], 0.01)
+    s = load_run(tmp_path / "a")
+    assert (s.selection, s.seed, s.metric) == ("stratified", 0, "accuracy")
+    assert s.final_score == 0.6 and s.best_score == 0.6
+    assert s.rounds_to_target == 2  # target 0.5 from summary.json
+    assert s.mean_ratio == pytest.approx(4.0)
+    assert rounds_to_target(s.curve, 0.99) is None
+    assert load_run(tmp_path / "a", target=0.2).rounds_to_target == 1
+
+
+def test_compare_rows_median_and_speedup(tmp_path: Path) -> None:
+    runs = []
+    # stratified reaches 0.5 at rounds 2, 2, 3; uniform at 4, 6 and never
+    for seed, accs in enumerate([[0, 0.3, 0.5, 0.6], [0, 0.2, 0.6, 0.7], [0, 0.1, 0.4, 0.5]]):
+        _write_run(tmp_path / f"s{seed}", "stratified", seed, accs + [0.7] * 4, 0.01)
+        runs.append(load_run(tmp_path / f"s{seed}"))
+    for seed, accs in enumerate(
+        [[0, 0.1, 0.2, 0.3, 0.5, 0.5, 0.5, 0.5], [0, 0.1] + [0.2] * 4 + [0.5, 0.5], [0.1] * 8]
+    ):
+        _write_run(tmp_path / f"u{seed}", "uniform", seed, accs, 0.04)
+        runs.append(load_run(tmp_path / f"u{seed}"))
+    rows = {r["selection"]: r for r in compare_rows(runs, {"uniform": 2.0, "stratified": 0.5})}
+    assert rows["stratified"]["rounds_to_target_median"] == 2
+    assert rows["uniform"]["rounds_to_target_median"] == 6  # median of 4, 6, never
+    assert rows["uniform"]["reached"] == 2
+    assert rows["stratified"]["speedup_vs_uniform"] == pytest.approx(3.0)
+    assert rows["stratified"]["measured_ratio_uniform_over"] == pytest.approx(4.0)
+
+
+def test_report_command_on_runs_and_compare_dir(tmp_path: Path) -> None:
+    root = tmp_path / "cmp"
+    _write_run(root / "stratified-s0", "stratified", 0, [0.1, 0.6], 0.01)
+    _write_run(root / "uniform-s0", "uniform", 0, [0.1, 0.4], 0.04)
+    res = runner.invoke(app, ["report", str(root)], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    assert "stratified" in res.stdout and "uniform" in res.stdout
+    for name in ("compare.csv", "compare.json", "table.md", "accuracy.png", "variance.png"):
+        assert (root / "compare" / name).is_file(), name
+    assert (root / "stratified-s0" / "plots" / "accuracy.png").is_file()
+    out = tmp_path / "rep"
+    res = runner.invoke(
+        app, ["report", str(root / "stratified-s0"), str(root / "uniform-s0"), "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "compare.json").read_text())
+    assert {r["selection"] for r in data["rows"]} == {"stratified", "uniform"}
+
+
+def test_report_errors(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["report", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "not a directory" in res.stderr
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, ["report", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and "neither a run directory" in res.stderr
+
+
+def test_compare_runs_every_selection_with_the_same_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def fake_run(cfg, on_round=None, quiet=True):
+        calls.append((cfg.selection, cfg.seed, cfg.alpha, cfg.num_clients))
+        acc = 0.6 if cfg.selection == "stratified" else 0.4
+        _write_run(Path(cfg.out), cfg.selection, cfg.seed, [0.1, acc, acc + 0.1], 0.02)
+        if on_round is not None:
+            on_round({"event": "round", "round": 1, "accuracy": acc, "loss": 1.0})
+        return SimpleNamespace(run_dir=Path(cfg.out), metrics=[], summary={})
+
+    monkeypatch.setattr(cli_main, "_runner", lambda: fake_run)
+    out = tmp_path / "cmp"
+    args = ["compare", "--dataset", "digits", "--num-clients", "10", "--clients-per-round", "3"]
+    args += ["--alpha", "0.3", "--selections", "stratified,uniform", "--seeds", "3,4"]
+    res = runner.invoke(app, [*args, "--out", str(out)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert sorted(calls) == [
+        ("stratified", 3, 0.3, 10),
+        ("stratified", 4, 0.3, 10),
+        ("uniform", 3, 0.3, 10),
+        ("uniform", 4, 0.3, 10),
+    ]
+    rows = json.loads((out / "compare" / "compare.json").read_text())["rows"]
+    assert [r["selection"] for r in rows] == ["stratified", "uniform"]
+    assert (out / "compare" / "compare.csv").is_file()
+    # a second compare into the same dir is refused, --skip-existing reuses the finished runs
+    res = runner.invoke(app, [*args, "--out", str(out)])
+    assert res.exit_code == 2 and "already exists" in res.stderr
+    calls.clear()
+    res = runner.invoke(app, [*args, "--out", str(out), "--skip-existing"])
+    assert res.exit_code == 0 and calls == []
