@@ -76,7 +76,7 @@ def test_ht_is_unbiased_over_rounds_seeded_monte_carlo():
     arrays = global_arrays(4)
     xg = flatten(arrays)
     est = []
-    for r in range(1, 161):
+    for r in range(1, 101):
         _, _, new, _ = one_round(s, grid, arrays, r)
         est.append(flatten(new) - xg)
     est = np.array(est)

@@ -1,0 +1,182 @@
+"""StratifiedSelection in real Flower simulations (one Ray simulation serves every test here).
+
+A tiny numpy ClientApp (softmax regression on Dirichlet(0.1)-skewed synthetic data, 20 nodes)
+answers the profile query of docs/design.md. The ServerApp runs, one after the other on the
+same Grid: FedAvg (4 rounds), FedProx, FedAdam, FedYogi (3 rounds each) wrapped in
+StratifiedSelection, and a FedAvg run in which 6 nodes raise during training.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
+
+from fedstrat.strategies import PROFILE_KEY, StratifiedSelection
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+N_NODES, CLASSES, FEATURES, M = 20, 4, 5, 5
+FAILING = {0, 1, 2, 3, 4, 5}  # partition ids that raise in the failure scenario
+
+
+def local_data(pid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Partition ``pid``: Dirichlet(0.1) label mix, sizes 20..119, Gaussian class clusters."""
+    rng = np.random.default_rng([1234, pid])
+    n = int(rng.integers(20, 120))
+    props = rng.dirichlet(np.full(CLASSES, 0.1))
+    y = rng.choice(CLASSES, size=n, p=props)
+    centers = np.random.default_rng(99).normal(scale=2.0, size=(CLASSES, FEATURES))
+    x = centers[y] + rng.normal(size=(n, FEATURES))
+    return x, y
+
+
+client = ClientApp()
+
+
+@client.query()
+def query(msg: Message, context: Context) -> Message:
+    _, y = local_data(int(context.node_config["partition-id"]))
+    hist = np.bincount(y, minlength=CLASSES).astype(float).tolist()
+    rec = MetricRecord({"num-examples": len(y), "label-hist": hist})
+    return Message(RecordDict({PROFILE_KEY: rec}), reply_to=msg)
+
+
+@client.train()
+def train(msg: Message, context: Context) -> Message:
+    pid = int(context.node_config["partition-id"])
+    cfg = msg.content["config"]
+    if cfg.get("fail", 0) and pid in FAILING:
+        raise RuntimeError(f"partition {pid} fails on purpose")
+    x, y = local_data(pid)
+    arrays = msg.content["arrays"]
+    w0, b0 = arrays["w"].numpy(), arrays["b"].numpy()
+    w, b = w0.copy(), b0.copy()
+    mu = float(cfg.get("proximal-mu", 0.0))
+    onehot = np.eye(CLASSES)[y]
+    for _ in range(5):
+        z = x @ w + b
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        g = (p - onehot) / len(y)
+        w -= 0.2 * (x.T @ g + mu * (w - w0))
+        b -= 0.2 * (g.sum(axis=0) + mu * (b - b0))
+    loss = float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean())
+    out = ArrayRecord({"w": Array(w.astype(w0.dtype)), "b": Array(b.astype(b0.dtype))})
+    metrics = MetricRecord({"num-examples": len(y), "train-loss": loss})
+    return Message(RecordDict({"arrays": out, "metrics": metrics}), reply_to=msg)
+
+
+RESULTS: dict[str, dict] = {}
+
+
+def initial() -> ArrayRecord:
+    return ArrayRecord(
+        {
+            "w": Array(np.zeros((FEATURES, CLASSES), np.float32)),
+            "b": Array(np.zeros(CLASSES, np.float32)),
+        }
+    )
+
+
+server = ServerApp()
+
+
+@server.main()
+def main(grid: Grid, context: Context) -> None:
+    scenarios = [
+        ("fedavg", FedAvg(fraction_evaluate=0.0), 4, {}),
+        ("fedprox", FedProx(fraction_evaluate=0.0, proximal_mu=0.1), 3, {}),
+        ("fedadam", FedAdam(fraction_evaluate=0.0, eta=0.05), 3, {}),
+        ("fedyogi", FedYogi(fraction_evaluate=0.0, eta=0.05), 3, {}),
+        ("failures", FedAvg(fraction_evaluate=0.0), 3, {"fail": 1}),
+    ]
+    for name, inner, rounds, cfg in scenarios:
+        try:
+            s = StratifiedSelection(inner, clients_per_round=M, seed=0, node_wait_timeout=30,
+                                    profile_timeout=300)
+            res = s.start(grid=grid, initial_arrays=initial(), num_rounds=rounds,
+                          timeout=120, train_config=ConfigRecord(cfg))
+            RESULTS[name] = {"strategy": s, "result": res}
+        except Exception as exc:  # noqa: BLE001 - reported by the tests
+            RESULTS[name] = {"error": repr(exc)}
+
+
+@pytest.fixture(scope="module")
+def sim():
+    from flwr.simulation import run_simulation
+
+    RESULTS.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        run_simulation(
+            server_app=server,
+            client_app=client,
+            num_supernodes=N_NODES,
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"num_cpus": 2, "num_gpus": 0},
+            },
+        )
+    return RESULTS
+
+
+def _ok(sim, name):
+    assert name in sim, f"scenario {name} did not run"
+    assert "error" not in sim[name], sim[name].get("error")
+    return sim[name]["strategy"], sim[name]["result"]
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam", "fedyogi"])
+def test_simulation_runs_with_each_base_strategy(sim, name):
+    s, res = _ok(sim, name)
+    rounds = 4 if name == "fedavg" else 3
+    assert [r["round"] for r in s.records] == list(range(1, rounds + 1))
+    for rec in s.records:
+        assert len(rec["selected"]) == M and len(set(rec["selected"])) == M
+        assert sorted(rec["responders"]) == sorted(rec["selected"])
+        assert rec["rejected"] == [] and rec["failures"] == []
+    assert len(s.registry.histograms) == N_NODES  # every node answered the profile query
+    final = res.arrays
+    assert final is not None and set(final.keys()) == {"w", "b"}
+    assert np.all(np.isfinite(final["w"].numpy())) and np.abs(final["w"].numpy()).sum() > 0
+    assert set(res.train_metrics_clientapp) == set(range(1, rounds + 1))
+    assert "fedstrat-n-failed" in res.train_metrics_clientapp[rounds]
+    assert "train-loss" in res.train_metrics_clientapp[rounds]
+
+
+def test_simulation_training_reduces_loss(sim):
+    _, res = _ok(sim, "fedavg")
+    m = res.train_metrics_clientapp
+    assert m[4]["train-loss"] < m[1]["train-loss"]
+
+
+def test_simulation_failing_nodes_are_reweighted_not_aggregated(sim):
+    s, res = _ok(sim, "failures")
+    failed_total = 0
+    for rec in s.records:
+        failed = {f["node"] for f in rec["failures"]}
+        failed_total += len(failed)
+        assert not failed & set(rec["responders"])
+        assert len(failed) + len(rec["responders"]) == len(rec["selected"])
+        if failed and rec["responders"]:
+            assert sum(rec["weights"]) > 0
+    assert failed_total > 0  # 6 of 20 nodes fail: some were selected in 3 rounds
+    assert res.arrays is not None and np.all(np.isfinite(res.arrays["w"].numpy()))
+
+
+def test_simulation_predicted_variance_stratified_below_uniform(sim):
+    s, _ = _ok(sim, "fedavg")
+    for rec in s.records:
+        assert rec["design"] in ("pps", "srswor"), rec["design_reason"]
+        assert rec["allocation_rule"] == "neyman"
+    for rec in s.records[1:]:
+        assert rec["pred_var"] < rec["pred_var_uniform"], rec
+    # with m_h = 1 a stratum needs two rounds before its own S_h is tracked
+    assert s.records[-1]["S_h_basis"] == "tracked"
