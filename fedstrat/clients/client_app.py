@@ -6,7 +6,8 @@ Handlers (message protocol in docs/design.md):
 - ``train``: load the received ``"arrays"`` into the model, run ``train_steps`` with the
   ``"config"`` record (FedProx term ``mu/2 ||w - w_received||^2`` when ``proximal-mu > 0``), reply
   ``{"arrays": trained weights, "metrics": {num-examples, train-loss, train-seconds,
-  train-steps}}``. The local seed is ``client_seed(seed, server-round, partition-id)``.
+  train-steps}}``, the arrays under the received keys, in their order and dtypes. The local
+  seed is ``client_seed(seed, server-round, partition-id)``.
 - ``evaluate``: metrics ``num-examples``, ``eval-loss`` and ``eval-acc`` (vision) or ``eval-auc``,
   ``eval-logloss`` (CTR; ``eval-loss`` = logloss as well) on the node's evaluation slice.
 - ``query``: the ``"fedstrat-profile"`` handler (:mod:`fedstrat.clients.profiling`).
@@ -22,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
@@ -97,6 +98,24 @@ def load_arrays(model: nn.Module, record: ArrayRecord) -> None:
     ndarrays_to_model(model, arrays)
 
 
+def reply_arrays(model: nn.Module, received: ArrayRecord) -> ArrayRecord:
+    """The model's weights under the keys, in the order and with the dtypes of ``received``.
+
+    Mirrors :func:`load_arrays`: positional keys (``"0".."k-1"``) map to ``state_dict`` order.
+    A strategy that checks reply keys/shapes/dtypes against what it sent accepts the reply.
+    """
+    state = model.state_dict()
+    rec_keys = list(received.keys())
+    names = rec_keys if set(rec_keys) == set(state) else list(state)
+    out = ArrayRecord()
+    for rec_key, name in zip(rec_keys, names, strict=True):
+        value = state[name].detach().cpu().numpy()
+        out[rec_key] = Array(
+            np.ascontiguousarray(value.astype(received[rec_key].dtype, copy=False))
+        )
+    return out
+
+
 def _build(context: Context, data: ClientData, record: ArrayRecord) -> nn.Module:
     model = build_model(model_name_for(context, data), data)
     load_arrays(model, record)
@@ -161,9 +180,7 @@ def make_client_app(data_provider: DataProvider | None = None) -> ClientApp:
                 "train-steps": int(out["steps"]),
             }
         )
-        content = RecordDict(
-            {ARRAYS_KEY: ArrayRecord(model.cpu().state_dict()), METRICS_KEY: metrics}
-        )
+        content = RecordDict({ARRAYS_KEY: reply_arrays(model, record), METRICS_KEY: metrics})
         return Message(content, reply_to=message)
 
     @app.evaluate()

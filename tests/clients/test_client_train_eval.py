@@ -14,7 +14,7 @@ from clienthelpers import (
     make_message,
     train_content,
 )
-from flwr.app import ArrayRecord, ConfigRecord, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType, RecordDict
 
 from fedstrat.clients import ClientData, TrainConfig, client_seed, make_client_app
 from fedstrat.clients.data import DataSpec, load_client_data, load_partitioned
@@ -170,12 +170,29 @@ def test_local_steps_override_epochs(initial_arrays: ArrayRecord) -> None:
     assert reply.content["metrics"]["train-steps"] == 3
 
 
-def test_positional_array_keys_accepted(initial_arrays: ArrayRecord) -> None:
+def test_positional_array_keys_accepted_and_echoed(initial_arrays: ArrayRecord) -> None:
     positional = ArrayRecord([a.numpy() for a in initial_arrays.values()])
     assert list(positional.keys())[0] == "0"
-    a = _flat(_train(positional).content["arrays"])
-    b = _flat(_train(initial_arrays).content["arrays"])
-    np.testing.assert_array_equal(a, b)
+    out_positional = _train(positional).content["arrays"]
+    out_named = _train(initial_arrays).content["arrays"]
+    assert list(out_positional.keys()) == list(positional.keys())
+    assert list(out_named.keys()) == list(initial_arrays.keys())
+    np.testing.assert_array_equal(_flat(out_positional), _flat(out_named))
+
+
+def test_reply_mirrors_received_key_order_and_dtype(initial_arrays: ArrayRecord) -> None:
+    keys = list(initial_arrays.keys())[::-1]
+    record = ArrayRecord()
+    for key in keys:
+        record[key] = Array(initial_arrays[key].numpy().astype(np.float64))
+    out = _train(record).content["arrays"]
+    assert list(out.keys()) == keys
+    assert all(out[k].dtype == record[k].dtype for k in keys)
+    assert all(out[k].shape == record[k].shape for k in keys)
+    # float64 in, trained in float32 internally: same update as the float32 message
+    ref = _train(initial_arrays).content["arrays"]
+    for key in keys:
+        np.testing.assert_allclose(out[key].numpy(), ref[key].numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_train_config_parsing() -> None:
