@@ -4,7 +4,7 @@ Each model trains for a few epochs (Adam, fixed seed) on the train split of
 ``fedstrat.data.load_dataset("movielens-100k")`` (label: rating >= 4) and is evaluated on the
 held-out split after every epoch. Expected ordering of test AUC: LR < FM < DeepFM/DCNv2/FinalMLP.
 
-Usage: python benchmarks/ctr_sanity.py [--epochs 3] [--batch-size 256] [--lr 1e-3] [--seed 0]
+Usage: python benchmarks/ctr_sanity.py [--epochs 6] [--batch-size 256] [--lr 1e-3] [--seed 0]
 Prints a table and writes benchmarks/results/ctr_sanity.json.
 """
 
@@ -100,7 +100,7 @@ def run(epochs: int, batch_size: int, lr: float, seed: int, threads: int) -> dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
