@@ -617,27 +617,47 @@ class LocalFederation:
         self,
         run_id: int,
         timeout: float = 600.0,
-        poll: float = 3.0,
+        poll: float = 1.0,
         on_poll: Callable[[dict[str, Any]], None] | None = None,
     ) -> RunResult:
-        """Poll until the run finishes; on timeout stop it and raise ``TimeoutError``."""
+        """Wait for the run to finish; on timeout stop it (``flwr stop``), raise ``TimeoutError``.
+
+        Follows the run with ONE ``flwr log RUN_ID --stream`` process (its output is the run's
+        log file, ``<workdir>/logs/run-<id>.log``); the stream ends when the run ends, then one
+        ``flwr list --run-id`` reads the final status. Should the stream end early, it falls back
+        to polling ``flwr list`` every 5 s. ``on_poll(info)`` is called about every ``poll`` s.
+        """
         deadline = time.monotonic() + timeout
-        info: dict[str, Any] = {}
-        while True:
-            self._check_superlink()
-            info = self.run_info(run_id)
-            if on_poll is not None:
-                on_poll(info)
-            status = str(info.get("status", ""))
-            if status.startswith("finished"):
-                break
-            if time.monotonic() > deadline:
-                self.stop_run(run_id)
-                raise TimeoutError(f"run {run_id} not finished after {timeout} s (status {status})")
-            time.sleep(poll)
         log_path = self.logs_dir / f"run-{run_id}.log"
-        with contextlib.suppress(FederationError, subprocess.TimeoutExpired):
-            log_path.write_text(self.logs(run_id), encoding="utf-8")
+        stream: subprocess.Popen[bytes] | None = self._start_log_stream(run_id, log_path)
+        info: dict[str, Any] = {"run-id": str(run_id)}
+        next_list = 0.0
+        try:
+            while True:
+                self._check_superlink()
+                if on_poll is not None:
+                    on_poll(info)
+                now = time.monotonic()
+                if (stream is None and now >= next_list) or (
+                    stream is not None and stream.poll() is not None
+                ):
+                    stream = None
+                    info = self.run_info(run_id)
+                    if str(info.get("status", "")).startswith("finished"):
+                        break
+                    next_list = now + 5.0
+                if now > deadline:
+                    self.stop_run(run_id)
+                    raise TimeoutError(
+                        f"run {run_id} not finished after {timeout} s "
+                        f"(status {info.get('status', 'unknown')}); it was stopped"
+                    )
+                time.sleep(poll)
+        finally:
+            if stream is not None and stream.poll() is None:
+                _signal(stream.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    stream.wait(timeout=5)
         return RunResult(
             run_id=run_id,
             status=str(info.get("status")),
@@ -646,6 +666,20 @@ class LocalFederation:
             log_path=log_path if log_path.exists() else None,
             info=info,
         )
+
+    def _start_log_stream(self, run_id: int, log_path: Path) -> subprocess.Popen[bytes]:
+        env = self._env(self.flwr_home)
+        env["NO_COLOR"] = "1"
+        with open(log_path, "wb") as log:
+            return subprocess.Popen(
+                [_exe("flwr"), "log", str(run_id), CONNECTION_NAME, "--stream"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(self._dir),
+                env=env,
+                start_new_session=True,
+            )
 
     def run(
         self,
