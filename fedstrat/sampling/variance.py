@@ -131,19 +131,19 @@ def stratum_statistics(
     p = sz / sz.sum()
     lab = st.labels
     masses = np.bincount(lab, weights=p, minlength=st.n_strata)
-    # Shift by the global weighted mean (reduces cancellation), then use first and second
-    # moments per stratum: sigma_h^2 = E_q||x||^2 - ||E_q x||^2 (vectorised, O(N d)).
-    shift = p @ upd
-    xc = upd - shift
-    wx = p[:, None] * xc
-    first = np.stack(
-        [np.bincount(lab, weights=wx[:, j], minlength=st.n_strata) for j in range(upd.shape[1])],
-        axis=1,
-    )
-    second = np.bincount(lab, weights=np.einsum("ij,ij->i", wx, xc), minlength=st.n_strata)
-    centred = first / masses[:, None]
-    means = centred + shift
-    var = second / masses - np.sum(centred * centred, axis=1)
+    # One sparse pass for first and second moments: sigma_h^2 = E_q||x||^2 - ||E_q x||^2.
+    # Strata where this loses more than ~8 digits to cancellation are recomputed two-pass.
+    from scipy.sparse import csr_matrix
+
+    ind = csr_matrix((p, (lab, np.arange(len(p)))), shape=(st.n_strata, len(p)))
+    means = np.asarray(ind @ upd) / masses[:, None]
+    second = np.asarray(ind @ np.einsum("ij,ij->i", upd, upd)).reshape(-1) / masses
+    var = second - np.sum(means * means, axis=1)
+    for h in np.flatnonzero(var <= 1e-8 * second):
+        mem = st.members(h)
+        q = p[mem] / masses[h]
+        means[h] = q @ upd[mem]
+        var[h] = q @ np.sum((upd[mem] - means[h]) ** 2, axis=1)
     return {
         "counts": st.sizes.astype(np.float64),
         "masses": masses,

@@ -154,3 +154,14 @@ def test_tracker_with_ht_weights_estimates_stratum_statistics():
     # 2000 observations per stratum: means/stds within 10 % (seeded).
     np.testing.assert_allclose(tr.stds(), st["stds"], rtol=0.1)
     np.testing.assert_allclose(tr.means(), st["means"], atol=0.1 * np.abs(st["means"]).max())
+
+
+def test_stratum_statistics_stable_under_large_offset():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 3)) + 1e6  # one-pass moments would cancel catastrophically
+    lab = np.arange(50) % 2
+    st = stratum_statistics(x, np.ones(50), lab)
+    for h in range(2):
+        direct = np.sqrt(np.sum(np.var(x[lab == h], axis=0)))
+        assert st["stds"][h] == pytest.approx(direct, rel=1e-6)
+        np.testing.assert_allclose(st["means"][h], x[lab == h].mean(axis=0), rtol=1e-12)
