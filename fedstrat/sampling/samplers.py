@@ -224,7 +224,8 @@ class ClusteredSampler:
     in which each of the ``m`` Ward clusters is contiguous and similar clusters are adjacent,
     and masses are laid out as in algorithm 1. A cluster of mass ``M`` thus fills whole
     distributions, and clusters whose mass exceeds 1 are split across consecutive ones. Without
-    ``updates`` it falls back to algorithm 1 with a warning.
+    ``updates`` it falls back to algorithm 1 with a warning. Ward linkage needs O(N^2) memory:
+    pass low-dimensional sketches and keep N in the thousands.
 
     Because draws are independent, a client whose mass is split across two distributions can
     be drawn twice: multiplicity is folded into ``weights`` and fewer than ``m`` distinct ids
