@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi, Strategy
 
@@ -342,7 +342,7 @@ def _run(grid: Grid, cfg: RunConfig, run_dir: Path, progress: Path, t0: float) -
     )
     rows: list[dict[str, Any]]
     if ckpt is not None:
-        arrays = ArrayRecord({k: v for k, v in ckpt.arrays.items()})
+        arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in ckpt.arrays.items()})
         strategy.load_state_dict(ckpt.strategy_state)
         _restore_server_opt(base, ckpt.server_opt)
         rows = [dict(r) for r in ckpt.metrics]
