@@ -19,6 +19,18 @@ from fedstrat import __version__
 from fedstrat.app.config import SELECTIONS, ConfigError, RunConfig
 from fedstrat.cli.options import build_config, run_options
 
+#: selections ``measure-variance`` knows (kept in sync with fedstrat.measure, imported lazily)
+MEASURED = (
+    "uniform",
+    "multinomial",
+    "clustered1",
+    "clustered2",
+    "stratified",
+    "stratified-prop",
+    "stratified-sketch",
+    "poc",
+)
+
 app = typer.Typer(
     name="fedstrat",
     help="Federated learning with stratified client selection, built on Flower.",
@@ -63,9 +75,14 @@ def _console() -> Any:
 
 
 def _out_console() -> Any:
+    import os
+
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=160)  # tables in logs and pipes: do not squeeze to 80
+    return console
 
 
 def _resolve(
@@ -442,9 +459,12 @@ def measure_variance_cmd(
     ),
     samples: int = typer.Option(2000, "--samples", help="Monte Carlo samples per selection."),
     selections: str = typer.Option(
-        "uniform,multinomial,clustered1,clustered2,stratified,stratified-prop,poc",
+        ",".join(MEASURED),
         "--selections",
-        help="Selections to measure (stratified-prop = same strata, proportional allocation).",
+        help="Selections to measure: "
+        + ", ".join(MEASURED)
+        + " (stratified-prop: same strata, proportional allocation; stratified-sketch: strata "
+        "from update sketches).",
     ),
     seeds: str = typer.Option(
         "", "--seeds", help="Comma-separated seeds to repeat the measurement (default: --seed)."

@@ -25,8 +25,10 @@ Stratified selection uses the strata the system would use (k-means on label hist
 ``choose_design`` when ``design="auto"``) and a Neyman allocation computed from the EXACT
 per-stratum dispersion of these updates (an oracle for the tracked :math:`S_h`; the system
 estimates it from sketches of past updates). ``stratified-prop`` keeps the strata and design with
-proportional allocation and needs no update information. Clustered Sampling Alg. 2 is given the
-same updates as its representative gradients (equally an oracle).
+proportional allocation and needs no update information. ``stratified-sketch`` takes its strata
+from 64-dim random-projection sketches of these updates (the system's ``stratify_by="sketches"``;
+``choose_design`` on the sketches), the same information Clustered Sampling Alg. 2 is given here
+(the exact updates as representative gradients): both are oracles at the measured round.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ MEASURED_SELECTIONS: tuple[str, ...] = (
     "clustered2",
     "stratified",
     "stratified-prop",
+    "stratified-sketch",
     "poc",
 )
 
@@ -235,61 +238,101 @@ def build_samplers(
         smp.set_losses(np.asarray(losses if losses is not None else np.ones(pop.n_clients)))
         out["poc"] = (smp, math.nan, {"d": d, "biased": True})
     strat_names = [s for s in selections if s.startswith("stratified")]
-    if strat_names:
-        if histograms is None:
-            raise ValueError("stratified selection needs the clients' label histograms")
+    hist_names = [s for s in strat_names if s != "stratified-sketch"]
+    if hist_names and histograms is None:
+        raise ValueError("stratified selection needs the clients' label histograms")
+    if hist_names:
         hist = np.asarray(histograms, dtype=np.float64)
         feats = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1e-12)
-        info: dict[str, Any] = {}
-        if design == "auto":
-            kw: dict[str, Any] = {"seed": seed}
-            if n_strata:
-                kw["candidate_strata"] = (n_strata,)
-            choice = S.choose_design(int_sizes, feats, m, **kw)
-            chosen = str(choice.design)
-            info["choose_design"] = str(getattr(choice, "reason", ""))
-            strata = getattr(choice, "strata", None)
-            if chosen not in ("pps", "srswor") or strata is None:
-                # choose_design fell back to uniform: so does the system
-                for name in strat_names:
-                    out[name] = (
-                        S.UniformSampler(int_sizes, m, seed=seed),
-                        u_pred,
-                        {"fallback": "uniform", **info},
-                    )
-                return out
-            labels = _labels_of(strata)
-        else:
-            chosen = design
-            strata = S.stratify_by_histograms(hist, n_strata=n_strata or None, seed=seed)
-            labels = _labels_of(strata)
-        strata_obj = strata if hasattr(strata, "n_strata") else S.Strata(labels)
-        nh, ph, disp = _stratum_dispersion(pop, labels, chosen)
-        info.update({"design": chosen, "n_strata": int(len(nh)), "N_h": nh.tolist()})
-        if "stratified" in strat_names:
-            if chosen == "pps":
-                alloc = S.neyman_allocation(ph, disp, m, capacity=nh)
-            else:
-                alloc = S.neyman_allocation(nh, disp, m)
-            alloc = np.asarray(alloc, dtype=np.int64)
-            pred = float(S.estimator_variance(pop.updates, int_sizes, strata_obj, alloc, chosen))
-            smp = S.StratifiedSampler(int_sizes, strata_obj, alloc, design=chosen, seed=seed)
-            out["stratified"] = (
-                smp,
-                pred,
-                {**info, "allocation": alloc.tolist(), "S_h": "exact, from these updates"},
+        plan = _plan_strata(feats, int_sizes, m, design, n_strata, seed, sketches=False)
+        for name in hist_names:
+            out[name] = _stratified_sampler(
+                pop, int_sizes, m, plan, u_pred, seed, neyman=name == "stratified"
             )
-        if "stratified-prop" in strat_names:
-            # pps: m_h ∝ P_h (self-weighting, pi_i ≈ m p_i); srswor: m_h ∝ N_h
-            if chosen == "pps":
-                alloc = S.proportional_allocation(ph, m, capacity=nh)
-            else:
-                alloc = S.proportional_allocation(nh, m)
-            alloc = np.asarray(alloc, dtype=np.int64)
-            pred = float(S.estimator_variance(pop.updates, int_sizes, strata_obj, alloc, chosen))
-            smp = S.StratifiedSampler(int_sizes, strata_obj, alloc, design=chosen, seed=seed)
-            out["stratified-prop"] = (smp, pred, {**info, "allocation": alloc.tolist()})
+    if "stratified-sketch" in strat_names:
+        sk = np.asarray(S.sketch_update(pop.updates, dim=64, seed=seed), dtype=np.float64)
+        plan = _plan_strata(sk, int_sizes, m, design, n_strata, seed, sketches=True)
+        out["stratified-sketch"] = _stratified_sampler(
+            pop, int_sizes, m, plan, u_pred, seed, neyman=True
+        )
     return {k: out[k] for k in selections if k in out}
+
+
+def _plan_strata(
+    feats: np.ndarray,
+    sizes: np.ndarray,
+    m: int,
+    design: str,
+    n_strata: int,
+    seed: int,
+    sketches: bool,
+) -> tuple[Any, str, dict[str, Any]]:
+    """(Strata or None for the uniform fallback, design, info) from client features.
+
+    ``design="auto"``: ``choose_design`` on the features as a proxy for the updates (label
+    proportions, or update sketches with ``sketches=True``); else k-means strata and the design.
+    """
+    from fedstrat import sampling as S
+
+    info: dict[str, Any] = {"strata_from": "update sketches" if sketches else "label histograms"}
+    if design == "auto":
+        kw: dict[str, Any] = {"seed": seed, "normalize": not sketches}
+        if n_strata:
+            kw["candidate_strata"] = (n_strata,)
+        choice = S.choose_design(sizes, feats, m, **kw)
+        info["choose_design"] = str(choice.reason)
+        if choice.design not in ("pps", "srswor") or choice.strata is None:
+            return None, "uniform", info
+        return choice.strata, str(choice.design), info
+    if sketches:
+        strata = S.stratify_by_sketches(feats, n_strata=n_strata or None, seed=seed)
+    else:
+        strata = S.stratify_by_histograms(feats, n_strata=n_strata or None, seed=seed)
+    return strata, design, info
+
+
+def _stratified_sampler(
+    pop: Population,
+    sizes: np.ndarray,
+    m: int,
+    plan: tuple[Any, str, dict[str, Any]],
+    u_pred: float,
+    seed: int,
+    neyman: bool,
+) -> tuple[Any, float, dict[str, Any]]:
+    """Sampler, predicted variance and info for a planned stratification.
+
+    Neyman allocation from the exact per-stratum dispersion of ``pop`` (oracle S_h), or
+    proportional (pps: m_h ∝ P_h, self-weighting; srswor: m_h ∝ N_h)."""
+    from fedstrat import sampling as S
+
+    strata, design, info = plan
+    if strata is None:  # choose_design fell back to uniform: so does the system
+        return S.UniformSampler(sizes, m, seed=seed), u_pred, {**info, "fallback": "uniform"}
+    labels = _labels_of(strata)
+    strata_obj = strata if hasattr(strata, "n_strata") else S.Strata(labels)
+    nh, ph, disp = _stratum_dispersion(pop, labels, design)
+    if neyman:
+        if design == "pps":
+            alloc = S.neyman_allocation(ph, disp, m, capacity=nh)
+        else:
+            alloc = S.neyman_allocation(nh, disp, m)
+    elif design == "pps":
+        alloc = S.proportional_allocation(ph, m, capacity=nh)
+    else:
+        alloc = S.proportional_allocation(nh, m)
+    alloc = np.asarray(alloc, dtype=np.int64)
+    pred = float(S.estimator_variance(pop.updates, sizes, strata_obj, alloc, design))
+    smp = S.StratifiedSampler(sizes, strata_obj, alloc, design=design, seed=seed)
+    info = {
+        **info,
+        "design": design,
+        "n_strata": int(len(nh)),
+        "N_h": nh.tolist(),
+        "allocation": alloc.tolist(),
+        "S_h": "exact, from these updates" if neyman else "not used (proportional)",
+    }
+    return smp, pred, info
 
 
 def _labels_of(strata: Any) -> np.ndarray:

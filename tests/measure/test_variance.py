@@ -84,6 +84,7 @@ def test_every_unbiased_selection_is_unbiased_and_stratified_beats_uniform() -> 
         "clustered2",
         "stratified",
         "stratified-prop",
+        "stratified-sketch",
         "poc",
     }
     for name, st in stats.items():
@@ -104,8 +105,16 @@ def test_every_unbiased_selection_is_unbiased_and_stratified_beats_uniform() -> 
     # strongly non-IID: the strata (one per class) remove the between-class variance
     assert stats["stratified"].measured * 3 < stats["uniform"].measured
     assert stats["stratified"].measured < stats["clustered1"].measured
+    assert stats["stratified-sketch"].measured * 3 < stats["uniform"].measured
     # PoC picks high-loss clients: biased, its mean is far from T
     assert stats["poc"].bias_z > 4.0
+
+
+def test_cli_knows_every_measured_selection() -> None:
+    from fedstrat.cli.main import MEASURED
+    from fedstrat.measure import MEASURED_SELECTIONS
+
+    assert tuple(MEASURED) == tuple(MEASURED_SELECTIONS)
 
 
 def test_build_samplers_validates() -> None:
