@@ -86,10 +86,14 @@ def _out_console() -> Any:
 
 
 def _resolve(
-    run_opts: dict[str, Any], config: Path | None, set_values: list[str] | None, **fixed: Any
+    run_opts: dict[str, Any],
+    config: Path | None,
+    set_values: list[str] | None,
+    base: RunConfig | None = None,
+    **fixed: Any,
 ) -> RunConfig:
     try:
-        cfg = build_config(run_opts, config, set_values)
+        cfg = build_config(run_opts, config, set_values, base=base)
         if fixed:
             cfg = dataclasses.replace(cfg, **fixed).validate()
     except ConfigError as exc:
@@ -216,6 +220,10 @@ def _handle(fn: Any) -> Any:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
         raise _fail("interrupted", 130) from None
+    except RuntimeError as exc:
+        if type(exc).__name__ == "SimulationError":  # the run started but failed: exit 1
+            raise _fail(str(exc), 1) from None
+        raise
 
 
 def _split(values: str, what: str) -> list[str]:
@@ -259,6 +267,15 @@ def simulate(
     def body() -> None:
         cfg = _resolve(run_opts, config, set_values)
         resume = str(getattr(cfg, "resume", "") or "")
+        if resume:
+            # continue from the run's saved options; explicit flags (e.g. --rounds) on top
+            try:
+                from fedstrat.app.simulation import resume_config
+
+                saved = resume_config(resume)
+            except (ValueError, OSError) as exc:
+                raise UsageFailure(f"cannot resume {resume}: {exc}") from None
+            cfg = _resolve(run_opts, config, set_values, base=saved)
         _check_out_dir(cfg.out, allow_existing=bool(resume))
         preflight(cfg)
         if dry_run:

@@ -38,3 +38,10 @@ def test_report_on_the_run_dir(run_dir: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "stratified" in res.stdout
     assert (run_dir / "plots" / "accuracy.png").stat().st_size > 0
+
+
+def test_resume_starts_from_the_saved_options(run_dir: Path) -> None:
+    res = runner.invoke(app, ["simulate", "--resume", str(run_dir), "--rounds", "3", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert 'dataset = "digits"' in res.stdout and "num-clients = 10" in res.stdout
+    assert "rounds = 3" in res.stdout and f'resume = "{run_dir}"' in res.stdout

@@ -173,3 +173,7 @@ def test_measure_rejects_bad_selection(tmp_path: Path) -> None:
 def test_unknown_option_exit_2(cmd: str) -> None:
     result = runner.invoke(app, [cmd, "--no-such-option", "1"])
     assert result.exit_code == 2
+
+
+def test_resume_without_checkpoint(tmp_path: Path) -> None:
+    _fails(["simulate", "--resume", str(tmp_path)], "cannot resume", "checkpoint")
