@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
+from .array_codec import decode_array
+
 
 @dataclass
 class ValidReply:
@@ -70,7 +72,7 @@ def validate_train_reply(
             return f"array '{key}' has dtype {got[key][1]}, expected {dtype}"
     arrays: dict[str, np.ndarray] = {}
     for key, arr in record.items():
-        value = arr.numpy()
+        value = decode_array(arr)
         if value.dtype.kind in "fc" and not np.isfinite(value).all():
             return f"array '{key}' contains NaN or Inf"
         arrays[key] = value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -37,6 +38,7 @@ from fedstrat.sampling import (
     stratify_by_sketches,
 )
 
+from .array_codec import decode_array, encode_like
 from .node_registry import NodeRegistry
 from .payload_grid import PayloadGrid
 from .profiling import make_profile_messages, parse_profile_reply
@@ -48,6 +50,25 @@ DESIGNS = ("auto", "pps", "srswor")
 ALLOCATIONS = ("neyman", "proportional", "cost")
 ESTIMATORS = ("ht", "ratio")
 STRATIFY_BY = ("histograms", "sketches")
+
+
+_BLAS: Any = None
+
+
+def single_thread_blas() -> Any:
+    """Context limiting BLAS to one thread: the sketch product (m x D) @ (D x dim) is small,
+    and a multi-threaded BLAS on a loaded machine can be 10-100x slower (spin-waiting)."""
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController()
+        except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+            _BLAS = False
+    if _BLAS is False:
+        return contextlib.nullcontext()
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 def find_attr(strategy: Strategy, name: str, default: Any = None) -> Any:
@@ -375,7 +396,7 @@ class StratifiedSelection(Strategy):
             log(INFO, "aggregate_train: %s", note)
         w_valid = np.array([weights[index[v.node_id]] for v in valid], dtype=np.float64)
 
-        global_np = {k: a.numpy() for k, a in plan["global"].items()}
+        global_np = {k: decode_array(a) for k, a in plan["global"].items()}
         deltas = self.flat_deltas(valid, global_np)
         self.observe_replies(valid, deltas, w_valid, plan)
 
@@ -854,7 +875,8 @@ class StratifiedSelection(Strategy):
         """
         sketches = None
         if deltas is not None:
-            sketches = sketch_update(deltas, self.sketch_dim, self.sketch_seed)
+            with single_thread_blas():
+                sketches = sketch_update(deltas, self.sketch_dim, self.sketch_seed)
         now = time.time()
         for r, v in enumerate(valid):
             loss = v.metrics.get("train-loss")
@@ -895,7 +917,7 @@ class StratifiedSelection(Strategy):
                     if x.dtype.kind == "f":
                         g = global_np[k]
                         val = g.astype(np.float64) + big_w * (x.astype(np.float64) - g)
-                        new[k] = Array(val.astype(x.dtype))
+                        new[k] = encode_like(v.message.content[v.array_key][k], val.astype(x.dtype))
                     else:
                         new[k] = v.message.content[v.array_key][k]
                 content[v.array_key] = ArrayRecord(new)
