@@ -393,6 +393,7 @@ def compare(
         if measure:
             _measure_into(base, seed_list, m_rounds, samples, root / "variance", console)
         summaries = []
+        failed: list[str] = []
         with _make_progress(console) as progress:
             for cfg in cfgs:
                 run_dir = root / f"{cfg.selection}-s{cfg.seed}"
@@ -404,8 +405,15 @@ def compare(
 
                     shutil.rmtree(run_dir)  # an unfinished run of ours: redo it
                 cfg = dataclasses.replace(cfg, out=str(run_dir))
-                result = _run_one(cfg, progress, f"{cfg.selection} seed {cfg.seed}")
+                try:
+                    result = _run_one(cfg, progress, f"{cfg.selection} seed {cfg.seed}")
+                except RuntimeError as exc:  # SimulationError: keep going, report at the end
+                    failed.append(f"{run_dir.name}: {exc}")
+                    console.print(f"[red]run {run_dir.name} failed:[/red] {exc}")
+                    continue
                 summaries.append(load_run(result.run_dir, target or None))
+        if not summaries:
+            raise _fail("every run failed: " + "; ".join(failed), 1)
         measured = {}
         if (root / "variance" / "variance.json").is_file():
             from fedstrat.cli.report import load_measured
@@ -418,6 +426,8 @@ def compare(
         out = _out_console()
         out.print(rich_compare_table(rows, title=f"fedstrat compare ({root})"))
         out.print(f"wrote {len(files)} files to {root / 'compare'}")
+        if failed:
+            raise _fail(f"{len(failed)} run(s) failed: " + "; ".join(failed), 1)
 
     _handle(body)
 

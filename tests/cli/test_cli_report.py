@@ -132,3 +132,28 @@ def test_compare_runs_every_selection_with_the_same_seeds(
     calls.clear()
     res = runner.invoke(app, [*args, "--out", str(out), "--skip-existing"])
     assert res.exit_code == 0 and calls == []
+
+
+def test_compare_keeps_going_when_a_run_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class SimulationError(RuntimeError):
+        pass
+
+    def fake_run(cfg, on_round=None, quiet=True):
+        if cfg.selection == "uniform":
+            raise SimulationError("boom (see logs)")
+        _write_run(Path(cfg.out), cfg.selection, cfg.seed, [0.1, 0.6], 0.02)
+        return SimpleNamespace(run_dir=Path(cfg.out), metrics=[], summary={})
+
+    monkeypatch.setattr(cli_main, "_runner", lambda: fake_run)
+    out = tmp_path / "cmp"
+    res = runner.invoke(
+        app,
+        ["compare", "--dataset", "digits", "--num-clients", "10", "--clients-per-round", "3"]
+        + ["--selections", "stratified,uniform", "--seeds", "0", "--out", str(out)],
+    )
+    assert res.exit_code == 1
+    assert "uniform-s0: boom" in res.stderr
+    rows = json.loads((out / "compare" / "compare.json").read_text())["rows"]
+    assert [r["selection"] for r in rows] == ["stratified"]
