@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -103,16 +102,6 @@ def compare_steps(quick: bool) -> None:
         _run(cmd, RUNS / f"compare-{name}.log")
 
 
-def _fmt(v: object, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, float):
-        if math.isinf(v):
-            return "not reached"
-        return f"{v:.{digits}g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
-    return str(v)
-
-
 def summarize() -> None:
     """Markdown tables (stdout) and small figures in figures/."""
     FIGURES.mkdir(exist_ok=True)
@@ -121,39 +110,12 @@ def summarize() -> None:
         if not vj.is_file():
             continue
         data = json.loads(vj.read_text())
-        meta, rows = data["meta"], data["rows"]
+        meta = data["meta"]
         print(
             f"\n### measured variance: {name} (model {meta['model']}, D={meta['dim']}, "
             f"seeds {meta.get('seeds')}, {meta['n_samples']} samples)\n"
         )
-        print(
-            "| round | selection | measured E‖T̂−T‖² (mean over seeds) | predicted | "
-            "uniform / this (mean over seeds) | min–max over seeds |"
-        )
-        print("|---|---|---|---|---|---|")
-        keys = {(r["round"], r["selection"]) for r in rows}
-        order = [
-            "uniform",
-            "multinomial",
-            "clustered1",
-            "clustered2",
-            "stratified",
-            "stratified-prop",
-            "poc",
-        ]
-        keys = sorted(keys, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else 99))
-        for rnd, sel in keys:
-            rs = [r for r in rows if r["round"] == rnd and r["selection"] == sel]
-            meas = [r["measured"] for r in rs]
-            pred = [r["predicted"] for r in rs if r["predicted"] is not None]
-            ratio = [r["uniform_over_this"] for r in rs if r["uniform_over_this"] is not None]
-            label = sel + (" (biased)" if not rs[0].get("unbiased", True) else "")
-            print(
-                f"| {rnd} | {label} | {_fmt(sum(meas) / len(meas))} | "
-                f"{_fmt(sum(pred) / len(pred)) if pred else '-'} | "
-                f"{_fmt(sum(ratio) / len(ratio))} | "
-                f"{_fmt(min(ratio))}–{_fmt(max(ratio))} |"
-            )
+        print((vj.parent / "table.md").read_text())
         png = vj.parent / "variance.png"
         if png.is_file():
             shutil.copy(png, FIGURES / f"variance-{name}.png")
