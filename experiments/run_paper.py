@@ -104,12 +104,17 @@ def compare_steps(quick: bool) -> None:
 
 def summarize() -> None:
     """Markdown tables (stdout) and small figures in figures/."""
+    from fedstrat.measure import MeasureResult
+    from fedstrat.measure.output import write_outputs
+
     FIGURES.mkdir(exist_ok=True)
     for name, *_ in VARIANCE:
         vj = RUNS / f"variance-{name}" / "variance.json"
         if not vj.is_file():
             continue
         data = json.loads(vj.read_text())
+        # re-render table.md / variance.png with the current code (aggregated over seeds)
+        write_outputs(MeasureResult(rows=data["rows"], meta=data["meta"]), vj.parent)
         meta = data["meta"]
         print(
             f"\n### measured variance: {name} (model {meta['model']}, D={meta['dim']}, "

@@ -175,3 +175,25 @@ def test_measure_variance_end_to_end_on_digits() -> None:
     assert by["stratified"]["measured"] < by["uniform"]["measured"]
     assert res.ratio(1) > 1.0
     assert res.meta["num_clients"] == 20
+
+
+def test_measure_variance_command(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from fedstrat.cli.main import app
+
+    out = tmp_path / "mv"
+    args = ["measure-variance", "--dataset", "digits", "--num-clients", "12"]
+    args += ["--clients-per-round", "4", "--local-steps", "2", "--measure-rounds", "1,2"]
+    args += ["--samples", "100", "--selections", "uniform,stratified,poc", "--out", str(out)]
+    res = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "uniform/stratified measured variance ratio" in res.stdout
+    data = json.loads((out / "variance.json").read_text())
+    assert {(r["round"], r["selection"]) for r in data["rows"]} == {
+        (r, s) for r in (1, 2) for s in ("uniform", "stratified", "poc")
+    }
+    for name in ("variance.csv", "table.md", "variance.png"):
+        assert (out / name).is_file()
