@@ -1,0 +1,1 @@
+"""digits-app: a small Flower App (numpy softmax regression on sklearn digits)."""
