@@ -1,7 +1,8 @@
 """End-to-end simulations through our own SuperLink: run directory, resume, no leftovers.
 
-Three short runs on digits (10 clients, 3 a round, 2 local steps) are shared by the tests:
-``full`` (4 rounds), ``half`` (2 rounds) and ``half`` resumed to 4 rounds.
+Short runs on digits (10 clients, 3 a round, 2 local steps): ``half`` (2 rounds; the
+unmarked end-to-end test) and, for the ``slow`` tests, ``full`` (4 rounds) and ``half``
+resumed to 4 rounds. The fast resume-equivalence test is in test_server_inprocess.py.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,25 +41,31 @@ BASE = RunConfig(
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
+def half(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    """A 2-round run (the end-to-end check, and the start of the resume check)."""
     root = tmp_path_factory.mktemp("sim")
     rounds_seen: list[int] = []
-    full = run_simulation_job(
-        dataclasses.replace(BASE, out=str(root / "full")),
+    res = run_simulation_job(
+        dataclasses.replace(BASE, rounds=2, out=str(root / "half")),
         on_round=lambda rec: rounds_seen.append(rec["round"]),
-        timeout=400,
+        timeout=600,
     )
-    assert rounds_seen == [1, 2, 3, 4]
-    half = run_simulation_job(
-        dataclasses.replace(BASE, rounds=2, out=str(root / "half")), timeout=400
-    )
+    assert rounds_seen == [1, 2]
+    return res
+
+
+@pytest.fixture(scope="module")
+def runs(half: RunResult, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Uninterrupted 4 rounds, and the 2-round run resumed to 4 (slow tests only)."""
+    root = tmp_path_factory.mktemp("sim-resume")
+    full = run_simulation_job(dataclasses.replace(BASE, out=str(root / "full")), timeout=600)
     half_ckpt = load_checkpoint(half.run_dir)
-    resumed = run_simulation_job(resume_config(half.run_dir, rounds=4), timeout=400)
+    resumed = run_simulation_job(resume_config(half.run_dir, rounds=4), timeout=600)
     return {"full": full, "half": half, "resumed": resumed, "half_ckpt": half_ckpt}
 
 
-def test_run_directory_has_every_file(runs: dict[str, RunResult]) -> None:
-    res = runs["full"]
+def test_run_directory_has_every_file(half: RunResult) -> None:
+    res = half
     d = res.run_dir
     for name in (
         "config.toml",
@@ -76,10 +84,10 @@ def test_run_directory_has_every_file(runs: dict[str, RunResult]) -> None:
     assert not list(d.rglob("*.tmp")), "temporary files left behind"
     # config.toml reads back as the resolved configuration
     saved = RunConfig.from_toml(d / "config.toml")
-    assert saved == dataclasses.replace(BASE, out=str(d))
-    # metrics: round 0 (initial model) .. 4, every column, accuracy in [0, 1]
+    assert saved == dataclasses.replace(BASE, rounds=2, out=str(d))
+    # metrics: round 0 (initial model) .. 2, every column, accuracy in [0, 1]
     rows = json.loads((d / "metrics.json").read_text())
-    assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
+    assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(set(r) == set(METRIC_COLUMNS) for r in rows)
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["loss"] > 0 for r in rows)
     assert all(r["train_loss"] is not None and r["n_selected"] == 3 for r in rows[1:])
@@ -87,12 +95,12 @@ def test_run_directory_has_every_file(runs: dict[str, RunResult]) -> None:
     header = (d / "metrics.csv").read_text().splitlines()[0].split(",")
     assert tuple(header) == METRIC_COLUMNS
     assert res.metrics == rows
-    # progress: start, 4 rounds, end; sampling: one record per round
+    # progress: start, 2 rounds, end; sampling: one record per round
     events = [e["event"] for e in read_jsonl(d / "progress.jsonl")]
-    assert events == ["start", "round", "round", "round", "round", "end"]
-    assert [r["round"] for r in read_jsonl(d / "sampling.jsonl")] == [1, 2, 3, 4]
+    assert events == ["start", "round", "round", "end"]
+    assert [r["round"] for r in read_jsonl(d / "sampling.jsonl")] == [1, 2]
     summary = json.loads((d / "summary.json").read_text())
-    assert summary["rounds"] == 4 and summary["metric"] == "accuracy"
+    assert summary["rounds"] == 2 and summary["metric"] == "accuracy"
     assert summary["final"] == rows[-1]["accuracy"]
     assert summary["best"] == max(r["accuracy"] for r in rows)
     assert summary["unstable_nodes"] == 0 and summary["nodes"] == 10
@@ -100,13 +108,17 @@ def test_run_directory_has_every_file(runs: dict[str, RunResult]) -> None:
     # model.pt is the final global model == the last checkpoint
     state = torch.load(d / "model.pt")
     ckpt = load_checkpoint(d)
-    assert ckpt.round == 4 and list(state) == list(ckpt.arrays)
+    assert ckpt.round == 2 and list(state) == list(ckpt.arrays)
     for k, v in state.items():
         np.testing.assert_array_equal(v.numpy(), ckpt.arrays[k])
     assert (d / "plots/accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    # nothing that run started is still alive
+    assert res.process_tag and procs.tagged_pids(res.process_tag) == []
+    assert procs.child_pids() == []
 
 
-def test_resume_ends_with_the_same_model(runs: dict[str, RunResult]) -> None:
+@pytest.mark.slow
+def test_resume_ends_with_the_same_model(runs: dict[str, Any]) -> None:
     assert runs["half_ckpt"].round == 2
     full, resumed = load_checkpoint(runs["full"].run_dir), load_checkpoint(runs["resumed"].run_dir)
     assert resumed.round == 4 and list(resumed.arrays) == list(full.arrays)
@@ -131,12 +143,14 @@ def test_resume_ends_with_the_same_model(runs: dict[str, RunResult]) -> None:
     assert runs["resumed"].summary["resumed_from"] == 2
 
 
-def test_no_process_is_left_behind(runs: dict[str, RunResult]) -> None:
+@pytest.mark.slow
+def test_no_process_is_left_behind(runs: dict[str, Any]) -> None:
     for res in (runs["full"], runs["half"], runs["resumed"]):
         assert res.process_tag and procs.tagged_pids(res.process_tag) == []
     assert procs.child_pids() == []
 
 
+@pytest.mark.slow
 def test_failing_app_raises_and_leaves_nothing(tmp_path: Path) -> None:
     # "mnist" needs IDX files: the ServerApp fails while loading data
     cfg = dataclasses.replace(
