@@ -526,7 +526,11 @@ class StratifiedSelection(Strategy):
         if self.selection != "stratified":
             return
         kind = "sketches" if (self.stratify_by == "sketches" or self._fallback) else "histograms"
-        if kind == "histograms" and not self._feature_nodes(available, "histograms"):
+        if (
+            kind == "histograms"
+            and self._features_kind != "histograms"
+            and not self._feature_nodes(available, "histograms")
+        ):
             if not self._fallback:
                 log(
                     WARNING,
