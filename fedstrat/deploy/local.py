@@ -432,8 +432,32 @@ class LocalFederation:
             cfg.update({str(k).replace("_", "-"): v for k, v in extra.items()})
         return cfg
 
-    def start_supernode(self, index: int, *, wait: bool = True, timeout: float = 60.0) -> int:
-        """(Re)start SuperNode ``index`` (same key, partition and node id). Returns its PID."""
+    def start_supernode(self, index: int, *, wait: bool = True, timeout: float = 120.0) -> int:
+        """(Re)start SuperNode ``index`` (same key, partition and node id). Returns its PID.
+
+        With ``wait``, blocks until the node is connected. After a crash the SuperLink refuses
+        to re-activate the same node id until it has marked the old session offline (two
+        missed heartbeats, up to ~60 s): ``flower-supernode`` then exits with "Failed to
+        activate SuperNode" (exit code 305), and this method retries every 3 s until
+        ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            pid = self._launch_supernode(index)
+            if not wait:
+                return pid
+            try:
+                self._wait_supernode_log(index, max(1.0, deadline - time.monotonic()))
+                return pid
+            except FederationError as exc:
+                proc = self.supernodes[index]
+                retry = "Failed to activate SuperNode" in str(exc) or proc.popen.returncode == 305
+                if not retry or time.monotonic() + 3.0 > deadline:
+                    raise
+                self._echo(f"SuperNode {index}: SuperLink still holds its old session; retrying")
+                time.sleep(3.0)
+
+    def _launch_supernode(self, index: int) -> int:
         if not 0 <= index < self.num_supernodes:
             raise ValueError(f"SuperNode index {index} out of range [0, {self.num_supernodes})")
         old = self.supernodes.get(index)
@@ -468,8 +492,6 @@ class LocalFederation:
             cmd += ["--auth-supernode-private-key", str(self.certs.supernode_private_keys[index])]
         proc = self._launch(f"supernode-{index}", cmd, self._dir / "home" / f"supernode-{index}")
         self.supernodes[index] = proc
-        if wait:
-            self._wait_supernode_log(index, timeout)
         return proc.pid
 
     def _wait_supernode_log(self, index: int, timeout: float) -> None:
@@ -479,8 +501,10 @@ class LocalFederation:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not proc.alive():
+                text = proc.log_path.read_text(errors="replace")[start_size:]
                 raise FederationError(
-                    f"SuperNode {index} exited during start-up:\n" + _tail(proc.log_path)
+                    f"SuperNode {index} exited during start-up "
+                    f"(exit code {proc.popen.returncode}):\n" + "\n".join(text.splitlines()[-30:])
                 )
             text = proc.log_path.read_text(errors="replace")[start_size:]
             if "SuperNode ID:" in text:

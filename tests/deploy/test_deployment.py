@@ -8,6 +8,7 @@ federation started is gone. Everything binds to 127.0.0.1. Each run is bounded b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -20,7 +21,7 @@ import pytest
 import torch
 
 from fedstrat.cli.deploy import app_dir
-from fedstrat.deploy.local import LocalFederation, find_marked_processes
+from fedstrat.deploy.local import FederationError, LocalFederation, find_marked_processes
 
 pytestmark = pytest.mark.deploy
 
@@ -214,11 +215,14 @@ def test_killed_supernode_run_completes_and_restarted_node_rejoins(
         _wait_for(lambda: 1 in _progress_rounds(run_dir), RUN_TIMEOUT, "round 1")
         federation.kill_supernode(victim, signal.SIGKILL)  # a crash, mid-run
         _wait_for(lambda: 2 in _progress_rounds(run_dir), RUN_TIMEOUT, "round 2")
-        federation.start_supernode(victim)  # same key -> same Flower node id
+        # Same key -> same Flower node id; the SuperLink accepts it again once it has marked
+        # the crashed session offline (start_supernode retries until then).
+        federation.start_supernode(victim, timeout=150.0)
         result = federation.wait(run_id, timeout=RUN_TIMEOUT)
     finally:
         if not federation.supernodes[victim].alive():
-            federation.start_supernode(victim)
+            with contextlib.suppress(FederationError):
+                federation.start_supernode(victim, timeout=150.0)
     assert result.ok, result
     records = _records(run_dir)
     assert [r["round"] for r in records] == [1, 2, 3, 4]
