@@ -25,6 +25,7 @@ class NodeRegistry:
         self.losses: dict[int, float] = {}
         self.cost_sum: dict[int, float] = {}
         self.cost_count: dict[int, int] = {}
+        self.version = 0  # bumped whenever a size or a histogram changes
 
     # ---------------------------------------------------------------- queries
     def known(self, node_id: int) -> bool:
@@ -62,10 +63,12 @@ class NodeRegistry:
         self.num_examples[node_id] = float(num_examples)
         self.histograms[node_id] = [float(v) for v in histogram]
         self.profile_failed.pop(node_id, None)
+        self.version += 1
 
     def set_profile_failed(self, node_id: int, reason: str) -> None:
         """Record that the node could not be profiled."""
         self.profile_failed[node_id] = reason
+        self.version += 1
 
     def observe_train(
         self,
@@ -76,8 +79,14 @@ class NodeRegistry:
         cost: float | None = None,
     ) -> None:
         """Record what an accepted training reply told about the node."""
-        if num_examples is not None and num_examples > 0 and node_id not in self.histograms:
+        if (
+            num_examples is not None
+            and num_examples > 0
+            and node_id not in self.histograms
+            and self.num_examples.get(node_id) != float(num_examples)
+        ):
             self.num_examples[node_id] = float(num_examples)
+            self.version += 1
         if sketch is not None:
             self.sketches[node_id] = [float(v) for v in sketch]
         if loss is not None and np.isfinite(loss):
@@ -115,3 +124,4 @@ class NodeRegistry:
             "cost_count",
         ):
             setattr(self, name, {int(k): v for k, v in state.get(name, {}).items()})
+        self.version += 1

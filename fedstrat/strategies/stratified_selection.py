@@ -286,6 +286,9 @@ class StratifiedSelection(Strategy):
         self._fallback = False  # profiling failed -> sketches
         self.tracker: StratumVarianceTracker | None = None
         self._round: dict[str, Any] | None = None  # state between configure and aggregate
+        self._avail_key: tuple[int, ...] | None = None
+        self._strata_version = 0
+        self._pop_cache: tuple[Any, np.ndarray, np.ndarray | None] | None = None
         self._last_round = 0
 
     # ------------------------------------------------------------------ Strategy API
@@ -322,10 +325,13 @@ class StratifiedSelection(Strategy):
     ) -> Iterable[Message]:
         """Select this round's nodes by the configured design; one message per node."""
         available = sorted(int(n) for n in self.wait_for_nodes(grid))
-        new = self.registry.unseen(available)
+        key = tuple(available)
+        same_nodes = key == self._avail_key
+        new = [] if same_nodes else self.registry.unseen(available)
         if new:
             self.profile_nodes(server_round, new, grid)
-        self.update_strata(server_round, available)
+        self._avail_key = key
+        self.update_strata(server_round, available, same_nodes)
         plan = self.plan_round(server_round, available)
         selected = [available[i] for i in plan["selection"].ids]
         payload = self.inner_payload(server_round, arrays, config, grid, selected)
@@ -515,7 +521,9 @@ class StratifiedSelection(Strategy):
             return x / x.sum(axis=1, keepdims=True)
         return self.registry.sketch_matrix(nodes)
 
-    def update_strata(self, server_round: int, available: list[int]) -> None:
+    def update_strata(
+        self, server_round: int, available: list[int], same_nodes: bool = False
+    ) -> None:
         """Build, rebuild or extend the strata (stratified selection only).
 
         Histograms: at the first round. Sketches (or after profiling failed for all nodes):
@@ -556,7 +564,9 @@ class StratifiedSelection(Strategy):
             n_unknown = len(set(available) - set(nodes))
             if len(nodes) >= 2:
                 self.stratify(server_round, nodes, kind, n_unknown)
-        if self._centroids is not None:
+        if self._centroids is not None and not (
+            same_nodes and not due and self._features_kind == "histograms"
+        ):
             self.assign_new_nodes(available)
 
     def stratify(self, server_round: int, nodes: list[int], kind: str, n_unknown: int = 0) -> None:
@@ -617,6 +627,7 @@ class StratifiedSelection(Strategy):
         self._resolved_design = design
         self._design_reason = reason
         self._stratified_round = server_round
+        self._strata_version += 1
         self.tracker = StratumVarianceTracker(
             h + 1, self.sketch_dim, prior_std=self.prior_std, ema=self.variance_ema
         )
@@ -660,17 +671,17 @@ class StratifiedSelection(Strategy):
         for n in todo:
             if n not in have:
                 self._node_stratum[n] = unknown
+        self._strata_version += 1
 
     # ------------------------------------------------------------------ hooks: selection
     def plan_round(self, server_round: int, available: list[int]) -> dict[str, Any]:
         """Draw this round's selection over ``available`` (population indices)."""
-        sizes = self.registry.sizes(available)
+        sizes, glob = self.population_arrays(available)
         m = min(self.clients_per_round, len(available))
         rng = np.random.default_rng([self.seed, server_round])
         plan: dict[str, Any] = {"round": server_round, "population": available, "sizes": sizes}
         design = self.current_design()
         if design in ("pps", "srswor"):
-            glob = np.array([self._node_stratum[n] for n in available], dtype=np.int64)
             present, local = np.unique(glob, return_inverse=True)
             if len(present) * max(self.min_per_stratum, 1) > m:
                 log(
@@ -707,6 +718,19 @@ class StratifiedSelection(Strategy):
         plan["selection"] = sampler.sample(rng)
         plan["without_replacement"] = design in ("pps", "srswor", "uniform", "uniform-warmup")
         return plan
+
+    def population_arrays(self, available: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Sizes ``n_i`` and global stratum labels (None without strata) of ``available``,
+        cached while nodes, sizes and strata are unchanged (O(N) work only when they change)."""
+        version = (tuple(available), self.registry.version, self._strata_version)
+        if self._pop_cache is not None and self._pop_cache[0] == version:
+            return self._pop_cache[1], self._pop_cache[2]
+        sizes = self.registry.sizes(available)
+        glob = None
+        if self._centroids is not None and all(n in self._node_stratum for n in available):
+            glob = np.array([self._node_stratum[n] for n in available], dtype=np.int64)
+        self._pop_cache = (version, sizes, glob)
+        return sizes, glob
 
     def current_design(self) -> str:
         """The design used this round: a baseline name, ``"pps"``/``"srswor"``/``"uniform"``
@@ -1102,3 +1126,6 @@ class StratifiedSelection(Strategy):
             )
             self.tracker.load_state_dict(t)
         self._round = None
+        self._avail_key = None
+        self._pop_cache = None
+        self._strata_version += 1

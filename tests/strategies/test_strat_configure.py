@@ -273,3 +273,21 @@ def test_responder_weights_by_hand():
     assert not w.any() and "no responders" in notes[0]
     with pytest.raises(ValueError):
         responder_weights(np.ones(3), None, np.zeros(2, bool), np.ones(3, bool))
+
+
+def test_stratify_by_sketches_after_warmup_and_restratify(pop):
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=8, seed=0,
+                            stratify_by="sketches", warmup_rounds=2, restratify_every=2,
+                            profile_epsilon=1.0)
+    grid = population_grid(pop)
+    run(s, grid, global_arrays(6), range(1, 6))
+    designs = [r["design"] for r in s.records]
+    assert designs[:2] == ["uniform-warmup"] * 2
+    assert all(d in ("pps", "srswor", "uniform") for d in designs[2:])
+    assert s._features_kind == "sketches"
+    assert s._stratified_round == 5  # built at round 3, rebuilt at round 5
+    q = next(m for m in grid.sent if m.metadata.message_type == MessageType.QUERY)
+    assert q.content["fedstrat-profile"]["epsilon"] == 1.0
+    # sizes still come from the profiles
+    n0 = pop.node_ids[0]
+    assert s.registry.num_examples[n0] == pytest.approx(pop.sizes[0])
