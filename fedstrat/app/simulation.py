@@ -70,6 +70,9 @@ RESUMABLE_OPTIONS = frozenset(
 )
 CONNECTION = "fedstrat"
 SUPERLINK_START_TIMEOUT = 60.0
+#: Seconds to let Flower shut down by itself after the ServerApp reported "end" (or "error");
+#: then the session is stopped (its outputs are complete at that point).
+END_GRACE = 3.0
 
 
 class SimulationError(RuntimeError):
@@ -371,8 +374,8 @@ def run_simulation_job(
                 if len(read_jsonl(progress_path)) == seen:
                     break
                 continue
-            if end_seen_at is not None and time.monotonic() - end_seen_at > 30:
-                break  # the log stream did not close after the app finished
+            if end_seen_at is not None and time.monotonic() - end_seen_at > END_GRACE:
+                break  # every output is written; do not wait for Ray's teardown
             if timeout is not None and time.perf_counter() - t_start > timeout:
                 raise SimulationError(
                     f"simulation timed out after {timeout:.0f}s; logs: {session.logs}"
