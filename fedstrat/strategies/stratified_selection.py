@@ -407,7 +407,7 @@ class StratifiedSelection(Strategy):
         self.observe_replies(valid, deltas, w_valid, plan)
 
         if valid:
-            new_replies = self.rewrite_replies(valid, w_valid, global_np)
+            new_replies = self.rewrite_replies(valid, w_valid, global_np, deltas)
             arrays, metrics = self.strategy.aggregate_train(server_round, new_replies)
         else:
             log(WARNING, "aggregate_train: no valid reply in round %d", server_round)
@@ -877,7 +877,8 @@ class StratifiedSelection(Strategy):
     def flat_deltas(
         self, valid: list[ValidReply], global_np: dict[str, np.ndarray]
     ) -> np.ndarray | None:
-        """``(R, D)`` float64 matrix of flattened floating-point updates ``x_i - x_g``."""
+        """``(R, D)`` float64 matrix of flattened floating-point updates ``x_i - x_g`` (keys in
+        the order of the global arrays; integer arrays left out)."""
         keys = [k for k, v in global_np.items() if v.dtype.kind == "f"]
         if not valid or not keys:
             return None
@@ -929,25 +930,45 @@ class StratifiedSelection(Strategy):
                 self.tracker.update(self._node_stratum[v.node_id], sketches[r], weights[r])
 
     def rewrite_replies(
-        self, valid: list[ValidReply], weights: np.ndarray, global_np: dict[str, np.ndarray]
+        self,
+        valid: list[ValidReply],
+        weights: np.ndarray,
+        global_np: dict[str, np.ndarray],
+        deltas: np.ndarray | None = None,
     ) -> list[Message]:
         """Replies for the wrapped strategy: weight metric ``w_i``; with ``estimator="ht"``
-        floating arrays ``x_g + W (x_i - x_g)``, ``W = sum_i w_i``."""
+        floating arrays ``x_g + W (x_i - x_g)``, ``W = sum_i w_i`` (computed in float64 from
+        ``deltas`` = :meth:`flat_deltas`, cast back to each array's dtype)."""
         big_w = float(weights.sum())
+        float_keys = [k for k, a in global_np.items() if a.dtype.kind == "f"]
+        if self.estimator == "ht" and float_keys and deltas is None:
+            deltas = self.flat_deltas(valid, global_np)
+        bounds: dict[str, tuple[int, int]] = {}
+        start = 0
+        for k in float_keys:
+            bounds[k] = (start, start + global_np[k].size)
+            start += global_np[k].size
+        g_flat = (
+            np.concatenate([global_np[k].ravel() for k in float_keys]).astype(np.float64)
+            if float_keys
+            else None
+        )
         out = []
-        for v, w in zip(valid, weights, strict=True):
+        for r, (v, w) in enumerate(zip(valid, weights, strict=True)):
             content = RecordDict()
             for key, rec in v.message.content.items():
                 content[key] = rec
             if self.estimator == "ht":
+                record = v.message.content[v.array_key]
                 new: dict[str, Array] = {}
+                flat = None if g_flat is None else g_flat + big_w * deltas[r]
                 for k, x in v.arrays.items():
-                    if x.dtype.kind == "f":
-                        g = global_np[k]
-                        val = g.astype(np.float64) + big_w * (x.astype(np.float64) - g)
-                        new[k] = encode_like(v.message.content[v.array_key][k], val.astype(x.dtype))
+                    if k in bounds:
+                        a, b = bounds[k]
+                        val = flat[a:b].reshape(x.shape).astype(x.dtype)
+                        new[k] = encode_like(record[k], val)
                     else:
-                        new[k] = v.message.content[v.array_key][k]
+                        new[k] = record[k]
                 content[v.array_key] = ArrayRecord(new)
             metrics = MetricRecord(dict(v.metrics))
             metrics[self.weighted_by_key] = float(w)
