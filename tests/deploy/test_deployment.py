@@ -209,7 +209,10 @@ def test_killed_supernode_run_completes_and_restarted_node_rejoins(
     tmp = tmp_path_factory.mktemp("kill")
     run_dir = tmp / "run"
     victim = 2
-    cfg = dict(BASE, out=str(run_dir), rounds=4, **{"clients-per-round": 3, "round-timeout": 45.0})
+    # round-timeout: how long the ServerApp waits for the crashed node (the SuperLink itself
+    # notices a SIGKILLed SuperNode only after two missed heartbeats, ~60 s). It must exceed an
+    # honest round (~10-20 s on 2 idle cores, 30-50 s when the machine is heavily loaded).
+    cfg = dict(BASE, out=str(run_dir), rounds=4, **{"clients-per-round": 3, "round-timeout": 75.0})
     run_id = federation.submit(app_dir(), cfg)
     try:
         _wait_for(lambda: 1 in _progress_rounds(run_dir), RUN_TIMEOUT, "round 1")
@@ -229,12 +232,13 @@ def test_killed_supernode_run_completes_and_restarted_node_rejoins(
     # The grid gives node ids 1 + partition-id, so the victim is node 3 in the records.
     victim_id = victim + 1
     assert victim_id in records[0]["responders"]
-    failed_rounds = [r["round"] for r in records if r["failures"]]
-    assert 2 in failed_rounds, [(r["round"], r["failures"]) for r in records]
     rec2 = records[1]
+    assert victim_id in [f["node"] for f in rec2["failures"]], rec2["failures"]
     assert victim_id not in rec2["responders"]
-    assert len(rec2["responders"]) == 2
-    assert sum(rec2["weights"]) > 0
+    assert rec2["responders"], "the surviving nodes should have been aggregated"
+    # The survivors carry the crashed node's share: HT weights rescaled within the stratum.
+    assert sum(rec2["weights"]) == pytest.approx(sum(records[0]["weights"]), rel=0.5)
+    assert any("failed" in note or "rescaled" in note for note in rec2["notes"]), rec2["notes"]
     rejoined = [r["round"] for r in records[2:] if victim_id in r["responders"]]
     assert rejoined, "restarted SuperNode never answered again"
     rows = _metrics(run_dir)
