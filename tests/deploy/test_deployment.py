@@ -244,6 +244,21 @@ def test_killed_supernode_run_completes_and_restarted_node_rejoins(
     rows = _metrics(run_dir)
     assert rows[-1]["accuracy"] > rows[0]["accuracy"]
     assert rows[2]["n_failed"] >= 1
+    _shared["kill"] = run_dir
+
+
+def test_failure_record_blames_only_the_crashed_node() -> None:
+    """The SuperLink answers for a dead node with an error reply whose sender is the SuperLink
+    itself (``SUPERLINK_NODE_ID`` = 1); it must be attributed to the node the instruction was
+    sent to (via ``reply_to``), never to a node that answered."""
+    if "kill" not in _shared:
+        pytest.skip(
+            "needs the run of test_killed_supernode_run_completes_and_restarted_node_rejoins"
+        )
+    for rec in _records(_shared["kill"]):
+        failed = {f["node"] for f in rec["failures"]}
+        assert not failed & set(rec["responders"]), (rec["round"], rec["failures"])
+        assert failed <= set(rec["selected"]), (rec["round"], rec["failures"])
 
 
 def test_stop_leaves_no_process_behind(federation: LocalFederation) -> None:
