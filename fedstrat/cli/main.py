@@ -132,6 +132,13 @@ def preflight(cfg: RunConfig) -> None:
         partition_dataset(ds, cfg.partition, cfg.num_clients, **kw)
     except (ValueError, KeyError) as exc:
         raise UsageFailure(f"partition {cfg.partition!r} failed: {exc}") from exc
+    if cfg.device not in ("", "auto"):
+        from fedstrat.models import get_device
+
+        try:
+            get_device(cfg.device)
+        except ValueError as exc:
+            raise UsageFailure(str(exc)) from None
     if cfg.model:
         try:
             from fedstrat.models import build_model, list_models

@@ -148,8 +148,9 @@ def test_missing_local_data_file(tmp_path: Path) -> None:
     assert not out.exists()  # nothing half-written
 
 
-def test_bad_model_and_partition() -> None:
+def test_bad_model_partition_device() -> None:
     _fails(["simulate", "--model", "nosuchmodel"], "unknown model")
+    _fails(["simulate", "--device", "bogus-device"], "device")
     _fails(["simulate", "--partition", "natural"], "natural")
 
 
