@@ -178,3 +178,13 @@ def test_unknown_option_exit_2(cmd: str) -> None:
 
 def test_resume_without_checkpoint(tmp_path: Path) -> None:
     _fails(["simulate", "--resume", str(tmp_path)], "cannot resume", "checkpoint")
+
+
+def test_deploy_sub_app_is_registered_when_present() -> None:
+    import importlib.util
+
+    text = _help()
+    for cmd in ("simulate", "compare", "report", "measure-variance"):
+        assert cmd in text
+    if importlib.util.find_spec("fedstrat.cli.deploy") is not None:
+        assert "deploy" in text
