@@ -31,14 +31,21 @@ CONFIGS = HERE / "configs"
 RUNS = HERE / "runs"
 FIGURES = HERE / "figures"
 
-#: (name, config, seeds full, seeds quick)
+#: (name, config, seeds full, seeds quick, measure rounds full, measure rounds quick)
 VARIANCE = [
-    ("mnist5k-dirichlet", "mnist5k_dirichlet.toml", "0,1,2,3,4", "0,1,2,3,4"),
-    ("mnist5k-shard", "mnist5k_shard.toml", "0,1,2,3,4", "0,1"),
-    ("mnist5k-iid", "mnist5k_iid.toml", "0,1,2,3,4", "0,1"),
-    ("mnist5k-cnn-dirichlet", "mnist5k_cnn_dirichlet.toml", "0,1,2,3,4", "0,1"),
-    ("movielens100k-users", "movielens100k_users.toml", "0,1,2,3,4", "0,1"),
+    ("mnist5k-dirichlet", "mnist5k_dirichlet.toml", "0,1,2,3,4", "0,1,2,3,4", "1,10", "1,10"),
+    ("mnist5k-shard", "mnist5k_shard.toml", "0,1,2,3,4", "0,1", "1,10", "1,10"),
+    ("mnist5k-iid", "mnist5k_iid.toml", "0,1,2,3,4", "0,1", "1,10", "1,10"),
+    ("mnist5k-cnn-dirichlet", "mnist5k_cnn_dirichlet.toml", "0,1,2,3,4", "0,1", "1,10", "1,10"),
+    ("movielens100k-users", "movielens100k_users.toml", "0,1,2,3,4", "0,1", "1,10", "1,4"),
+    # fewer strata than clients per round: here the allocation matters (Neyman vs proportional)
+    ("mnist5k-dirichlet-4strata", "mnist5k_dirichlet.toml", "0,1,2,3,4", "0,1", "1,10", "1,10"),
 ]
+#: extra measure-variance options per setting
+VARIANCE_EXTRA = {
+    "mnist5k-dirichlet-4strata": ["--n-strata", "4", "--design", "pps"]
+    + ["--selections", "uniform,stratified,stratified-prop"],
+}
 
 #: (name, config, selections, seeds full, seeds quick, rounds quick)
 COMPARE = [
@@ -71,15 +78,17 @@ def _run(cmd: list[str], log: Path) -> int:
 
 
 def variance_steps(quick: bool) -> None:
-    for name, config, seeds_full, seeds_quick in VARIANCE:
+    for name, config, seeds_full, seeds_quick, rounds_full, rounds_quick in VARIANCE:
         out = RUNS / f"variance-{name}"
         if (out / "variance.json").is_file():
             print(f"skip {out.name}: exists")
             continue
         shutil.rmtree(out, ignore_errors=True)
         cmd = _fedstrat() + ["measure-variance", "--config", f"configs/{config}"]
-        cmd += ["--seeds", seeds_quick if quick else seeds_full, "--measure-rounds", "1,10"]
+        cmd += ["--seeds", seeds_quick if quick else seeds_full]
+        cmd += ["--measure-rounds", rounds_quick if quick else rounds_full]
         cmd += ["--samples", "2000", "--out", str(out.relative_to(HERE))]
+        cmd += VARIANCE_EXTRA.get(name, [])
         _run(cmd, RUNS / f"variance-{name}.log")
 
 
