@@ -542,18 +542,21 @@ class LocalFederation:
                 return
             self._stopped = True
             launched = list(self._launched)
-        # Children first (ServerApp/ClientApp runs), then the SuperNodes, then the SuperLink.
-        marked = set(find_marked_processes(self.marker))
-        roots = [p for p in launched if p.alive()]
-        root_pids = {p.pid for p in roots}
-        for pid in sorted(marked - root_pids):
-            _signal(pid, signal.SIGTERM)
-        for proc in reversed(roots):
-            _signal(proc.pid, signal.SIGTERM)
+        # SuperNodes first, while the SuperLink is still up: on SIGTERM a SuperNode deactivates
+        # itself at the SuperLink (and would retry for a long time if the SuperLink were gone).
+        # Then the SuperLink, which ends its SuperExec and ServerApp processes.
         deadline = time.monotonic() + grace
-        for proc in roots:
+        nodes = [p for p in launched if p.alive() and p is not self.superlink]
+        for proc in nodes:
+            _signal(proc.pid, signal.SIGTERM)
+        for proc in nodes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+        deadline = time.monotonic() + grace
+        if self.superlink is not None and self.superlink.alive():
+            _signal(self.superlink.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.superlink.popen.wait(timeout=grace)
         # Whatever is left (Flower's detached SuperExec and app processes): by marker, by PID.
         while time.monotonic() < deadline and find_marked_processes(self.marker):
             time.sleep(0.2)
