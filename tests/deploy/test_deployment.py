@@ -203,6 +203,13 @@ def _wait_for(cond: Any, timeout: float, what: str) -> None:
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
+def _kill_round_timeout() -> float:
+    if "reference" not in _shared:
+        return 75.0
+    seconds = [r["seconds"] for r in _metrics(_shared["reference"])[2:] if r.get("seconds")]
+    return float(min(120.0, max(30.0, 4.0 * max(seconds, default=30.0))))
+
+
 def test_killed_supernode_run_completes_and_restarted_node_rejoins(
     federation: LocalFederation, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -211,8 +218,10 @@ def test_killed_supernode_run_completes_and_restarted_node_rejoins(
     victim = 2
     # round-timeout: how long the ServerApp waits for the crashed node (the SuperLink itself
     # notices a SIGKILLed SuperNode only after two missed heartbeats, ~60 s). It must exceed an
-    # honest round (~10-20 s on 2 idle cores, 30-50 s when the machine is heavily loaded).
-    cfg = dict(BASE, out=str(run_dir), rounds=4, **{"clients-per-round": 3, "round-timeout": 75.0})
+    # honest round (~10-20 s on 2 idle cores, 30-50 s on a heavily loaded machine): 4x the
+    # slowest honest round of the integration run, within [30, 120] s.
+    cfg = dict(BASE, out=str(run_dir), rounds=4, **{"clients-per-round": 3})
+    cfg["round-timeout"] = _kill_round_timeout()
     run_id = federation.submit(app_dir(), cfg)
     try:
         _wait_for(lambda: 1 in _progress_rounds(run_dir), RUN_TIMEOUT, "round 1")
