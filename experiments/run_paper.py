@@ -137,6 +137,12 @@ def summarize() -> None:
         cj = RUNS / f"compare-{name}" / "compare" / "compare.json"
         if not cj.is_file():
             continue
+        measured = RUNS / f"variance-{name}"
+        if (measured / "variance.json").is_file():
+            # the same seeds' measured variance joins the comparison table
+            shutil.copytree(measured, cj.parent.parent / "variance", dirs_exist_ok=True)
+            report = ["report", str(cj.parent.parent), "--no-plots"]
+            subprocess.call(_fedstrat() + report, stdout=subprocess.DEVNULL, cwd=HERE)
         data = json.loads(cj.read_text())
         print(f"\n### compare: {name}\n")
         print((cj.parent / "table.md").read_text())
