@@ -62,7 +62,7 @@ class RunConfig:
     num_clients: int = 100
     clients_per_round: int = 10
     rounds: int = 30
-    local_epochs: int = 1
+    local_epochs: int = 5
     local_steps: int = 0  # > 0 overrides local_epochs
     lr: float = 0.05
     batch_size: int = 32

@@ -26,11 +26,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-try:  # the run directory's own defaults, so report and summary.json agree
-    from fedstrat.app.rundir import DEFAULT_TARGETS
-except ImportError:  # pragma: no cover
-    #: Default target accuracy (AUC for CTR datasets) for "rounds to target".
-    DEFAULT_TARGETS = {"mnist5k": 0.85, "digits": 0.85, "movielens-100k": 0.70}
+from fedstrat.app.rundir import DEFAULT_TARGETS  # report and summary.json agree
 
 _ALIASES: dict[str, tuple[str, ...]] = {
     "round": ("round", "server_round", "server-round"),
