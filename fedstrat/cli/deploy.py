@@ -114,13 +114,19 @@ class _ProgressTail:
 
     def __init__(self, run_dir: Path, quiet: bool) -> None:
         self.path = run_dir / "progress.jsonl"
-        self.seen = 0
+        # A resumed run appends to the file: show only what this run adds.
+        self.seen = len(self._lines())
         self.quiet = quiet
 
+    def _lines(self) -> list[str]:
+        if not self.path.is_file():
+            return []
+        return self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+
     def __call__(self, info: dict[str, Any]) -> None:
-        if self.quiet or not self.path.is_file():
+        if self.quiet:
             return
-        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        lines = self._lines()
         for line in lines[self.seen :]:
             try:
                 ev = json.loads(line)
