@@ -205,9 +205,9 @@ def _wait_for(cond: Any, timeout: float, what: str) -> None:
 
 def _kill_round_timeout() -> float:
     if "reference" not in _shared:
-        return 75.0
+        return 90.0
     seconds = [r["seconds"] for r in _metrics(_shared["reference"])[2:] if r.get("seconds")]
-    return float(min(120.0, max(30.0, 3.0 * max(seconds, default=30.0))))
+    return float(min(150.0, max(65.0, 3.0 * max(seconds, default=30.0))))
 
 
 def test_killed_supernode_run_completes_and_restarted_node_rejoins(
@@ -216,10 +216,11 @@ def test_killed_supernode_run_completes_and_restarted_node_rejoins(
     tmp = tmp_path_factory.mktemp("kill")
     run_dir = tmp / "run"
     victim = 2
-    # round-timeout: how long the ServerApp waits for the crashed node (the SuperLink itself
-    # notices a SIGKILLed SuperNode only after two missed heartbeats, ~60 s). It must exceed an
-    # honest round (~10-20 s on 2 idle cores, 30-50 s on a heavily loaded machine): 3x the
-    # slowest honest round of the integration run, within [30, 120] s.
+    # round-timeout: longer than the SuperLink needs to notice the SIGKILLed SuperNode (two
+    # missed heartbeats, <= 60 s; it then answers for it with an error reply, which ends round
+    # 2) and than 3x an honest round (~10-20 s on 2 idle cores, 30-50 s when heavily loaded).
+    # Then the crashed node is offline when round 2 ends, its restart is accepted at once and
+    # it is back for round 3.
     cfg = dict(BASE, out=str(run_dir), rounds=3, **{"clients-per-round": 3})
     cfg["round-timeout"] = _kill_round_timeout()
     run_id = federation.submit(app_dir(), cfg)
