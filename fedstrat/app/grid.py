@@ -51,6 +51,7 @@ class StableNodeGrid(Grid):
         self.unstable: set[int] = set()
         self._profiles: dict[int, RecordDict] = {}  # Flower id -> profile reply content
         self.profiles_served = 0
+        self._sent_to: dict[str, int] = {}  # instruction message id -> stable destination id
 
     # -------------------------------------------------------------------- id mapping
     @property
@@ -153,11 +154,26 @@ class StableNodeGrid(Grid):
         return out
 
     def _relabel(self, replies: Iterable[Message]) -> list[Message]:
+        """Label each reply with the stable id of the node its instruction was sent to.
+
+        The instruction is found through ``reply_to_message_id``: when a node is down, the
+        SuperLink itself answers with an error reply whose sender is ``SUPERLINK_NODE_ID`` (1),
+        which must be blamed on the node that was asked, not on whichever node has that id.
+        Replies to unknown instructions fall back to their sender's stable id.
+        """
         out = list(replies)
         for r in out:
-            r.metadata.__dict__["_src_node_id"] = self._stable(r.metadata.src_node_id)
+            dst = self._sent_to.pop(r.metadata.reply_to_message_id, None)
+            src = dst if dst is not None else self._stable(r.metadata.src_node_id)
+            r.metadata.__dict__["_src_node_id"] = src
         out.sort(key=lambda r: (r.metadata.src_node_id, r.metadata.reply_to_message_id))
         return out
+
+    def _remember(self, sent: list[tuple[Message, int]]) -> None:
+        """After a push: message id (set by the grid) -> stable destination id."""
+        for m, original in sent:
+            if m.metadata.message_id:
+                self._sent_to[m.metadata.message_id] = original
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Push messages addressed with stable ids."""
@@ -165,6 +181,7 @@ class StableNodeGrid(Grid):
         try:
             return self._grid.push_messages([m for m, _ in sent])
         finally:
+            self._remember(sent)
             for m, original in sent:
                 m.metadata.dst_node_id = original
 
@@ -209,6 +226,7 @@ class StableNodeGrid(Grid):
         try:
             replies = self._grid.send_and_receive([m for m, _ in sent], timeout=timeout)
         finally:
+            self._remember(sent)
             for m, original in sent:
                 m.metadata.dst_node_id = original
         return self._relabel(replies)

@@ -140,3 +140,47 @@ def test_identical_profile_query_is_answered_from_cache() -> None:
     other = RecordDict({PROFILE_KEY: ConfigRecord({"epsilon": 0.0, "seed": 4})})
     grid.send_and_receive([Message(other, 1, MessageType.QUERY)])
     assert fake.sent_to[-1] == FLOWER_IDS[0]
+
+
+class SuperLinkAnswersForDeadNode(FakeGrid):
+    """Like a real grid: sets message ids on push; a dead node is answered for by the SuperLink
+    (error reply whose sender is SUPERLINK_NODE_ID = 1, as Flower 1.41 does)."""
+
+    def __init__(self, *args, dead: int, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.dead = dead
+
+    def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
+        from flwr.app import Error
+
+        messages = list(messages)
+        for i, m in enumerate(messages):
+            m.metadata.__dict__["_message_id"] = f"msg-{len(self.sent_to)}-{i}"
+        alive = [m for m in messages if m.metadata.dst_node_id != self.dead]
+        replies = list(super().send_and_receive(alive, timeout=timeout))
+        for m in messages:
+            if m.metadata.dst_node_id == self.dead:
+                err = Message(Error(code=1, reason="Node Unavailable"), reply_to=m)
+                err.metadata.__dict__["_src_node_id"] = 1  # SUPERLINK_NODE_ID
+                replies.append(err)
+        return replies
+
+
+def test_superlink_error_reply_is_blamed_on_the_node_that_was_asked() -> None:
+    fake = SuperLinkAnswersForDeadNode(
+        {FLOWER_IDS[0]: 0, FLOWER_IDS[1]: 1, FLOWER_IDS[2]: 2}, _hists(), dead=FLOWER_IDS[2]
+    )
+    fake.dead = None  # alive while being profiled
+    grid = StableNodeGrid(fake)
+    assert list(grid.get_node_ids()) == [1, 2, 3]
+    fake.dead = FLOWER_IDS[2]  # stable id 3 dies; stable id 1 (partition 0) is alive
+    msgs = [
+        Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=nid,
+                message_type=MessageType.TRAIN)
+        for nid in (1, 3)
+    ]
+    replies = list(grid.send_and_receive(msgs))
+    by_src = {r.metadata.src_node_id: r for r in replies}
+    assert set(by_src) == {1, 3}
+    assert not by_src[1].has_error()  # the live node with stable id 1 is not blamed
+    assert by_src[3].has_error()  # the SuperLink's error reply is attributed to node 3
