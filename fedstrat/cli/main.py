@@ -18,18 +18,7 @@ import typer
 from fedstrat import __version__
 from fedstrat.app.config import SELECTIONS, ConfigError, RunConfig
 from fedstrat.cli.options import build_config, run_options
-
-#: selections ``measure-variance`` knows (kept in sync with fedstrat.measure, imported lazily)
-MEASURED = (
-    "uniform",
-    "multinomial",
-    "clustered1",
-    "clustered2",
-    "stratified",
-    "stratified-prop",
-    "stratified-sketch",
-    "poc",
-)
+from fedstrat.measure.variance import MEASURED_SELECTIONS as MEASURED  # numpy only; no torch
 
 app = typer.Typer(
     name="fedstrat",
