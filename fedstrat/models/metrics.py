@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import log_loss, roc_auc_score
 
 
 def _as_1d(name: str, a: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -49,6 +48,8 @@ def binary_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
         raise ValueError(f"shape mismatch: y_true {y.shape} vs scores {s.shape}")
     if np.unique(y).size < 2:
         return math.nan
+    from sklearn.metrics import roc_auc_score  # lazy: sklearn.metrics costs ~1 s per process
+
     return float(roc_auc_score(y, s))
 
 
@@ -61,6 +62,8 @@ def binary_logloss(y_true: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> 
     if y.size == 0:
         return math.nan
     p = np.clip(p, eps, 1.0 - eps)
+    from sklearn.metrics import log_loss  # lazy, as above
+
     return float(log_loss(y, p, labels=[0, 1]))
 
 
