@@ -346,6 +346,7 @@ class StratifiedSelection(Strategy):
             for node in selected
         ]
         plan["selected"] = selected
+        plan["messages"] = messages  # the grid sets their message ids when it pushes them
         plan["sent_at"] = {m.metadata.dst_node_id: m.metadata.created_at for m in messages}
         plan["signature"] = array_signature(arrays)
         plan["global"] = arrays
@@ -377,9 +378,18 @@ class StratifiedSelection(Strategy):
         rejected: list[dict[str, Any]] = []
         failures: list[dict[str, Any]] = []
         seen: set[int] = set()
+        asked = {
+            m.metadata.message_id: int(m.metadata.dst_node_id)
+            for m in plan.get("messages", [])
+            if m.metadata.message_id
+        }
         for reply in replies:
             result = self.validate_reply(reply, plan)
             node = int(reply.metadata.src_node_id)
+            if reply.has_error():
+                # A SuperLink answers for an unreachable node with an error reply whose sender
+                # is the SuperLink itself (node id 1): blame the node the instruction went to.
+                node = asked.get(reply.metadata.reply_to_message_id, node)
             if isinstance(result, str):
                 entry = {"node": node, "reason": result}
                 (failures if reply.has_error() else rejected).append(entry)

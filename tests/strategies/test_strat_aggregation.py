@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
@@ -302,3 +310,23 @@ def test_metric_record_of_reply_keeps_other_metrics(pop):
         assert isinstance(r.content["metrics"]["num-examples"], int)
     assert isinstance(metrics, MetricRecord)
     assert isinstance(rec, dict) and isinstance(ArrayRecord, type)
+
+
+def test_superlink_error_reply_is_attributed_to_the_node_that_was_asked():
+    """Flower's SuperLink answers for an unreachable node with an error reply whose sender is
+    SUPERLINK_NODE_ID (1): the failure belongs to the node the instruction was sent to."""
+    pop = make_population(n=6, classes=3, dim=6, seed=2)
+    grid = population_grid(pop)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=3, seed=1)
+    msgs = list(s.configure_train(1, global_arrays(6), ConfigRecord(), grid))
+    replies = list(grid.send_and_receive(msgs))
+    dead = msgs[0].metadata.dst_node_id
+    dead_reply = next(r for r in replies if r.metadata.src_node_id == dead)
+    replies.remove(dead_reply)
+    err = Message(Error(code=1, reason="Node Unavailable"), reply_to=msgs[0])
+    err.metadata.__dict__["_src_node_id"] = 1  # the SuperLink, not a client node
+    replies.append(err)
+    s.aggregate_train(1, replies)
+    rec = s.records[-1]
+    assert [f["node"] for f in rec["failures"]] == [dead]
+    assert dead not in rec["responders"] and len(rec["responders"]) == 2
