@@ -32,9 +32,12 @@ def _is_zombie(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
 
 
-def tagged_pids(tag: str) -> list[int]:
-    """PIDs of live (non-zombie) processes whose environment holds ``FEDSTRAT_SIM_TAG=tag``."""
-    needle = f"{TAG_ENV}={tag}".encode()
+def marked_pids(env_name: str, value: str) -> list[int]:
+    """PIDs of live (non-zombie) processes whose environment holds ``env_name=value``.
+
+    Reads ``/proc/<pid>/environ`` (Linux); processes of other users are skipped silently.
+    """
+    needle = f"{env_name}={value}".encode()
     me = os.getpid()
     found = []
     for entry in Path("/proc").iterdir():
@@ -47,6 +50,11 @@ def tagged_pids(tag: str) -> list[int]:
         if env and needle in env.split(b"\0") and not _is_zombie(pid):
             found.append(pid)
     return sorted(found)
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """PIDs of live (non-zombie) processes whose environment holds ``FEDSTRAT_SIM_TAG=tag``."""
+    return marked_pids(TAG_ENV, tag)
 
 
 def child_pids(pid: int | None = None) -> list[int]:
@@ -73,7 +81,8 @@ def child_pids(pid: int | None = None) -> list[int]:
     return sorted(out)
 
 
-def _signal(pid: int, sig: int) -> None:
+def send_signal(pid: int, sig: int) -> None:
+    """``os.kill`` that ignores processes already gone or not ours."""
     try:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
@@ -87,7 +96,7 @@ def terminate_tagged(tag: str, grace: float = 5.0) -> list[int]:
     """
     pids = tagged_pids(tag)
     for pid in pids:
-        _signal(pid, signal.SIGTERM)
+        send_signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         if not tagged_pids(tag):
@@ -95,7 +104,7 @@ def terminate_tagged(tag: str, grace: float = 5.0) -> list[int]:
         time.sleep(0.1)
     killed = tagged_pids(tag)
     for pid in killed:
-        _signal(pid, signal.SIGKILL)
+        send_signal(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5.0
     while tagged_pids(tag) and time.monotonic() < deadline:
         time.sleep(0.1)

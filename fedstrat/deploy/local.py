@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedstrat.app.procs import child_pids, marked_pids, send_signal
 from fedstrat.deploy.certs import CertificateSet, generate_certificates
 
 MARKER_ENV = "FEDSTRAT_FEDERATION_ID"
@@ -76,26 +77,9 @@ def find_marked_processes(marker: str) -> list[int]:
 
     Reads ``/proc/<pid>/environ`` (Linux); processes of other users are skipped silently.
     """
-    needle = f"{MARKER_ENV}={marker}".encode()
-    found: list[int] = []
-    proc = Path("/proc")
-    if not proc.is_dir():  # pragma: no cover - non-Linux
-        return found
-    me = os.getpid()
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        try:
-            env = (entry / "environ").read_bytes()
-            if needle not in env.split(b"\0"):
-                continue
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
-        if state not in ("Z", "X"):
-            found.append(int(entry.name))
-    return sorted(found)
+    if not Path("/proc").is_dir():  # pragma: no cover - non-Linux
+        return []
+    return marked_pids(MARKER_ENV, marker)
 
 
 def format_run_config(values: Mapping[str, Any]) -> str:
@@ -527,9 +511,9 @@ class LocalFederation:
         if proc is None:
             raise ValueError(f"no SuperNode {index}")
         children = _descendants(proc.pid)
-        _signal(proc.pid, sig)
+        send_signal(proc.pid, sig)
         for pid in children:
-            _signal(pid, sig)
+            send_signal(pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.popen.wait(timeout=timeout)
         self._echo(f"stopped SuperNode {index} (pid {proc.pid}) with signal {sig}")
@@ -548,13 +532,13 @@ class LocalFederation:
         deadline = time.monotonic() + grace
         nodes = [p for p in launched if p.alive() and p is not self.superlink]
         for proc in nodes:
-            _signal(proc.pid, signal.SIGTERM)
+            send_signal(proc.pid, signal.SIGTERM)
         for proc in nodes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
         deadline = time.monotonic() + grace
         if self.superlink is not None and self.superlink.alive():
-            _signal(self.superlink.pid, signal.SIGTERM)
+            send_signal(self.superlink.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.superlink.popen.wait(timeout=grace)
         # Whatever is left (Flower's detached SuperExec and app processes): by marker, by PID.
@@ -565,11 +549,11 @@ class LocalFederation:
             if not left:
                 break
             for pid in left:
-                _signal(pid, signal.SIGKILL)
+                send_signal(pid, signal.SIGKILL)
             time.sleep(0.3)
         for proc in launched:
             if proc.alive():
-                _signal(proc.pid, signal.SIGKILL)
+                send_signal(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=5)
         if self._own_workdir and not self.keep_workdir and self.workdir is not None:
@@ -682,7 +666,7 @@ class LocalFederation:
                 time.sleep(poll)
         finally:
             if stream is not None and stream.poll() is None:
-                _signal(stream.pid, signal.SIGTERM)
+                send_signal(stream.pid, signal.SIGTERM)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     stream.wait(timeout=5)
         return RunResult(
@@ -761,40 +745,11 @@ def _parse_json(text: str) -> dict[str, Any]:
     return data
 
 
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, sig)
-
-
-def _children_map() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        try:
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (IndexError, ValueError):
-            continue
-        out.setdefault(ppid, []).append(int(entry.name))
-    return out
-
-
 def _descendants(pid: int) -> list[int]:
-    """All descendants of ``pid`` (Linux /proc), children before grandchildren."""
+    """All live descendants of ``pid`` (Linux /proc)."""
     if not Path("/proc").is_dir():  # pragma: no cover
         return []
-    children = _children_map()
-    out: list[int] = []
-    stack: list[int] = list(children.get(pid, []))
-    while stack:
-        p = stack.pop(0)
-        out.append(p)
-        stack.extend(children.get(p, []))
-    return out
+    return child_pids(pid)
 
 
 def describe(fed: LocalFederation) -> Iterable[tuple[str, str]]:
