@@ -28,7 +28,15 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-PROFILE_KEY = "fedstrat-profile"
+from fedstrat.wire import (
+    NUM_EXAMPLES,
+    PROFILE_EPSILON,
+    PROFILE_KEY,
+    PROFILE_LABEL_HIST,
+    PROFILE_PARTITION_ID,
+    PROFILE_SEED,
+)
+
 log = logging.getLogger("fedstrat.app")
 
 
@@ -67,7 +75,7 @@ class StableNodeGrid(Grid):
 
     def _register(self, new: list[int]) -> None:
         content = RecordDict(
-            {PROFILE_KEY: ConfigRecord({"epsilon": self._epsilon, "seed": self._seed})}
+            {PROFILE_KEY: ConfigRecord({PROFILE_EPSILON: self._epsilon, PROFILE_SEED: self._seed})}
         )
         msgs = [
             Message(content, nid, MessageType.QUERY, group_id="fedstrat-node-ids") for nid in new
@@ -83,10 +91,10 @@ class StableNodeGrid(Grid):
                 continue
             rec = rep.content[PROFILE_KEY]
             src = rep.metadata.src_node_id
-            pid = rec.get("partition-id")
+            pid = rec.get(PROFILE_PARTITION_ID)
             if isinstance(pid, int | float) and float(pid).is_integer() and pid >= 0:
                 pid_of[src] = int(pid)
-            n, hist = rec.get("num-examples"), rec.get("label-hist")
+            n, hist = rec.get(NUM_EXAMPLES), rec.get(PROFILE_LABEL_HIST)
             if isinstance(n, int | float) and isinstance(hist, list):
                 content_key[src] = (float(n), *(float(h) for h in hist))
         stable_of: dict[int, int] = {}
@@ -199,7 +207,8 @@ class StableNodeGrid(Grid):
             cfg = m.content.config_records.get(PROFILE_KEY)
             if cfg is None or set(m.content.keys()) != {PROFILE_KEY}:
                 return None
-            if float(cfg.get("epsilon", -1.0)) != self._epsilon or cfg.get("seed") != self._seed:
+            eps, seed = cfg.get(PROFILE_EPSILON, -1.0), cfg.get(PROFILE_SEED)
+            if float(eps) != self._epsilon or seed != self._seed:
                 return None
             if self._real(m.metadata.dst_node_id) not in self._profiles:
                 return None

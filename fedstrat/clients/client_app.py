@@ -30,8 +30,6 @@ from torch import nn
 from fedstrat.clients.data import ClientData, load_client_data
 from fedstrat.clients.profiling import register_profiling
 from fedstrat.clients.protocol import (
-    ARRAYS_KEY,
-    METRICS_KEY,
     ProtocolError,
     TrainConfig,
     client_seed,
@@ -48,6 +46,7 @@ from fedstrat.models import (
     train_steps,
 )
 from fedstrat.models import evaluate as evaluate_model
+from fedstrat.wire import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES
 
 DataProvider = Callable[[Context], ClientData]
 
@@ -174,7 +173,7 @@ def make_client_app(data_provider: DataProvider | None = None) -> ClientApp:
             )
         metrics = MetricRecord(
             {
-                "num-examples": int(data.num_examples),
+                NUM_EXAMPLES: int(data.num_examples),
                 "train-loss": float(out["loss"]),
                 "train-seconds": float(out["seconds"]),
                 "train-steps": int(out["steps"]),
@@ -200,14 +199,14 @@ def make_client_app(data_provider: DataProvider | None = None) -> ClientApp:
         n = int(res["num_examples"])
         if data.task == "ctr":
             values: dict[str, float | int] = {
-                "num-examples": n,
+                NUM_EXAMPLES: n,
                 "eval-loss": float(res["logloss"]),
                 "eval-logloss": float(res["logloss"]),
                 "eval-auc": float(res["auc"]),
             }
         else:
             values = {
-                "num-examples": n,
+                NUM_EXAMPLES: n,
                 "eval-loss": float(res["loss"]),
                 "eval-acc": float(res["accuracy"]),
             }

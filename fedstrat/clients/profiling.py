@@ -25,11 +25,14 @@ import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedstrat.clients.protocol import (
+from fedstrat.clients.protocol import ProtocolError, read_number, replies_errors
+from fedstrat.wire import (
+    NUM_EXAMPLES,
+    PROFILE_EPSILON,
     PROFILE_KEY,
-    ProtocolError,
-    read_number,
-    replies_errors,
+    PROFILE_LABEL_HIST,
+    PROFILE_PARTITION_ID,
+    PROFILE_SEED,
 )
 
 ProfileFn = Callable[[Context], tuple[Sequence[float] | np.ndarray, int]]
@@ -68,11 +71,11 @@ def profile_reply(
             f"{sorted(records)}); this ClientApp only answers fedstrat profiling queries"
         )
     cfg = records[PROFILE_KEY]
-    raw_eps = cfg.get("epsilon", 0.0)
+    raw_eps = cfg.get(PROFILE_EPSILON, 0.0)
     # epsilon = inf means "no privacy" like epsilon = 0
     inf = isinstance(raw_eps, float) and math.isinf(raw_eps) and raw_eps > 0
-    epsilon = 0.0 if inf else read_number(cfg, "epsilon", 0.0, integer=False)
-    seed = read_number(cfg, "seed", 0, integer=True)
+    epsilon = 0.0 if inf else read_number(cfg, PROFILE_EPSILON, 0.0, integer=False)
+    seed = read_number(cfg, PROFILE_SEED, 0, integer=True)
     if epsilon < 0:
         raise ProtocolError(f"profile 'epsilon' must be >= 0, got {epsilon}")
 
@@ -90,13 +93,13 @@ def profile_reply(
         counts = _privatize(counts, epsilon, rng)
 
     values: dict[str, int | list[float]] = {
-        "num-examples": int(num_examples),
-        "label-hist": [float(c) for c in counts],
+        NUM_EXAMPLES: int(num_examples),
+        PROFILE_LABEL_HIST: [float(c) for c in counts],
     }
     if partition_id is not None:
         if isinstance(partition_id, bool) or int(partition_id) != partition_id:
             raise ValueError(f"partition_id must be an integer, got {partition_id!r}")
-        values["partition-id"] = int(partition_id)
+        values[PROFILE_PARTITION_ID] = int(partition_id)
     record = MetricRecord(values)
     return Message(RecordDict({PROFILE_KEY: record}), reply_to=message)
 

@@ -18,16 +18,14 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message
 
+from fedstrat.wire import ARRAYS_KEY, CONFIG_KEY
+
 logger = logging.getLogger(__name__)
 
 #: Flower's error code for "the ClientApp raised an exception"
 #: (``flwr.common.constant.ErrorCode.CLIENT_APP_RAISED_EXCEPTION``; not re-exported publicly).
 CLIENT_APP_RAISED_EXCEPTION = 2
 
-ARRAYS_KEY = "arrays"
-CONFIG_KEY = "config"
-METRICS_KEY = "metrics"
-PROFILE_KEY = "fedstrat-profile"
 OPTIMIZERS = ("sgd", "adam")
 
 

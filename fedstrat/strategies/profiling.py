@@ -11,7 +11,13 @@ import math
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
-PROFILE_KEY = "fedstrat-profile"
+from fedstrat.wire import (
+    NUM_EXAMPLES,
+    PROFILE_EPSILON,
+    PROFILE_KEY,
+    PROFILE_LABEL_HIST,
+    PROFILE_SEED,
+)
 
 
 def make_profile_messages(
@@ -24,7 +30,7 @@ def make_profile_messages(
     if epsilon < 0 or not math.isfinite(epsilon):
         raise ValueError(f"profile epsilon must be finite and >= 0, got {epsilon}")
     content = RecordDict(
-        {PROFILE_KEY: ConfigRecord({"epsilon": float(epsilon), "seed": int(seed)})}
+        {PROFILE_KEY: ConfigRecord({PROFILE_EPSILON: float(epsilon), PROFILE_SEED: int(seed)})}
     )
     return [
         Message(
@@ -42,8 +48,8 @@ def parse_profile_reply(reply: Message) -> tuple[float, list[float]] | str:
     if PROFILE_KEY not in content.metric_records:
         return f"reply has no MetricRecord '{PROFILE_KEY}'"
     rec = content.metric_records[PROFILE_KEY]
-    n = rec.get("num-examples")
-    hist = rec.get("label-hist")
+    n = rec.get(NUM_EXAMPLES)
+    hist = rec.get(PROFILE_LABEL_HIST)
     if isinstance(n, list) or n is None:
         return "missing or non-scalar 'num-examples'"
     if not math.isfinite(float(n)) or float(n) <= 0:

@@ -8,7 +8,8 @@ import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedstrat.app.grid import PROFILE_KEY, StableNodeGrid
+from fedstrat.app.grid import StableNodeGrid
+from fedstrat.wire import PROFILE_KEY
 
 
 @pytest.fixture(autouse=True)
