@@ -3,6 +3,9 @@
 >>> model = build_model("deepfm", ModelSpec(task="ctr", field_dims=(10, 20)))
 """
 
+# One model a file in fedstrat.models.zoo; importing it runs their @register_model decorators.
+# The zoo imports the registry, never the other way round.
+from fedstrat.models import zoo  # noqa: F401
 from fedstrat.models.registry import (
     DEFAULT_MODELS,
     ModelSpec,
