@@ -18,6 +18,7 @@ import typer
 from fedstrat import __version__
 from fedstrat.app.config import SELECTIONS, ConfigError, RunConfig
 from fedstrat.cli.options import build_config, run_options
+from fedstrat.data.info import dataset_info
 from fedstrat.measure.variance import MEASURED_SELECTIONS as MEASURED  # numpy only; no torch
 
 app = typer.Typer(
@@ -152,10 +153,6 @@ def _runner() -> Any:
     return run_simulation_job
 
 
-def _is_ctr(dataset: str) -> bool:
-    return dataset.startswith("movielens") or dataset == "criteo"
-
-
 def _progress_text(record: dict[str, Any], ctr: bool) -> str:
     from fedstrat.cli.report import fmt, normalise_row
 
@@ -191,7 +188,7 @@ def _make_progress(console: Any) -> Any:
 def _run_one(cfg: RunConfig, progress: Any, label: str) -> Any:
     """Run one simulation with a progress bar over rounds; returns the RunResult."""
     run = _runner()
-    ctr = _is_ctr(cfg.dataset)
+    ctr = dataset_info(cfg.dataset).is_ctr
     task = progress.add_task(label, total=cfg.rounds, info="starting Flower ...")
 
     def on_round(record: dict[str, Any]) -> None:
