@@ -400,11 +400,6 @@ def _flat_params(state: Mapping[str, Any]) -> np.ndarray:
     return torch.cat(parts).numpy() if parts else np.zeros(0)
 
 
-def client_seed(seed: int, server_round: int, client: int) -> int:
-    """Per (run seed, round, client) training seed, independent across the three."""
-    return int(np.random.SeedSequence([seed, server_round, client]).generate_state(1)[0] >> 1)
-
-
 def compute_client_updates(
     cfg: Any,
     rounds: Sequence[int],
@@ -438,6 +433,9 @@ def _compute_client_updates(
 ) -> dict[str, Any]:
     import torch
 
+    # The seed a Flower client with partition-id i uses at that round: the measured update of
+    # client i is the one its node would send.
+    from fedstrat.clients.protocol import client_seed
     from fedstrat.data import load_dataset, partition_dataset
     from fedstrat.models import build_model, default_model_for
     from fedstrat.models.train import evaluate, train_steps
