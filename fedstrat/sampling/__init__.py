@@ -11,6 +11,7 @@ from .samplers import (
     PowerOfChoiceSampler,
     StratifiedSampler,
     UniformSampler,
+    default_poc_d,
     pps_inclusion,
     systematic_pps,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "UniformSampler",
     "VariancePrediction",
     "choose_design",
+    "default_poc_d",
     "design_neyman_allocation",
     "estimator_variance",
     "multinomial_variance",

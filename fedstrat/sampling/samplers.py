@@ -317,6 +317,12 @@ class ClusteredSampler:
         )
 
 
+def default_poc_d(n_clients: int, m: int, d: int | None = None) -> int:
+    """Power-of-Choice candidate-set size: ``min(N, d)``, with ``d = 2 m`` when not given
+    (None or 0), the default of Cho et al. (2020)."""
+    return min(int(n_clients), int(d) if d else 2 * int(m))
+
+
 class PowerOfChoiceSampler:
     """Power-of-Choice (Cho et al. 2020). BIASED BY DESIGN (``unbiased=False``).
 

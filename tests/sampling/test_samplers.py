@@ -277,3 +277,13 @@ def test_exact_m_distinct():
 def test_bad_input(make):
     with pytest.raises(ValueError):
         make()
+
+
+def test_default_poc_d_is_twice_m_capped_at_n():
+    from fedstrat.sampling import default_poc_d
+
+    assert default_poc_d(100, 10) == 20
+    assert default_poc_d(15, 10) == 15
+    assert default_poc_d(100, 10, 0) == 20
+    assert default_poc_d(100, 10, 30) == 30
+    assert default_poc_d(25, 10, 30) == 25
