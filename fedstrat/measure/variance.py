@@ -233,7 +233,7 @@ def build_samplers(
             {"representative": "exact updates (oracle)"},
         )
     if "poc" in selections:
-        d = poc_d or min(pop.n_clients, 2 * m)
+        d = S.default_poc_d(pop.n_clients, m, poc_d)
         smp = S.PowerOfChoiceSampler(int_sizes, m, d, seed=seed)
         smp.set_losses(np.asarray(losses if losses is not None else np.ones(pop.n_clients)))
         out["poc"] = (smp, math.nan, {"d": d, "biased": True})
