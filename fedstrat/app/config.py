@@ -8,6 +8,7 @@ One flat set of options. The CLI spells them ``--num-clients``; TOML config file
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -94,6 +95,11 @@ class RunConfig:
                     + ", ".join(allowed)
                 )
 
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                name = f.name.replace("_", "-")
+                raise ConfigError(f"{name} must be a finite number, got {value}")
         choice("dataset", DATASETS)
         choice("partition", PARTITIONS)
         choice("selection", SELECTIONS)
@@ -118,6 +124,15 @@ class RunConfig:
             raise ConfigError(
                 f"clients-per-round ({self.clients_per_round}) exceeds num-clients "
                 f"({self.num_clients})"
+            )
+        if self.n_strata > self.clients_per_round:
+            raise ConfigError(
+                f"n-strata ({self.n_strata}) exceeds clients-per-round ({self.clients_per_round}):"
+                " every stratum needs at least one client a round"
+            )
+        if 0 < self.poc_d < self.clients_per_round:
+            raise ConfigError(
+                f"poc-d ({self.poc_d}) must be >= clients-per-round ({self.clients_per_round})"
             )
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")

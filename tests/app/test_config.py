@@ -60,3 +60,22 @@ def test_toml(tmp_path: Path) -> None:
         RunConfig.from_toml(tmp_path / "bad.toml")
     with pytest.raises(ConfigError, match="not found"):
         RunConfig.from_toml(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["lr", "proximal_mu", "server_lr", "clip_norm", "target_accuracy", "profile_epsilon",
+     "node_wait_timeout", "round_timeout", "alpha"],
+)
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), float("-inf")])
+def test_non_finite_numbers_are_rejected_by_name(name: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=f"{name.replace('_', '-')} must be a finite number"):
+        RunConfig(**{name: value}).validate()
+
+
+def test_cross_option_limits_are_checked_before_anything_runs() -> None:
+    with pytest.raises(ConfigError, match="n-strata"):
+        RunConfig(n_strata=50, clients_per_round=5).validate()
+    with pytest.raises(ConfigError, match="poc-d"):
+        RunConfig(selection="poc", poc_d=3, clients_per_round=5).validate()
+    RunConfig(n_strata=5, clients_per_round=5, poc_d=5).validate()
