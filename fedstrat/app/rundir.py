@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from fedstrat.app.config import RunConfig
+from fedstrat.app.tomlwrite import flat_toml
 
 CONFIG_FILE = "config.toml"
 PROGRESS_FILE = "progress.jsonl"
@@ -144,28 +145,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------- TOML
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"cannot write non-finite float {value} to TOML")
-        text = repr(value)
-        return text if ("." in text or "e" in text) else text + ".0"
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    raise ValueError(f"cannot write {type(value).__name__} to TOML")
-
-
-def flat_toml(values: Mapping[str, Any], table: str | None = None) -> str:
-    """A flat TOML document (optionally under ``[table]``) of scalar values."""
-    lines = [f"[{table}]"] if table else []
-    lines += [f"{key} = {_toml_value(val)}" for key, val in values.items()]
-    return "\n".join(lines) + "\n"
-
-
 def write_config(run_dir: Path, cfg: RunConfig) -> None:
     """``config.toml``: the resolved RunConfig, readable by ``RunConfig.from_toml``."""
     write_text_atomic(Path(run_dir) / CONFIG_FILE, flat_toml(cfg.to_flower()))
