@@ -285,18 +285,9 @@ def simulate(
 
 def config_to_toml(cfg: RunConfig) -> str:
     """The resolved configuration as a flat TOML document (keys spelled like the options)."""
-    import json
+    from fedstrat.app.tomlwrite import flat_toml
 
-    lines = []
-    for key, value in cfg.to_flower().items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, int | float):
-            text = repr(value)
-        else:
-            text = json.dumps(str(value))
-        lines.append(f"{key} = {text}")
-    return "\n".join(lines) + "\n"
+    return flat_toml(cfg.to_flower(), allow_nonfinite=True)
 
 
 def _print_run_summary(result: Any) -> None:
