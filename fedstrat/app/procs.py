@@ -1,8 +1,9 @@
-"""Process bookkeeping for the simulation runner (Linux ``/proc``; no psutil needed).
+"""Process bookkeeping for the local-Flower launcher (Linux ``/proc``; no psutil needed).
 
-Every process the runner starts gets a unique marker in its environment
-(``FEDSTRAT_SIM_TAG=<uuid>``). Children inherit it, also those that start their own session
-(Flower's SuperExec, Ray's raylet/GCS/workers), so :func:`tagged_pids` finds all of them even
+Every process :mod:`fedstrat.app.flower_local` starts gets a unique marker in its environment
+(``FEDSTRAT_SIM_TAG=<uuid>`` for a simulation, ``FEDSTRAT_FEDERATION_ID=<uuid>`` for
+``deploy local``). Children inherit it, also those that start their own session
+(Flower's SuperExec, Ray's raylet/GCS/workers), so :func:`marked_pids` finds all of them even
 when they are no longer in our process tree or process group.
 """
 
@@ -89,23 +90,21 @@ def send_signal(pid: int, sig: int) -> None:
         pass
 
 
-def terminate_tagged(tag: str, grace: float = 5.0) -> list[int]:
-    """SIGTERM every process carrying ``tag``, wait up to ``grace`` s, then SIGKILL the rest.
-
-    Returns the PIDs that had to be killed with SIGKILL.
-    """
-    pids = tagged_pids(tag)
+def terminate_marked(env_name: str, value: str, grace: float = 5.0) -> list[int]:
+    """SIGTERM every process whose environment holds ``env_name=value``, wait up to ``grace``
+    s, then SIGKILL the rest. Returns the PIDs that had to be killed with SIGKILL."""
+    pids = marked_pids(env_name, value)
     for pid in pids:
         send_signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if not tagged_pids(tag):
+        if not marked_pids(env_name, value):
             return []
         time.sleep(0.1)
-    killed = tagged_pids(tag)
+    killed = marked_pids(env_name, value)
     for pid in killed:
         send_signal(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5.0
-    while tagged_pids(tag) and time.monotonic() < deadline:
+    while marked_pids(env_name, value) and time.monotonic() < deadline:
         time.sleep(0.1)
     return killed

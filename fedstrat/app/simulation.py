@@ -17,31 +17,37 @@ Route (Flower 1.41; ``flwr.simulation.run_simulation`` is deprecated in favour o
    a unique ``FEDSTRAT_SIM_TAG`` environment marker, so SuperLink, SuperExec, the simulation
    process and Ray's processes are found in ``/proc`` and terminated by PID (SIGTERM, then
    SIGKILL), even those that started their own session.
+
+Ports, executables, the SuperLink start, ``FLWR_HOME`` and process ownership are the job of
+:class:`fedstrat.app.flower_local.FlowerLauncher`, which ``fedstrat deploy local`` uses too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import fedstrat
 from fedstrat.app import procs
 from fedstrat.app.checkpoint import checkpoint_round, find_checkpoint_dir
 from fedstrat.app.config import ConfigError, RunConfig
+from fedstrat.app.flower_local import (
+    COMPLETED,
+    LOOPBACK,
+    FlowerLauncher,
+    LaunchError,
+    ManagedProcess,
+    RunResult,
+    flwr_app_dir,
+    tail,
+    write_flwr_config,
+)
 from fedstrat.app.rundir import (
     CONFIG_FILE,
     LOGS_DIR,
@@ -49,10 +55,10 @@ from fedstrat.app.rundir import (
     PROGRESS_FILE,
     SUMMARY_FILE,
     default_run_dir,
-    flat_toml,
     read_jsonl,
     write_json_atomic,
 )
+from fedstrat.app.tomlwrite import flat_toml
 
 #: Options that may differ between a run and its resumption (they do not change the model).
 RESUMABLE_OPTIONS = frozenset(
@@ -75,23 +81,8 @@ SUPERLINK_START_TIMEOUT = 60.0
 END_GRACE = 3.0
 
 
-class SimulationError(RuntimeError):
+class SimulationError(LaunchError):
     """The simulation did not finish; the message names the cause and the log file."""
-
-
-@dataclass
-class RunResult:
-    """What :func:`run_simulation_job` returns."""
-
-    run_dir: Path
-    metrics: list[dict[str, Any]]
-    summary: dict[str, Any]
-    process_tag: str = ""  # FEDSTRAT_SIM_TAG of the processes this run started (all stopped)
-
-
-def flwr_app_dir() -> Path:
-    """The Flower App directory shipped inside the package (``flwr run`` target)."""
-    return Path(__file__).resolve().parent / "flwr_app"
 
 
 # ---------------------------------------------------------------------------- config
@@ -148,47 +139,6 @@ def prepare_job(cfg: RunConfig) -> RunConfig:
 
 
 # ---------------------------------------------------------------------------- processes
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _executable(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if not found:
-        raise SimulationError(f"cannot find the `{name}` executable (is flwr installed?)")
-    return found
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as r:
-            return 200 <= r.status < 300
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _pump(stream: IO[bytes], sink: IO[bytes], echo: bool) -> None:
-    for line in iter(stream.readline, b""):
-        sink.write(line)
-        sink.flush()
-        if echo:
-            sys.stderr.write(line.decode("utf-8", "replace"))
-    stream.close()
-
-
-def _tail(path: Path, n: int = 30) -> str:
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(lines[-n:])
-
-
 def _cpu_count() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -197,91 +147,43 @@ def _cpu_count() -> int:
 
 
 class _Session:
-    """One private SuperLink (+ everything it spawns), identified by an environment tag."""
+    """One private SuperLink (+ everything it spawns) in a temporary ``FLWR_HOME``, started
+    and stopped by a :class:`FlowerLauncher` whose marker is ``FEDSTRAT_SIM_TAG``."""
 
     def __init__(self, run_dir: Path, quiet: bool) -> None:
-        self.tag = uuid.uuid4().hex
         self.home = Path(tempfile.mkdtemp(prefix="fedstrat-flwr-"))
         self.logs = run_dir / LOGS_DIR
-        self.quiet = quiet
-        self.port = 0
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.files: list[IO[bytes]] = []
-        self.threads: list[threading.Thread] = []
-        self.env = os.environ.copy()
-        pkg_root = str(Path(fedstrat.__file__).resolve().parents[1])
-        pythonpath = self.env.get("PYTHONPATH", "")
-        self.env.update(
-            {
-                "FLWR_HOME": str(self.home),
-                "FLWR_TELEMETRY_ENABLED": "0",
-                "FLWR_DISABLE_UPDATE_CHECK": "1",
-                "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-                "PYTHONPATH": pkg_root + (os.pathsep + pythonpath if pythonpath else ""),
-                procs.TAG_ENV: self.tag,
-            }
+        self.echo = not quiet
+        self.launcher = FlowerLauncher(
+            cwd=self.home,
+            logs_dir=self.logs,
+            marker_env=procs.TAG_ENV,
+            env={"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"},
+            error=SimulationError,
         )
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            self.env.setdefault(var, "1")
-
-    def _popen(self, cmd: list[str], log_name: str) -> subprocess.Popen[bytes]:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        sink = open(self.logs / log_name, "ab")  # noqa: SIM115 - closed in close()
-        self.files.append(sink)
-        proc = subprocess.Popen(
-            cmd,
-            env=self.env,
-            cwd=str(self.home),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        assert proc.stdout is not None
-        t = threading.Thread(target=_pump, args=(proc.stdout, sink, not self.quiet), daemon=True)
-        t.start()
-        self.threads.append(t)
-        return proc
+        self.tag = self.launcher.marker
 
     def start_superlink(self) -> float:
-        """Start the SuperLink and wait until its HTTP API answers; returns seconds taken."""
+        """Start the SuperLink, wait until its HTTP API answers; returns seconds taken."""
         t0 = time.perf_counter()
-        exe = _executable("flower-superlink")
-        last = ""
-        for _attempt in range(3):
-            self.port = _free_port()
-            proc = self._popen(
-                [
-                    exe,
-                    "--insecure",
-                    "--simulation",
-                    "--isolation",
-                    "subprocess",
-                    "--disable-runtime-dependency-installation",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                ],
-                "superlink.log",
-            )
-            deadline = time.monotonic() + SUPERLINK_START_TIMEOUT
-            while time.monotonic() < deadline and proc.poll() is None:
-                if _healthy(self.port):
-                    (self.home / "config.toml").write_text(
-                        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-                        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\n'
-                        "insecure = true\n",
-                        encoding="utf-8",
-                    )
-                    return time.perf_counter() - t0
-                time.sleep(0.1)
-            last = _tail(self.logs / "superlink.log", 10)
-            self._stop(proc)
-        raise SimulationError(f"the Flower SuperLink did not start:\n{last}")
+        _, port = self.launcher.start_superlink(
+            [
+                "--insecure",
+                "--simulation",
+                "--isolation",
+                "subprocess",
+                "--disable-runtime-dependency-installation",
+            ],
+            home=self.home,
+            timeout=SUPERLINK_START_TIMEOUT,
+            attempts=3,
+            echo=self.echo,
+        )
+        write_flwr_config(self.home, CONNECTION, f"{LOOPBACK}:{port}")
+        return time.perf_counter() - t0
 
-    def submit(self, cfg: RunConfig, num_cpus: int) -> subprocess.Popen[bytes]:
+    def submit(self, cfg: RunConfig, num_cpus: int) -> ManagedProcess:
+        """``flwr run <packaged app> fedstrat --run-config ... --federation-config ...``."""
         run_config = self.home / "run-config.toml"
         run_config.write_text(flat_toml(cfg.to_flower()), encoding="utf-8")
         federation = (
@@ -289,7 +191,7 @@ class _Session:
             f"init-args-num-cpus={num_cpus}"
         )
         cmd = [
-            _executable("flwr"),
+            self.launcher.executable("flwr"),
             "run",
             str(flwr_app_dir()),
             CONNECTION,
@@ -299,29 +201,13 @@ class _Session:
             federation,
             "--stream",
         ]
-        return self._popen(cmd, "flower.log")
-
-    @staticmethod
-    def _stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        return self.launcher.launch("flower", cmd, home=self.home, echo=self.echo)
 
     def close(self) -> None:
         """Stop every process of this session (by PID) and remove the private FLWR_HOME."""
         try:
-            for proc in reversed(self.procs):
-                self._stop(proc)
-            procs.terminate_tagged(self.tag)
+            self.launcher.stop()
         finally:
-            for t in self.threads:
-                t.join(timeout=5)
-            for f in self.files:
-                f.close()
             shutil.rmtree(self.home, ignore_errors=True)
 
 
@@ -370,7 +256,7 @@ def run_simulation_job(
                 if rec.get("event") in ("end", "error") and end_seen_at is None:
                     end_seen_at = time.monotonic()
             seen = len(records)
-            if flwr_proc.poll() is not None:
+            if not flwr_proc.alive():
                 if len(read_jsonl(progress_path)) == seen:
                     break
                 continue
@@ -390,12 +276,18 @@ def run_simulation_job(
         reason = errors[-1].get("message", "") if errors else "the ServerApp did not finish"
         raise SimulationError(
             f"simulation failed: {reason}\n--- last lines of {session.logs / 'flower.log'}:\n"
-            + _tail(session.logs / "flower.log")
+            + tail(session.logs / "flower.log")
         )
-    import json
-
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     summary["runner"] = {k: round(v, 3) for k, v in timings.items()}
     write_json_atomic(summary_path, summary)
     metrics = json.loads((run_dir / METRICS_JSON).read_text(encoding="utf-8"))
-    return RunResult(run_dir=run_dir, metrics=metrics, summary=summary, process_tag=session.tag)
+    return RunResult(
+        status=COMPLETED,
+        elapsed=timings["total_s"],
+        run_dir=run_dir,
+        metrics=metrics,
+        summary=summary,
+        log_path=session.logs / "flower.log",
+        process_tag=session.tag,
+    )
