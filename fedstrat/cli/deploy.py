@@ -41,9 +41,9 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 def app_dir() -> Path:
     """Directory of the Flower App shipped in the package (``pyproject.toml`` with components)."""
-    import fedstrat.app
+    from fedstrat.app.flower_local import flwr_app_dir
 
-    path = Path(fedstrat.app.__file__).resolve().parent / "flwr_app"
+    path = flwr_app_dir()
     if not (path / "pyproject.toml").is_file():
         raise FileNotFoundError(f"the packaged Flower App is missing: {path}/pyproject.toml")
     return path
@@ -183,6 +183,7 @@ def local_cmd(
     Every process binds to 127.0.0.1 on a free port, and every process started here is stopped
     at the end, also on errors and Ctrl-C. Node i gets partition i of num-supernodes.
     """
+    from fedstrat.app.flower_local import tail as log_tail
     from fedstrat.deploy.local import FederationError, LocalFederation
 
     if num_supernodes < 1:
@@ -226,7 +227,7 @@ def local_cmd(
             if result.log_path is not None and keep_workdir:
                 echo(f"ServerApp log: {result.log_path}")
             elif not result.ok and result.log_path is not None:
-                typer.echo(_last_lines(result.log_path, 30), err=True)
+                typer.echo(log_tail(result.log_path, 30), err=True)
     except KeyboardInterrupt:
         raise _fail("interrupted; every started process was stopped", 130) from None
     except (FederationError, TimeoutError, ValueError) as exc:
@@ -244,13 +245,6 @@ def local_cmd(
             typer.echo("summary: " + json.dumps(shown))
     if not result.ok:
         raise typer.Exit(1)
-
-
-def _last_lines(path: Path, n: int) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
 
 
 def main() -> None:  # pragma: no cover - ``python -m fedstrat.cli.deploy``

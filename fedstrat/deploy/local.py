@@ -14,62 +14,68 @@ SuperNode's public key, and ``flwr run`` / ``flwr list`` / ``flwr log`` / ``flwr
 SuperLink connection written to a private ``FLWR_HOME``. Nothing binds outside 127.0.0.1; ports
 are picked free at start.
 
-Process ownership: every process is started in its own session and with the environment
-variable ``FEDSTRAT_FEDERATION_ID=<random id>``, which Flower's own children (SuperExec,
+Process ownership: the processes are started by a
+:class:`~fedstrat.app.flower_local.FlowerLauncher` (the launcher ``fedstrat simulate`` uses
+too), each in its own session and with the environment variable
+``FEDSTRAT_FEDERATION_ID=<random id>``, which Flower's own children (SuperExec,
 ``flwr-serverapp``, ``flwr-clientapp``) inherit. :meth:`LocalFederation.stop` terminates the
-processes it launched (SIGTERM, then SIGKILL after a grace period) and then every remaining
-process carrying that marker, by PID. It runs on ``__exit__`` (also after an exception or
-Ctrl-C) and at interpreter exit.
+SuperNodes, then the SuperLink (SIGTERM, then SIGKILL after a grace period), then every
+remaining process carrying that marker, by PID. It runs on ``__exit__`` (also after an
+exception or Ctrl-C) and at interpreter exit. The ``flwr`` CLI calls are
+:class:`fedstrat.deploy.flwr_cli.FlwrClient`'s job.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from fedstrat.app.flower_local import (
+    LOOPBACK,
+    FlowerLauncher,
+    LaunchError,
+    ManagedProcess,
+    RunResult,
+    free_port,
+    tail,
+    write_flwr_config,
+)
 from fedstrat.app.procs import child_pids, marked_pids, send_signal
+from fedstrat.app.tomlwrite import toml_key, toml_value
 from fedstrat.deploy.certs import CertificateSet, generate_certificates
+from fedstrat.deploy.flwr_cli import FlwrClient, format_run_config
+
+__all__ = [
+    "CONNECTION_NAME",
+    "MARKER_ENV",
+    "FederationError",
+    "LocalFederation",
+    "ManagedProcess",
+    "RunResult",
+    "find_marked_processes",
+    "format_run_config",
+    "free_port",
+]
 
 MARKER_ENV = "FEDSTRAT_FEDERATION_ID"
 CONNECTION_NAME = "fedstrat-local"
-LOOPBACK = "127.0.0.1"
 
 
-class FederationError(RuntimeError):
+class FederationError(LaunchError):
     """A process of the federation failed to start, died, or a ``flwr`` command failed."""
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port on ``host`` that nothing listens on right now (bind to port 0, release)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def find_marked_processes(marker: str) -> list[int]:
@@ -80,76 +86,6 @@ def find_marked_processes(marker: str) -> list[int]:
     if not Path("/proc").is_dir():  # pragma: no cover - non-Linux
         return []
     return marked_pids(MARKER_ENV, marker)
-
-
-def format_run_config(values: Mapping[str, Any]) -> str:
-    """TOML text for ``flwr run --run-config <file.toml>`` (flat keys, scalar values).
-
-    Keys are written with hyphens (``num_clients`` -> ``num-clients``), as Flower's run config
-    spells them. Raises ``ValueError`` for a value that is not bool/int/float/str.
-    """
-    lines = []
-    for raw_key, value in values.items():
-        key = str(raw_key).replace("_", "-")
-        if not key or any(c in key for c in " =\"'\n[]."):
-            raise ValueError(f"invalid run-config key {raw_key!r}")
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, int):
-            text = str(value)
-        elif isinstance(value, float):
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ValueError(f"run-config value for {key} must be finite, got {value}")
-            text = repr(value)
-        elif isinstance(value, str):
-            text = json.dumps(value)  # a TOML basic string for printable text
-        else:
-            raise ValueError(
-                f"run-config value for {key} must be bool, int, float or str, got {value!r}"
-            )
-        lines.append(f'"{key}" = {text}')
-    return "\n".join(lines) + "\n"
-
-
-def _tail(path: Path, n: int = 40) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(lines[-n:])
-
-
-@dataclass
-class ManagedProcess:
-    """A process this federation started (its own session; log file on disk)."""
-
-    name: str
-    cmd: list[str]
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-
-@dataclass
-class RunResult:
-    """Outcome of one ``flwr run`` on the federation."""
-
-    run_id: int
-    status: str  # Flower's run status, e.g. "finished:completed", "finished:failed"
-    details: str
-    elapsed: float
-    log_path: Path | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "finished:completed"
 
 
 # ---------------------------------------------------------------------------- federation
@@ -214,8 +150,8 @@ class LocalFederation:
         self.supernodes: dict[int, ManagedProcess] = {}
         self.superlink_port: int | None = None
         self.node_ids: dict[int, int] = {}  # supernode index -> Flower node id (auth only)
-        self._supernode_ports: dict[int, int] = {}
-        self._launched: list[ManagedProcess] = []
+        self._launcher: FlowerLauncher | None = None
+        self._cli: FlwrClient | None = None
         self._lock = threading.RLock()
         self._started = False
         self._stopped = False
@@ -243,6 +179,12 @@ class LocalFederation:
         if self.workdir is None:
             raise FederationError("federation not started")
         return self.workdir
+
+    @property
+    def _processes(self) -> FlowerLauncher:
+        if self._launcher is None:
+            raise FederationError("federation not started")
+        return self._launcher
 
     def pids(self) -> list[int]:
         """PIDs of live processes started by this federation, including Flower's children."""
@@ -286,6 +228,22 @@ class LocalFederation:
         self.workdir.mkdir(parents=True, exist_ok=True)
         for sub in ("logs", "home/superlink", "home/cli"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        # One BLAS/OpenMP thread per Flower process (the launcher's default) suits small hosts.
+        self._launcher = FlowerLauncher(
+            cwd=self.workdir,
+            logs_dir=self.logs_dir,
+            marker_env=MARKER_ENV,
+            marker=self.marker,
+            env={"PYTHONUNBUFFERED": "1", **self._extra_env},
+            error=FederationError,
+        )
+        self._cli = FlwrClient(
+            self._launcher,
+            self.flwr_home,
+            CONNECTION_NAME,
+            check_alive=self._check_superlink,
+            echo=self._echo,
+        )
         if self.tls:
             if self._certs_dir is not None:
                 self.certs = CertificateSet.from_directory(self._certs_dir)
@@ -303,58 +261,18 @@ class LocalFederation:
                     overwrite=True,
                 )
 
-    def _env(self, home: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            {
-                MARKER_ENV: self.marker,
-                "FLWR_HOME": str(home),
-                "FLWR_TELEMETRY_ENABLED": "0",
-                "PYTHONUNBUFFERED": "1",
-                # 2-core friendliness: one BLAS/OpenMP thread per Flower process.
-                "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
-                "MKL_NUM_THREADS": env.get("MKL_NUM_THREADS", "1"),
-            }
-        )
-        env.update(self._extra_env)
-        return env
-
     def _launch(self, name: str, cmd: list[str], home: Path) -> ManagedProcess:
-        log_path = self.logs_dir / f"{name}.log"
-        home.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            log.write(f"\n$ {' '.join(cmd)}\n".encode())
-            log.flush()
-            popen = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(self._dir),
-                env=self._env(home),
-                start_new_session=True,
-            )
-        proc = ManagedProcess(name=name, cmd=cmd, popen=popen, log_path=log_path)
-        with self._lock:
-            self._launched.append(proc)
-        self._echo(f"started {name} (pid {proc.pid}), log: {log_path}")
+        proc = self._processes.launch(name, cmd, home=home)
+        self._echo(f"started {name} (pid {proc.pid}), log: {proc.log_path}")
         return proc
 
     def _start_superlink(self) -> None:
-        self.superlink_port = free_port()
-        cmd = [
-            _exe("flower-superlink"),
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(self.superlink_port),
-            "--isolation",
-            "subprocess",
-            "--disable-runtime-dependency-installation",
-        ]
+        flags = ["--isolation", "subprocess", "--disable-runtime-dependency-installation"]
+        ca_cert = None
         if self.tls:
             assert self.certs is not None
-            cmd += [
+            ca_cert = self.certs.ca_cert
+            flags += [
                 "--ssl-ca-certfile",
                 str(self.certs.ca_cert),
                 "--ssl-certfile",
@@ -363,50 +281,30 @@ class LocalFederation:
                 str(self.certs.server_key),
             ]
         else:
-            cmd += ["--insecure"]
+            flags += ["--insecure"]
         if self.auth:
-            cmd += ["--enable-supernode-auth"]
-        self.superlink = self._launch("superlink", cmd, self._dir / "home" / "superlink")
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if not self.superlink.alive():
-                raise FederationError(
-                    "flower-superlink exited during start-up:\n" + _tail(self.superlink.log_path)
-                )
-            if _port_open(LOOPBACK, self.superlink_port) and "Uvicorn running" in (
-                self.superlink.log_path.read_text(errors="replace")
-            ):
-                return
-            time.sleep(0.2)
-        raise FederationError(
-            f"flower-superlink did not listen on {self.address} within {self.startup_timeout} s:\n"
-            + _tail(self.superlink.log_path)
+            flags += ["--enable-supernode-auth"]
+        self.superlink, self.superlink_port = self._processes.start_superlink(
+            flags,
+            home=self._dir / "home" / "superlink",
+            timeout=self.startup_timeout,
+            ca_cert=ca_cert,
         )
+        self._echo(f"started superlink (pid {self.superlink.pid}), log: {self.superlink.log_path}")
 
     def _write_cli_config(self) -> None:
-        lines = [
-            "[superlink]",
-            f'default = "{CONNECTION_NAME}"',
-            "",
-            f"[superlink.{CONNECTION_NAME}]",
-            f'address = "{self.address}"',
-        ]
-        if self.tls:
-            assert self.certs is not None
-            lines.append(f"root-certificates = {json.dumps(str(self.certs.ca_cert))}")
-        else:
-            lines.append("insecure = true")
-        (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_flwr_config(
+            self.flwr_home,
+            CONNECTION_NAME,
+            self.address,
+            root_certificates=self.certs.ca_cert if self.tls and self.certs else None,
+        )
 
     def _register_keys(self) -> None:
         assert self.certs is not None
         for i in range(self.num_supernodes):
             pub = self.certs.supernode_public_keys[i]
-            out = self.flwr("supernode", "register", str(pub), CONNECTION_NAME, "--format", "json")
-            data = _parse_json(out)
-            if not data.get("success") or "node-id" not in data:
-                raise FederationError(f"registering {pub} failed: {out}")
-            self.node_ids[i] = int(data["node-id"])
+            self.node_ids[i] = self.cli.register_supernode(pub)
             self._echo(f"registered SuperNode {i} key {pub.name} as node {self.node_ids[i]}")
 
     def _node_config_for(self, i: int) -> dict[str, Any]:
@@ -448,13 +346,11 @@ class LocalFederation:
         if old is not None and old.alive():
             raise FederationError(f"SuperNode {index} is already running (pid {old.pid})")
         port = free_port()
-        self._supernode_ports[index] = port
         node_cfg = " ".join(
-            f"{k}={json.dumps(v) if isinstance(v, str) else _toml_scalar(v)}"
-            for k, v in self._node_config_for(index).items()
+            f"{toml_key(k)}={toml_value(v)}" for k, v in self._node_config_for(index).items()
         )
         cmd = [
-            _exe("flower-supernode"),
+            self._processes.executable("flower-supernode"),
             "--superlink",
             self.address,
             "--node-config",
@@ -495,7 +391,7 @@ class LocalFederation:
                 return
             time.sleep(0.2)
         raise FederationError(
-            f"SuperNode {index} did not connect within {timeout} s:\n" + _tail(proc.log_path)
+            f"SuperNode {index} did not connect within {timeout} s:\n" + tail(proc.log_path, 40)
         )
 
     def wait_for_nodes(self, timeout: float = 60.0) -> None:
@@ -510,7 +406,7 @@ class LocalFederation:
         proc = self.supernodes.get(index)
         if proc is None:
             raise ValueError(f"no SuperNode {index}")
-        children = _descendants(proc.pid)
+        children = child_pids(proc.pid)
         send_signal(proc.pid, sig)
         for pid in children:
             send_signal(pid, sig)
@@ -525,104 +421,30 @@ class LocalFederation:
                 self._stopped = self._stopped or not self._started
                 return
             self._stopped = True
-            launched = list(self._launched)
-        # SuperNodes first, while the SuperLink is still up: on SIGTERM a SuperNode deactivates
-        # itself at the SuperLink (and would retry for a long time if the SuperLink were gone).
-        # Then the SuperLink, which ends its SuperExec and ServerApp processes.
-        deadline = time.monotonic() + grace
-        nodes = [p for p in launched if p.alive() and p is not self.superlink]
-        for proc in nodes:
-            send_signal(proc.pid, signal.SIGTERM)
-        for proc in nodes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-        deadline = time.monotonic() + grace
-        if self.superlink is not None and self.superlink.alive():
-            send_signal(self.superlink.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.superlink.popen.wait(timeout=grace)
-        # Whatever is left (Flower's detached SuperExec and app processes): by marker, by PID.
-        while time.monotonic() < deadline and find_marked_processes(self.marker):
-            time.sleep(0.2)
-        for _ in range(3):
-            left = find_marked_processes(self.marker)
-            if not left:
-                break
-            for pid in left:
-                send_signal(pid, signal.SIGKILL)
-            time.sleep(0.3)
-        for proc in launched:
-            if proc.alive():
-                send_signal(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(timeout=5)
+        if self._launcher is not None:
+            # SuperNodes first, while the SuperLink is still up: on SIGTERM a SuperNode
+            # deactivates itself at the SuperLink (and would retry for a long time if the
+            # SuperLink were gone). Then the SuperLink, which ends its SuperExec and ServerApp
+            # processes; then whatever still carries the marker, by PID.
+            nodes = [p for p in self._launcher.processes if p is not self.superlink]
+            order = [nodes, [self.superlink] if self.superlink is not None else []]
+            self._launcher.stop(order, grace=grace, sweep_grace=grace)
         if self._own_workdir and not self.keep_workdir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
         self._echo("federation stopped")
 
-    # ------------------------------------------------------------------ flwr CLI
-    def flwr(self, *args: str, timeout: float = 120.0, check: bool = True) -> str:
-        """Run ``flwr <args>`` against this federation's connection; return stdout."""
-        cmd = [_exe("flwr"), *args]
-        env = self._env(self.flwr_home)
-        env["NO_COLOR"] = "1"
-        env["TERM"] = "dumb"
-        res = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=str(self._dir),
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-        if check and res.returncode != 0:
-            raise FederationError(
-                f"`flwr {' '.join(args)}` failed (exit {res.returncode}):\n"
-                f"{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
-            )
-        return res.stdout
+    # ------------------------------------------------------------------ runs (flwr CLI)
+    @property
+    def cli(self) -> FlwrClient:
+        """The ``flwr`` CLI on this federation's connection (``fedstrat-local``): ``call``,
+        ``run_info``, ``logs``, ``stop_run``, ... (see :class:`FlwrClient`)."""
+        if self._cli is None:
+            raise FederationError("federation not started")
+        return self._cli
 
-    def submit(
-        self,
-        app_dir: str | Path,
-        run_config: Mapping[str, Any] | None = None,
-    ) -> int:
+    def submit(self, app_dir: str | Path, run_config: Mapping[str, Any] | None = None) -> int:
         """``flwr run <app_dir> fedstrat-local --run-config <toml>``; returns the run id."""
-        app = Path(app_dir).resolve()
-        if not (app / "pyproject.toml").is_file():
-            raise ValueError(f"{app} is not a Flower App directory (no pyproject.toml)")
-        args = ["run", str(app), CONNECTION_NAME, "--format", "json"]
-        if run_config:
-            cfg_path = self._dir / f"run-config-{uuid.uuid4().hex[:8]}.toml"
-            cfg_path.write_text(format_run_config(run_config), encoding="utf-8")
-            args += ["--run-config", str(cfg_path)]
-        out = self.flwr(*args)
-        data = _parse_json(out)
-        if not data.get("success") or not data.get("run-id"):
-            raise FederationError(f"`flwr run` did not start a run: {out}")
-        run_id = int(data["run-id"])
-        self._echo(f"submitted run {run_id} ({app.name})")
-        return run_id
-
-    def run_info(self, run_id: int) -> dict[str, Any]:
-        """``flwr list --run-id`` as a dict (status, elapsed, timestamps...)."""
-        data = _parse_json(
-            self.flwr("list", CONNECTION_NAME, "--run-id", str(run_id), "--format", "json")
-        )
-        runs = data.get("runs") or []
-        if not runs:
-            raise FederationError(f"run {run_id} unknown to the SuperLink: {data}")
-        return dict(runs[0])
-
-    def logs(self, run_id: int) -> str:
-        """The run's ServerApp log as stored by the SuperLink (``flwr log --show``)."""
-        return self.flwr("log", str(run_id), CONNECTION_NAME, "--show", check=False)
-
-    def stop_run(self, run_id: int) -> None:
-        """``flwr stop <run_id>``."""
-        self.flwr("stop", str(run_id), CONNECTION_NAME, check=False)
+        return self.cli.submit(app_dir, run_config)
 
     def wait(
         self,
@@ -631,66 +453,10 @@ class LocalFederation:
         poll: float = 1.0,
         on_poll: Callable[[dict[str, Any]], None] | None = None,
     ) -> RunResult:
-        """Wait for the run to finish; on timeout stop it (``flwr stop``), raise ``TimeoutError``.
-
-        Follows the run with ONE ``flwr log RUN_ID --stream`` process (its output is the run's
-        log file, ``<workdir>/logs/run-<id>.log``); the stream ends when the run ends, then one
-        ``flwr list --run-id`` reads the final status. Should the stream end early, it falls back
-        to polling ``flwr list`` every 5 s. ``on_poll(info)`` is called about every ``poll`` s.
-        """
-        deadline = time.monotonic() + timeout
-        log_path = self.logs_dir / f"run-{run_id}.log"
-        stream: subprocess.Popen[bytes] | None = self._start_log_stream(run_id, log_path)
-        info: dict[str, Any] = {"run-id": str(run_id)}
-        next_list = 0.0
-        try:
-            while True:
-                self._check_superlink()
-                if on_poll is not None:
-                    on_poll(info)
-                now = time.monotonic()
-                if (stream is None and now >= next_list) or (
-                    stream is not None and stream.poll() is not None
-                ):
-                    stream = None
-                    info = self.run_info(run_id)
-                    if str(info.get("status", "")).startswith("finished"):
-                        break
-                    next_list = now + 5.0
-                if now > deadline:
-                    self.stop_run(run_id)
-                    raise TimeoutError(
-                        f"run {run_id} not finished after {timeout} s "
-                        f"(status {info.get('status', 'unknown')}); it was stopped"
-                    )
-                time.sleep(poll)
-        finally:
-            if stream is not None and stream.poll() is None:
-                send_signal(stream.pid, signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    stream.wait(timeout=5)
-        return RunResult(
-            run_id=run_id,
-            status=str(info.get("status")),
-            details=str(info.get("status-details", "")),
-            elapsed=float(info.get("elapsed", 0.0) or 0.0),
-            log_path=log_path if log_path.exists() else None,
-            info=info,
-        )
-
-    def _start_log_stream(self, run_id: int, log_path: Path) -> subprocess.Popen[bytes]:
-        env = self._env(self.flwr_home)
-        env["NO_COLOR"] = "1"
-        with open(log_path, "wb") as log:
-            return subprocess.Popen(
-                [_exe("flwr"), "log", str(run_id), CONNECTION_NAME, "--stream"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(self._dir),
-                env=env,
-                start_new_session=True,
-            )
+        """:meth:`FlwrClient.wait <fedstrat.deploy.flwr_cli.FlwrClient.wait>`: follow the run
+        until it finishes (raises ``TimeoutError`` after stopping it, or
+        :class:`FederationError` when the SuperLink dies)."""
+        return self.cli.wait(run_id, timeout=timeout, poll=poll, on_poll=on_poll)
 
     def run(
         self,
@@ -705,62 +471,5 @@ class LocalFederation:
 
     def _check_superlink(self) -> None:
         if self.superlink is None or not self.superlink.alive():
-            tail = _tail(self.superlink.log_path) if self.superlink else ""
-            raise FederationError("the SuperLink is not running:\n" + tail)
-
-
-# ---------------------------------------------------------------------------- utilities
-
-
-def _exe(name: str) -> str:
-    """Path of a Flower console script, preferring the one next to this Python."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.is_file():
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        raise FederationError(f"`{name}` not found; is flwr installed in this environment?")
-    return found
-
-
-def _toml_scalar(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    raise ValueError(f"node-config values must be bool, int, float or str, got {v!r}")
-
-
-def _parse_json(text: str) -> dict[str, Any]:
-    """The last JSON object printed by a ``flwr ... --format json`` command."""
-    start = text.find("{")
-    if start < 0:
-        raise FederationError(f"no JSON in flwr output: {text[-500:]}")
-    try:
-        data = json.loads(text[start:])
-    except json.JSONDecodeError as exc:
-        raise FederationError(f"cannot parse flwr output as JSON: {text[-500:]}") from exc
-    if not isinstance(data, dict):
-        raise FederationError(f"unexpected flwr output: {text[-500:]}")
-    return data
-
-
-def _descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (Linux /proc)."""
-    if not Path("/proc").is_dir():  # pragma: no cover
-        return []
-    return child_pids(pid)
-
-
-def describe(fed: LocalFederation) -> Iterable[tuple[str, str]]:
-    """(name, value) pairs describing a running federation, for CLI output."""
-    yield ("SuperLink", f"{fed.address} ({'TLS' if fed.tls else 'insecure'})")
-    yield ("SuperNode auth", "on" if fed.auth else "off")
-    yield ("SuperNodes", str(fed.num_supernodes))
-    yield ("FLWR_HOME (flwr CLI)", str(fed.flwr_home))
-    yield ("logs", str(fed.logs_dir))
-
-
-def run_config_items(values: Mapping[str, Any]) -> Sequence[tuple[str, Any]]:
-    """Sorted (hyphenated key, value) pairs of a run config, for display."""
-    return sorted((str(k).replace("_", "-"), v) for k, v in values.items())
+            last = tail(self.superlink.log_path, 40) if self.superlink else ""
+            raise FederationError("the SuperLink is not running:\n" + last)

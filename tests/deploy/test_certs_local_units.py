@@ -108,7 +108,7 @@ def test_format_run_config_round_trips_through_toml() -> None:
         format_run_config({"lr": float("nan")})
     with pytest.raises(ValueError, match="bool, int, float or str"):
         format_run_config({"lr": [1, 2]})
-    with pytest.raises(ValueError, match="invalid run-config key"):
+    with pytest.raises(ValueError, match="invalid TOML key"):
         format_run_config({"a.b": 1})
 
 
