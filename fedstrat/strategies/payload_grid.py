@@ -1,11 +1,14 @@
-"""A Grid view handed to the wrapped strategy so that its own node sampling cannot block."""
+"""The wrapped strategy's payload: a Grid view so that its own node sampling cannot block, and
+the copy of its training message to every selected node."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from flwr.app import Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 from flwr.supercore.run import Run
 
 
@@ -65,3 +68,59 @@ class PayloadGrid(Grid):
     ) -> Iterable[Message]:
         """Forward to the real grid."""
         return self.grid.send_and_receive(messages, timeout=timeout)
+
+
+def find_attr(strategy: Any, name: str, default: Any = None) -> Any:
+    """``strategy.<name>``, looking through wrappers' ``.strategy`` (e.g. Flower's DP wrappers)."""
+    seen = 0
+    obj: Any = strategy
+    while obj is not None and seen < 16:
+        if hasattr(obj, name):
+            return getattr(obj, name)
+        obj = getattr(obj, "strategy", None)
+        seen += 1
+    return default
+
+
+def inner_payload(
+    strategy: Strategy,
+    server_round: int,
+    arrays: ArrayRecord,
+    config: ConfigRecord,
+    grid: Grid,
+    selected: list[int],
+) -> Message:
+    """The wrapped strategy's training message (content + type) for this round.
+
+    The wrapped strategy sees a :class:`PayloadGrid` listing only the selected nodes (padded
+    to its ``min_available_nodes`` / ``min_train_nodes``), so its own node wait returns at
+    once and it builds only a few messages; its first message is the payload.
+    """
+    need = max(
+        1,
+        int(find_attr(strategy, "min_available_nodes", 0) or 0),
+        int(find_attr(strategy, "min_train_nodes", 0) or 0),
+    )
+    view = PayloadGrid(grid, selected, min_count=need)
+    msgs = list(strategy.configure_train(server_round, arrays, config, view))
+    if not msgs:
+        raise RuntimeError(
+            f"The wrapped strategy {type(strategy).__name__} configured no training "
+            "message (e.g. fraction_train=0.0); StratifiedSelection needs one to copy its "
+            "payload. Use fraction_train > 0 in the wrapped strategy."
+        )
+    return msgs[0]
+
+
+def fan_out(payload: Message, selected: list[int], server_round: int) -> list[Message]:
+    """One copy of the payload's content and type per selected node."""
+    return [
+        Message(
+            content=payload.content,
+            dst_node_id=node,
+            message_type=payload.metadata.message_type,
+            group_id=payload.metadata.group_id or str(server_round),
+            ttl=payload.metadata.ttl,
+        )
+        for node in selected
+    ]

@@ -1,0 +1,129 @@
+"""The options of :class:`~fedstrat.strategies.StratifiedSelection`, validated once.
+
+This module is the single vocabulary of selection names, designs, allocation rules, estimators
+and stratification features: ``fedstrat.app.config`` and the CLI import these tuples.
+:data:`SELECTIONS` is the key list of the policy registry
+(:data:`fedstrat.strategies.policies.POLICIES`), so a new selection scheme is one policy class
+plus one registry entry.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .policies import POLICIES
+
+SELECTIONS: tuple[str, ...] = tuple(POLICIES)
+DESIGNS: tuple[str, ...] = ("auto", "pps", "srswor")
+ALLOCATIONS: tuple[str, ...] = ("neyman", "proportional", "cost")
+ESTIMATORS: tuple[str, ...] = ("ht", "ratio")
+STRATIFY_BY: tuple[str, ...] = ("histograms", "sketches")
+
+#: option name -> allowed values
+CHOICES: dict[str, tuple[str, ...]] = {
+    "selection": SELECTIONS,
+    "design": DESIGNS,
+    "allocation": ALLOCATIONS,
+    "estimator": ESTIMATORS,
+    "stratify_by": STRATIFY_BY,
+}
+
+
+def _is_int(v: Any) -> bool:
+    try:
+        return not isinstance(v, bool) and int(v) == v
+    except (TypeError, ValueError):
+        return False
+
+
+def _finite_nonneg(v: Any) -> bool:
+    return math.isfinite(v) and v >= 0
+
+
+Check = Callable[[Any, "SelectionOptions"], bool]
+
+#: ``(option, check(value, options), message)``, applied in order after :data:`CHOICES`; the
+#: message is formatted with ``name`` and ``value``. The first failing rule raises ValueError.
+RULES: tuple[tuple[str, Check, str], ...] = (
+    ("clients_per_round", lambda v, o: _is_int(v), "{name} must be an integer"),
+    ("clients_per_round", lambda v, o: v >= 1, "{name} must be >= 1, got {value}"),
+    ("n_strata", lambda v, o: v is None or v >= 1, "{name} must be >= 1 or None, got {value}"),
+    (
+        "n_strata",
+        lambda v, o: v is None or v <= o.clients_per_round,
+        "n_strata cannot exceed clients_per_round (every stratum needs m_h>=1)",
+    ),
+    ("max_strata", lambda v, o: v is None or v >= 2, "{name} must be >= 2 or None, got {value}"),
+    *(
+        (name, lambda v, o: v >= 0, "{name} must be >= 0, got {value}")
+        for name in ("restratify_every", "warmup_rounds", "min_per_stratum")
+    ),
+    *(
+        (name, lambda v, o: _finite_nonneg(v), "{name} must be finite and >= 0, got {value}")
+        for name in ("node_wait_timeout", "profile_timeout", "poll_interval", "profile_epsilon")
+    ),
+    ("sketch_dim", lambda v, o: v >= 1, "{name} must be >= 1, got {value}"),
+    (
+        "poc_d",
+        lambda v, o: v is None or v >= o.clients_per_round,
+        "poc_d must be >= clients_per_round",
+    ),
+)
+
+_INTS = ("clients_per_round", "restratify_every", "warmup_rounds", "min_per_stratum",
+         "sketch_dim", "sketch_seed", "seed")
+_FLOATS = ("node_wait_timeout", "profile_timeout", "profile_epsilon", "poll_interval")
+
+
+@dataclass(frozen=True)
+class SelectionOptions:
+    """Every option of the selection (see :class:`StratifiedSelection` for their meaning).
+
+    Validated at construction by :data:`CHOICES` and :data:`RULES` (ValueError naming the
+    option); integer and float options are then normalised to ``int`` / ``float``.
+    """
+
+    clients_per_round: int
+    selection: str = "stratified"
+    design: str = "auto"
+    allocation: str = "neyman"
+    estimator: str = "ht"
+    stratify_by: str = "histograms"
+    n_strata: int | None = None
+    max_strata: int | None = None
+    restratify_every: int = 0
+    warmup_rounds: int = 1
+    min_per_stratum: int = 1
+    node_wait_timeout: float = 60.0
+    profile_timeout: float = 60.0
+    profile_epsilon: float = 0.0
+    sketch_dim: int = 64
+    sketch_seed: int = 0
+    prior_std: float | None = None
+    variance_ema: float | None = None
+    poc_d: int | None = None
+    cost_key: str = "train-seconds"
+    seed: int = 0
+    poll_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        for name, check, message in RULES:
+            value = getattr(self, name)
+            if not check(value, self):
+                raise ValueError(message.format(name=name, value=value))
+        for name in _INTS:
+            object.__setattr__(self, name, int(getattr(self, name)))
+        for name in _FLOATS:
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The option names, in declaration order."""
+        return tuple(f.name for f in fields(cls))

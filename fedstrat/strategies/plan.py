@@ -1,0 +1,114 @@
+"""Typed state that travels between the parts of a round.
+
+``PopulationFrame`` (what a policy sees) -> ``Draw`` (what it decides) -> ``RoundPlan`` (what
+``configure_train`` hands to ``aggregate_train``) -> ``Feedback`` (what the policy learns).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedstrat.sampling import Selection, Strata, VariancePrediction
+
+if TYPE_CHECKING:
+    from .node_registry import NodeRegistry
+
+
+@dataclass(frozen=True)
+class PopulationFrame:
+    """The round's population: ``nodes`` (sorted node ids), their sizes ``n_i``, the number
+    ``m`` to select, and the server's knowledge of each node."""
+
+    round: int
+    nodes: list[int]
+    sizes: np.ndarray
+    m: int
+    registry: NodeRegistry
+
+
+@dataclass(frozen=True)
+class StrataPlan:
+    """The stratified part of a draw: strata over the population (local labels 0..H-1 of the
+    ``present`` global strata), ``m_h``, ``sigma_h`` and its ``basis`` ("tracked", "prior",
+    "flat"), ``N_h``, ``P_h`` and the predicted variance of this design vs uniform."""
+
+    strata: Strata
+    present: np.ndarray
+    allocation: np.ndarray
+    stds: np.ndarray
+    basis: str
+    counts: np.ndarray
+    masses: np.ndarray
+    prediction: VariancePrediction
+
+
+@dataclass(frozen=True)
+class Draw:
+    """A policy's decision: the design used, why, the :class:`Selection` (population indices)
+    and, for stratified designs, the strata plan."""
+
+    design: str
+    selection: Selection
+    without_replacement: bool
+    reason: str = ""
+    strata: StrataPlan | None = None
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What ``configure_train`` decided and sent, for ``aggregate_train`` of the same round.
+
+    ``selected[k]`` is the node of ``draw.selection`` entry ``k``; ``messages`` the instructions
+    sent (the grid sets their message ids when it pushes them); ``sent_at`` their creation
+    times by node; ``signature`` the ``{key: (shape, dtype)}`` of ``global_arrays``.
+    """
+
+    round: int
+    population: list[int]
+    sizes: np.ndarray
+    draw: Draw
+    selected: list[int]
+    messages: list[Any]
+    sent_at: dict[int, float]
+    signature: dict[str, tuple[tuple[int, ...], str]]
+    global_arrays: Any
+
+    @property
+    def design(self) -> str:
+        """The design of the draw."""
+        return self.draw.design
+
+    @property
+    def selection(self) -> Selection:
+        """The draw's selection (population indices, weights, inclusion, strata)."""
+        return self.draw.selection
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """What the accepted replies of a round tell a policy: responder nodes, their update
+    sketches (None without floating-point arrays) and their aggregation weights."""
+
+    nodes: list[int]
+    sketches: np.ndarray | None
+    weights: np.ndarray
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """Inputs of a policy's sampler: sizes ``n_i``, ``m``, and per scheme: representative
+    vectors (clustered2), last local losses (poc, unknown = +inf) and ``poc_d``, or strata,
+    allocation ``m_h`` and design (stratified). ``seed`` seeds the sampler's own generator."""
+
+    sizes: np.ndarray
+    m: int
+    representatives: np.ndarray | None = None
+    losses: np.ndarray | None = None
+    poc_d: int | None = None
+    strata: Strata | None = None
+    allocation: np.ndarray | None = None
+    design: str = "pps"
+    seed: int = 0

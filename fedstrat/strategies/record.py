@@ -1,0 +1,158 @@
+"""The per-round record of the selection: what was drawn, who answered, with which weights,
+and the predicted variance. The app owns where it goes (``on_record`` callback)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .plan import RoundPlan
+from .triage import ReplyProblem, Triage
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round. Population indices are already mapped to node ids; strata fields (``strata``
+    .. ``var_ratio``, ``S_h_basis``) are None unless the round used a stratified design.
+
+    ``to_json()`` is the line written to ``sampling.jsonl`` (keys in a fixed order;
+    ``S_h_basis`` only for stratified rounds); ``metrics()`` the scalars added to the
+    round's aggregated MetricRecord.
+    """
+
+    round: int
+    selection: str
+    design: str
+    design_reason: str
+    estimator: str
+    allocation_rule: str
+    n_available: int
+    selected: list[int]
+    selection_weights: list[float]
+    inclusion: list[float]
+    selected_strata: list[int] | None
+    responders: list[int]
+    weights: list[float]
+    rejected: list[ReplyProblem]
+    failures: list[ReplyProblem]
+    notes: list[str]
+    strata: list[int] | None = None
+    N_h: list[int] | None = None  # noqa: N815 - survey-sampling notation, JSON key
+    P_h: list[float] | None = None  # noqa: N815
+    m_h: list[int] | None = None
+    S_h: list[float] | None = None  # noqa: N815
+    pred_var: float | None = None
+    pred_var_uniform: float | None = None
+    var_ratio: float | None = None
+    S_h_basis: str | None = None  # noqa: N815
+
+    @classmethod
+    def from_round(
+        cls,
+        plan: RoundPlan,
+        triage: Triage,
+        weights: np.ndarray,
+        notes: list[str],
+        *,
+        selection: str,
+        estimator: str,
+        allocation_rule: str,
+    ) -> RoundRecord:
+        """The record of a triaged round with responder weights ``weights``."""
+        sel = plan.selection
+        sp = plan.draw.strata
+        strata_fields: dict[str, Any] = {}
+        if sp is not None:
+            pred = sp.prediction
+            strata_fields = {
+                "strata": [int(h) for h in sp.present],
+                "N_h": [int(c) for c in sp.counts],
+                "P_h": [float(x) for x in sp.masses],
+                "m_h": [int(a) for a in sp.allocation],
+                "S_h": [float(x) for x in sp.stds],
+                "pred_var": float(pred.stratified),
+                "pred_var_uniform": float(pred.uniform),
+                "var_ratio": (
+                    float(pred.uniform / pred.stratified) if pred.stratified > 0 else None
+                ),
+                "S_h_basis": sp.basis,
+            }
+        return cls(
+            round=plan.round,
+            selection=selection,
+            design=plan.design,
+            design_reason=plan.draw.reason,
+            estimator=estimator,
+            allocation_rule=allocation_rule,
+            n_available=len(plan.population),
+            selected=[int(n) for n in plan.selected],
+            selection_weights=[float(w) for w in sel.weights],
+            inclusion=[float(p) for p in sel.inclusion],
+            selected_strata=(
+                None
+                if sel.strata is None or sp is None
+                else [int(h) for h in sp.present[sel.strata]]
+            ),
+            responders=[v.node_id for v in triage.valid],
+            weights=[float(w) for w in weights],
+            rejected=list(triage.rejected),
+            failures=list(triage.failures),
+            notes=list(notes),
+            **strata_fields,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of this record (``sampling.jsonl`` line)."""
+        out: dict[str, Any] = {}
+        for key in _JSON_KEYS:
+            value = getattr(self, key)
+            if key in ("rejected", "failures"):
+                value = [p.to_json() for p in value]
+            out[key] = value
+        if self.S_h_basis is not None:
+            out["S_h_basis"] = self.S_h_basis
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        """Scalar summaries (``fedstrat-*``) for the round's MetricRecord."""
+        out: dict[str, float] = {
+            "fedstrat-n-selected": float(len(self.selected)),
+            "fedstrat-n-responders": float(len(self.responders)),
+            "fedstrat-n-failed": float(len(self.failures)),
+            "fedstrat-n-rejected": float(len(self.rejected)),
+            "fedstrat-weight-sum": float(sum(self.weights)),
+        }
+        if self.pred_var is not None:
+            out["fedstrat-pred-var"] = self.pred_var
+            out["fedstrat-pred-var-uniform"] = float(self.pred_var_uniform or 0.0)
+            if self.var_ratio is not None:
+                out["fedstrat-var-ratio"] = self.var_ratio
+            out["fedstrat-n-strata"] = float(len(self.m_h or []))
+        return out
+
+
+_JSON_KEYS = tuple(
+    k for k in RoundRecord.__dataclass_fields__ if k != "S_h_basis"
+)
+
+
+def append_record(path: str | Path, record: RoundRecord) -> None:
+    """Append ``record`` as one JSON line to ``path`` (parents created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record.to_json()) + "\n")
+
+
+def jsonl_appender(path: str | Path) -> Callable[[RoundRecord], None]:
+    """An ``on_record`` callback appending each record to ``path`` (JSON lines)."""
+
+    def on_record(record: RoundRecord) -> None:
+        append_record(path, record)
+
+    return on_record
