@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedstrat.models.layers.embedding import embedding_penalty, has_embedding_penalty
 from fedstrat.models.metrics import accuracy, binary_auc, binary_logloss
 
 TASKS = ("classification", "ctr")
@@ -131,7 +132,9 @@ def train_steps(
     ``steps > 0`` runs exactly that many minibatch steps (reshuffling each pass); otherwise
     ``epochs`` full passes. Objective per batch: ``L(w) + mu/2 ||w - w_global||^2`` (FedProx,
     ``proximal_mu = mu``); ``clip_norm > 0`` rescales the gradient to at most that L2 norm.
-    ``loss`` is the example-weighted mean data loss (without the proximal term) over all steps.
+    CTR models whose embeddings have ``l2 > 0`` add ``sum l2/2 ||E||^2`` to each batch objective
+    (:func:`~fedstrat.models.layers.embedding_penalty`); models without it are untouched.
+    ``loss`` is the example-weighted mean data loss (without proximal or L2 terms) over all steps.
     Shuffling and dropout use a private generator seeded by ``seed``: same seed, same result.
     """
     _check_task(task)
@@ -158,6 +161,7 @@ def train_steps(
         opt = torch.optim.SGD(params, lr=lr)
     else:
         opt = torch.optim.Adam(params, lr=lr)
+    penalised = has_embedding_penalty(model)
     skip_singletons = _has_batchnorm(model)
     gen = torch.Generator().manual_seed(int(seed))
     per_epoch = math.ceil(n / batch_size)
@@ -183,6 +187,8 @@ def train_steps(
                 if prox:
                     sq = sum((p - g).pow(2).sum() for p, g in prox)
                     loss = data_loss + 0.5 * proximal_mu * sq
+                if penalised:
+                    loss = loss + embedding_penalty(model)
                 loss.backward()
                 if clip_norm > 0:
                     nn.utils.clip_grad_norm_(params, clip_norm)

@@ -109,12 +109,24 @@ def test_interaction_aggregation_formula_multi_head():
         InteractionAggregation(4, 6, num_heads=4)
 
 
-@pytest.mark.parametrize("context", [None, [0, 2]])
-def test_feature_selection_starts_as_identity_and_learns(context):
+def test_feature_selection_shared_context_starts_as_identity_and_learns():
     torch.manual_seed(5)
     emb = torch.randn(4, 3, 2)
     flat = emb.flatten(1)
-    fs = FeatureSelection(6, 2, context_fields=context)
-    assert torch.allclose(fs(flat, emb), flat)  # gate 2*sigmoid(0) = 1
+    fs = FeatureSelection(6, 2, context_fields=None)
+    assert torch.equal(fs(flat, emb), flat)  # context 0, zero biases: gate 2*sigmoid(0) = 1
+    fs(flat, emb).sum().backward()
+    assert fs.gate.net[-1].bias.grad.abs().sum() > 0  # the per-dimension scale learns
+
+
+def test_feature_selection_with_context_fields_is_the_gate_formula():
+    torch.manual_seed(5)
+    emb = torch.randn(4, 3, 2)
+    flat = emb.flatten(1)
+    fs = FeatureSelection(6, 2, context_fields=[0, 2])
+    expected = flat * 2.0 * torch.sigmoid(fs.gate(emb[:, [0, 2], :].flatten(1)))
+    assert torch.allclose(fs(flat, emb), expected)
+    small = emb * 1e-4  # embeddings start near 0, so the gate starts near 1
+    assert torch.allclose(fs(small.flatten(1), small), small.flatten(1), rtol=1e-3, atol=0)
     fs(flat, emb).sum().backward()
     assert fs.gate.net[-1].weight.grad.abs().sum() > 0

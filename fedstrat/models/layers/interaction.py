@@ -23,7 +23,8 @@ class FMInteraction(nn.Module):
 class CrossNetworkV2(nn.Module):
     """DCNv2 full-rank cross layers: ``x_{l+1} = x_0 * (W_l x_l + b_l) + x_l`` (``*`` elementwise).
 
-    Input and output shape (B, input_dim).
+    Input and output shape (B, input_dim). ``W_l`` start Xavier-normal and ``b_l`` at zero
+    (FuxiCTR's default for every linear layer, cross layers included).
     """
 
     def __init__(self, input_dim: int, num_layers: int = 3):
@@ -34,7 +35,7 @@ class CrossNetworkV2(nn.Module):
             )
         self.layers = nn.ModuleList(nn.Linear(input_dim, input_dim) for _ in range(num_layers))
         for layer in self.layers:
-            nn.init.xavier_uniform_(layer.weight, gain=0.1)
+            nn.init.xavier_normal_(layer.weight)
             nn.init.zeros_(layer.bias)
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:

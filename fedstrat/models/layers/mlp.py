@@ -17,6 +17,17 @@ _ACTIVATIONS = {
 }
 
 
+def xavier_init_(module: nn.Module) -> nn.Module:
+    """FuxiCTR's dense initialisation, in place: every ``nn.Linear`` inside ``module`` gets
+    Xavier-normal weights (``std = sqrt(2 / (fan_in + fan_out))``) and a zero bias."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
 def make_activation(name: str) -> nn.Module:
     """Return a fresh activation module by (case-insensitive) name."""
     key = name.lower().replace("_", "")
@@ -31,6 +42,8 @@ class MLPBlock(nn.Module):
 
     ``output_dim=None`` means no output layer (the block ends with the last hidden layer).
     ``output_dim == 1`` squeezes the last axis, so a logit has shape (B,).
+    Linear layers start Xavier-normal with zero bias (:func:`xavier_init_`). Dropout and batch
+    norm are off by default.
     """
 
     def __init__(
@@ -66,6 +79,7 @@ class MLPBlock(nn.Module):
             layers.append(nn.Linear(prev, int(output_dim)))
             prev = int(output_dim)
         self.net = nn.Sequential(*layers)
+        xavier_init_(self.net)
         self.output_dim = prev
         self._squeeze = output_dim == 1
 

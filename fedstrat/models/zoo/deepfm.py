@@ -1,6 +1,7 @@
 """``deepfm``: FM plus an MLP on the concatenated embeddings (Guo et al., 2017).
 
 ``logit = LR(x) + FM(e) + MLP(flatten(e))`` with the FM and the MLP sharing embeddings ``e``.
+Options (all off by default): ``dropout`` and ``batch_norm`` in the MLP, ``embedding_l2``.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ class DeepFM(nn.Module):
         hidden_units: Sequence[int] = (64, 32),
         dropout: float = 0.0,
         batch_norm: bool = False,
+        embedding_l2: float = 0.0,
     ):
         super().__init__()
-        self.linear = LinearLogit(field_dims)
-        self.embedding = FeatureEmbedding(field_dims, embedding_dim)
+        self.linear = LinearLogit(field_dims, l2=embedding_l2)
+        self.embedding = FeatureEmbedding(field_dims, embedding_dim, l2=embedding_l2)
         self.fm = FMInteraction()
         self.dnn = MLPBlock(
             len(field_dims) * embedding_dim,

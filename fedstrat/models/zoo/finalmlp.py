@@ -2,6 +2,7 @@
 
 ``e = flatten(embeddings)``; stream k sees ``e * 2 sigmoid(MLP_k^gate(c_k))`` and computes
 ``o_k = MLP_k(.)``; ``logit = b + w_1^T o_1 + w_2^T o_2 + sum_h o_{1,h}^T W_h o_{2,h}``.
+Options (all off by default): ``dropout`` and ``batch_norm`` in both MLPs, ``embedding_l2``.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ class FinalMLP(nn.Module):
         num_heads: int = 1,
         dropout: float = 0.0,
         batch_norm: bool = False,
+        embedding_l2: float = 0.0,
     ):
         super().__init__()
-        self.embedding = FeatureEmbedding(field_dims, embedding_dim)
+        self.embedding = FeatureEmbedding(field_dims, embedding_dim, l2=embedding_l2)
         d = len(field_dims) * embedding_dim
         self.feature_selection = feature_selection
         if feature_selection:

@@ -12,10 +12,14 @@ from fedstrat.models.registry import ModelSpec, register_model
 
 
 class FM(nn.Module):
-    def __init__(self, field_dims: Sequence[int], embedding_dim: int = 16):
+    """``embedding_l2``: L2 penalty on the first-order weights and the embeddings (0 = off)."""
+
+    def __init__(
+        self, field_dims: Sequence[int], embedding_dim: int = 16, embedding_l2: float = 0.0
+    ):
         super().__init__()
-        self.linear = LinearLogit(field_dims)
-        self.embedding = FeatureEmbedding(field_dims, embedding_dim)
+        self.linear = LinearLogit(field_dims, l2=embedding_l2)
+        self.embedding = FeatureEmbedding(field_dims, embedding_dim, l2=embedding_l2)
         self.fm = FMInteraction()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -23,5 +27,5 @@ class FM(nn.Module):
 
 
 @register_model("fm", task="ctr")
-def build_fm(spec: ModelSpec, embedding_dim: int = 16) -> FM:
-    return FM(spec.field_dims, embedding_dim=embedding_dim)
+def build_fm(spec: ModelSpec, **kwargs) -> FM:
+    return FM(spec.field_dims, **kwargs)

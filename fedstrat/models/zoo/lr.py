@@ -12,14 +12,16 @@ from fedstrat.models.registry import ModelSpec, register_model
 
 
 class LR(nn.Module):
-    def __init__(self, field_dims: Sequence[int]):
+    """``embedding_l2``: L2 penalty ``l2/2 ||w||^2`` on the field weights (0 = off)."""
+
+    def __init__(self, field_dims: Sequence[int], embedding_l2: float = 0.0):
         super().__init__()
-        self.linear = LinearLogit(field_dims)
+        self.linear = LinearLogit(field_dims, l2=embedding_l2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
 
 
 @register_model("lr", task="ctr")
-def build_lr(spec: ModelSpec) -> LR:
-    return LR(spec.field_dims)
+def build_lr(spec: ModelSpec, **kwargs) -> LR:
+    return LR(spec.field_dims, **kwargs)
