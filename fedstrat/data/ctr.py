@@ -9,6 +9,10 @@ vocabulary is fine for simulation, where one process builds it; a real deploymen
 ``hashing=True`` maps a value ``v`` of field ``f`` to ``crc32(f"{f}={v}") mod B_f`` (stable
 across processes and machines, unlike Python's ``hash``) with ``B_f = hash_buckets`` (an int for
 all fields or a per-field dict). Natural partition keys always use exact vocabulary ids.
+
+Unknown ids. With a vocabulary, each field gets one extra "unknown" id ``V`` (so
+``field_dims[f] = V + 1``): a test value never seen in the train split maps to it instead of an
+untrained row of its own (:func:`~fedstrat.data.encoding.add_oov_slot`). Hashed fields have none.
 """
 
 from __future__ import annotations
@@ -33,101 +37,23 @@ from fedstrat.data.base import (
     random_split,
     resolve_root,
 )
+from fedstrat.data.encoding import (  # noqa: F401  (re-exported: the public encoders)
+    add_oov_slot,
+    encode_fields,
+    stable_hash,
+    temporal_split,
+    vocab_ids,
+)
 
 MOVIELENS_FIELDS = ["user", "item", "gender", "age", "occupation", "zip", "genre", "year"]
 MOVIELENS_KEYS = ("user", "occupation", "zip")
 ML100K_FILES = ("ml-100k.inter", "ml-100k.user", "ml-100k.item")
 
 
-# ----------------------------------------------------------------------------- encoding
-def stable_hash(field: str, values: np.ndarray, buckets: int) -> np.ndarray:
-    """``crc32(f"{field}={value}") mod buckets`` for each value (int64)."""
-    if buckets < 1:
-        raise ValueError(f"hash_buckets must be >= 1, got {buckets} for field {field!r}")
-    inv, uniq = pd.factorize(np.asarray(values, dtype=str))
-    codes = np.fromiter(
-        (zlib.crc32(f"{field}={u}".encode()) % buckets for u in uniq),
-        dtype=np.int64,
-        count=len(uniq),
-    )
-    return codes[inv]
-
-
-def encode_fields(
-    table: pd.DataFrame,
-    fields: list[str],
-    hashing: bool = False,
-    hash_buckets: int | Mapping[str, int] = 4096,
-    fixed_dims: Mapping[str, int] | None = None,
-) -> tuple[np.ndarray, list[int]]:
-    """Encode string-valued columns to int64 ids: vocabulary (default) or stable hashing.
-
-    Columns in ``fixed_dims`` already hold ids in ``[0, dim)`` and are passed through.
-    Returns ``(x (N, F) int64, field_dims)``.
-    """
-    fixed_dims = dict(fixed_dims or {})
-    cols, dims = [], []
-    for f in fields:
-        if f in fixed_dims:
-            cols.append(table[f].to_numpy(dtype=np.int64))
-            dims.append(int(fixed_dims[f]))
-            continue
-        values = table[f].astype(str).to_numpy()
-        if hashing:
-            if isinstance(hash_buckets, Mapping) and f not in hash_buckets:
-                raise ValueError(
-                    f"hash_buckets has no entry for field {f!r}; it needs all of {fields}"
-                )
-            b = hash_buckets[f] if isinstance(hash_buckets, Mapping) else hash_buckets
-            cols.append(stable_hash(f, values, int(b)))
-            dims.append(int(b))
-        else:
-            codes, size = vocab_ids(values)
-            cols.append(codes)
-            dims.append(size)
-    x = np.stack(cols, axis=1) if cols else np.empty((len(table), 0), np.int64)
-    return x, dims
-
-
-def vocab_ids(values: np.ndarray | pd.Series) -> tuple[np.ndarray, int]:
-    """Vocabulary encoding: distinct values sorted (numerically if all are integers, else as
-    strings) get ids ``0..V-1``. Returns ``(ids int64, V)``."""
-    v = np.asarray(values)
-    if v.dtype.kind != "O" or not all(isinstance(u, str) for u in pd.unique(v)):
-        v = v.astype(str)
-    codes, uniq = pd.factorize(v)
-    uniq = np.asarray(uniq, dtype=str)
-    num = pd.to_numeric(pd.Series(uniq), errors="coerce").to_numpy(dtype=np.float64)
-    if len(uniq) and not np.isnan(num).any() and (num == np.floor(num)).all():
-        order = np.argsort(num, kind="stable")
-    else:
-        order = np.argsort(uniq, kind="stable")
-    rank = np.empty(len(uniq), dtype=np.int64)
-    rank[order] = np.arange(len(uniq))
-    return rank[codes], len(uniq)
-
-
+# ----------------------------------------------------------------------------- keys
 def _group_ids(values: pd.Series) -> np.ndarray:
     """Exact group ids (vocabulary ids of the raw values), independent of hashing."""
     return vocab_ids(values)[0]
-
-
-def temporal_split(
-    users: np.ndarray, timestamps: np.ndarray, test_fraction: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user temporal split: each user's latest ``round(test_fraction * n_u)`` rows are test."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    order = np.lexsort((np.arange(len(users)), timestamps, users))
-    u_sorted = users[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(u_sorted)) + 1]
-    counts = np.diff(np.r_[starts, len(users)])
-    rank = np.arange(len(users)) - np.repeat(starts, counts)
-    n_test = np.round(test_fraction * counts).astype(np.int64)
-    is_test = rank >= np.repeat(counts - n_test, counts)
-    test_mask = np.zeros(len(users), dtype=bool)
-    test_mask[order[is_test]] = True
-    return np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
 
 
 def age_bucket(age: np.ndarray) -> np.ndarray:
@@ -193,13 +119,16 @@ def _build_movielens(
         )
     else:
         raise ValueError(f"split must be 'random' or 'temporal', got {split!r}")
+    x_tr, x_te = x_all[tr], x_all[te]
+    if not hashing:
+        x_tr, x_te, dims = add_oov_slot(x_tr, x_te, dims, list(range(len(dims))))
     return Dataset(
         name=name,
         task="ctr",
-        x=x_all[tr],
+        x=x_tr,
         y=y_all[tr],
         num_classes=2,
-        x_test=x_all[te],
+        x_test=x_te,
         y_test=y_all[te],
         field_dims=list(dims),
         field_names=list(MOVIELENS_FIELDS),
@@ -210,6 +139,7 @@ def _build_movielens(
             "split": split,
             "split_seed": seed,
             "hashing": hashing,
+            "oov": not hashing,
             "label": "rating >= 4",
         },
     )

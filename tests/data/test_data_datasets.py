@@ -72,8 +72,9 @@ def test_movielens100k_fields_labels_keys() -> None:
     assert ds.num_train == 80_000 and ds.num_test == 20_000
     assert ds.x.dtype == np.int64 and ds.y.dtype == np.float32
     assert ds.field_names == ["user", "item", "gender", "age", "occupation", "zip", "genre", "year"]
-    assert ds.field_dims is not None and ds.field_dims[:2] == [943, 1682]
-    assert ds.field_dims[2] == 2 and ds.field_dims[4] == 21
+    # vocabulary sizes + 1 "unknown" id per field
+    assert ds.field_dims is not None and ds.field_dims[:2] == [943 + 1, 1682 + 1]
+    assert ds.field_dims[2] == 2 + 1 and ds.field_dims[4] == 21 + 1
     assert (ds.x >= 0).all() and (ds.x < np.array(ds.field_dims)).all()
     assert (ds.x_test < np.array(ds.field_dims)).all()
     assert set(np.unique(ds.y)) == {0.0, 1.0}

@@ -194,8 +194,8 @@ def test_movielens1m_dat_files(tmp_path: Path) -> None:
     assert ds.task == "ctr" and ds.num_train == 8 and ds.num_test == 2
     assert ds.field_names == ["user", "item", "gender", "age", "occupation", "zip", "genre", "year"]
     # users 5, items 3, genders 2, ages 5, occupations 5, zip regions {4,7,5,0,T}, genres 3,
-    # decades {1990s, <1940}
-    assert ds.field_dims == [5, 3, 2, 5, 5, 5, 3, 2]
+    # decades {1990s, <1940}; each + 1 "unknown" id
+    assert ds.field_dims == [d + 1 for d in [5, 3, 2, 5, 5, 5, 3, 2]]
     y_all = np.concatenate([ds.y, ds.y_test])
     assert sorted(y_all.tolist()) == sorted([1, 0, 1, 0, 1, 0, 1, 0, 1, 0])
     assert (ds.x < np.array(ds.field_dims)).all()
