@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
-from fedstrat.strategies import PROFILE_KEY, LocalGrid
+from fedstrat.strategies.local_grid import LocalGrid
+from fedstrat.strategies.profiling import PROFILE_KEY
 
 
 @dataclass

@@ -27,7 +27,8 @@ from strathelpers import (
     train_reply,
 )
 
-from fedstrat.strategies import LocalGrid, StratifiedSelection
+from fedstrat.strategies import StratifiedSelection
+from fedstrat.strategies.local_grid import LocalGrid
 
 
 def one_round(strategy, grid, arrays, rnd=1):
@@ -44,7 +45,7 @@ def reply_flat(reply: Message) -> np.ndarray:
 def ht_expected(replies, record, xg: np.ndarray) -> np.ndarray:
     by_node = {r.metadata.src_node_id: reply_flat(r) for r in replies if not r.has_error()}
     out = xg.copy()
-    for node, w in zip(record["responders"], record["weights"], strict=True):
+    for node, w in zip(record.responders, record.weights, strict=True):
         out += w * (by_node[node] - xg)
     return out
 
@@ -62,17 +63,17 @@ def test_ht_weights_give_exact_estimate_through_fedavg(pop):
     msgs, replies, new, metrics = one_round(s, grid, arrays)
     rec = s.records[-1]
     assert len(msgs) == 8 and len({m.metadata.dst_node_id for m in msgs}) == 8
-    assert sorted(rec["responders"]) == sorted(rec["selected"])
+    assert sorted(rec.responders) == sorted(rec.selected)
     # HT weights: w_i = p_i / pi_i with p_i = n_i / n over the population.
     n = pop.sizes.sum()
-    for node, w, pi in zip(rec["selected"], rec["selection_weights"], rec["inclusion"],
+    for node, w, pi in zip(rec.selected, rec.selection_weights, rec.inclusion,
                            strict=True):
         assert w * pi == pytest.approx(pop.sizes[pop.index[node]] / n, rel=1e-12)
-    assert rec["weights"] == rec["selection_weights"]  # nobody failed
+    assert rec.weights == rec.selection_weights  # nobody failed
     expected = ht_expected(replies, rec, xg)
     np.testing.assert_allclose(flatten(new), expected, rtol=0, atol=1e-12)
     assert metrics["fedstrat-n-failed"] == 0 and metrics["fedstrat-n-rejected"] == 0
-    assert metrics["fedstrat-weight-sum"] == pytest.approx(sum(rec["weights"]))
+    assert metrics["fedstrat-weight-sum"] == pytest.approx(sum(rec.weights))
 
 
 def test_ht_is_unbiased_over_rounds_seeded_monte_carlo():
@@ -91,7 +92,7 @@ def test_ht_is_unbiased_over_rounds_seeded_monte_carlo():
     target = pop.target()
     se = est.std(axis=0, ddof=1) / np.sqrt(len(est))
     assert np.all(np.abs(est.mean(axis=0) - target) <= 4 * se + 1e-12)
-    assert s.records[-1]["design"] in ("pps", "srswor")
+    assert s.records[-1].design in ("pps", "srswor")
 
 
 def test_ratio_estimator_is_self_normalised(pop):
@@ -103,8 +104,8 @@ def test_ratio_estimator_is_self_normalised(pop):
     _, replies, new, _ = one_round(s, grid, arrays)
     rec = s.records[-1]
     by_node = {r.metadata.src_node_id: reply_flat(r) for r in replies}
-    w = np.array(rec["weights"])
-    xs = np.array([by_node[n] for n in rec["responders"]])
+    w = np.array(rec.weights)
+    xs = np.array([by_node[n] for n in rec.responders])
     np.testing.assert_allclose(flatten(new), w @ xs / w.sum(), rtol=0, atol=1e-12)
 
 
@@ -215,13 +216,13 @@ def test_invalid_replies_are_rejected_never_aggregated():
     replies += [train_reply(stranger, {"w": np.zeros(3), "b": np.zeros(3)}), good]
     new, metrics = s.aggregate_train(1, replies)
     rec = s.records[-1]
-    problems = {e["node"]: e["reason"] for e in rec["rejected"] + rec["failures"]}
+    problems = {e.node: e.reason for e in rec.rejected + rec.failures}
     for node, kind in bad.items():
         assert REASONS[kind] in problems[node], (kind, problems[node])
-        assert node not in rec["responders"]
+        assert node not in rec.responders
     assert "not selected" in problems[424242]
-    assert any(e["reason"] == "duplicate reply" for e in rec["rejected"])
-    assert len(rec["responders"]) == 12 - len(bad)
+    assert any(e.reason == "duplicate reply" for e in rec.rejected)
+    assert len(rec.responders) == 12 - len(bad)
     assert metrics["fedstrat-n-failed"] == 2  # error + silent
     assert metrics["fedstrat-n-rejected"] == len(bad) - 2 + 2  # + stranger + duplicate
     assert np.all(np.isfinite(flatten(new)))
@@ -237,7 +238,7 @@ def test_failed_nodes_reweight_their_stratum():
                             design="srswor", n_strata=2, allocation="proportional")
     arrays = global_arrays(6)
     msgs = list(s.configure_train(1, arrays, ConfigRecord(), grid))
-    plan_sel = s._round["selection"]
+    plan_sel = s.pending_plan.selection
     strata = plan_sel.strata
     h = int(np.bincount(strata).argmax())  # the stratum with more selected units
     members = [m.metadata.dst_node_id for m, st in zip(msgs, strata, strict=True) if st == h]
@@ -247,12 +248,12 @@ def test_failed_nodes_reweight_their_stratum():
     _, metrics = s.aggregate_train(1, replies)
     rec = s.records[-1]
     factor = len(members) / (len(members) - 1)
-    sel_w = dict(zip(rec["selected"], rec["selection_weights"], strict=True))
-    for node, w in zip(rec["responders"], rec["weights"], strict=True):
+    sel_w = dict(zip(rec.selected, rec.selection_weights, strict=True))
+    for node, w in zip(rec.responders, rec.weights, strict=True):
         expect = sel_w[node] * (factor if node in members else 1.0)
         assert w == pytest.approx(expect, rel=1e-12)
     assert metrics["fedstrat-n-failed"] == 1
-    assert any("non-certainty units failed" in note for note in rec["notes"])
+    assert any("non-certainty units failed" in note for note in rec.notes)
 
 
 def test_empty_stratum_share_is_redistributed():
@@ -263,20 +264,20 @@ def test_empty_stratum_share_is_redistributed():
                             design="pps", n_strata=2)
     arrays = global_arrays(6)
     msgs = list(s.configure_train(1, arrays, ConfigRecord(), grid))
-    strata = s._round["selection"].strata
+    strata = s.pending_plan.selection.strata
     dead = [m.metadata.dst_node_id for m, st in zip(msgs, strata, strict=True) if st == 0]
     for node in dead:
         overrides[node] = _corrupt("silent")
     replies = list(grid.send_and_receive(msgs, timeout=5))
     new, _ = s.aggregate_train(1, replies)
     rec = s.records[-1]
-    sel_w = dict(zip(rec["selected"], rec["selection_weights"], strict=True))
+    sel_w = dict(zip(rec.selected, rec.selection_weights, strict=True))
     total = sum(sel_w.values())
-    alive = sum(sel_w[n] for n in rec["responders"])
-    for node, w in zip(rec["responders"], rec["weights"], strict=True):
+    alive = sum(sel_w[n] for n in rec.responders)
+    for node, w in zip(rec.responders, rec.weights, strict=True):
         assert w == pytest.approx(sel_w[node] * total / alive, rel=1e-12)
-    assert sum(rec["weights"]) == pytest.approx(total)
-    assert any("no responder" in note for note in rec["notes"])
+    assert sum(rec.weights) == pytest.approx(total)
+    assert any("no responder" in note for note in rec.notes)
     np.testing.assert_allclose(flatten(new), ht_expected(replies, rec, flatten(arrays)),
                                atol=1e-12)
 
@@ -287,7 +288,7 @@ def test_no_valid_reply_returns_no_arrays_but_metrics(pop):
     _, _, new, metrics = one_round(s, grid, global_arrays(6))
     assert new is None
     assert metrics["fedstrat-n-failed"] == 5
-    assert s.records[-1]["responders"] == []
+    assert s.records[-1].responders == []
 
 
 def test_aggregate_without_configure_raises():
@@ -302,14 +303,14 @@ def test_metric_record_of_reply_keeps_other_metrics(pop):
     _, replies, _, metrics = one_round(s, grid, global_arrays(6))
     rec = s.records[-1]
     losses = {r.metadata.src_node_id: r.content["metrics"]["train-loss"] for r in replies}
-    w = np.array(rec["weights"])
-    expected = sum(wi * losses[n] for n, wi in zip(rec["responders"], w, strict=True)) / w.sum()
+    w = np.array(rec.weights)
+    expected = sum(wi * losses[n] for n, wi in zip(rec.responders, w, strict=True)) / w.sum()
     assert metrics["train-loss"] == pytest.approx(expected)
     # replies handed to the wrapped strategy are copies: the originals are untouched
     for r in replies:
         assert isinstance(r.content["metrics"]["num-examples"], int)
     assert isinstance(metrics, MetricRecord)
-    assert isinstance(rec, dict) and isinstance(ArrayRecord, type)
+    assert isinstance(rec.to_json(), dict) and isinstance(ArrayRecord, type)
 
 
 def test_superlink_error_reply_is_attributed_to_the_node_that_was_asked():
@@ -328,5 +329,5 @@ def test_superlink_error_reply_is_attributed_to_the_node_that_was_asked():
     replies.append(err)
     s.aggregate_train(1, replies)
     rec = s.records[-1]
-    assert [f["node"] for f in rec["failures"]] == [dead]
-    assert dead not in rec["responders"] and len(rec["responders"]) == 2
+    assert [f.node for f in rec.failures] == [dead]
+    assert dead not in rec.responders and len(rec.responders) == 2

@@ -13,7 +13,10 @@ from flwr.app import ConfigRecord, MessageType
 from flwr.serverapp.strategy import FedAvg, FedProx
 from strathelpers import flatten, global_arrays, make_population, population_grid
 
-from fedstrat.strategies import LocalGrid, StratifiedSelection, responder_weights
+from fedstrat.strategies import StratifiedSelection
+from fedstrat.strategies.allocation_rule import stratum_costs
+from fedstrat.strategies.local_grid import LocalGrid
+from fedstrat.strategies.responder_weights import responder_weights
 
 
 def run(strategy, grid, arrays, rounds):
@@ -117,7 +120,7 @@ def test_selection_is_reproducible_under_seed(pop):
     def selections(seed):
         s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=6, seed=seed)
         run(s, population_grid(pop), global_arrays(6), range(1, 4))
-        return [r["selected"] for r in s.records]
+        return [r.selected for r in s.records]
 
     a, b, c = selections(5), selections(5), selections(6)
     assert a == b
@@ -130,7 +133,8 @@ def test_records_and_metrics(pop, tmp_path):
                             record_path=path)
     out = run(s, population_grid(pop), global_arrays(6), range(1, 4))
     lines = [json.loads(x) for x in path.read_text().splitlines()]
-    assert [r["round"] for r in lines] == [1, 2, 3] == [r["round"] for r in s.records]
+    assert [r["round"] for r in lines] == [1, 2, 3] == [r.round for r in s.records]
+    assert lines == [r.to_json() for r in s.records]
     for rec, (_, _, metrics) in zip(lines, out, strict=True):
         assert rec["design"] in ("pps", "srswor")
         assert sum(rec["m_h"]) == 6 == len(rec["selected"])
@@ -151,13 +155,13 @@ def test_baselines_through_the_same_wrapper(pop, selection):
                             selection=selection, seed=0)
     out = run(s, population_grid(pop), global_arrays(6), range(1, 3))
     for rec, (msgs, new, _) in zip(s.records, out, strict=True):
-        assert rec["design"] == selection
+        assert rec.design == selection
         assert 1 <= len(msgs) <= 5 and new is not None
         if selection in ("uniform", "poc"):
             assert len(msgs) == 5  # multinomial and clustered may draw a client twice
         if selection == "uniform":
-            assert sum(rec["weights"]) == pytest.approx(
-                sum(pop.sizes[pop.index[n]] for n in rec["selected"]) / pop.sizes.sum() * 30 / 5
+            assert sum(rec.weights) == pytest.approx(
+                sum(pop.sizes[pop.index[n]] for n in rec.selected) / pop.sizes.sum() * 30 / 5
             )
 
 
@@ -167,7 +171,7 @@ def test_poc_prefers_high_loss_nodes(pop):
     run(s, population_grid(pop), global_arrays(6), range(1, 3))
     # every node was a candidate (d = N); after round 1 unseen nodes (loss +inf) come first,
     # so round 2 picks none of round 1's nodes
-    assert not set(s.records[0]["selected"]) & set(s.records[1]["selected"])
+    assert not set(s.records[0].selected) & set(s.records[1].selected)
 
 
 def test_cost_allocation_uses_reported_train_seconds():
@@ -179,9 +183,10 @@ def test_cost_allocation_uses_reported_train_seconds():
     s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=10, seed=0,
                             design="srswor", n_strata=2, allocation="cost")
     run(s, grid, global_arrays(6), range(1, 3))
-    present = np.array(s.records[-1]["strata"])
-    costs = s.stratum_costs(present)
-    heavy_h = {s._node_stratum[n] for n in heavy}
+    present = np.array(s.records[-1].strata)
+    strata = s.policy.stratifier.node_stratum_
+    costs = stratum_costs(strata, s.registry, present)
+    heavy_h = {strata[n] for n in heavy}
     assert len(heavy_h) == 1
     h = heavy_h.pop()
     assert costs[list(present).index(h)] == pytest.approx(100.0)
@@ -199,17 +204,18 @@ def test_profiling_failure_falls_back_to_uniform_then_sketches(caplog):
     msgs = [r.getMessage() for r in caplog.records]
     assert any("Profiling failed for 30 nodes" in m for m in msgs)
     assert any("stratifying by update sketches" in m for m in msgs)
-    assert [r["design"] for r in s.records[:2]] == ["uniform-warmup"] * 2
-    assert s.records[2]["design"] in ("pps", "srswor", "uniform")
+    assert [r.design for r in s.records[:2]] == ["uniform-warmup"] * 2
+    assert s.records[2].design in ("pps", "srswor", "uniform")
     assert any("on sketches" in m for m in msgs)
     # round 1: no size known -> equal weights 1/m
-    assert s.records[0]["weights"] == pytest.approx([1 / 8] * 8)
+    assert s.records[0].weights == pytest.approx([1 / 8] * 8)
     # nodes never trained form the unknown stratum; their size is the mean observed size
-    trained = {n for r in s.records for n in r["responders"]}
+    trained = {n for r in s.records for n in r.responders}
     unseen = [n for n in pop.node_ids if n not in trained]
     if unseen:
-        unknown = len(s._centroids)
-        assert all(s._node_stratum[n] == unknown for n in unseen)
+        st = s.policy.stratifier
+        assert all(st.node_stratum_[n] == st.unknown_stratum == len(st.centroids_)
+                   for n in unseen)
         mean_size = np.mean([pop.sizes[pop.index[n]] for n in trained])
         assert s.registry.sizes(unseen[:1])[0] == pytest.approx(mean_size)
 
@@ -225,12 +231,13 @@ def test_new_nodes_join_nearest_stratum():
     run(s, grid, global_arrays(6), [1])
     t["late"] = True
     run(s, grid, global_arrays(6), [2])
+    st = s.policy.stratifier
     for n in pop.node_ids[24:]:
-        h = s._node_stratum[n]
+        h = st.node_stratum_[n]
         x = np.array(pop.histogram(n)) / sum(pop.histogram(n))
-        d = ((s._centroids - x) ** 2).sum(axis=1)
+        d = ((st.centroids_ - x) ** 2).sum(axis=1)
         assert h == int(d.argmin())
-    assert sum(s.records[-1]["N_h"]) == 30
+    assert sum(s.records[-1].N_h) == 30
 
 
 # ---------------------------------------------------------------- checkpointing
@@ -281,11 +288,11 @@ def test_stratify_by_sketches_after_warmup_and_restratify(pop):
                             profile_epsilon=1.0)
     grid = population_grid(pop)
     run(s, grid, global_arrays(6), range(1, 6))
-    designs = [r["design"] for r in s.records]
+    designs = [r.design for r in s.records]
     assert designs[:2] == ["uniform-warmup"] * 2
     assert all(d in ("pps", "srswor", "uniform") for d in designs[2:])
-    assert s._features_kind == "sketches"
-    assert s._stratified_round == 5  # built at round 3, rebuilt at round 5
+    assert s.policy.stratifier.features_kind_ == "sketches"
+    assert s.policy.stratifier.fitted_round_ == 5  # built at round 3, rebuilt at round 5
     q = next(m for m in grid.sent if m.metadata.message_type == MessageType.QUERY)
     assert q.content["fedstrat-profile"]["epsilon"] == 1.0
     # sizes still come from the profiles

@@ -19,7 +19,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
 
-from fedstrat.strategies import PROFILE_KEY, StratifiedSelection
+from fedstrat.strategies import StratifiedSelection
+from fedstrat.strategies.profiling import PROFILE_KEY
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
@@ -142,11 +143,11 @@ def _ok(sim, name):
 def test_simulation_runs_with_each_base_strategy(sim, name):
     s, res = _ok(sim, name)
     rounds = 4 if name == "fedavg" else 3
-    assert [r["round"] for r in s.records] == list(range(1, rounds + 1))
+    assert [r.round for r in s.records] == list(range(1, rounds + 1))
     for rec in s.records:
-        assert len(rec["selected"]) == M and len(set(rec["selected"])) == M
-        assert sorted(rec["responders"]) == sorted(rec["selected"])
-        assert rec["rejected"] == [] and rec["failures"] == []
+        assert len(rec.selected) == M and len(set(rec.selected)) == M
+        assert sorted(rec.responders) == sorted(rec.selected)
+        assert rec.rejected == [] and rec.failures == []
     assert len(s.registry.histograms) == N_NODES  # every node answered the profile query
     final = res.arrays
     assert final is not None and set(final.keys()) == {"w", "b"}
@@ -180,12 +181,12 @@ def test_simulation_failing_nodes_are_reweighted_not_aggregated(sim):
     s, res = _ok(sim, "failures")
     failed_total = 0
     for rec in s.records:
-        failed = {f["node"] for f in rec["failures"]}
+        failed = {f.node for f in rec.failures}
         failed_total += len(failed)
-        assert not failed & set(rec["responders"])
-        assert len(failed) + len(rec["responders"]) == len(rec["selected"])
-        if failed and rec["responders"]:
-            assert sum(rec["weights"]) > 0
+        assert not failed & set(rec.responders)
+        assert len(failed) + len(rec.responders) == len(rec.selected)
+        if failed and rec.responders:
+            assert sum(rec.weights) > 0
     assert failed_total > 0  # 6 of 20 nodes fail: some were selected in 3 rounds
     assert res.arrays is not None and np.all(np.isfinite(res.arrays["w"].numpy()))
 
@@ -193,9 +194,9 @@ def test_simulation_failing_nodes_are_reweighted_not_aggregated(sim):
 def test_simulation_predicted_variance_stratified_below_uniform(sim):
     s, _ = _ok(sim, "fedavg")
     for rec in s.records:
-        assert rec["design"] in ("pps", "srswor"), rec["design_reason"]
-        assert rec["allocation_rule"] == "neyman"
+        assert rec.design in ("pps", "srswor"), rec.design_reason
+        assert rec.allocation_rule == "neyman"
     for rec in s.records[1:]:
-        assert rec["pred_var"] < rec["pred_var_uniform"], rec
+        assert rec.pred_var < rec.pred_var_uniform, rec
     # with m_h = 1 a stratum needs two rounds before its own S_h is tracked
-    assert s.records[-1]["S_h_basis"] == "tracked"
+    assert s.records[-1].S_h_basis == "tracked"

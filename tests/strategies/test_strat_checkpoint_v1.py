@@ -1,0 +1,74 @@
+"""A checkpoint written by the version-1 StratifiedSelection (before the split into parts)
+resumes and selects exactly what that code selected next.
+
+fixtures/v1_state.json was made by fixtures/make_v1_state.py run once against the old code
+(commit 5ddb26f): 3 rounds on the strathelpers population, ``state_dict()``, then the records
+and aggregated arrays of rounds 4 and 5.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import FedAvg
+from strathelpers import flatten, global_arrays, make_population, population_grid
+
+from fedstrat.strategies import StratifiedSelection
+
+FIXTURE = Path(__file__).parent / "fixtures" / "v1_state.json"
+SCENARIOS = ("histograms", "sketches", "poc")
+
+
+def doc(name: str) -> dict:
+    return json.loads(FIXTURE.read_text())[name]
+
+
+def run(strategy, rounds):
+    pop = make_population(n=30, classes=4, dim=6, alpha=0.1, seed=1)
+    grid = population_grid(pop)
+    out = []
+    for r in rounds:
+        msgs = list(strategy.configure_train(r, global_arrays(6), ConfigRecord(), grid))
+        new, _ = strategy.aggregate_train(r, grid.send_and_receive(msgs, timeout=5))
+        out.append(flatten(new))
+    return out
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_version1_checkpoint_continues_with_the_old_selections(name):
+    d = doc(name)
+    assert d["state"]["version"] == 1
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), **d["kwargs"])
+    s.load_state_dict(d["state"])
+    assert s.n_records == 3
+    arrays = run(s, (4, 5))
+    for rec, want in zip(s.records, d["next"], strict=True):
+        got = rec.to_json()
+        for key, value in want.items():
+            assert got[key] == value, (name, key)
+    for got, want in zip(arrays, d["next_arrays"], strict=True):
+        np.testing.assert_array_equal(got, np.array(want))
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_state_loaded_from_version1_saves_and_loads_as_the_current_version(name):
+    d = doc(name)
+    a = StratifiedSelection(FedAvg(fraction_evaluate=0.0), **d["kwargs"])
+    a.load_state_dict(d["state"])
+    state = json.loads(json.dumps(a.state_dict()))
+    assert state["version"] == 2
+    b = StratifiedSelection(FedAvg(fraction_evaluate=0.0), **d["kwargs"])
+    b.load_state_dict(state)
+    run(b, (4, 5))
+    assert [r.selected for r in b.records] == [n["selected"] for n in d["next"]]
+
+
+def test_unknown_state_version_is_refused():
+    d = doc("histograms")
+    s = StratifiedSelection(FedAvg(), **d["kwargs"])
+    with pytest.raises(ValueError, match="unsupported state version"):
+        s.load_state_dict({**d["state"], "version": 99})
