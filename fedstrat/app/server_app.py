@@ -92,11 +92,12 @@ def build_base_strategy(cfg: RunConfig) -> Strategy:
 
 
 def build_strategy(cfg: RunConfig, base: Strategy, record_path: Path | None) -> Strategy:
-    """``StratifiedSelection(base, ...)`` configured from ``cfg``."""
-    from fedstrat.strategies import StratifiedSelection
+    """``StratifiedSelection(base, ...)`` configured from ``cfg``; each round's record is
+    appended to ``record_path`` (``sampling.jsonl``) by the app's ``on_record`` callback."""
+    from fedstrat.strategies import SelectionOptions, StratifiedSelection
+    from fedstrat.strategies.record import jsonl_appender
 
-    return StratifiedSelection(
-        base,
+    options = SelectionOptions(
         clients_per_round=cfg.clients_per_round,
         selection=cfg.selection,
         allocation=cfg.allocation,
@@ -110,8 +111,9 @@ def build_strategy(cfg: RunConfig, base: Strategy, record_path: Path | None) -> 
         node_wait_timeout=cfg.node_wait_timeout,
         profile_timeout=cfg.round_timeout,
         seed=cfg.seed,
-        record_path=None if record_path is None else str(record_path),
     )
+    on_record = None if record_path is None else jsonl_appender(record_path)
+    return StratifiedSelection(base, options=options, on_record=on_record)
 
 
 def train_config(cfg: RunConfig) -> ConfigRecord:
