@@ -60,13 +60,17 @@ def test_real_flower_scripts_are_found_without_the_venv_on_path(
     assert Path(exe).parent == Path(sys.executable).parent
 
 
-def test_children_get_the_interpreter_folder_first_on_path(tmp_path: Path) -> None:
+def test_children_get_the_interpreter_folder_first_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = str(Path(sys.executable).parent)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
     env = child_env("FEDSTRAT_TEST_MARK", "abc", tmp_path, {"EXTRA": "1"})
-    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert env["PATH"] == bin_dir + os.pathsep + "/usr/bin:/bin"
     assert env["FEDSTRAT_TEST_MARK"] == "abc" and env["FLWR_HOME"] == str(tmp_path)
     assert env["FLWR_TELEMETRY_ENABLED"] == "0" and env["EXTRA"] == "1"
-    again = child_env("M", "x", tmp_path, {"PATH": env["PATH"]})
-    assert again["PATH"] == env["PATH"]  # not prepended twice when it is already first
+    monkeypatch.setenv("PATH", env["PATH"])
+    assert child_env("M", "x", tmp_path)["PATH"] == env["PATH"]  # not prepended twice
 
 
 def test_flwr_config_is_valid_toml(tmp_path: Path) -> None:
