@@ -17,6 +17,13 @@ from typing import Any
 
 from fedstrat.data.info import DATASETS
 from fedstrat.data.partition import SCHEMES as PARTITIONS
+from fedstrat.strategies.options import (  # the selection vocabulary lives with the strategy
+    ALLOCATIONS,
+    DESIGNS,
+    ESTIMATORS,
+    SELECTIONS,
+    STRATIFY_BY,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,13 +35,8 @@ class ConfigError(ValueError):
     """A run option has a bad value, an unknown name, or a config file is unreadable."""
 
 
-SELECTIONS = ("stratified", "uniform", "multinomial", "clustered1", "clustered2", "poc")
-ALLOCATIONS = ("neyman", "proportional", "cost")
-DESIGNS = ("auto", "pps", "srswor")
-ESTIMATORS = ("ht", "ratio")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
 OPTIMIZERS = ("sgd", "adam")
-STRATIFY_BY = ("histograms", "sketches")
 
 
 @dataclass
