@@ -1,36 +1,54 @@
-"""The run directory: file names, atomic writers, metrics tables, plots and checkpoints.
+"""The run directory: the one module that writes it and reads it back.
 
-Layout of a run directory (every file is written to ``<name>.tmp`` and renamed, so a reader
-never sees a half-written file)::
+Layout (every file is written to a temporary file and renamed, so a reader never sees a
+half-written file)::
 
     config.toml        resolved RunConfig (flat ``num-clients = 100`` keys)
-    progress.jsonl     one JSON object a line: {"event": "start"|"round"|"end"|"error", ...}
-    metrics.csv/json   one row per round (round 0 = the initial model), see METRIC_COLUMNS
+    progress.jsonl     one JSON object a line: {"event": "start"|"round"|"end"|"error", ...};
+                       a "round" event carries every column of its :class:`MetricsRow`
+    metrics.csv/json   one :class:`MetricsRow` per round (round 0 = the initial model)
     sampling.jsonl     the selection strategy's per-round record
-    summary.json       final/best metric, rounds to target, mean variance ratio, timings
+    summary.json       :class:`RunSummary`: final/best metric, rounds to target, timings
     model.pt           final global model (torch state_dict)
-    plots/accuracy.png plots/variance.png
-    checkpoint/        arrays.npz + state.json (round, strategy state, server-optimizer
-                       state, metrics so far); rewritten after every round
-    logs/              Flower logs (simulation runner only)
+    plots/<metric>.png plots/variance.png   (``fedstrat.app.plots``; metric accuracy or auc)
+    checkpoint/        arrays + state.json (``fedstrat.app.checkpoint``)
+    logs/              Flower logs
+
+Writers: :func:`write_config`, :func:`write_metrics`, :func:`write_summary`; the ServerApp
+builds rows and the summary with :class:`MetricsRow` and :func:`summarize`. Reader:
+:func:`load_run` returns a typed :class:`RunData`; a directory that is not a run directory, a
+metrics row with an unknown or missing column, or a summary with an unknown or missing key
+raises :class:`RunDirError` naming the file and the key.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
-import os
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedstrat.app.config import RunConfig
+from fedstrat.app.config import ConfigError, RunConfig
+
+# The run directory's writers; importable from here for the modules that write run files.
+from fedstrat.app.fileio import (  # noqa: F401
+    append_jsonl,
+    read_jsonl,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from fedstrat.app.tomlwrite import flat_toml
+from fedstrat.data.info import dataset_info
 
 CONFIG_FILE = "config.toml"
 PROGRESS_FILE = "progress.jsonl"
@@ -43,36 +61,146 @@ PLOTS_DIR = "plots"
 CHECKPOINT_DIR = "checkpoint"
 LOGS_DIR = "logs"
 
-#: Columns of metrics.csv / keys of metrics.json rows. ``accuracy``/``loss`` are filled for
-#: classification, ``auc``/``logloss`` for CTR; unused or not-evaluated cells are empty (null).
-METRIC_COLUMNS = (
-    "round",
-    "accuracy",
-    "loss",
-    "auc",
-    "logloss",
-    "train_loss",
-    "pred_var",
-    "pred_var_uniform",
-    "var_ratio",
-    "n_selected",
-    "n_failed",
-    "n_rejected",
-    "seconds",
-    "elapsed",
-)
 
-#: Target of the primary metric (accuracy; AUC for CTR) used when ``target_accuracy`` is 0.
-DEFAULT_TARGETS = {
-    "mnist5k": 0.80,
-    "digits": 0.85,
-    "mnist": 0.95,
-    "fashion-mnist": 0.80,
-    "cifar10": 0.50,
-    "movielens-100k": 0.70,
-    "movielens-1m": 0.72,
-    "criteo": 0.75,
-}
+class RunDirError(ValueError):
+    """A directory is not a readable run directory, or one of its files breaks the format."""
+
+
+# ---------------------------------------------------------------------------- typed records
+@dataclass(frozen=True)
+class MetricsRow:
+    """One round of ``metrics.csv`` / ``metrics.json``; the field names are the columns.
+
+    ``accuracy``/``loss`` are filled for classification, ``auc``/``logloss`` for CTR; a cell
+    that was not measured (round 0's selection columns, rounds without evaluation) is None.
+    ``var_ratio`` = ``pred_var_uniform / pred_var`` (predicted variance of uniform sampling
+    over that of the selection); ``seconds`` = the round's wall time, ``elapsed`` = since the
+    first round (across resumes).
+    """
+
+    round: int
+    accuracy: float | None = None
+    loss: float | None = None
+    auc: float | None = None
+    logloss: float | None = None
+    train_loss: float | None = None
+    pred_var: float | None = None
+    pred_var_uniform: float | None = None
+    var_ratio: float | None = None
+    n_selected: int | None = None
+    n_failed: int | None = None
+    n_rejected: int | None = None
+    seconds: float | None = None
+    elapsed: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{column: value}`` in :data:`METRIC_COLUMNS` order."""
+        return {col: getattr(self, col) for col in METRIC_COLUMNS}
+
+    def value(self, column: str) -> float | None:
+        """The finite number in ``column``, else None."""
+        v = getattr(self, column)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return None
+        return float(v)
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], *, where: str = "row", partial: bool = False
+    ) -> MetricsRow:
+        """A row from ``{column: value}``. An unknown column, or (unless ``partial``) a missing
+        one, raises :class:`RunDirError` naming ``where``."""
+        check_columns(data, where=where, partial=partial)
+        if not isinstance(data.get("round"), int) or isinstance(data.get("round"), bool):
+            raise RunDirError(f"{where}: 'round' must be an integer, got {data.get('round')!r}")
+        return cls(**{k: data[k] for k in METRIC_COLUMNS if k in data})
+
+
+#: Columns of metrics.csv / keys of metrics.json rows, in file order.
+METRIC_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MetricsRow))
+
+
+def check_columns(names: Iterable[str], *, where: str, partial: bool = False) -> None:
+    """:class:`RunDirError` naming ``where`` if ``names`` has a column not in
+    :data:`METRIC_COLUMNS` or (unless ``partial``) lacks one."""
+    names = list(names)
+    unknown = [k for k in names if k not in METRIC_COLUMNS]
+    if unknown:
+        raise RunDirError(
+            f"{where}: unknown column {unknown[0]!r} (columns: {', '.join(METRIC_COLUMNS)})"
+        )
+    missing = [c for c in METRIC_COLUMNS if c not in names]
+    if missing and not partial:
+        raise RunDirError(f"{where}: missing column {missing[0]!r}")
+
+
+_INT_COLUMNS = frozenset({"round", "n_selected", "n_failed", "n_rejected"})
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """``summary.json``; the field names are its keys, in file order.
+
+    ``metric``/``loss_metric`` are ("accuracy", "loss") or ("auc", "logloss") for CTR;
+    ``final``/``final_loss`` come from the last evaluated round, ``best`` from the best one;
+    ``rounds_to_target`` is the first round r >= 1 whose score reaches ``target`` (None if
+    never); ``mean_var_ratio`` the mean of ``var_ratio`` over rounds r >= 1 (None if no round
+    has one). ``runner`` holds the simulation runner's timings (absent when not simulated).
+    """
+
+    dataset: str
+    selection: str
+    strategy: str
+    seed: int
+    rounds: int
+    metric: str
+    loss_metric: str
+    final: float | None
+    final_loss: float | None
+    best: float | None
+    best_round: int | None
+    target: float
+    rounds_to_target: int | None
+    mean_var_ratio: float | None
+    wall_seconds: float
+    finished_at: str
+    model: str | None = None
+    resumed_from: int | None = None
+    unstable_nodes: int | None = None
+    nodes: int | None = None
+    runner: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{key: value}`` in file order (``runner`` only when set)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.runner is None:
+            del out["runner"]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = SUMMARY_FILE) -> RunSummary:
+        """The summary in ``data``; an unknown or missing key raises :class:`RunDirError`."""
+        keys = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in data if k not in keys]
+        if unknown:
+            raise RunDirError(f"{where}: unknown key {unknown[0]!r} (keys: {', '.join(keys)})")
+        missing = [k for k in keys if k != "runner" and k not in data]
+        if missing:
+            raise RunDirError(f"{where}: missing key {missing[0]!r}")
+        return cls(**data)
+
+
+def primary_metric(task: str) -> tuple[str, str]:
+    """(score column, loss column): ("accuracy", "loss"), or ("auc", "logloss") for CTR."""
+    return ("auc", "logloss") if task == "ctr" else ("accuracy", "loss")
+
+
+def target_for(cfg: RunConfig) -> float:
+    """The target of the primary metric: ``cfg.target_accuracy``, or the dataset's default
+    (:func:`fedstrat.data.info.dataset_info`) when it is 0."""
+    if cfg.target_accuracy > 0:
+        return cfg.target_accuracy
+    return dataset_info(cfg.dataset).default_target
 
 
 def default_run_dir(cfg: RunConfig, now: datetime | None = None) -> Path:
@@ -81,85 +209,21 @@ def default_run_dir(cfg: RunConfig, now: datetime | None = None) -> Path:
     return Path("runs") / f"{stamp}-{cfg.selection}-s{cfg.seed}"
 
 
-def target_for(cfg: RunConfig) -> float:
-    """The target of the primary metric: ``cfg.target_accuracy`` or the dataset default."""
-    return cfg.target_accuracy if cfg.target_accuracy > 0 else DEFAULT_TARGETS[cfg.dataset]
-
-
-# ---------------------------------------------------------------------------- atomic writes
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Atomic UTF-8 text write (see :func:`write_bytes_atomic`)."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def _jsonable(value: Any) -> Any:
-    """NaN/inf -> None, numpy scalars -> Python, recursively."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Atomic JSON write; NaN and infinities become ``null``."""
-    write_text_atomic(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
-
-
-def append_jsonl(path: Path, obj: Any) -> None:
-    """Append one JSON line (a single ``write`` of a complete line, then flush + fsync)."""
-    line = json.dumps(_jsonable(obj), allow_nan=False) + "\n"
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Complete lines of a JSON-lines file (a trailing partial line is ignored)."""
-    if not Path(path).is_file():
-        return []
-    out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines(keepends=True):
-        if line.endswith("\n") and line.strip():
-            out.append(json.loads(line))
-    return out
-
-
-# ---------------------------------------------------------------------------- TOML
+# ---------------------------------------------------------------------------- writers
 def write_config(run_dir: Path, cfg: RunConfig) -> None:
     """``config.toml``: the resolved RunConfig, readable by ``RunConfig.from_toml``."""
     write_text_atomic(Path(run_dir) / CONFIG_FILE, flat_toml(cfg.to_flower()))
 
 
-# ---------------------------------------------------------------------------- metrics
-def metrics_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    """CSV text of ``rows`` with :data:`METRIC_COLUMNS`; None/NaN cells are empty."""
+def metrics_csv_text(rows: Sequence[MetricsRow]) -> str:
+    """CSV text of ``rows`` with :data:`METRIC_COLUMNS`; None/NaN cells are empty, floats
+    written with ``repr`` (exact round trip)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(METRIC_COLUMNS)
     for row in rows:
         cells = []
-        for col in METRIC_COLUMNS:
-            v = row.get(col)
+        for v in row.to_dict().values():
             if v is None or (isinstance(v, float) and not math.isfinite(v)):
                 cells.append("")
             elif isinstance(v, float):
@@ -170,113 +234,188 @@ def metrics_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def write_metrics(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """``metrics.csv`` and ``metrics.json`` (a list of row objects)."""
+def write_metrics(run_dir: Path, rows: Sequence[MetricsRow]) -> None:
+    """``metrics.csv`` and ``metrics.json`` (a list of row objects, every column in each)."""
     run_dir = Path(run_dir)
-    full = [{c: row.get(c) for c in METRIC_COLUMNS} for row in rows]
-    write_text_atomic(run_dir / METRICS_CSV, metrics_csv_text(full))
-    write_json_atomic(run_dir / METRICS_JSON, full)
+    write_text_atomic(run_dir / METRICS_CSV, metrics_csv_text(rows))
+    write_json_atomic(run_dir / METRICS_JSON, [row.to_dict() for row in rows])
 
 
-def primary_metric(task: str) -> tuple[str, str]:
-    """(score column, loss column): ("accuracy", "loss") or ("auc", "logloss") for CTR."""
-    return ("auc", "logloss") if task == "ctr" else ("accuracy", "loss")
+def write_summary(run_dir: Path, summary: RunSummary) -> None:
+    """``summary.json``."""
+    write_json_atomic(Path(run_dir) / SUMMARY_FILE, summary.to_dict())
 
 
-def _finite(values: Iterable[Any]) -> list[float]:
-    return [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+def round_event(row: MetricsRow, rounds: int) -> dict[str, Any]:
+    """The ``progress.jsonl`` record of a finished round: ``{"event": "round", "rounds": R,
+    <every column of row>}``."""
+    return {"event": "round", "rounds": rounds, **row.to_dict()}
+
+
+def row_from_event(event: Mapping[str, Any]) -> MetricsRow:
+    """The :class:`MetricsRow` of a ``progress.jsonl`` "round" event (columns it lacks are
+    None; an unknown key raises :class:`RunDirError`)."""
+    cols = {k: v for k, v in event.items() if k not in ("event", "rounds")}
+    return MetricsRow.from_dict(cols, where=f"{PROGRESS_FILE} round event", partial=True)
+
+
+# ---------------------------------------------------------------------------- summary
+def _finite(values: Iterable[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+def rounds_to_target(rows: Sequence[MetricsRow], metric: str, target: float) -> int | None:
+    """First round r >= 1 whose ``metric`` reaches ``target`` (None if never)."""
+    for r in rows:
+        score = r.value(metric)
+        if r.round > 0 and score is not None and score >= target:
+            return r.round
+    return None
 
 
 def summarize(
-    rows: Sequence[Mapping[str, Any]], cfg: RunConfig, task: str, wall_seconds: float
-) -> dict[str, Any]:
-    """Summary of a finished run (``summary.json``).
-
-    ``rounds_to_target`` is the first round whose score reaches the target (None if never);
-    ``mean_var_ratio`` is the mean over rounds of predicted uniform / predicted selection
-    variance (None when the strategy reported none).
-    """
-    score_col, loss_col = primary_metric(task)
-    evaluated = [r for r in rows if isinstance(r.get(score_col), int | float)]
-    evaluated = [r for r in evaluated if math.isfinite(float(r[score_col]))]
+    rows: Sequence[MetricsRow], cfg: RunConfig, wall_seconds: float, **extra: Any
+) -> RunSummary:
+    """The :class:`RunSummary` of ``rows`` (the metric follows ``cfg.dataset``'s task, the
+    target :func:`target_for`); ``extra`` sets the ServerApp's fields (``model``, ...)."""
+    score_col, loss_col = primary_metric(dataset_info(cfg.dataset).task)
+    evaluated = [r for r in rows if r.value(score_col) is not None]
     target = target_for(cfg)
     final = evaluated[-1] if evaluated else None
-    best = max(evaluated, key=lambda r: r[score_col]) if evaluated else None
-    reached = [r["round"] for r in evaluated if r["round"] > 0 and r[score_col] >= target]
-    ratios = _finite(r.get("var_ratio") for r in rows if r.get("round", 0) > 0)
-    return {
-        "dataset": cfg.dataset,
-        "selection": cfg.selection,
-        "strategy": cfg.strategy,
-        "seed": cfg.seed,
-        "rounds": max((int(r["round"]) for r in rows), default=0),
-        "metric": score_col,
-        "loss_metric": loss_col,
-        "final": final[score_col] if final else None,
-        "final_loss": final.get(loss_col) if final else None,
-        "best": best[score_col] if best else None,
-        "best_round": best["round"] if best else None,
-        "target": target,
-        "rounds_to_target": reached[0] if reached else None,
-        "mean_var_ratio": float(np.mean(ratios)) if ratios else None,
-        "wall_seconds": wall_seconds,
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-    }
+    best = max(evaluated, key=lambda r: getattr(r, score_col)) if evaluated else None
+    ratios = _finite(r.value("var_ratio") for r in rows if r.round > 0)
+    return RunSummary(
+        dataset=cfg.dataset,
+        selection=cfg.selection,
+        strategy=cfg.strategy,
+        seed=cfg.seed,
+        rounds=max((int(r.round) for r in rows), default=0),
+        metric=score_col,
+        loss_metric=loss_col,
+        final=getattr(final, score_col) if final else None,
+        final_loss=getattr(final, loss_col) if final else None,
+        best=getattr(best, score_col) if best else None,
+        best_round=best.round if best else None,
+        target=target,
+        rounds_to_target=rounds_to_target(evaluated, score_col, target),
+        mean_var_ratio=float(np.mean(ratios)) if ratios else None,
+        wall_seconds=wall_seconds,
+        finished_at=datetime.now(timezone.utc).isoformat(),
+        **extra,
+    )
 
 
-# ---------------------------------------------------------------------------- plots
-def write_plots(run_dir: Path, rows: Sequence[Mapping[str, Any]], task: str) -> list[Path]:
-    """``plots/accuracy.png`` (score and loss per round) and ``plots/variance.png``
-    (predicted variance of the selection and of uniform sampling, log scale)."""
-    import matplotlib
+# ---------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class RunData:
+    """A run directory read back: its configuration, metrics rows and summary.
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    ``finished`` is False for a run without ``summary.json`` (still running or failed); its
+    ``summary`` is then :func:`summarize` of the rows so far.
+    """
 
-    plots = Path(run_dir) / PLOTS_DIR
-    plots.mkdir(parents=True, exist_ok=True)
-    score_col, loss_col = primary_metric(task)
+    path: Path
+    config: RunConfig
+    rows: tuple[MetricsRow, ...]
+    summary: RunSummary
+    finished: bool
 
-    def series(col: str) -> tuple[list[int], list[float]]:
-        pts = [(int(r["round"]), r.get(col)) for r in rows]
-        pts = [(x, float(y)) for x, y in pts if isinstance(y, int | float) and math.isfinite(y)]
-        return [p[0] for p in pts], [p[1] for p in pts]
+    @property
+    def metric(self) -> str:
+        """The score column: "accuracy" or "auc"."""
+        return self.summary.metric
 
-    out = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    x, y = series(score_col)
-    ax.plot(x, y, marker="o", ms=3, label=score_col)
-    ax.set_xlabel("round")
-    ax.set_ylabel(score_col)
-    ax2 = ax.twinx()
-    x, y = series(loss_col)
-    ax2.plot(x, y, color="tab:red", alpha=0.6, label=loss_col)
-    ax2.set_ylabel(loss_col)
-    ax.set_title(f"{score_col} / {loss_col} per round")
-    fig.tight_layout()
-    out.append(_save_fig(fig, plots / "accuracy.png"))
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for col, label in (("pred_var", "selection"), ("pred_var_uniform", "uniform")):
-        x, y = series(col)
-        if x:
-            ax.plot(x, y, marker="o", ms=3, label=label)
-    if ax.lines and all(v > 0 for line in ax.lines for v in line.get_ydata()):
-        ax.set_yscale("log")
-    ax.set_xlabel("round")
-    ax.set_ylabel("predicted estimator variance")
-    ax.set_title("predicted variance of the aggregate")
-    if ax.lines:
-        ax.legend()
-    fig.tight_layout()
-    out.append(_save_fig(fig, plots / "variance.png"))
-    plt.close(fig)
-    return out
+    @property
+    def mean_pred_var(self) -> float | None:
+        """Mean predicted variance of the selection over the rounds that have one."""
+        pvs = [v for v in (r.value("pred_var") for r in self.rows) if v is not None]
+        return statistics.fmean(pvs) if pvs else None
 
 
-def _save_fig(fig: Any, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    write_bytes_atomic(path, buf.getvalue())
-    return path
+def is_run_dir(path: Path) -> bool:
+    """True if ``path`` holds a metrics table (``metrics.json`` or ``metrics.csv``)."""
+    return (Path(path) / METRICS_JSON).is_file() or (Path(path) / METRICS_CSV).is_file()
+
+
+def is_finished(path: Path) -> bool:
+    """True if ``path`` is a run directory whose run wrote its ``summary.json``."""
+    return is_run_dir(path) and (Path(path) / SUMMARY_FILE).is_file()
+
+
+def _cell(text: str, column: str, where: str) -> int | float | None:
+    if text == "":
+        return None
+    try:
+        return int(text) if column in _INT_COLUMNS else float(text)
+    except ValueError:
+        raise RunDirError(f"{where}: column {column!r}: not a number: {text!r}") from None
+
+
+def read_metrics(run_dir: Path) -> list[MetricsRow]:
+    """The rows of ``metrics.json`` (or, without it, ``metrics.csv``)."""
+    run_dir = Path(run_dir)
+    mj, mc = run_dir / METRICS_JSON, run_dir / METRICS_CSV
+    if mj.is_file():
+        try:
+            data = json.loads(mj.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise RunDirError(f"{mj} is not valid JSON: {exc}") from exc
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise RunDirError(f"{mj}: expected a list of per-round objects")
+        return [MetricsRow.from_dict(r, where=f"{mj} row {i}") for i, r in enumerate(data)]
+    if mc.is_file():
+        with mc.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            check_columns(reader.fieldnames or [], where=f"{mc} header")
+            return [
+                MetricsRow.from_dict(
+                    {k: _cell(v, k, f"{mc} line {i + 2}") for k, v in row.items()},
+                    where=f"{mc} line {i + 2}",
+                )
+                for i, row in enumerate(reader)
+            ]
+    raise RunDirError(f"{run_dir} is not a run directory (no {METRICS_JSON} or {METRICS_CSV})")
+
+
+def read_summary(run_dir: Path) -> RunSummary | None:
+    """``summary.json`` of ``run_dir`` (None if the run has not written it)."""
+    path = Path(run_dir) / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RunDirError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: expected a JSON object")
+    return RunSummary.from_dict(data, where=str(path))
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    """``config.toml`` of ``run_dir`` as a RunConfig."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+    try:
+        return RunConfig.from_toml(path)
+    except ConfigError as exc:
+        raise RunDirError(f"{path}: {exc}") from exc
+
+
+def load_run(run_dir: str | Path, target: float | None = None) -> RunData:
+    """Read ``run_dir``. ``target`` (if > 0) replaces the summary's target and its rounds to
+    target (:func:`rounds_to_target`, the rule the run used)."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise RunDirError(f"not a directory: {d}")
+    rows = read_metrics(d)
+    cfg = read_config(d)
+    summary = read_summary(d)
+    finished = summary is not None
+    if summary is None:
+        last = rows[-1].elapsed if rows and rows[-1].elapsed is not None else 0.0
+        summary = summarize(rows, cfg, wall_seconds=last)
+    if target is not None and target > 0:
+        reached = rounds_to_target(rows, summary.metric, target)
+        summary = dataclasses.replace(summary, target=target, rounds_to_target=reached)
+    return RunData(path=d, config=cfg, rows=tuple(rows), summary=summary, finished=finished)

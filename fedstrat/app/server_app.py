@@ -36,22 +36,25 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi, Strategy
 from fedstrat.app.checkpoint import load_checkpoint, save_checkpoint
 from fedstrat.app.config import RunConfig
 from fedstrat.app.grid import StableNodeGrid
+from fedstrat.app.plots import plot_run
 from fedstrat.app.rundir import (
     LOGS_DIR,
     MODEL_FILE,
+    PLOTS_DIR,
     PROGRESS_FILE,
     SAMPLING_FILE,
-    SUMMARY_FILE,
+    MetricsRow,
+    RunSummary,
     append_jsonl,
     default_run_dir,
     primary_metric,
     read_jsonl,
+    round_event,
     summarize,
     write_bytes_atomic,
     write_config,
-    write_json_atomic,
     write_metrics,
-    write_plots,
+    write_summary,
 )
 
 log = logging.getLogger("fedstrat.app")
@@ -183,19 +186,25 @@ def _restore_server_opt(base: Strategy, state: dict[str, dict[str, np.ndarray]])
         setattr(base, name, {k: np.array(v) for k, v in moments.items()})
 
 
-def _first(mapping: Any, *keys: str) -> Any:
-    if mapping is None:
-        return None
-    for k in keys:
-        try:
-            if k in mapping and mapping[k] is not None:
-                return mapping[k]
-        except TypeError:
-            continue
-    return None
+#: MetricsRow column <- key of the MetricRecord that ``aggregate_train`` returns: ``train-loss``
+#: is Flower's weighted mean of the clients' reply metric, the others come from
+#: StratifiedSelection's record of the round.
+TRAIN_METRIC_KEYS: dict[str, str] = {
+    "train_loss": "train-loss",
+    "pred_var": "fedstrat-pred-var",
+    "pred_var_uniform": "fedstrat-pred-var-uniform",
+    "var_ratio": "fedstrat-var-ratio",
+    "n_selected": "fedstrat-n-selected",
+    "n_failed": "fedstrat-n-failed",
+    "n_rejected": "fedstrat-n-rejected",
+}
+#: Columns the CentralEvaluator's MetricRecord fills (its keys are the column names).
+EVAL_COLUMNS = ("accuracy", "loss", "auc", "logloss")
+_COUNT_COLUMNS = ("n_selected", "n_failed", "n_rejected")
 
 
 def _num(value: Any) -> float | None:
+    """A finite number as float, else None (lists, strings, NaN, inf)."""
     if isinstance(value, bool) or not isinstance(value, int | float | np.number):
         return None
     v = float(value)
@@ -205,37 +214,27 @@ def _num(value: Any) -> float | None:
 def round_row(
     rnd: int,
     train_metrics: MetricRecord | None,
-    record: dict[str, Any] | None,
     eval_metrics: MetricRecord | None,
     seconds: float,
     elapsed: float,
-) -> dict[str, Any]:
-    """One metrics row from the aggregated train metrics, the strategy's record of the round
-    and the centralised evaluation (see ``fedstrat.app.rundir.METRIC_COLUMNS``)."""
-    row: dict[str, Any] = {"round": rnd, "seconds": seconds, "elapsed": elapsed}
+) -> MetricsRow:
+    """The metrics row of round ``rnd`` from the aggregated train metrics
+    (:data:`TRAIN_METRIC_KEYS`) and the centralised evaluation (:data:`EVAL_COLUMNS`); a key
+    that is absent or not a finite number leaves its cell empty. ``var_ratio`` falls back to
+    ``pred_var_uniform / pred_var`` when the strategy reports both but no ratio."""
+    cells: dict[str, Any] = {}
     if eval_metrics is not None:
-        for k in ("accuracy", "loss", "auc", "logloss"):
-            if k in eval_metrics:
-                row[k] = _num(eval_metrics[k])
-    row["train_loss"] = _num(_first(train_metrics, "train-loss"))
-    pv = _first(train_metrics, "fedstrat-pred-var")
-    pvu = _first(train_metrics, "fedstrat-pred-var-uniform")
-    ratio = _first(train_metrics, "fedstrat-var-ratio")
-    if record:
-        pv = pv if pv is not None else _first(record, "pred_var", "predicted_variance")
-        pvu = pvu if pvu is not None else _first(record, "pred_var_uniform", "uniform_variance")
-        ratio = ratio if ratio is not None else _first(record, "var_ratio", "ratio")
-    row["pred_var"], row["pred_var_uniform"] = _num(pv), _num(pvu)
-    row["var_ratio"] = _num(ratio)
-    if row["var_ratio"] is None and row["pred_var"] and row["pred_var_uniform"] is not None:
-        row["var_ratio"] = row["pred_var_uniform"] / row["pred_var"]
-    n_failed = _first(train_metrics, "fedstrat-n-failed")
-    n_rejected = _first(train_metrics, "fedstrat-n-rejected")
-    selected = _first(record, "selected", "selected_nodes", "selected_ids")
-    row["n_selected"] = len(selected) if isinstance(selected, list) else None
-    row["n_failed"] = int(n_failed) if _num(n_failed) is not None else None
-    row["n_rejected"] = int(n_rejected) if _num(n_rejected) is not None else None
-    return row
+        cells |= {k: _num(eval_metrics[k]) for k in EVAL_COLUMNS if k in eval_metrics}
+    if train_metrics is not None:
+        for col, key in TRAIN_METRIC_KEYS.items():
+            cells[col] = _num(train_metrics[key]) if key in train_metrics else None
+    for col in _COUNT_COLUMNS:
+        if cells.get(col) is not None:
+            cells[col] = int(cells[col])
+    pv, pvu = cells.get("pred_var"), cells.get("pred_var_uniform")
+    if cells.get("var_ratio") is None and pv and pvu is not None:
+        cells["var_ratio"] = pvu / pv
+    return MetricsRow(round=rnd, seconds=seconds, elapsed=elapsed, **cells)
 
 
 RoundHook = Callable[[int, ArrayRecord, MetricRecord | None, MetricRecord | None], None]
@@ -293,7 +292,7 @@ def _truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
 
 
 # ---------------------------------------------------------------------------- the job
-def run_server(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
+def run_server(grid: Grid, cfg: RunConfig) -> RunSummary:
     """Run the whole job on ``grid``; writes the run directory and returns the summary."""
     t0 = time.perf_counter()
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
@@ -321,7 +320,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
         handler.close()
 
 
-def _run(grid: Grid, cfg: RunConfig, run_dir: Path, progress: Path, t0: float) -> dict[str, Any]:
+def _run(grid: Grid, cfg: RunConfig, run_dir: Path, progress: Path, t0: float) -> RunSummary:
     resuming = bool(cfg.resume)
     ckpt = load_checkpoint(cfg.resume) if resuming else None
     append_jsonl(
@@ -342,12 +341,12 @@ def _run(grid: Grid, cfg: RunConfig, run_dir: Path, progress: Path, t0: float) -
     stable_grid = StableNodeGrid(
         grid, epsilon=cfg.profile_epsilon, seed=cfg.seed, timeout=cfg.round_timeout
     )
-    rows: list[dict[str, Any]]
+    rows: list[MetricsRow]
     if ckpt is not None:
         arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in ckpt.arrays.items()})
         strategy.load_state_dict(ckpt.strategy_state)
         _restore_server_opt(base, ckpt.server_opt)
-        rows = [dict(r) for r in ckpt.metrics]
+        rows = [MetricsRow.from_dict(r, where="checkpoint", partial=True) for r in ckpt.metrics]
         elapsed0 = ckpt.elapsed
         first = ckpt.round + 1
         done = ckpt.round
@@ -357,7 +356,7 @@ def _run(grid: Grid, cfg: RunConfig, run_dir: Path, progress: Path, t0: float) -
             sampling_path.unlink()
         arrays = evaluator.initial_arrays()
         init = evaluator(0, arrays)
-        rows = [round_row(0, None, None, init, 0.0, 0.0)]
+        rows = [round_row(0, None, init, 0.0, 0.0)]
         elapsed0 = 0.0
         first = 1
     t_loop = time.perf_counter()
@@ -367,10 +366,8 @@ def _run(grid: Grid, cfg: RunConfig, run_dir: Path, progress: Path, t0: float) -
         rnd: int, arrs: ArrayRecord, train_m: MetricRecord | None, eval_m: MetricRecord | None
     ) -> None:
         now = time.perf_counter()
-        records = getattr(strategy, "records", None)
-        record = records[-1] if records else None
         elapsed = elapsed0 + (now - t_loop)
-        row = round_row(rnd, train_m, record, eval_m, now - t_round[0], elapsed)
+        row = round_row(rnd, train_m, eval_m, now - t_round[0], elapsed)
         rows.append(row)
         write_metrics(run_dir, rows)
         save_checkpoint(
@@ -379,11 +376,11 @@ def _run(grid: Grid, cfg: RunConfig, run_dir: Path, progress: Path, t0: float) -
             arrays={k: v.numpy() for k, v in arrs.items()},
             strategy_state=strategy.state_dict(),
             server_opt=_server_opt_state(base),
-            metrics=rows,
+            metrics=[r.to_dict() for r in rows],
             elapsed=elapsed,
             config=cfg.to_dict(),
         )
-        append_jsonl(progress, {"event": "round", "rounds": cfg.rounds, **row})
+        append_jsonl(progress, round_event(row, cfg.rounds))
         t_round[0] = time.perf_counter()
 
     def evaluate_fn(rnd: int, arrs: ArrayRecord) -> MetricRecord | None:
@@ -407,15 +404,23 @@ def _run(grid: Grid, cfg: RunConfig, run_dir: Path, progress: Path, t0: float) -
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     write_bytes_atomic(run_dir / MODEL_FILE, buf.getvalue())
-    write_plots(run_dir, rows, evaluator.task)
-    summary = summarize(rows, cfg, evaluator.task, wall_seconds=time.perf_counter() - t0)
-    summary["model"] = evaluator.model_name
-    summary["resumed_from"] = ckpt.round if ckpt else None
-    summary["unstable_nodes"] = len(stable_grid.unstable)
-    summary["nodes"] = len(stable_grid.mapping)
-    write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    plot_run(run_dir / PLOTS_DIR, rows, *primary_metric(evaluator.task))
+    summary = summarize(
+        rows,
+        cfg,
+        wall_seconds=time.perf_counter() - t0,
+        model=evaluator.model_name,
+        resumed_from=ckpt.round if ckpt else None,
+        unstable_nodes=len(stable_grid.unstable),
+        nodes=len(stable_grid.mapping),
+    )
+    write_summary(run_dir, summary)
     append_jsonl(
         progress,
-        {"event": "end", "summary": summary, "time": datetime.now(timezone.utc).isoformat()},
+        {
+            "event": "end",
+            "summary": summary.to_dict(),
+            "time": datetime.now(timezone.utc).isoformat(),
+        },
     )
     return summary

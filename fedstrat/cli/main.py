@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import math
 from pathlib import Path
 from typing import Any
 
@@ -154,16 +153,11 @@ def _runner() -> Any:
 
 
 def _progress_text(record: dict[str, Any], ctr: bool) -> str:
-    from fedstrat.cli.report import fmt, normalise_row
+    from fedstrat.app.rundir import primary_metric, row_from_event
+    from fedstrat.cli.report import progress_text
 
-    row = normalise_row(record, ctr)
-    parts = [
-        f"{'auc' if ctr else 'acc'} {fmt(row['score'])}",
-        f"{'logloss' if ctr else 'loss'} {fmt(row['loss'])}",
-    ]
-    if not math.isnan(row["ratio"]):
-        parts.append(f"var ratio u/s {fmt(row['ratio'], 3)}")
-    return "  ".join(parts)
+    metric, loss = primary_metric("ctr" if ctr else "classification")
+    return progress_text(row_from_event(record), metric, loss)
 
 
 def _make_progress(console: Any) -> Any:
@@ -291,25 +285,9 @@ def config_to_toml(cfg: RunConfig) -> str:
 
 
 def _print_run_summary(result: Any) -> None:
-    from rich.table import Table
+    from fedstrat.cli.report import rich_summary_table
 
-    from fedstrat.cli.report import fmt, load_run
-
-    s = load_run(result.run_dir)
-    table = Table(title="fedstrat simulate", show_header=False)
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    table.add_row(f"final {s.metric}", fmt(s.final_score))
-    table.add_row(f"best {s.metric}", fmt(s.best_score))
-    table.add_row(
-        f"rounds to {fmt(s.target)}",
-        str(s.rounds_to_target) if s.rounds_to_target else f"not reached in {s.rounds}",
-    )
-    table.add_row("mean predicted variance ratio (uniform/selection)", fmt(s.mean_ratio, 3))
-    table.add_row("mean predicted variance", fmt(s.mean_pred_var))
-    table.add_row("seconds", fmt(s.seconds, 3))
-    table.add_row("run dir", str(result.run_dir))
-    _out_console().print(table)
+    _out_console().print(rich_summary_table(_load_run(result.run_dir)))
 
 
 # ---------------------------------------------------------------------------------- compare
@@ -346,12 +324,10 @@ def compare(
     """Run several selections x several seeds and write a comparison (compare/ in --out)."""
 
     def body() -> None:
-        from fedstrat.cli.report import (
-            ReportError,
-            load_run,
-            rich_compare_table,
-            write_comparison,
-        )
+        from fedstrat.app import comparedir
+        from fedstrat.app.rundir import is_finished
+        from fedstrat.cli.report import rich_compare_table
+        from fedstrat.measure.output import VARIANCE_JSON, load_measured
 
         sels = _split(selections, "--selections")
         bad = [s for s in sels if s not in SELECTIONS]
@@ -375,14 +351,15 @@ def compare(
         _runner()
         console = _console()
         if measure:
-            _measure_into(base, seed_list, m_rounds, samples, root / "variance", console)
+            vdir = root / comparedir.VARIANCE_DIR
+            _measure_into(base, seed_list, m_rounds, samples, vdir, console)
         summaries = []
         failed: list[str] = []
         with _make_progress(console) as progress:
             for cfg in cfgs:
-                run_dir = root / f"{cfg.selection}-s{cfg.seed}"
-                if skip_existing and (run_dir / "summary.json").is_file():
-                    summaries.append(load_run(run_dir, target or None))
+                run_dir = root / comparedir.run_dir_name(cfg.selection, cfg.seed)
+                if skip_existing and is_finished(run_dir):
+                    summaries.append(_load_run(run_dir, target))
                     continue
                 if run_dir.exists():
                     import shutil
@@ -395,21 +372,15 @@ def compare(
                     failed.append(f"{run_dir.name}: {exc}")
                     console.print(f"[red]run {run_dir.name} failed:[/red] {exc}")
                     continue
-                summaries.append(load_run(result.run_dir, target or None))
+                summaries.append(_load_run(result.run_dir, target))
         if not summaries:
             raise _fail("every run failed: " + "; ".join(failed), 1)
-        measured = {}
-        if (root / "variance" / "variance.json").is_file():
-            from fedstrat.cli.report import load_measured
-
-            measured = load_measured(root / "variance" / "variance.json")
-        try:
-            rows, files = write_comparison(summaries, root / "compare", measured)
-        except ReportError as exc:
-            raise UsageFailure(str(exc)) from exc
+        measured = load_measured(root / comparedir.VARIANCE_DIR / VARIANCE_JSON)
+        dest = root / comparedir.COMPARE_DIR
+        rows, files = comparedir.write_comparison(summaries, dest, measured)
         out = _out_console()
         out.print(rich_compare_table(rows, title=f"fedstrat compare ({root})"))
-        out.print(f"wrote {len(files)} files to {root / 'compare'}")
+        out.print(f"wrote {len(files)} files to {dest}")
         if failed:
             raise _fail(f"{len(failed)} run(s) failed: " + "; ".join(failed), 1)
 
@@ -530,41 +501,48 @@ def report(
     """Re-render tables and plots from existing run (and compare) directories."""
 
     def body() -> None:
-        from fedstrat.cli.report import (
-            ReportError,
-            find_runs,
-            load_measured,
-            load_run,
-            plot_run,
-            rich_compare_table,
-            rich_run_table,
-            write_comparison,
-        )
+        from fedstrat.app import comparedir
+        from fedstrat.app.plots import plot_run
+        from fedstrat.app.rundir import PLOTS_DIR
+        from fedstrat.cli.report import rich_compare_table, rich_run_table
+        from fedstrat.measure.output import VARIANCE_JSON, load_measured
 
         try:
-            runs, compares = find_runs(run_dirs)
-            summaries = [load_run(r, target or None) for r in runs]
-        except ReportError as exc:
+            paths, compares = comparedir.find_runs(run_dirs)
+        except ValueError as exc:  # RunDirError
             raise UsageFailure(str(exc)) from exc
+        runs = [_load_run(p, target) for p in paths]
         console = _out_console()
-        console.print(rich_run_table(summaries, title="fedstrat report"))
+        console.print(rich_run_table(runs, title="fedstrat report"))
         if plots:
-            for s in summaries:
-                plot_run(s, Path(s.run_dir) / "plots")
-        if len(summaries) > 1 or compares:
+            for r in runs:
+                title = f"{r.summary.selection} seed {r.summary.seed}"
+                s = r.summary
+                plot_run(r.path / PLOTS_DIR, r.rows, s.metric, s.loss_metric, title=title)
+        if len(runs) > 1 or compares:
             measured: dict[str, float] = {}
             for c in compares:
-                vj = c / "variance" / "variance.json"
-                if vj.is_file():
-                    measured.update(load_measured(vj))
-            dest = out or (
-                compares[0] / "compare" if len(compares) == 1 else Path(f"runs/report-{_stamp()}")
-            )
-            rows, files = write_comparison(summaries, dest, measured)
+                measured.update(load_measured(c / comparedir.VARIANCE_DIR / VARIANCE_JSON))
+            default = Path(f"runs/report-{_stamp()}")
+            if len(compares) == 1:
+                default = compares[0] / comparedir.COMPARE_DIR
+            dest = out or default
+            rows, files = comparedir.write_comparison(runs, dest, measured)
             console.print(rich_compare_table(rows, title="comparison"))
             console.print(f"wrote {len(files)} files to {dest}")
 
     _handle(body)
+
+
+def _load_run(path: Path, target: float = 0.0) -> Any:
+    """:func:`fedstrat.app.rundir.load_run` (``target`` 0 = the run's own); a directory that is
+    not a readable run directory is a usage error."""
+    from fedstrat.app.rundir import RunDirError, load_run
+
+    try:
+        return load_run(path, target or None)
+    except RunDirError as exc:
+        raise UsageFailure(str(exc)) from exc
 
 
 try:  # the deploy engineer's sub-app, once it exists

@@ -1,12 +1,28 @@
-"""Writing and rendering a :class:`~fedstrat.measure.variance.MeasureResult`."""
+"""The measured-variance folder, written and read here: ``fedstrat measure-variance --out DIR``
+and ``<compare dir>/variance``.
+
+Files: ``variance.json`` ``{"meta": {...}, "rows": [...]}`` (one row per round, selection and
+seed), ``variance.csv`` (the rows), ``table.md`` and ``variance.png`` (aggregated over seeds,
+drawn by :func:`fedstrat.app.plots.plot_measured_variance`).
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
+from fedstrat.app import tables
+from fedstrat.app.fileio import write_json_atomic, write_text_atomic
+from fedstrat.app.plots import VarianceBar, plot_measured_variance
 from fedstrat.measure.variance import MeasureResult
+
+VARIANCE_JSON = "variance.json"
+VARIANCE_CSV = "variance.csv"
+TABLE_MD = "table.md"
+VARIANCE_PNG = "variance.png"
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("round", "round"),
@@ -24,9 +40,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def _fmt(v: Any) -> str:
-    from fedstrat.cli.report import fmt
-
-    return fmt(v, 4)
+    return tables.fmt(v, 4)
 
 
 def summary_rows(result: MeasureResult) -> list[dict[str, Any]]:
@@ -59,11 +73,9 @@ def rich_table(result: MeasureResult, title: str = "measured estimator variance"
 
 def markdown_table(result: MeasureResult) -> str:
     """The same table as markdown."""
-    heads = [h for _, h in COLUMNS]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for row in summary_rows(result):
-        lines.append("| " + " | ".join(_cells(row)) + " |")
-    return "\n".join(lines) + "\n"
+    return tables.markdown_table(
+        [h for _, h in COLUMNS], [_cells(row) for row in summary_rows(result)]
+    )
 
 
 def _num(v: Any) -> float:
@@ -108,50 +120,50 @@ def aggregate(result: MeasureResult, round_: int) -> list[dict[str, Any]]:
 def write_outputs(result: MeasureResult, out_dir: str | Path) -> list[Path]:
     """variance.json, variance.csv, table.md and variance.png (log bars per round) in
     ``out_dir``; every file written atomically."""
-    from fedstrat.cli.report import _plt, _save, atomic_write_text, dumps_json, write_csv
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     flat = [
         {k: v for k, v in r.items() if k != "info"} | {"info": str(r.get("info", ""))}
         for r in result.rows
     ]
-    atomic_write_text(out / "variance.json", dumps_json({"meta": result.meta, "rows": result.rows}))
-    write_csv(out / "variance.csv", flat)
-    atomic_write_text(out / "table.md", markdown_table(result))
-    plt = _plt()
-    rounds = sorted({r["round"] for r in result.rows})
-    fig, axes = plt.subplots(1, len(rounds), figsize=(4.6 * len(rounds), 3.9), squeeze=False)
-    for ax, rnd in zip(axes[0], rounds, strict=True):
-        agg = aggregate(result, rnd)
-        names = [a["selection"] for a in agg]
-        xs = list(range(len(agg)))
-        mean = [a["measured"] for a in agg]
-        err = [
-            [a["measured"] - a["measured_min"] for a in agg],
-            [a["measured_max"] - a["measured"] for a in agg],
-        ]
-        ax.bar([x - 0.2 for x in xs], mean, width=0.4, yerr=err, capsize=2, label="measured (MC)")
-        ax.bar(
-            [x + 0.2 for x in xs],
-            [a["predicted"] if not math.isnan(a["predicted"]) else 0.0 for a in agg],
-            width=0.4,
-            label="predicted (formula)",
-            alpha=0.7,
-        )
-        ax.set_xticks(xs)
-        ax.set_xticklabels(names, rotation=40, ha="right", fontsize=8)
-        ax.set_yscale("log")
-        n_seeds = agg[0]["n"] if agg else 0
-        ax.set_title(f"round {rnd} (mean, min-max over {n_seeds} seed(s))", fontsize=9)
-        ax.grid(alpha=0.3, axis="y")
-    axes[0][0].set_ylabel("E||T_hat - T||^2")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(
-        f"{result.meta.get('dataset')} {result.meta.get('partition')} "
-        f"N={result.meta.get('num_clients')} m={result.meta.get('clients_per_round')}",
-        fontsize=10,
+    write_json_atomic(
+        out / VARIANCE_JSON, {"meta": result.meta, "rows": result.rows}, keep_inf=True
     )
-    _save(fig, out / "variance.png")
-    plt.close(fig)
-    return [out / n for n in ("variance.json", "variance.csv", "table.md", "variance.png")]
+    tables.write_csv(out / VARIANCE_CSV, flat)
+    write_text_atomic(out / TABLE_MD, markdown_table(result))
+    panels = {
+        rnd: [
+            VarianceBar(
+                a["selection"],
+                a["n"],
+                a["measured"],
+                a["measured_min"],
+                a["measured_max"],
+                a["predicted"],
+            )
+            for a in aggregate(result, rnd)
+        ]
+        for rnd in sorted({r["round"] for r in result.rows})
+    }
+    meta = result.meta
+    title = (
+        f"{meta.get('dataset')} {meta.get('partition')} "
+        f"N={meta.get('num_clients')} m={meta.get('clients_per_round')}"
+    )
+    plot_measured_variance(panels, title, out / VARIANCE_PNG)
+    return [out / n for n in (VARIANCE_JSON, VARIANCE_CSV, TABLE_MD, VARIANCE_PNG)]
+
+
+def load_measured(path: str | Path) -> dict[str, float]:
+    """``{selection: measured E||T_hat - T||^2}`` from a ``variance.json`` (the mean over its
+    measured rounds and seeds); ``{}`` for a missing or unreadable file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    acc: dict[str, list[float]] = {}
+    for row in data.get("rows", []) if isinstance(data, dict) else []:
+        v = _num(row.get("measured"))
+        if not math.isnan(v):
+            acc.setdefault(str(row.get("selection")), []).append(v)
+    return {k: statistics.fmean(v) for k, v in acc.items()}

@@ -13,18 +13,25 @@ import pytest
 
 from fedstrat.app.checkpoint import find_checkpoint_dir, load_checkpoint, save_checkpoint
 from fedstrat.app.config import ConfigError, RunConfig
+from fedstrat.app.plots import plot_run
 from fedstrat.app.rundir import (
     METRIC_COLUMNS,
+    MetricsRow,
+    RunDirError,
+    RunSummary,
     append_jsonl,
-    flat_toml,
+    load_run,
     read_jsonl,
+    round_event,
+    row_from_event,
     summarize,
     write_config,
     write_json_atomic,
     write_metrics,
-    write_plots,
+    write_summary,
 )
 from fedstrat.app.simulation import flwr_app_dir
+from fedstrat.app.tomlwrite import flat_toml
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,12 +39,31 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ROWS = [
-    {"round": 0, "accuracy": 0.1, "loss": 2.3},
-    {"round": 1, "accuracy": 0.5, "loss": 1.5, "pred_var": 2.0, "pred_var_uniform": 6.0,
-     "var_ratio": 3.0, "train_loss": 1.9},
-    {"round": 2, "accuracy": 0.9, "loss": 0.5, "pred_var": 1.0, "pred_var_uniform": 1.0,
-     "var_ratio": 1.0, "train_loss": float("nan")},
-    {"round": 3, "accuracy": 0.85, "loss": 0.6},
+    MetricsRow(round=0, accuracy=0.1, loss=2.3),
+    MetricsRow(
+        round=1,
+        accuracy=0.5,
+        loss=1.5,
+        pred_var=2.0,
+        pred_var_uniform=6.0,
+        var_ratio=3.0,
+        train_loss=1.9,
+        n_selected=10,
+        n_failed=0,
+        n_rejected=0,
+        seconds=0.25,
+        elapsed=0.25,
+    ),
+    MetricsRow(
+        round=2,
+        accuracy=0.9,
+        loss=0.5,
+        pred_var=1.0,
+        pred_var_uniform=1.0,
+        var_ratio=1.0,
+        train_loss=float("nan"),
+    ),
+    MetricsRow(round=3, accuracy=0.85, loss=0.6),
 ]
 
 
@@ -54,24 +80,132 @@ def test_metrics_files(tmp_path: Path) -> None:
     write_metrics(tmp_path, ROWS)
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0].split(",") == list(METRIC_COLUMNS)
+    assert METRIC_COLUMNS[:3] == ("round", "accuracy", "loss")
     assert len(lines) == 1 + len(ROWS)
     rows = json.loads((tmp_path / "metrics.json").read_text())
     assert rows[2]["train_loss"] is None  # NaN -> null
     assert rows[1]["var_ratio"] == 3.0 and rows[0]["pred_var"] is None
+    assert all(list(r) == list(METRIC_COLUMNS) for r in rows)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _finished_run(d: Path, rows: list[MetricsRow], cfg: RunConfig) -> RunSummary:
+    write_config(d, cfg)
+    write_metrics(d, rows)
+    summary = summarize(rows, cfg, wall_seconds=2.5, model="mlp", nodes=10)
+    write_summary(d, summary)
+    return summary
+
+
+def test_write_then_load_round_trip(tmp_path: Path) -> None:
+    cfg = RunConfig(dataset="digits", selection="uniform", seed=4, target_accuracy=0.8)
+    summary = _finished_run(tmp_path, ROWS, cfg)
+    run = load_run(tmp_path)
+    assert run.finished and run.config == cfg and run.summary == summary
+    nan_free = [dataclasses.replace(r, train_loss=None) if r.round == 2 else r for r in ROWS]
+    assert list(run.rows) == nan_free
+    assert run.metric == "accuracy" and run.mean_pred_var == pytest.approx(1.5)
+    # the CSV alone reads back to the same rows
+    (tmp_path / "metrics.json").unlink()
+    assert list(load_run(tmp_path).rows) == nan_free
+    # summary.json keys in file order, runner timings only when present
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert list(data)[:3] == ["dataset", "selection", "strategy"] and "runner" not in data
+    data["runner"] = {"total_s": 1.0}
+    (tmp_path / "summary.json").write_text(json.dumps(data))
+    assert load_run(tmp_path).summary.runner == {"total_s": 1.0}
+
+
+def test_load_run_target_override_uses_the_summary_rule(tmp_path: Path) -> None:
+    rows = [MetricsRow(round=0, accuracy=0.95), *ROWS[1:]]
+    _finished_run(tmp_path, rows, RunConfig(dataset="digits", target_accuracy=0.8))
+    assert load_run(tmp_path).summary.rounds_to_target == 2
+    run = load_run(tmp_path, target=0.4)  # round 0 never counts
+    assert (run.summary.target, run.summary.rounds_to_target) == (0.4, 1)
+    assert load_run(tmp_path, target=0.99).summary.rounds_to_target is None
+
+
+def test_unfinished_run_is_summarised_with_the_run_rule(tmp_path: Path) -> None:
+    cfg = RunConfig(dataset="digits", target_accuracy=0.8)
+    write_config(tmp_path, cfg)
+    write_metrics(tmp_path, ROWS[:3])
+    run = load_run(tmp_path)
+    assert not run.finished
+    assert (run.summary.final, run.summary.rounds_to_target, run.summary.rounds) == (0.9, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda rows: rows[1].update(acc=rows[1].pop("accuracy")), "unknown column 'acc'"),
+        (lambda rows: rows[0].pop("auc"), "missing column 'auc'"),
+        (lambda rows: rows[0].update(round="0"), "'round' must be an integer"),
+    ],
+)
+def test_bad_metrics_column_is_a_clear_error(tmp_path: Path, edit, message: str) -> None:
+    _finished_run(tmp_path, ROWS, RunConfig(dataset="digits"))
+    rows = json.loads((tmp_path / "metrics.json").read_text())
+    edit(rows)
+    (tmp_path / "metrics.json").write_text(json.dumps(rows))
+    with pytest.raises(RunDirError, match=message):
+        load_run(tmp_path)
+
+
+def test_bad_csv_header_and_summary_key_are_clear_errors(tmp_path: Path) -> None:
+    _finished_run(tmp_path, ROWS, RunConfig(dataset="digits"))
+    (tmp_path / "metrics.json").unlink()
+    csv_path = tmp_path / "metrics.csv"
+    csv_path.write_text(csv_path.read_text().replace("pred_var_uniform", "uniform_var", 1))
+    with pytest.raises(RunDirError, match="metrics.csv header: unknown column 'uniform_var'"):
+        load_run(tmp_path)
+    write_metrics(tmp_path, ROWS)
+    data = json.loads((tmp_path / "summary.json").read_text())
+    data["final_accuracy"] = data.pop("final")
+    (tmp_path / "summary.json").write_text(json.dumps(data))
+    with pytest.raises(RunDirError, match="unknown key 'final_accuracy'"):
+        load_run(tmp_path)
+
+
+def test_not_a_run_dir(tmp_path: Path) -> None:
+    with pytest.raises(RunDirError, match="not a directory"):
+        load_run(tmp_path / "missing")
+    with pytest.raises(RunDirError, match="not a run directory"):
+        load_run(tmp_path)
+    write_metrics(tmp_path, ROWS)
+    with pytest.raises(RunDirError, match="no config.toml"):
+        load_run(tmp_path)
+
+
+def test_progress_round_event_round_trip() -> None:
+    event = round_event(ROWS[1], rounds=5)
+    assert (event["event"], event["rounds"], event["round"]) == ("round", 5, 1)
+    assert row_from_event(event) == ROWS[1]
+    assert row_from_event({"event": "round", "round": 2, "auc": 0.7}).auc == 0.7
+    with pytest.raises(RunDirError, match="unknown column 'acc'"):
+        row_from_event({"event": "round", "round": 2, "acc": 0.7})
 
 
 def test_summary_and_plots(tmp_path: Path) -> None:
     cfg = RunConfig(dataset="digits", target_accuracy=0.8)
-    s = summarize(ROWS, cfg, "classification", wall_seconds=1.0)
-    assert (s["final"], s["best"], s["best_round"]) == (0.85, 0.9, 2)
-    assert s["rounds_to_target"] == 2 and s["target"] == 0.8
-    assert s["mean_var_ratio"] == pytest.approx(2.0)
-    s = summarize(ROWS, dataclasses.replace(cfg, target_accuracy=0.95), "classification", 1.0)
-    assert s["rounds_to_target"] is None
-    paths = write_plots(tmp_path, ROWS, "classification")
+    s = summarize(ROWS, cfg, wall_seconds=1.0)
+    assert (s.metric, s.loss_metric) == ("accuracy", "loss")
+    assert (s.final, s.best, s.best_round) == (0.85, 0.9, 2)
+    assert s.rounds_to_target == 2 and s.target == 0.8
+    assert s.mean_var_ratio == pytest.approx(2.0)
+    s = summarize(ROWS, dataclasses.replace(cfg, target_accuracy=0.95), 1.0)
+    assert s.rounds_to_target is None
+    assert summarize(ROWS, dataclasses.replace(cfg, target_accuracy=0.0), 1.0).target == 0.85
+    paths = plot_run(tmp_path, ROWS, "accuracy", "loss")
     assert [p.name for p in paths] == ["accuracy.png", "variance.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_ctr_run_plots_auc_only(tmp_path: Path) -> None:
+    rows = [MetricsRow(round=0, auc=0.5, logloss=0.7), MetricsRow(round=1, auc=0.72, logloss=0.6)]
+    s = summarize(rows, RunConfig(dataset="movielens-100k"), wall_seconds=1.0)
+    assert (s.metric, s.loss_metric, s.final, s.rounds_to_target) == ("auc", "logloss", 0.72, 1)
+    plot_run(tmp_path, rows, s.metric, s.loss_metric)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["auc.png", "variance.png"]
 
 
 def test_jsonl(tmp_path: Path) -> None:
@@ -88,9 +222,16 @@ def test_checkpoint_roundtrip(tmp_path: Path) -> None:
     arrays = {"fc.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.array([3])}
     opt = {"m_t": {"fc.weight": np.ones((2, 3))}, "v_t": {"fc.weight": np.zeros((2, 3))}}
     for rnd in (1, 2):
-        save_checkpoint(tmp_path, round=rnd, arrays=arrays, strategy_state={"s": rnd},
-                        metrics=ROWS[: rnd + 1], elapsed=1.5, config={"seed": 0},
-                        server_opt=opt)
+        save_checkpoint(
+            tmp_path,
+            round=rnd,
+            arrays=arrays,
+            strategy_state={"s": rnd},
+            metrics=[r.to_dict() for r in ROWS[: rnd + 1]],
+            elapsed=1.5,
+            config={"seed": 0},
+            server_opt=opt,
+        )
     ck = load_checkpoint(tmp_path)
     assert ck.round == 2 and ck.strategy_state == {"s": 2} and len(ck.metrics) == 3
     assert list(ck.arrays) == ["fc.weight", "n"]

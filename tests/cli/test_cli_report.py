@@ -10,46 +10,57 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
+from fedstrat.app.comparedir import RunOverview, compare_rows
+from fedstrat.app.config import RunConfig
+from fedstrat.app.rundir import (
+    MetricsRow,
+    load_run,
+    summarize,
+    write_config,
+    write_metrics,
+    write_summary,
+)
 from fedstrat.cli import main as cli_main
 from fedstrat.cli.main import app
-from fedstrat.cli.report import compare_rows, load_run, rounds_to_target
 
 runner = CliRunner()
 
 
 def _write_run(d: Path, selection: str, seed: int, accs: list[float], pv: float) -> None:
     """A run dir as the app writes it: round 0 = initial model, then one row per round."""
-    d.mkdir(parents=True)
-    rows = []
-    for r, acc in enumerate(accs):
-        rows.append(
-            {
-                "round": r,
-                "accuracy": acc,
-                "loss": 2.0 - acc,
-                "auc": None,
-                "pred_var": None if r == 0 else pv,
-                "pred_var_uniform": None if r == 0 else 0.04,
-                "var_ratio": None if r == 0 else 0.04 / pv,
-                "seconds": 0.5,
-            }
+    rows = [
+        MetricsRow(
+            round=r,
+            accuracy=acc,
+            loss=2.0 - acc,
+            pred_var=None if r == 0 else pv,
+            pred_var_uniform=None if r == 0 else 0.04,
+            var_ratio=None if r == 0 else 0.04 / pv,
+            seconds=0.5,
         )
-    (d / "metrics.json").write_text(json.dumps(rows))
-    (d / "config.toml").write_text(
-        f'dataset = "digits"\nselection = "{selection}"\nseed = {seed}\nrounds = {len(accs) - 1}\n'
+        for r, acc in enumerate(accs)
+    ]
+    cfg = RunConfig(
+        dataset="digits",
+        selection=selection,
+        seed=seed,
+        rounds=len(accs) - 1,
+        target_accuracy=0.5,
     )
-    (d / "summary.json").write_text(json.dumps({"target": 0.5, "wall_seconds": 3.0}))
+    write_config(d, cfg)
+    write_metrics(d, rows)
+    write_summary(d, summarize(rows, cfg, wall_seconds=3.0))
 
 
 def test_load_run_and_rounds_to_target(tmp_path: Path) -> None:
     _write_run(tmp_path / "a", "stratified", 0, [0.1, 0.3, 0.55, 0.6], 0.01)
-    s = load_run(tmp_path / "a")
+    s = load_run(tmp_path / "a").summary
     assert (s.selection, s.seed, s.metric) == ("stratified", 0, "accuracy")
-    assert s.final_score == 0.6 and s.best_score == 0.6
+    assert s.final == 0.6 and s.best == 0.6
     assert s.rounds_to_target == 2  # target 0.5 from summary.json
-    assert s.mean_ratio == pytest.approx(4.0)
-    assert rounds_to_target(s.curve, 0.99) is None
-    assert load_run(tmp_path / "a", target=0.2).rounds_to_target == 1
+    assert s.mean_var_ratio == pytest.approx(4.0)
+    assert load_run(tmp_path / "a", target=0.99).summary.rounds_to_target is None
+    assert load_run(tmp_path / "a", target=0.2).summary.rounds_to_target == 1
 
 
 def test_compare_rows_median_and_speedup(tmp_path: Path) -> None:
@@ -57,18 +68,18 @@ def test_compare_rows_median_and_speedup(tmp_path: Path) -> None:
     # stratified reaches 0.5 at rounds 2, 2, 3; uniform at 4, 6 and never
     for seed, accs in enumerate([[0, 0.3, 0.5, 0.6], [0, 0.2, 0.6, 0.7], [0, 0.1, 0.4, 0.5]]):
         _write_run(tmp_path / f"s{seed}", "stratified", seed, accs + [0.7] * 4, 0.01)
-        runs.append(load_run(tmp_path / f"s{seed}"))
+        runs.append(RunOverview.of(load_run(tmp_path / f"s{seed}")))
     for seed, accs in enumerate(
         [[0, 0.1, 0.2, 0.3, 0.5, 0.5, 0.5, 0.5], [0, 0.1] + [0.2] * 4 + [0.5, 0.5], [0.1] * 8]
     ):
         _write_run(tmp_path / f"u{seed}", "uniform", seed, accs, 0.04)
-        runs.append(load_run(tmp_path / f"u{seed}"))
-    rows = {r["selection"]: r for r in compare_rows(runs, {"uniform": 2.0, "stratified": 0.5})}
-    assert rows["stratified"]["rounds_to_target_median"] == 2
-    assert rows["uniform"]["rounds_to_target_median"] == 6  # median of 4, 6, never
-    assert rows["uniform"]["reached"] == 2
-    assert rows["stratified"]["speedup_vs_uniform"] == pytest.approx(3.0)
-    assert rows["stratified"]["measured_ratio_uniform_over"] == pytest.approx(4.0)
+        runs.append(RunOverview.of(load_run(tmp_path / f"u{seed}")))
+    rows = {r.selection: r for r in compare_rows(runs, {"uniform": 2.0, "stratified": 0.5})}
+    assert rows["stratified"].rounds_to_target_median == 2
+    assert rows["uniform"].rounds_to_target_median == 6  # median of 4, 6, never
+    assert rows["uniform"].reached == 2
+    assert rows["stratified"].speedup_vs_uniform == pytest.approx(3.0)
+    assert rows["stratified"].measured_ratio_uniform_over == pytest.approx(4.0)
 
 
 def test_report_command_on_runs_and_compare_dir(tmp_path: Path) -> None:
@@ -157,3 +168,27 @@ def test_compare_keeps_going_when_a_run_fails(
     assert "uniform-s0: boom" in res.stderr
     rows = json.loads((out / "compare" / "compare.json").read_text())["rows"]
     assert [r["selection"] for r in rows] == ["stratified"]
+
+
+def test_report_ctr_run_plots_auc_only(tmp_path: Path) -> None:
+    d = tmp_path / "ctr"
+    rows = [MetricsRow(round=0, auc=0.5, logloss=0.7), MetricsRow(round=1, auc=0.71, logloss=0.6)]
+    cfg = RunConfig(dataset="movielens-100k", rounds=1)
+    write_config(d, cfg)
+    write_metrics(d, rows)
+    write_summary(d, summarize(rows, cfg, wall_seconds=1.0))
+    res = runner.invoke(app, ["report", str(d)], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    assert "0.71 auc" in res.stdout
+    assert sorted(p.name for p in (d / "plots").iterdir()) == ["auc.png", "variance.png"]
+
+
+def test_report_names_an_unknown_column(tmp_path: Path) -> None:
+    d = tmp_path / "run"
+    _write_run(d, "uniform", 0, [0.1, 0.4], 0.04)
+    rows = json.loads((d / "metrics.json").read_text())
+    rows[1]["eval_acc"] = rows[1].pop("accuracy")
+    (d / "metrics.json").write_text(json.dumps(rows))
+    res = runner.invoke(app, ["report", str(d)])
+    assert res.exit_code == 2
+    assert "unknown column 'eval_acc'" in res.stderr and "metrics.json row 1" in res.stderr

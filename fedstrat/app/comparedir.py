@@ -1,0 +1,278 @@
+"""The compare directory (``fedstrat compare --out DIR``): written and read here.
+
+Layout::
+
+    <selection>-s<seed>/   one run directory per (selection, seed)  (fedstrat.app.rundir)
+    variance/              measured estimator variance (fedstrat.measure.output), optional
+    compare/               compare.json  {"rows": [CompareRow...], "runs": [RunOverview...]}
+                           compare.csv (rows), runs.csv (runs), table.md,
+                           <metric>.png and variance.png (fedstrat.app.plots)
+
+A :class:`CompareRow` aggregates the runs of one selection over seeds; every number in it comes
+from the runs' ``summary.json`` (:class:`~fedstrat.app.rundir.RunSummary`) or metrics rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedstrat.app.fileio import write_json_atomic, write_text_atomic
+from fedstrat.app.plots import plot_comparison
+from fedstrat.app.rundir import RunData, RunDirError, is_run_dir
+from fedstrat.app.tables import fmt, markdown_table, write_csv
+
+COMPARE_DIR = "compare"
+VARIANCE_DIR = "variance"
+COMPARE_JSON = "compare.json"
+COMPARE_CSV = "compare.csv"
+RUNS_CSV = "runs.csv"
+TABLE_MD = "table.md"
+
+#: Row order of the comparison table (others after, by name).
+_ORDER = {"stratified": 0, "uniform": 1, "multinomial": 2, "clustered1": 3, "clustered2": 4}
+
+
+def run_dir_name(selection: str, seed: int) -> str:
+    """Name of the run directory of (``selection``, ``seed``) inside a compare directory."""
+    return f"{selection}-s{seed}"
+
+
+@dataclass(frozen=True)
+class RunOverview:
+    """One run as the comparison lists it (``runs`` of compare.json, runs.csv).
+
+    ``final_score``/``best_score``/``rounds_to_target``/``target``/``rounds`` come from the
+    run's summary, ``mean_ratio`` is its ``mean_var_ratio``, ``seconds`` its
+    ``wall_seconds``; ``mean_pred_var`` is the mean predicted variance over its rounds.
+    """
+
+    run_dir: str
+    selection: str
+    seed: int
+    dataset: str
+    metric: str
+    rounds: int
+    final_score: float | None
+    best_score: float | None
+    target: float
+    rounds_to_target: int | None
+    mean_pred_var: float | None
+    mean_ratio: float | None
+    seconds: float
+
+    @classmethod
+    def of(cls, run: RunData) -> RunOverview:
+        """The overview of a loaded run."""
+        s = run.summary
+        return cls(
+            run_dir=str(run.path),
+            selection=s.selection,
+            seed=s.seed,
+            dataset=s.dataset,
+            metric=s.metric,
+            rounds=s.rounds,
+            final_score=s.final,
+            best_score=s.best,
+            target=s.target,
+            rounds_to_target=s.rounds_to_target,
+            mean_pred_var=run.mean_pred_var,
+            mean_ratio=s.mean_var_ratio,
+            seconds=s.wall_seconds,
+        )
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    """One selection over its seeds. NaN = not available; ``rounds_to_target_median`` is
+    +inf when fewer than half the seeds reach the target; ``speedup_vs_uniform`` = uniform's
+    median rounds to target / this one's; ``measured_ratio_uniform_over`` = measured variance
+    of uniform / of this selection."""
+
+    selection: str
+    seeds: str
+    n_runs: int
+    metric: str
+    final_mean: float
+    final_std: float
+    best_mean: float
+    target: float
+    rounds_to_target_median: float
+    rounds_to_target: list[int | None]
+    reached: int
+    mean_pred_var: float
+    mean_pred_ratio: float
+    measured_var: float
+    speedup_vs_uniform: float = math.nan
+    measured_ratio_uniform_over: float = math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{field: value}`` in file order."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def _mean(values: Iterable[float | None]) -> float:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.fmean(vals) if vals else math.nan
+
+
+def _median_rounds(values: Sequence[int | None]) -> float:
+    """Median of rounds to target; a run that never reaches it counts as +inf."""
+    if not values:
+        return math.nan
+    return float(statistics.median([math.inf if v is None else v for v in values]))
+
+
+def compare_rows(
+    runs: Sequence[RunOverview], measured: Mapping[str, float] | None = None
+) -> list[CompareRow]:
+    """One :class:`CompareRow` per selection (``measured``: selection -> measured variance)."""
+    groups: dict[str, list[RunOverview]] = {}
+    for r in runs:
+        groups.setdefault(r.selection, []).append(r)
+    rows = []
+    for sel, rs in groups.items():
+        finals = [r.final_score for r in rs if r.final_score is not None]
+        rtt = [r.rounds_to_target for r in rs]
+        rows.append(
+            CompareRow(
+                selection=sel,
+                seeds=",".join(str(r.seed) for r in sorted(rs, key=lambda r: r.seed)),
+                n_runs=len(rs),
+                metric=rs[0].metric,
+                final_mean=_mean(finals),
+                final_std=statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                best_mean=_mean(r.best_score for r in rs),
+                target=rs[0].target,
+                rounds_to_target_median=_median_rounds(rtt),
+                rounds_to_target=rtt,
+                reached=sum(v is not None for v in rtt),
+                mean_pred_var=_mean(r.mean_pred_var for r in rs),
+                mean_pred_ratio=_mean(r.mean_ratio for r in rs),
+                measured_var=(measured or {}).get(sel, math.nan),
+            )
+        )
+    rows.sort(key=lambda r: (_ORDER.get(r.selection, 9), r.selection))
+    base = next((r for r in rows if r.selection == "uniform"), None)
+    out = []
+    for r in rows:
+        speed = math.nan
+        if base is not None:
+            b, x = base.rounds_to_target_median, r.rounds_to_target_median
+            if math.isfinite(b) and math.isfinite(x) and x > 0:
+                speed = b / x
+        mv, mb = r.measured_var, base.measured_var if base is not None else math.nan
+        ratio = mb / mv if mv and mv > 0 else math.nan
+        out.append(
+            dataclasses.replace(r, speedup_vs_uniform=speed, measured_ratio_uniform_over=ratio)
+        )
+    return out
+
+
+#: (CompareRow field, table heading) of the comparison table; ``{metric}``/``{target}`` filled.
+COMPARE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("selection", "selection"),
+    ("n_runs", "runs"),
+    ("final_mean", "final {metric} (mean)"),
+    ("final_std", "std"),
+    ("best_mean", "best (mean)"),
+    ("rounds_to_target_median", "rounds to {target} (median)"),
+    ("reached", "reached"),
+    ("speedup_vs_uniform", "speed-up vs uniform"),
+    ("mean_pred_var", "mean predicted var"),
+    ("mean_pred_ratio", "pred. ratio uniform/this"),
+    ("measured_var", "measured var"),
+    ("measured_ratio_uniform_over", "measured uniform/this"),
+)
+
+
+def compare_table(rows: Sequence[CompareRow]) -> tuple[list[str], list[list[str]]]:
+    """(headings, formatted cells) of the comparison table."""
+    metric = rows[0].metric if rows else "accuracy"
+    target = fmt(rows[0].target) if rows else "-"
+    heads = [h.format(metric=metric, target=target) for _, h in COMPARE_COLUMNS]
+    return heads, [[fmt(getattr(r, k)) for k, _ in COMPARE_COLUMNS] for r in rows]
+
+
+def compare_markdown(rows: Sequence[CompareRow]) -> str:
+    """``table.md``: the comparison table as markdown."""
+    if not rows:
+        return "(no runs)\n"
+    return markdown_table(*compare_table(rows))
+
+
+def find_runs(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
+    """Split ``paths`` into run directories and compare directories (whose sub-folders are
+    run directories); the run list includes the compare directories' runs. Anything else
+    raises :class:`~fedstrat.app.rundir.RunDirError`."""
+    runs: list[Path] = []
+    compares: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.is_dir():
+            raise RunDirError(f"not a directory: {p}")
+        if is_run_dir(p):
+            runs.append(p)
+            continue
+        subs = sorted(s for s in p.iterdir() if s.is_dir() and is_run_dir(s))
+        if not subs:
+            raise RunDirError(f"{p} is neither a run directory nor a compare directory")
+        compares.append(p)
+        runs.extend(subs)
+    return runs, compares
+
+
+def write_comparison(
+    runs: Sequence[RunData], out_dir: Path, measured: Mapping[str, float] | None = None
+) -> tuple[list[CompareRow], list[Path]]:
+    """Write compare.json, compare.csv, runs.csv, table.md and the plots into ``out_dir``."""
+    out_dir = Path(out_dir)
+    overviews = [RunOverview.of(r) for r in runs]
+    rows = compare_rows(overviews, measured)
+    row_dicts = [r.to_dict() for r in rows]
+    run_dicts = [dataclasses.asdict(o) for o in overviews]
+    write_json_atomic(out_dir / COMPARE_JSON, {"rows": row_dicts, "runs": run_dicts}, keep_inf=True)
+    write_csv(out_dir / COMPARE_CSV, row_dicts)
+    write_csv(out_dir / RUNS_CSV, run_dicts)
+    write_text_atomic(out_dir / TABLE_MD, compare_markdown(rows))
+    files = [out_dir / n for n in (COMPARE_JSON, COMPARE_CSV, RUNS_CSV, TABLE_MD)]
+    groups: dict[str, list[Sequence[Any]]] = {}
+    for r in runs:
+        groups.setdefault(r.summary.selection, []).append(r.rows)
+    metric = runs[0].metric if runs else "accuracy"
+    target = runs[0].summary.target if runs else None
+    files += plot_comparison(groups, metric, target, out_dir)
+    return rows, files
+
+
+def _number(value: Any) -> float:
+    """A compare.json number: null -> NaN, "inf"/"-inf" -> infinities."""
+    if value is None:
+        return math.nan
+    return float(value)
+
+
+def load_comparison(out_dir: Path) -> tuple[list[CompareRow], list[RunOverview]]:
+    """Read ``compare.json`` of ``out_dir`` (a ``compare/`` folder) back."""
+    path = Path(out_dir) / COMPARE_JSON
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        row_fields = {f.name: f.type for f in dataclasses.fields(CompareRow)}
+        rows = []
+        for r in data["rows"]:
+            if set(r) != set(row_fields):
+                raise RunDirError(f"{path}: row keys {sorted(r)} != {sorted(row_fields)}")
+            vals = {k: (_number(v) if row_fields[k] == "float" else v) for k, v in r.items()}
+            rows.append(CompareRow(**vals))
+        runs = [RunOverview(**r) for r in data["runs"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, RunDirError):
+            raise
+        raise RunDirError(f"{path}: not a readable comparison: {exc}") from exc
+    return rows, runs

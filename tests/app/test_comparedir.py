@@ -1,0 +1,101 @@
+"""The compare directory: write a comparison of run directories and read it back."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from fedstrat.app.comparedir import (
+    COMPARE_COLUMNS,
+    CompareRow,
+    compare_markdown,
+    find_runs,
+    load_comparison,
+    run_dir_name,
+    write_comparison,
+)
+from fedstrat.app.config import RunConfig
+from fedstrat.app.fileio import json_text
+from fedstrat.app.rundir import (
+    MetricsRow,
+    RunDirError,
+    load_run,
+    summarize,
+    write_config,
+    write_metrics,
+    write_summary,
+)
+
+
+def _run(root: Path, selection: str, seed: int, accs: list[float], pv: float) -> Path:
+    d = root / run_dir_name(selection, seed)
+    rows = [
+        MetricsRow(
+            round=r,
+            accuracy=a,
+            loss=1 - a,
+            pred_var=pv if r else None,
+            pred_var_uniform=0.04 if r else None,
+            var_ratio=0.04 / pv if r else None,
+        )
+        for r, a in enumerate(accs)
+    ]
+    cfg = RunConfig(dataset="digits", selection=selection, seed=seed, target_accuracy=0.5)
+    write_config(d, cfg)
+    write_metrics(d, rows)
+    write_summary(d, summarize(rows, cfg, wall_seconds=1.0))
+    return d
+
+
+def test_write_and_load_comparison_round_trip(tmp_path: Path) -> None:
+    _run(tmp_path, "uniform", 0, [0.1, 0.2, 0.3], 0.04)
+    _run(tmp_path, "stratified", 0, [0.1, 0.6, 0.7], 0.01)
+    _run(tmp_path, "stratified", 1, [0.1, 0.4, 0.6], 0.02)
+    paths, compares = find_runs([tmp_path])
+    assert compares == [tmp_path] and [p.name for p in paths] == [
+        "stratified-s0",
+        "stratified-s1",
+        "uniform-s0",
+    ]
+    runs = [load_run(p) for p in paths]
+    out = tmp_path / "compare"
+    rows, files = write_comparison(runs, out, {"uniform": 2.0, "stratified": 0.5})
+    assert sorted(f.name for f in files) == sorted(
+        ["compare.json", "compare.csv", "runs.csv", "table.md", "accuracy.png", "variance.png"]
+    )
+    assert [r.selection for r in rows] == ["stratified", "uniform"]
+    strat, uni = rows
+    assert (strat.seeds, strat.n_runs, strat.rounds_to_target) == ("0,1", 2, [1, 2])
+    assert strat.final_mean == pytest.approx(0.65) and strat.mean_pred_var == pytest.approx(0.015)
+    assert uni.rounds_to_target_median == math.inf and math.isnan(uni.speedup_vs_uniform)
+    assert strat.measured_ratio_uniform_over == pytest.approx(4.0)
+    # infinities are kept as "inf" in compare.json and read back
+    assert (
+        json.loads((out / "compare.json").read_text())["rows"][1]["rounds_to_target_median"]
+        == "inf"
+    )
+    back_rows, back_runs = load_comparison(out)
+    assert [json_text(r.to_dict(), keep_inf=True) for r in back_rows] == [
+        json_text(r.to_dict(), keep_inf=True) for r in rows
+    ]
+    assert back_rows[1].rounds_to_target_median == math.inf
+    assert [r.run_dir for r in back_runs] == [str(p) for p in paths]
+    assert back_runs[0].final_score == 0.7 and back_runs[0].mean_ratio == pytest.approx(4.0)
+    table = (out / "table.md").read_text()
+    assert table == compare_markdown(rows) and "| stratified | 2 |" in table
+    assert len(table.splitlines()[0].split("|")) == len(COMPARE_COLUMNS) + 2
+
+
+def test_compare_row_fields_and_errors(tmp_path: Path) -> None:
+    assert {k for k, _ in COMPARE_COLUMNS} <= set(CompareRow.__dataclass_fields__)
+    with pytest.raises(RunDirError, match="not a directory"):
+        find_runs([tmp_path / "missing"])
+    with pytest.raises(RunDirError, match="neither a run directory"):
+        find_runs([tmp_path])
+    (tmp_path / "compare").mkdir()
+    (tmp_path / "compare" / "compare.json").write_text('{"rows": [{"selection": "x"}], "runs": []}')
+    with pytest.raises(RunDirError, match="compare.json"):
+        load_comparison(tmp_path / "compare")
