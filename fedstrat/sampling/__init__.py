@@ -16,7 +16,9 @@ from .samplers import (
     systematic_pps,
 )
 from .selection import Sampler, Selection
+from .sketch import count_sketch
 from .strata import (
+    SKETCH_METHODS,
     Strata,
     privatize_histogram,
     sketch_update,
@@ -38,6 +40,7 @@ __all__ = [
     "DesignChoice",
     "MultinomialSampler",
     "PowerOfChoiceSampler",
+    "SKETCH_METHODS",
     "Sampler",
     "Selection",
     "StratifiedSampler",
@@ -46,6 +49,7 @@ __all__ = [
     "UniformSampler",
     "VariancePrediction",
     "choose_design",
+    "count_sketch",
     "default_poc_d",
     "design_neyman_allocation",
     "estimator_variance",

@@ -8,6 +8,7 @@ from functools import lru_cache
 import numpy as np
 
 from ._validate import as_count
+from .sketch import count_sketch
 
 __all__ = [
     "Strata",
@@ -15,6 +16,7 @@ __all__ = [
     "stratify_by_sketches",
     "privatize_histogram",
     "sketch_update",
+    "SKETCH_METHODS",
 ]
 
 
@@ -285,15 +287,25 @@ def _projection(d: int, dim: int, seed: int) -> np.ndarray:
     return mat
 
 
-def sketch_update(vector: np.ndarray, dim: int = 64, seed: int = 0) -> np.ndarray:
-    """Gaussian random projection ``s = G^T v / sqrt(dim)``, ``G_{jk} ~ N(0, 1)`` iid.
+SKETCH_METHODS: tuple[str, ...] = ("gaussian", "countsketch")
 
-    ``E ||s||^2 = ||v||^2`` and inner products are preserved in expectation
-    (Johnson-Lindenstrauss). ``G`` is generated in row chunks from ``(seed, dim, chunk)``, so the
-    same ``(D, dim, seed)`` gives the same matrix on every call site; matrices up to 8M entries
-    are cached (larger ones are regenerated chunk by chunk on every call). ``vector`` may be
-    1-D (D,) or a batch (B, D); returns float64 (dim,) or (B, dim).
+
+def sketch_update(
+    vector: np.ndarray, dim: int = 64, seed: int = 0, method: str = "gaussian"
+) -> np.ndarray:
+    """Random sketch of an update with ``E <s(v), s(w)> = <v, w>``; float64 (dim,) or (B, dim).
+
+    ``method="gaussian"`` (default): ``s = G^T v / sqrt(dim)``, ``G_{jk} ~ N(0, 1)`` iid
+    (Johnson-Lindenstrauss, ``Var ||s||^2 = 2 ||v||^4 / dim``). ``G`` is generated in row chunks
+    from ``(seed, dim, chunk)``, so the same ``(D, dim, seed)`` gives the same matrix on every
+    call site; matrices up to 8M entries are cached (larger ones are regenerated chunk by chunk
+    on every call: O(D dim) work). ``method="countsketch"``: :func:`fedstrat.sampling.count_sketch`,
+    O(D) work, ``Var ||s||^2 <= 2 ||v||^4 / dim``. ``vector`` may be 1-D (D,) or a batch (B, D).
     """
+    if method == "countsketch":
+        return count_sketch(vector, dim, seed)
+    if method != "gaussian":
+        raise ValueError(f"unknown sketch method {method!r}; choose one of: gaussian, countsketch")
     dim = as_count(dim, "dim")
     v = np.asarray(vector, dtype=np.float64)
     if v.ndim not in (1, 2) or v.shape[-1] == 0:
