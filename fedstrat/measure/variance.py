@@ -41,16 +41,24 @@ from typing import Any
 
 import numpy as np
 
-MEASURED_SELECTIONS: tuple[str, ...] = (
-    "uniform",
-    "multinomial",
-    "clustered1",
-    "clustered2",
-    "stratified",
-    "stratified-prop",
-    "stratified-sketch",
-    "poc",
-)
+from fedstrat.strategies.plan import SamplerSpec
+from fedstrat.strategies.policies import policy_class
+
+#: measured selection -> (policy name of :data:`fedstrat.strategies.policies.POLICIES`,
+#: option overrides). The samplers come from the policies' ``sampler`` (one factory for the
+#: strategy and this module); the stratified variants differ by allocation and features.
+MEASURED: dict[str, tuple[str, dict[str, str]]] = {
+    "uniform": ("uniform", {}),
+    "multinomial": ("multinomial", {}),
+    "clustered1": ("clustered1", {}),
+    "clustered2": ("clustered2", {}),
+    "stratified": ("stratified", {"allocation": "neyman", "stratify_by": "histograms"}),
+    "stratified-prop": ("stratified", {"allocation": "proportional", "stratify_by": "histograms"}),
+    "stratified-sketch": ("stratified", {"allocation": "neyman", "stratify_by": "sketches"}),
+    "poc": ("poc", {}),
+}
+#: measured selection names; a name's position seeds its Monte Carlo generator
+MEASURED_SELECTIONS: tuple[str, ...] = tuple(MEASURED)
 
 
 # ---------------------------------------------------------------------------------- numpy core
@@ -198,64 +206,85 @@ def build_samplers(
 ) -> dict[str, tuple[Any, float, dict[str, Any]]]:
     """``{name: (sampler, predicted variance, info)}`` for the requested selections.
 
-    Strata come from k-means on the row-normalised label ``histograms`` (``design="auto"``:
-    ``choose_design`` picks strata count and design; otherwise ``stratify_by_histograms`` with
-    ``n_strata`` (0 = automatic) and the given design). Neyman allocation uses the exact
+    Samplers come from :func:`fedstrat.strategies.policies.policy_class` (see
+    :data:`MEASURED`). Strata come from k-means on the row-normalised label ``histograms``
+    (``design="auto"``: ``choose_design`` picks strata count and design; otherwise
+    ``stratify_by_histograms`` with ``n_strata`` (0 = automatic) and the given design), or on
+    update sketches for ``stratify_by="sketches"``. Neyman allocation uses the exact
     per-stratum dispersion of ``pop`` (see :func:`_stratum_dispersion`).
     """
     from fedstrat import sampling as S
 
-    sizes = pop.sizes
     selections = list(selections)
-    unknown = [s for s in selections if s not in MEASURED_SELECTIONS]
+    unknown = [s for s in selections if s not in MEASURED]
     if unknown:
         raise ValueError(
             f"unknown selection(s) {unknown}; choose from: " + ", ".join(MEASURED_SELECTIONS)
         )
     if not 1 <= m <= pop.n_clients:
         raise ValueError(f"m must be in [1, N={pop.n_clients}], got {m}")
-    out: dict[str, tuple[Any, float, dict[str, Any]]] = {}
-    int_sizes = np.asarray(np.rint(sizes), dtype=np.int64)
+    int_sizes = np.asarray(np.rint(pop.sizes), dtype=np.int64)
     u_pred = float(S.uniform_variance(pop.updates, int_sizes, m))
-    if "uniform" in selections:
-        out["uniform"] = (S.UniformSampler(int_sizes, m, seed=seed), u_pred, {})
-    if "multinomial" in selections:
-        pred = float(S.multinomial_variance(pop.updates, int_sizes, m))
-        out["multinomial"] = (S.MultinomialSampler(int_sizes, m, seed=seed), pred, {})
-    if "clustered1" in selections:
-        smp = S.ClusteredSampler(int_sizes, m, algorithm=1, seed=seed)
-        out["clustered1"] = (smp, float(smp.variance(pop.updates)), {})
-    if "clustered2" in selections:
-        smp = S.ClusteredSampler(int_sizes, m, algorithm=2, updates=pop.updates, seed=seed)
-        out["clustered2"] = (
-            smp,
-            float(smp.variance(pop.updates)),
-            {"representative": "exact updates (oracle)"},
-        )
-    if "poc" in selections:
-        d = S.default_poc_d(pop.n_clients, m, poc_d)
-        smp = S.PowerOfChoiceSampler(int_sizes, m, d, seed=seed)
-        smp.set_losses(np.asarray(losses if losses is not None else np.ones(pop.n_clients)))
-        out["poc"] = (smp, math.nan, {"d": d, "biased": True})
-    strat_names = [s for s in selections if s.startswith("stratified")]
-    hist_names = [s for s in strat_names if s != "stratified-sketch"]
-    if hist_names and histograms is None:
+    if histograms is None and any(
+        MEASURED[s][0] == "stratified" and MEASURED[s][1]["stratify_by"] == "histograms"
+        for s in selections
+    ):
         raise ValueError("stratified selection needs the clients' label histograms")
-    if hist_names:
-        hist = np.asarray(histograms, dtype=np.float64)
-        feats = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1e-12)
-        plan = _plan_strata(feats, int_sizes, m, design, n_strata, seed, sketches=False)
-        for name in hist_names:
-            out[name] = _stratified_sampler(
-                pop, int_sizes, m, plan, u_pred, seed, neyman=name == "stratified"
+    plans: dict[str, tuple[Any, str, dict[str, Any]]] = {}
+    out: dict[str, tuple[Any, float, dict[str, Any]]] = {}
+    for name in selections:
+        policy, opts = MEASURED[name]
+        if policy != "stratified":
+            out[name] = _baseline(policy, pop, int_sizes, m, u_pred, losses, poc_d, seed)
+            continue
+        kind = opts["stratify_by"]
+        if kind not in plans:
+            if kind == "sketches":
+                feats = np.asarray(S.sketch_update(pop.updates, dim=64, seed=seed), np.float64)
+            else:
+                hist = np.asarray(histograms, dtype=np.float64)
+                feats = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1e-12)
+            plans[kind] = _plan_strata(
+                feats, int_sizes, m, design, n_strata, seed, sketches=kind == "sketches"
             )
-    if "stratified-sketch" in strat_names:
-        sk = np.asarray(S.sketch_update(pop.updates, dim=64, seed=seed), dtype=np.float64)
-        plan = _plan_strata(sk, int_sizes, m, design, n_strata, seed, sketches=True)
-        out["stratified-sketch"] = _stratified_sampler(
-            pop, int_sizes, m, plan, u_pred, seed, neyman=True
+        out[name] = _stratified_sampler(
+            pop, int_sizes, m, plans[kind], u_pred, seed, neyman=opts["allocation"] == "neyman"
         )
-    return {k: out[k] for k in selections if k in out}
+    return out
+
+
+def _baseline(
+    policy: str,
+    pop: Population,
+    sizes: np.ndarray,
+    m: int,
+    u_pred: float,
+    losses: np.ndarray | None,
+    poc_d: int,
+    seed: int,
+) -> tuple[Any, float, dict[str, Any]]:
+    """A baseline policy's sampler with its exact design variance (clustered2 gets the exact
+    updates as representative gradients; poc the given losses, ones if None; MSE only)."""
+    from fedstrat import sampling as S
+
+    spec = SamplerSpec(
+        sizes,
+        m,
+        representatives=pop.updates if policy == "clustered2" else None,
+        losses=np.asarray(losses if losses is not None else np.ones(pop.n_clients)),
+        poc_d=poc_d or None,
+        seed=seed,
+    )
+    smp = policy_class(policy).sampler(spec)
+    if policy == "uniform":
+        return smp, u_pred, {}
+    if policy == "multinomial":
+        return smp, float(S.multinomial_variance(pop.updates, sizes, m)), {}
+    if policy == "clustered1":
+        return smp, float(smp.variance(pop.updates)), {}
+    if policy == "clustered2":
+        return smp, float(smp.variance(pop.updates)), {"representative": "exact updates (oracle)"}
+    return smp, math.nan, {"d": int(smp.d), "biased": True}
 
 
 def _plan_strata(
@@ -308,7 +337,8 @@ def _stratified_sampler(
 
     strata, design, info = plan
     if strata is None:  # choose_design fell back to uniform: so does the system
-        return S.UniformSampler(sizes, m, seed=seed), u_pred, {**info, "fallback": "uniform"}
+        smp = policy_class("uniform").sampler(SamplerSpec(sizes, m, seed=seed))
+        return smp, u_pred, {**info, "fallback": "uniform"}
     labels = _labels_of(strata)
     strata_obj = strata if hasattr(strata, "n_strata") else S.Strata(labels)
     nh, ph, disp = _stratum_dispersion(pop, labels, design)
@@ -323,7 +353,8 @@ def _stratified_sampler(
         alloc = S.proportional_allocation(nh, m)
     alloc = np.asarray(alloc, dtype=np.int64)
     pred = float(S.estimator_variance(pop.updates, sizes, strata_obj, alloc, design))
-    smp = S.StratifiedSampler(sizes, strata_obj, alloc, design=design, seed=seed)
+    spec = SamplerSpec(sizes, m, strata=strata_obj, allocation=alloc, design=design, seed=seed)
+    smp = policy_class("stratified").sampler(spec)
     info = {
         **info,
         "design": design,
