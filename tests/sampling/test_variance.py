@@ -117,7 +117,8 @@ def test_tracker_matches_weighted_moments():
     tr2 = StratumVarianceTracker(3, 3)
     assert tr2.stds().tolist() == [1.0, 1.0, 1.0]
     tr2.load_state_dict({**tr.state_dict(), "prior_std": None})
-    pooled = np.sqrt(tr._m2[:2].sum() / tr._w[:2].sum())
+    st = tr.state_dict()  # public moments: total weight W_h and weighted sum of squares M2_h
+    pooled = np.sqrt(st["m2"][:2].sum() / st["w"][:2].sum())
     assert tr2.stds()[2] == pytest.approx(pooled)
     np.testing.assert_allclose(tr2.means(), tr.means())
     with pytest.raises(ValueError):
