@@ -38,7 +38,9 @@ from flwr.serverapp.strategy import FedAvg  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from fedstrat.strategies import PROFILE_KEY, LocalGrid, StratifiedSelection  # noqa: E402
+from fedstrat.strategies import StratifiedSelection  # noqa: E402
+from fedstrat.strategies.local_grid import LocalGrid  # noqa: E402
+from fedstrat.strategies.profiling import PROFILE_KEY  # noqa: E402
 
 SHAPES = {"fc1.weight": (50, 784), "fc1.bias": (50,), "fc2.weight": (10, 50), "fc2.bias": (10,)}
 CLASSES = 10
@@ -126,7 +128,7 @@ def bench(n_nodes: int, rounds: int) -> dict:
     med_a, med_b = statistics.median(fa), statistics.median(fb)
     cpu_a = statistics.median(x["server_cpu"] for x in t_a[1:])
     cpu_b = statistics.median(x["server_cpu"] for x in t_b[1:])
-    rec = strat.records[-1]
+    rec = strat.records[-1].to_json()
     return {
         "nodes": n_nodes,
         "clients_per_round": M,
