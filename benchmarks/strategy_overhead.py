@@ -40,7 +40,7 @@ from rich.table import Table  # noqa: E402
 
 from fedstrat.strategies import StratifiedSelection  # noqa: E402
 from fedstrat.strategies.local_grid import LocalGrid  # noqa: E402
-from fedstrat.strategies.profiling import PROFILE_KEY  # noqa: E402
+from fedstrat.wire import PROFILE_KEY  # noqa: E402
 
 SHAPES = {"fc1.weight": (50, 784), "fc1.bias": (50,), "fc2.weight": (10, 50), "fc2.bias": (10,)}
 CLASSES = 10

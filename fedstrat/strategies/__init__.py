@@ -36,7 +36,7 @@ _LAZY = {
     "RoundRecord": ".record",
     # kept importable from the package for existing callers (not in __all__)
     "LocalGrid": ".local_grid",
-    "PROFILE_KEY": ".profiling",
+    "PROFILE_KEY": ".profiling",  # = fedstrat.wire.PROFILE_KEY
 }
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
+from fedstrat.wire import NUM_EXAMPLES
+
 from .array_codec import decode_array
 
 
@@ -34,7 +36,7 @@ def validate_train_reply(
     reply: Message,
     expected: dict[str, tuple[tuple[int, ...], str]],
     selected: set[int],
-    num_examples_key: str = "num-examples",
+    num_examples_key: str = NUM_EXAMPLES,
 ) -> ValidReply | str:
     """Check one training reply; return the decoded reply or the reason to reject it.
 

@@ -20,6 +20,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedstrat.wire import NUM_EXAMPLES
+
 from .array_codec import decode_array
 from .discovery import profile_nodes, wait_for_nodes
 from .node_registry import NodeRegistry
@@ -105,7 +107,7 @@ class StratifiedSelection(Strategy):
         self.on_record = on_record
         if on_record is None and self.record_path is not None:
             self.on_record = jsonl_appender(self.record_path)
-        self.weighted_by_key: str = find_attr(strategy, "weighted_by_key", "num-examples")
+        self.weighted_by_key: str = find_attr(strategy, "weighted_by_key", NUM_EXAMPLES)
         self.registry = NodeRegistry()
         self.policy: SelectionPolicy = make_policy(options)
         self.records: list[RoundRecord] = []

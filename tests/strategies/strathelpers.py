@@ -10,7 +10,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedstrat.strategies.local_grid import LocalGrid
-from fedstrat.strategies.profiling import PROFILE_KEY
+from fedstrat.wire import PROFILE_KEY
 
 
 @dataclass

@@ -20,7 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
 
 from fedstrat.strategies import StratifiedSelection
-from fedstrat.strategies.profiling import PROFILE_KEY
+from fedstrat.wire import PROFILE_KEY
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
