@@ -246,6 +246,17 @@ def write_summary(run_dir: Path, summary: RunSummary) -> None:
     write_json_atomic(Path(run_dir) / SUMMARY_FILE, summary.to_dict())
 
 
+def add_runner_timings(run_dir: Path, timings: Mapping[str, float]) -> RunSummary:
+    """Set ``summary.json``'s ``runner`` to ``timings`` (seconds, rounded to ms); returns the
+    updated summary. :class:`RunDirError` if the run has no readable summary."""
+    summary = read_summary(run_dir)
+    if summary is None:
+        raise RunDirError(f"{run_dir}: no {SUMMARY_FILE}")
+    summary = dataclasses.replace(summary, runner={k: round(v, 3) for k, v in timings.items()})
+    write_summary(run_dir, summary)
+    return summary
+
+
 def round_event(row: MetricsRow, rounds: int) -> dict[str, Any]:
     """The ``progress.jsonl`` record of a finished round: ``{"event": "round", "rounds": R,
     <every column of row>}``."""

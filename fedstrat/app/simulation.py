@@ -25,7 +25,6 @@ Ports, executables, the SuperLink start, ``FLWR_HOME`` and process ownership are
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -37,6 +36,7 @@ from typing import Any
 from fedstrat.app import procs
 from fedstrat.app.checkpoint import checkpoint_round, find_checkpoint_dir
 from fedstrat.app.config import ConfigError, RunConfig
+from fedstrat.app.fileio import read_jsonl
 from fedstrat.app.flower_local import (
     COMPLETED,
     LOOPBACK,
@@ -51,12 +51,11 @@ from fedstrat.app.flower_local import (
 from fedstrat.app.rundir import (
     CONFIG_FILE,
     LOGS_DIR,
-    METRICS_JSON,
     PROGRESS_FILE,
     SUMMARY_FILE,
+    add_runner_timings,
     default_run_dir,
-    read_jsonl,
-    write_json_atomic,
+    read_metrics,
 )
 from fedstrat.app.tomlwrite import flat_toml
 
@@ -278,10 +277,8 @@ def run_simulation_job(
             f"simulation failed: {reason}\n--- last lines of {session.logs / 'flower.log'}:\n"
             + tail(session.logs / "flower.log")
         )
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    summary["runner"] = {k: round(v, 3) for k, v in timings.items()}
-    write_json_atomic(summary_path, summary)
-    metrics = json.loads((run_dir / METRICS_JSON).read_text(encoding="utf-8"))
+    summary = add_runner_timings(run_dir, timings).to_dict()
+    metrics = [row.to_dict() for row in read_metrics(run_dir)]
     return RunResult(
         status=COMPLETED,
         elapsed=timings["total_s"],

@@ -19,6 +19,7 @@ from fedstrat.app.rundir import (
     MetricsRow,
     RunDirError,
     RunSummary,
+    add_runner_timings,
     append_jsonl,
     load_run,
     read_jsonl,
@@ -111,9 +112,9 @@ def test_write_then_load_round_trip(tmp_path: Path) -> None:
     # summary.json keys in file order, runner timings only when present
     data = json.loads((tmp_path / "summary.json").read_text())
     assert list(data)[:3] == ["dataset", "selection", "strategy"] and "runner" not in data
-    data["runner"] = {"total_s": 1.0}
-    (tmp_path / "summary.json").write_text(json.dumps(data))
-    assert load_run(tmp_path).summary.runner == {"total_s": 1.0}
+    assert add_runner_timings(tmp_path, {"total_s": 1.23456}).runner == {"total_s": 1.235}
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert list(data)[-1] == "runner" and load_run(tmp_path).summary.runner == {"total_s": 1.235}
 
 
 def test_load_run_target_override_uses_the_summary_rule(tmp_path: Path) -> None:
