@@ -501,35 +501,21 @@ def report(
     """Re-render tables and plots from existing run (and compare) directories."""
 
     def body() -> None:
-        from fedstrat.app import comparedir
-        from fedstrat.app.plots import plot_run
-        from fedstrat.app.rundir import PLOTS_DIR
-        from fedstrat.cli.report import rich_compare_table, rich_run_table
-        from fedstrat.measure.output import VARIANCE_JSON, load_measured
+        from fedstrat.app.rundir import RunDirError
+        from fedstrat.cli.report import report_dirs
 
+        default_out = Path(f"runs/report-{_stamp()}")
         try:
-            paths, compares = comparedir.find_runs(run_dirs)
-        except ValueError as exc:  # RunDirError
+            report_dirs(
+                run_dirs,
+                _out_console(),
+                out=out,
+                default_out=default_out,
+                target=target,
+                plots=plots,
+            )
+        except RunDirError as exc:
             raise UsageFailure(str(exc)) from exc
-        runs = [_load_run(p, target) for p in paths]
-        console = _out_console()
-        console.print(rich_run_table(runs, title="fedstrat report"))
-        if plots:
-            for r in runs:
-                title = f"{r.summary.selection} seed {r.summary.seed}"
-                s = r.summary
-                plot_run(r.path / PLOTS_DIR, r.rows, s.metric, s.loss_metric, title=title)
-        if len(runs) > 1 or compares:
-            measured: dict[str, float] = {}
-            for c in compares:
-                measured.update(load_measured(c / comparedir.VARIANCE_DIR / VARIANCE_JSON))
-            default = Path(f"runs/report-{_stamp()}")
-            if len(compares) == 1:
-                default = compares[0] / comparedir.COMPARE_DIR
-            dest = out or default
-            rows, files = comparedir.write_comparison(runs, dest, measured)
-            console.print(rich_compare_table(rows, title="comparison"))
-            console.print(f"wrote {len(files)} files to {dest}")
 
     _handle(body)
 

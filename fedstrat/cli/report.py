@@ -1,19 +1,55 @@
-"""Terminal rendering for ``fedstrat report`` / ``compare`` / ``simulate``: rich tables of
-what :mod:`fedstrat.app.rundir` and :mod:`fedstrat.app.comparedir` read and compute.
+"""``fedstrat report`` and the terminal tables of ``report`` / ``compare`` / ``simulate``.
 
-Nothing here reads files or computes statistics: a run's numbers come from its
-``summary.json`` (:class:`~fedstrat.app.rundir.RunSummary`), a comparison's from
-:func:`fedstrat.app.comparedir.compare_rows`.
+Rendering only: runs are read by :func:`fedstrat.app.rundir.load_run` (a run's numbers come
+from its ``summary.json``, :class:`~fedstrat.app.rundir.RunSummary`), comparisons computed and
+written by :mod:`fedstrat.app.comparedir`, plots drawn by :mod:`fedstrat.app.plots`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+from fedstrat.app import comparedir
 from fedstrat.app.comparedir import CompareRow, compare_table
-from fedstrat.app.rundir import MetricsRow, RunData
+from fedstrat.app.plots import plot_run
+from fedstrat.app.rundir import PLOTS_DIR, MetricsRow, RunData, load_run
 from fedstrat.app.tables import fmt
+from fedstrat.measure.output import VARIANCE_JSON, load_measured
+
+
+def report_dirs(
+    paths: Iterable[str | Path],
+    console: Any,
+    *,
+    out: Path | None,
+    default_out: Path,
+    target: float = 0.0,
+    plots: bool = True,
+) -> None:
+    """``fedstrat report``: print the runs in ``paths`` (run and compare directories), redraw
+    each run's ``plots/`` (``plots``), and with several runs or a compare directory write a
+    comparison to ``out`` (default: the compare directory's ``compare/``, else
+    ``default_out``). ``target`` > 0 replaces the runs' target. Raises
+    :class:`~fedstrat.app.rundir.RunDirError` for anything that is not a readable run."""
+    run_paths, compares = comparedir.find_runs(paths)
+    runs = [load_run(p, target or None) for p in run_paths]
+    console.print(rich_run_table(runs, title="fedstrat report"))
+    if plots:
+        for r in runs:
+            s = r.summary
+            title = f"{s.selection} seed {s.seed}"
+            plot_run(r.path / PLOTS_DIR, r.rows, s.metric, s.loss_metric, title=title)
+    if len(runs) > 1 or compares:
+        measured: dict[str, float] = {}
+        for c in compares:
+            measured.update(load_measured(c / comparedir.VARIANCE_DIR / VARIANCE_JSON))
+        if out is None:
+            out = compares[0] / comparedir.COMPARE_DIR if len(compares) == 1 else default_out
+        rows, files = comparedir.write_comparison(runs, out, measured)
+        console.print(rich_compare_table(rows, title="comparison"))
+        console.print(f"wrote {len(files)} files to {out}")
 
 
 def rich_compare_table(rows: Sequence[CompareRow], title: str = "comparison") -> Any:
