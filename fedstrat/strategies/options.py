@@ -80,10 +80,55 @@ _FLOATS = ("node_wait_timeout", "profile_timeout", "profile_epsilon", "poll_inte
 
 @dataclass(frozen=True)
 class SelectionOptions:
-    """Every option of the selection (see :class:`StratifiedSelection` for their meaning).
+    """Every option of the selection, validated at construction by :data:`CHOICES` and
+    :data:`RULES` (ValueError naming the option); integer and float options are then
+    normalised to ``int`` / ``float``.
 
-    Validated at construction by :data:`CHOICES` and :data:`RULES` (ValueError naming the
-    option); integer and float options are then normalised to ``int`` / ``float``.
+    Parameters
+    ----------
+    clients_per_round : int
+        ``m``, training clients per round (fewer if fewer nodes are available).
+    selection : str
+        ``"stratified"`` (default) or a baseline: ``"uniform"``, ``"multinomial"``,
+        ``"clustered1"``, ``"clustered2"`` (Fraboni et al. 2021), ``"poc"`` (Power-of-Choice,
+        biased).
+    design : str
+        ``"auto"`` (choose number of strata and design by predicted variance, uniform if
+        nothing beats it), ``"pps"`` or ``"srswor"``.
+    allocation : str
+        ``"neyman"`` (tracked ``S_h``), ``"proportional"`` (``m_h ∝ N_h`` for srswor, ``∝ P_h``
+        for pps) or ``"cost"`` (Neyman with ``c_h`` = mean train seconds).
+    estimator : str
+        ``"ht"`` (Horvitz-Thompson, unbiased) or ``"ratio"`` (self-normalised).
+    stratify_by : str
+        ``"histograms"`` (profile replies) or ``"sketches"`` (update sketches after
+        ``warmup_rounds`` uniform rounds).
+    n_strata, max_strata : int | None
+        Number of strata (None = automatic) and the upper bound of the automatic choice.
+    restratify_every : int
+        Re-stratify every R rounds (0 = never).
+    warmup_rounds : int
+        Uniform rounds before sketch-based stratification (``stratify_by="sketches"`` or after
+        profiling failed).
+    min_per_stratum : int
+        Lower bound of ``m_h``.
+    node_wait_timeout, profile_timeout, poll_interval : float
+        Seconds to wait for ``clients_per_round`` nodes, for the profile round trip, and
+        between node-count polls.
+    profile_epsilon : float
+        Local DP epsilon asked from nodes for their label histograms (0 = exact).
+    sketch_dim, sketch_seed : int
+        Random-projection sketches of updates (:func:`fedstrat.sampling.sketch_update`).
+    prior_std, variance_ema : float | None
+        Prior per-stratum std of the tracker (None = pooled) and its exponential forgetting
+        (None = all rounds equally).
+    poc_d : int | None
+        ``d`` of Power-of-Choice (None = ``min(N, 2 m)``).
+    cost_key : str
+        Reply metric with training seconds (allocation ``"cost"``); without it the reply's
+        round-trip time from message metadata is used.
+    seed : int
+        Seed of stratification and of the per-round selection ``default_rng([seed, round])``.
     """
 
     clients_per_round: int

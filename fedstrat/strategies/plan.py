@@ -7,13 +7,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedstrat.sampling import Selection, Strata, VariancePrediction
 
 if TYPE_CHECKING:
+    from flwr.app import ArrayRecord, Message
+
     from .node_registry import NodeRegistry
 
 
@@ -71,10 +73,10 @@ class RoundPlan:
     sizes: np.ndarray
     draw: Draw
     selected: list[int]
-    messages: list[Any]
+    messages: list[Message]
     sent_at: dict[int, float]
     signature: dict[str, tuple[tuple[int, ...], str]]
-    global_arrays: Any
+    global_arrays: ArrayRecord
 
     @property
     def design(self) -> str:

@@ -74,13 +74,8 @@ class StratifiedSelection(Strategy):
     on_record : Callable[[RoundRecord], None] | None
         Called with each round's record (the app decides where it goes).
     **kwargs
-        The fields of :class:`SelectionOptions`: ``selection`` ("stratified" or a baseline
-        "uniform", "multinomial", "clustered1", "clustered2", "poc"), ``design`` ("auto",
-        "pps", "srswor"), ``allocation`` ("neyman", "proportional", "cost"), ``estimator``,
-        ``stratify_by`` ("histograms", "sketches"), ``n_strata``, ``max_strata``,
-        ``restratify_every``, ``warmup_rounds``, ``min_per_stratum``, ``node_wait_timeout``,
-        ``profile_timeout``, ``profile_epsilon``, ``sketch_dim``, ``sketch_seed``,
-        ``prior_std``, ``variance_ema``, ``poc_d``, ``cost_key``, ``seed``, ``poll_interval``.
+        The fields of :class:`SelectionOptions` (``selection``, ``design``, ``allocation``,
+        ``estimator``, ``stratify_by``, ``n_strata``, ``seed``, ...), documented there.
     """
 
     def __init__(
