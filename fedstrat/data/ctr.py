@@ -237,6 +237,13 @@ def _ml100k_table() -> pd.DataFrame:
     )
 
 
+def movielens100k_frame() -> pd.DataFrame:
+    """A copy of the raw joined MovieLens-100k table :func:`load_movielens100k` encodes: one row
+    per rating (file order) with the string fields ``MOVIELENS_FIELDS``, ``rating`` and
+    ``timestamp`` (e.g. to export it to CSV for :mod:`fedstrat.data.table`)."""
+    return _ml100k_table().copy()
+
+
 def load_movielens100k(
     seed: int = 0,
     hashing: bool = False,

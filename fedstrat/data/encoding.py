@@ -17,9 +17,13 @@ def stable_hash(field: str, values: np.ndarray, buckets: int) -> np.ndarray:
     """``crc32(f"{field}={value}") mod buckets`` for each value (int64)."""
     if buckets < 1:
         raise ValueError(f"hash_buckets must be >= 1, got {buckets} for field {field!r}")
-    inv, uniq = pd.factorize(np.asarray(values, dtype=str))
+    v = np.asarray(values)
+    if v.dtype.kind != "O":
+        v = v.astype(str)
+    # factorize first, so only distinct values are turned into strings and hashed
+    inv, uniq = pd.factorize(v, use_na_sentinel=False)
     codes = np.fromiter(
-        (zlib.crc32(f"{field}={u}".encode()) % buckets for u in uniq),
+        (zlib.crc32(f"{field}={u}".encode()) % buckets for u in map(str, uniq)),
         dtype=np.int64,
         count=len(uniq),
     )
