@@ -211,6 +211,7 @@ def test_schema_errors_are_one_line_naming_the_column(tmp_path, change, column, 
         ("[label]\ncolumn='y'\n[fields]\ncategorical=['a', 'a']\n", "'a' is listed twice"),
         ("[label]\ncolumn='y'\n[fields]\ncategorical=['a']\n[encoding]\nmode='x'\n", "mode"),
         ("[label\n", "not valid TOML"),
+        ("[label]\ncolumn='y'\n[fields]\ncategorical=['a']\n[split]\ntest_fraction=1\n", "(0, 1)"),
     ],
 )
 def test_schema_file_errors(tmp_path, text, needle):
