@@ -88,7 +88,7 @@ def test_embedding_l2_is_off_by_default_and_adds_the_documented_penalty(name):
     assert has_embedding_penalty(model)
     tables = [m.embedding.weight for m in model.modules() if isinstance(m, FeatureEmbedding)]
     expected = sum(0.5 * 0.3 * float(w.detach().pow(2).sum()) for w in tables)
-    assert float(embedding_penalty(model)) == pytest.approx(expected, rel=1e-6)
+    assert float(embedding_penalty(model).detach()) == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("name", ["fm", "deepfm"])
@@ -99,7 +99,7 @@ def test_embedding_l2_shrinks_the_trained_embeddings(name):
         torch.manual_seed(0)
         model = build_model(name, SPEC, embedding_l2=l2)
         train_steps(model, x, y, "ctr", epochs=3, batch_size=32, lr=0.01, optimizer="adam")
-        norms[l2] = float(model.embedding.embedding.weight.norm())
+        norms[l2] = float(model.embedding.embedding.weight.detach().norm())
     assert norms[1.0] < 0.5 * norms[0.0]
 
 
