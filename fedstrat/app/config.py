@@ -74,6 +74,15 @@ class RunConfig:
     estimator: str = "ht"
     profile_epsilon: float = 0.0  # 0 = exact label histograms
     poc_d: int = 0  # Power-of-Choice candidate set size; 0 = 2 * clients_per_round
+    max_strata: int = 0  # upper bound of the automatic number of strata; 0 = no bound
+    warmup_rounds: int = 1  # uniform rounds before stratifying on update sketches
+    min_per_stratum: int = 1  # lower bound of m_h
+    sketch_dim: int = 64  # dimension of the update sketches
+    sketch_seed: int = 0  # seed of the sketch map
+    prior_std: float = 0.0  # prior per-stratum std of the tracker; 0 = pooled
+    variance_ema: float = 0.0  # exponential forgetting of the tracker; 0 = all rounds equally
+    cost_key: str = "train-seconds"  # reply metric with training seconds (allocation cost)
+    profile_timeout: float = 0.0  # seconds for the profile round trip; 0 = round-timeout
     strategy: str = "fedavg"
     seed: int = 0
     device: str = "auto"
@@ -116,7 +125,17 @@ class RunConfig:
             if getattr(self, name) < 1:
                 value = getattr(self, name)
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {value}")
-        for name in ("local_epochs", "local_steps", "n_strata", "restratify_every", "poc_d"):
+        for name in (
+            "local_epochs",
+            "local_steps",
+            "n_strata",
+            "restratify_every",
+            "poc_d",
+            "max_strata",
+            "warmup_rounds",
+            "min_per_stratum",
+            "sketch_seed",
+        ):
             if getattr(self, name) < 0:
                 value = getattr(self, name)
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {value}")
@@ -143,6 +162,15 @@ class RunConfig:
         for name in ("proximal_mu", "server_lr", "clip_norm", "profile_epsilon", "target_accuracy"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0")
+        if self.max_strata == 1:
+            raise ConfigError("max-strata must be >= 2 (or 0 = no bound)")
+        if self.sketch_dim < 1:
+            raise ConfigError(f"sketch-dim must be >= 1, got {self.sketch_dim}")
+        for name in ("prior_std", "variance_ema", "profile_timeout"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 0")
+        if not self.variance_ema < 1:
+            raise ConfigError(f"variance-ema must be < 1, got {self.variance_ema}")
         if self.shards_per_client < 1:
             raise ConfigError("shards-per-client must be >= 1")
         if self.node_wait_timeout <= 0 or self.round_timeout <= 0:

@@ -111,8 +111,16 @@ def build_strategy(cfg: RunConfig, base: Strategy, record_path: Path | None) -> 
         restratify_every=cfg.restratify_every,
         profile_epsilon=cfg.profile_epsilon,
         poc_d=cfg.poc_d or None,
+        max_strata=cfg.max_strata or None,
+        warmup_rounds=cfg.warmup_rounds,
+        min_per_stratum=cfg.min_per_stratum,
+        sketch_dim=cfg.sketch_dim,
+        sketch_seed=cfg.sketch_seed,
+        prior_std=cfg.prior_std or None,
+        variance_ema=cfg.variance_ema or None,
+        cost_key=cfg.cost_key,
         node_wait_timeout=cfg.node_wait_timeout,
-        profile_timeout=cfg.round_timeout,
+        profile_timeout=cfg.profile_timeout or cfg.round_timeout,
         seed=cfg.seed,
     )
     on_record = None if record_path is None else jsonl_appender(record_path)
@@ -163,7 +171,10 @@ class CentralEvaluator:
         from fedstrat.models import evaluate
 
         res = evaluate(
-            self.load(arrays), self.dataset.x_test, self.dataset.y_test, self.task,
+            self.load(arrays),
+            self.dataset.x_test,
+            self.dataset.y_test,
+            self.task,
             device=self.device,
         )
         score, loss = primary_metric(self.task)
