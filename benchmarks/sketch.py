@@ -16,7 +16,9 @@ script only, to pass the method and seed), with the measured MSE of the aggregat
 standard error, the k-means strata's agreement (adjusted Rand index) across methods and seeds,
 and how well sketches estimate the per-stratum dispersion S_h (``--sh-strata`` = 4 k-means strata
 of the label histograms, pps design: relative error of sigma_h from sketches, and the exact
-variance of the Neyman allocation they lead to over that of the oracle allocation).
+variance of the Neyman allocation they lead to over that of the oracle allocation). Finally, over
+``--wcss-seeds`` seeds, k-means with 10 strata on each method's sketches scored by the
+within-stratum sum of squares of the true updates (the quantity stratification lowers).
 
 Run: ``python benchmarks/sketch.py [--sizes 40000 1000000 10000000] [--seeds 10]
 [--samples 500] [--sh-strata 4] [--model NAME] [--skip-quality] [--skip-timing]``.
@@ -206,13 +208,52 @@ def _dispersion(feats: np.ndarray, p: np.ndarray, labels: np.ndarray, design: st
     return out
 
 
+def _wcss(x: np.ndarray, labels: np.ndarray) -> float:
+    """Within-stratum sum of squares sum_h sum_{i in h} ||x_i - xbar_h||^2."""
+    return float(
+        sum(((x[labels == h] - x[labels == h].mean(axis=0)) ** 2).sum() for h in np.unique(labels))
+    )
+
+
+def kmeans_wcss(upd: np.ndarray, n_strata: int, seeds: int) -> dict[str, Any]:
+    """k-means strata (``stratify_by_sketches``, fixed ``n_strata``) on the sketches of each
+    method and seed, scored by the within-stratum sum of squares of the TRUE updates (what
+    stratification lowers); baseline: the same k-means on the full updates."""
+    out: dict[str, Any] = {
+        "n_strata": n_strata,
+        "seeds": seeds,
+        "full_updates": _wcss(upd, S.stratify_by_sketches(upd, n_strata=n_strata).labels),
+    }
+    for meth in METHODS:
+        vals = np.array(
+            [
+                _wcss(
+                    upd,
+                    S.stratify_by_sketches(
+                        S.sketch_update(upd, DIM, s, method=meth), n_strata=n_strata
+                    ).labels,
+                )
+                for s in range(seeds)
+            ]
+        )
+        out[meth] = {
+            "mean": float(vals.mean()),
+            "se": float(vals.std(ddof=1) / np.sqrt(len(vals))),
+            "sd": float(vals.std(ddof=1)),
+            "max": float(vals.max()),
+        }
+    return out
+
+
 def _neyman(design: str, nh: np.ndarray, ph: np.ndarray, disp: np.ndarray, m: int) -> np.ndarray:
     if design == "pps":
         return np.asarray(S.neyman_allocation(ph, disp, m, capacity=nh), dtype=np.int64)
     return np.asarray(S.neyman_allocation(nh, disp, m), dtype=np.int64)
 
 
-def quality(seeds: int, n_samples: int, model: str, sh_strata: int) -> dict[str, Any]:
+def quality(
+    seeds: int, n_samples: int, model: str, sh_strata: int, wcss_seeds: int
+) -> dict[str, Any]:
     from fedstrat.app.config import RunConfig
     from fedstrat.measure import Population, compute_client_updates, measure_population
 
@@ -351,6 +392,7 @@ def quality(seeds: int, n_samples: int, model: str, sh_strata: int) -> dict[str,
                 labels["countsketch"], labels["countsketch"], True
             ),
         },
+        "kmeans_wcss": kmeans_wcss(upd, 10, wcss_seeds),
         "seconds": time.perf_counter() - t0,
     }
     table = Table(title=f"stratified-sketch on {data['dim']:,}-dim updates, {seeds} sketch seeds")
@@ -390,6 +432,13 @@ def quality(seeds: int, n_samples: int, model: str, sh_strata: int) -> dict[str,
         f"{ari['gaussian_vs_gaussian']['mean']:.3f}; countsketch vs countsketch "
         f"{ari['countsketch_vs_countsketch']['mean']:.3f}"
     )
+    kw = res["kmeans_wcss"]
+    console.print(
+        f"k-means ({kw['n_strata']} strata) on sketches, {kw['seeds']} seeds: within-stratum SS of "
+        f"the true updates, gaussian {kw['gaussian']['mean']:.3f} ± {kw['gaussian']['se']:.3f}, "
+        f"countsketch {kw['countsketch']['mean']:.3f} ± {kw['countsketch']['se']:.3f} "
+        f"(k-means on the full updates: {kw['full_updates']:.3f})"
+    )
     return res
 
 
@@ -401,6 +450,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=500, help="Monte Carlo samples per seed")
     ap.add_argument("--model", default="", help="model of the quality population ('' = default)")
     ap.add_argument("--sh-strata", type=int, default=4, help="histogram strata for the S_h check")
+    ap.add_argument("--wcss-seeds", type=int, default=30, help="sketch seeds, k-means check")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     args = ap.parse_args()
@@ -431,10 +481,11 @@ def main() -> None:
         (RESULTS / "sketch.json").write_text(json.dumps(payload, indent=2) + "\n")
         console.print(f"wrote {RESULTS / 'sketch.json'}")
     if not args.skip_quality:
-        res = quality(args.seeds, args.samples, args.model, args.sh_strata)
+        res = quality(args.seeds, args.samples, args.model, args.sh_strata, args.wcss_seeds)
         res = {"benchmark": "sketch_quality", "command": command, "machine": _machine(), **res}
-        (RESULTS / "sketch_quality.json").write_text(json.dumps(res, indent=2) + "\n")
-        console.print(f"wrote {RESULTS / 'sketch_quality.json'}")
+        name = f"sketch_quality_{args.model}.json" if args.model else "sketch_quality.json"
+        (RESULTS / name).write_text(json.dumps(res, indent=2) + "\n")
+        console.print(f"wrote {RESULTS / name}")
 
 
 if __name__ == "__main__":
