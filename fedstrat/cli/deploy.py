@@ -24,6 +24,7 @@ from typing import Any
 import typer
 
 from fedstrat.app.config import ConfigError, RunConfig
+from fedstrat.cli.common import fail
 from fedstrat.cli.options import build_config, run_options
 
 deploy_app = typer.Typer(
@@ -32,11 +33,6 @@ deploy_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"Error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def app_dir() -> Path:
@@ -55,7 +51,7 @@ def app_dir_cmd() -> None:
     try:
         typer.echo(str(app_dir()))
     except FileNotFoundError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
 
 
 @deploy_app.command("certs")
@@ -77,13 +73,13 @@ def certs_cmd(
     from fedstrat.deploy.certs import certificate_hosts, generate_certificates
 
     if num_supernodes < 0:
-        raise _fail(f"--num-supernodes must be >= 0, got {num_supernodes}")
+        raise fail(f"--num-supernodes must be >= 0, got {num_supernodes}")
     try:
         certs = generate_certificates(
             directory, hosts=host, num_supernodes=num_supernodes, days=days, overwrite=overwrite
         )
     except (FileExistsError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     typer.echo(f"CA certificate        {certs.ca_cert}   (copy to every SuperNode)")
     typer.echo(f"CA key                {certs.ca_key}   (keep private)")
     typer.echo(f"SuperLink certificate {certs.server_cert}")
@@ -187,9 +183,9 @@ def local_cmd(
     from fedstrat.deploy.local import FederationError, LocalFederation
 
     if num_supernodes < 1:
-        raise _fail(f"--num-supernodes must be >= 1, got {num_supernodes}")
+        raise fail(f"--num-supernodes must be >= 1, got {num_supernodes}")
     if auth and not tls:
-        raise _fail("SuperNode authentication needs TLS: use --tls or --no-auth")
+        raise fail("SuperNode authentication needs TLS: use --tls or --no-auth")
     try:
         cfg = build_config(run_opts, config, set_values, base=_base_for(num_supernodes))
         cfg = dataclasses.replace(cfg, num_clients=num_supernodes)
@@ -202,9 +198,9 @@ def local_cmd(
         cfg.validate()
         app_path = (app or app_dir()).expanduser().resolve()
     except (ConfigError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if not cfg.resume and Path(cfg.out).exists() and any(Path(cfg.out).iterdir()):
-        raise _fail(f"output directory {cfg.out} exists and is not empty (use --resume or --out)")
+        raise fail(f"output directory {cfg.out} exists and is not empty (use --resume or --out)")
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -229,9 +225,9 @@ def local_cmd(
             elif not result.ok and result.log_path is not None:
                 typer.echo(log_tail(result.log_path, 30), err=True)
     except KeyboardInterrupt:
-        raise _fail("interrupted; every started process was stopped", 130) from None
+        raise fail("interrupted; every started process was stopped", 130) from None
     except (FederationError, TimeoutError, ValueError) as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     summary_path = Path(cfg.out) / "summary.json"

@@ -8,15 +8,27 @@ before anything is written.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from fedstrat import __version__
-from fedstrat.app.config import SELECTIONS, ConfigError, RunConfig
-from fedstrat.cli.options import build_config, run_options
+from fedstrat.app.config import SELECTIONS, RunConfig
+from fedstrat.cli.common import (
+    UsageFailure,
+    check_out_dir,
+    err_console,
+    fail,
+    handle,
+    int_list,
+    out_console,
+    preflight,
+    resolve,
+    split_list,
+    stamp,
+)
+from fedstrat.cli.options import run_options
 from fedstrat.data.info import dataset_info
 from fedstrat.measure.variance import MEASURED_SELECTIONS as MEASURED  # numpy only; no torch
 
@@ -41,105 +53,6 @@ def main(
     ),
 ) -> None:
     """Federated learning with stratified client selection, built on Flower."""
-
-
-# ---------------------------------------------------------------------------------- helpers
-class UsageFailure(Exception):
-    """Bad user input: reported as one line on stderr, exit code 2."""
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"Error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _stamp() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def _out_console() -> Any:
-    import os
-
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=160)  # tables in logs and pipes: do not squeeze to 80
-    return console
-
-
-def _resolve(
-    run_opts: dict[str, Any],
-    config: Path | None,
-    set_values: list[str] | None,
-    base: RunConfig | None = None,
-    **fixed: Any,
-) -> RunConfig:
-    try:
-        cfg = build_config(run_opts, config, set_values, base=base)
-        if fixed:
-            cfg = dataclasses.replace(cfg, **fixed).validate()
-    except ConfigError as exc:
-        raise UsageFailure(str(exc)) from exc
-    return cfg
-
-
-def _check_out_dir(path: str, allow_existing: bool = False) -> None:
-    if not path:
-        return
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UsageFailure(f"output path {p} exists and is not a directory")
-    if p.is_dir() and any(p.iterdir()) and not allow_existing:
-        raise UsageFailure(f"output directory {p} already exists and is not empty")
-
-
-def preflight(cfg: RunConfig) -> None:
-    """Check that the dataset's files are there, the partition is possible and the model
-    exists for the dataset, without writing anything. Raises :class:`UsageFailure`."""
-    try:
-        from fedstrat.data import load_dataset, partition_dataset
-    except ImportError as exc:  # pragma: no cover - package incomplete
-        raise UsageFailure(f"fedstrat.data is not available: {exc}") from exc
-    try:
-        ds = load_dataset(cfg.dataset, root=cfg.data_root or None, seed=cfg.seed)
-    except (ValueError, OSError) as exc:
-        text = str(exc).strip()
-        raise UsageFailure(" ".join(text.split()) if text else repr(exc)) from None
-    kw: dict[str, Any] = {"alpha": cfg.alpha, "seed": cfg.seed}
-    if cfg.partition == "shard":
-        kw["shards_per_client"] = cfg.shards_per_client
-    if cfg.partition == "natural":
-        kw["key"] = cfg.natural_key
-    try:
-        partition_dataset(ds, cfg.partition, cfg.num_clients, **kw)
-    except (ValueError, KeyError) as exc:
-        raise UsageFailure(f"partition {cfg.partition!r} failed: {exc}") from exc
-    if cfg.device not in ("", "auto"):
-        from fedstrat.models import get_device
-
-        try:
-            get_device(cfg.device)
-        except ValueError as exc:
-            raise UsageFailure(str(exc)) from None
-    if cfg.model:
-        try:
-            from fedstrat.models import build_model, list_models
-        except ImportError as exc:  # pragma: no cover
-            raise UsageFailure(f"fedstrat.models is not available: {exc}") from exc
-        names = list(list_models())
-        if cfg.model not in names:
-            raise UsageFailure(f"unknown model {cfg.model!r}; choose one of: {', '.join(names)}")
-        try:
-            build_model(cfg.model, ds)
-        except (ValueError, TypeError, RuntimeError) as exc:
-            raise UsageFailure(f"model {cfg.model!r} does not fit {cfg.dataset}: {exc}") from exc
 
 
 def _runner() -> Any:
@@ -197,39 +110,6 @@ def _run_one(cfg: RunConfig, progress: Any, label: str) -> Any:
     return result
 
 
-def _handle(fn: Any) -> Any:
-    """Run ``fn()`` turning UsageFailure into exit 2 and runtime failures into exit 1."""
-    try:
-        return fn()
-    except UsageFailure as exc:
-        raise _fail(str(exc)) from None
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted", 130) from None
-    except RuntimeError as exc:
-        if type(exc).__name__ == "SimulationError":  # the run started but failed: exit 1
-            raise _fail(str(exc), 1) from None
-        raise
-
-
-def _split(values: str, what: str) -> list[str]:
-    items = [v.strip() for v in values.split(",") if v.strip()]
-    if not items:
-        raise UsageFailure(f"{what} must be a non-empty comma-separated list")
-    return items
-
-
-def _int_list(values: str, what: str) -> list[int]:
-    out = []
-    for v in _split(values, what):
-        try:
-            out.append(int(v))
-        except ValueError:
-            raise UsageFailure(f"{what} must be integers, got {v!r}") from None
-    return out
-
-
 # ---------------------------------------------------------------------------------- simulate
 @app.command()
 @run_options()
@@ -252,7 +132,7 @@ def simulate(
     """
 
     def body() -> None:
-        cfg = _resolve(run_opts, config, set_values)
+        cfg = resolve(run_opts, config, set_values)
         resume = str(getattr(cfg, "resume", "") or "")
         if resume:
             # continue from the run's saved options; explicit flags (e.g. --rounds) on top
@@ -262,19 +142,19 @@ def simulate(
                 saved = resume_config(resume)
             except (ValueError, OSError) as exc:
                 raise UsageFailure(f"cannot resume {resume}: {exc}") from None
-            cfg = _resolve(run_opts, config, set_values, base=saved)
-        _check_out_dir(cfg.out, allow_existing=bool(resume))
+            cfg = resolve(run_opts, config, set_values, base=saved)
+        check_out_dir(cfg.out, allow_existing=bool(resume))
         preflight(cfg)
         if dry_run:
             typer.echo(config_to_toml(cfg), nl=False)
             return
         _runner()
-        console = _console()
+        console = err_console()
         with _make_progress(console) as progress:
             result = _run_one(cfg, progress, f"{cfg.selection} seed {cfg.seed}")
         _print_run_summary(result)
 
-    _handle(body)
+    handle(body)
 
 
 def config_to_toml(cfg: RunConfig) -> str:
@@ -287,7 +167,7 @@ def config_to_toml(cfg: RunConfig) -> str:
 def _print_run_summary(result: Any) -> None:
     from fedstrat.cli.report import rich_summary_table
 
-    _out_console().print(rich_summary_table(_load_run(result.run_dir)))
+    out_console().print(rich_summary_table(_load_run(result.run_dir)))
 
 
 # ---------------------------------------------------------------------------------- compare
@@ -329,27 +209,27 @@ def compare(
         from fedstrat.cli.report import rich_compare_table
         from fedstrat.measure.output import VARIANCE_JSON, load_measured
 
-        sels = _split(selections, "--selections")
+        sels = split_list(selections, "--selections")
         bad = [s for s in sels if s not in SELECTIONS]
         if bad:
             raise UsageFailure(
                 f"unknown selection {bad[0]!r}; choose from: {', '.join(SELECTIONS)}"
             )
-        seed_list = _int_list(seeds, "--seeds")
-        m_rounds = _int_list(measure_rounds, "--measure-rounds") if measure else []
+        seed_list = int_list(seeds, "--seeds")
+        m_rounds = int_list(measure_rounds, "--measure-rounds") if measure else []
         if measure and samples < 2:
             raise UsageFailure("--samples must be >= 2")
-        base = _resolve(run_opts, config, set_values)
+        base = resolve(run_opts, config, set_values)
         cfgs = [
-            _resolve(run_opts, config, set_values, selection=sel, seed=seed)
+            resolve(run_opts, config, set_values, selection=sel, seed=seed)
             for seed in seed_list
             for sel in sels
         ]
-        root = Path(base.out or f"runs/compare-{_stamp()}")
-        _check_out_dir(str(root), allow_existing=skip_existing)
+        root = Path(base.out or f"runs/compare-{stamp()}")
+        check_out_dir(str(root), allow_existing=skip_existing)
         preflight(base)
         _runner()
-        console = _console()
+        console = err_console()
         if measure:
             vdir = root / comparedir.VARIANCE_DIR
             _measure_into(base, seed_list, m_rounds, samples, vdir, console)
@@ -374,17 +254,17 @@ def compare(
                     continue
                 summaries.append(_load_run(result.run_dir, target))
         if not summaries:
-            raise _fail("every run failed: " + "; ".join(failed), 1)
+            raise fail("every run failed: " + "; ".join(failed), 1)
         measured = load_measured(root / comparedir.VARIANCE_DIR / VARIANCE_JSON)
         dest = root / comparedir.COMPARE_DIR
         rows, files = comparedir.write_comparison(summaries, dest, measured)
-        out = _out_console()
+        out = out_console()
         out.print(rich_compare_table(rows, title=f"fedstrat compare ({root})"))
         out.print(f"wrote {len(files)} files to {dest}")
         if failed:
-            raise _fail(f"{len(failed)} run(s) failed: " + "; ".join(failed), 1)
+            raise fail(f"{len(failed)} run(s) failed: " + "; ".join(failed), 1)
 
-    _handle(body)
+    handle(body)
 
 
 def _measure_into(
@@ -421,7 +301,7 @@ def _measure_into(
     meta["seconds"] = sum(m["seconds"] for m in metas)
     result = MeasureResult(rows=rows, meta=meta)
     write_outputs(result, out_dir)
-    _out_console().print(rich_table(result))
+    out_console().print(rich_table(result))
     return result
 
 
@@ -460,29 +340,29 @@ def measure_variance_cmd(
     def body() -> None:
         from fedstrat.measure import MEASURED_SELECTIONS
 
-        sels = _split(selections, "--selections")
+        sels = split_list(selections, "--selections")
         bad = [s for s in sels if s not in MEASURED_SELECTIONS]
         if bad:
             raise UsageFailure(
                 f"unknown selection {bad[0]!r}; choose from: {', '.join(MEASURED_SELECTIONS)}"
             )
-        rounds = _int_list(measure_rounds, "--measure-rounds")
+        rounds = int_list(measure_rounds, "--measure-rounds")
         if min(rounds) < 1:
             raise UsageFailure("--measure-rounds must be >= 1")
         if samples < 2:
             raise UsageFailure("--samples must be >= 2")
-        cfg = _resolve(run_opts, config, set_values)
-        out = Path(cfg.out or f"runs/variance-{_stamp()}")
-        _check_out_dir(str(out))
+        cfg = resolve(run_opts, config, set_values)
+        out = Path(cfg.out or f"runs/variance-{stamp()}")
+        check_out_dir(str(out))
         preflight(cfg)
-        seed_list = _int_list(seeds, "--seeds") if seeds.strip() else [cfg.seed]
-        res = _measure_into(cfg, seed_list, rounds, samples, out, _console(), sels)
-        _out_console().print(
+        seed_list = int_list(seeds, "--seeds") if seeds.strip() else [cfg.seed]
+        res = _measure_into(cfg, seed_list, rounds, samples, out, err_console(), sels)
+        out_console().print(
             f"uniform/stratified measured variance ratio: {res.ratio():.3g} (mean over rounds); "
             f"wrote {out}"
         )
 
-    _handle(body)
+    handle(body)
 
 
 # ---------------------------------------------------------------------------------- report
@@ -504,11 +384,11 @@ def report(
         from fedstrat.app.rundir import RunDirError
         from fedstrat.cli.report import report_dirs
 
-        default_out = Path(f"runs/report-{_stamp()}")
+        default_out = Path(f"runs/report-{stamp()}")
         try:
             report_dirs(
                 run_dirs,
-                _out_console(),
+                out_console(),
                 out=out,
                 default_out=default_out,
                 target=target,
@@ -517,7 +397,7 @@ def report(
         except RunDirError as exc:
             raise UsageFailure(str(exc)) from exc
 
-    _handle(body)
+    handle(body)
 
 
 def _load_run(path: Path, target: float = 0.0) -> Any:
