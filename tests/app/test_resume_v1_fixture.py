@@ -1,0 +1,58 @@
+"""A run directory written by the previous version (before the issue-10 refactor) resumes.
+
+``fixtures/v1_run`` is the 2-round half of test_server_inprocess's job (digits, 10 nodes, 3 a
+round, seed 11), written by fedstrat at commit 5ddb26f: its checkpoint holds a version-1
+strategy state and the old metrics rows. Resuming it to 4 rounds with today's code must give the
+same selections and model as today's uninterrupted 4-round run. (Made with
+``run_server(make_grid(dataclasses.replace(BASE, rounds=2, out=DIR), 2), ...)`` on that commit;
+model.pt, plots and logs removed to keep the fixture small.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_server_inprocess import BASE, make_grid  # same folder (pytest prepends it)
+
+from fedstrat.app.checkpoint import load_checkpoint
+from fedstrat.app.rundir import read_jsonl
+from fedstrat.app.server_app import run_server
+
+FIXTURE = Path(__file__).parent / "fixtures" / "v1_run"
+
+
+def test_fixture_holds_a_version_1_strategy_state() -> None:
+    ckpt = load_checkpoint(FIXTURE)
+    assert ckpt.round == 2
+    assert ckpt.strategy_state["version"] == 1
+
+
+@pytest.fixture(scope="module")
+def resumed_and_full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("v1resume")
+    old = root / "old"
+    shutil.copytree(FIXTURE, old)
+    resumed = dataclasses.replace(BASE, out=str(old), resume=str(old))
+    run_server(make_grid(resumed, 3), resumed)
+    full = dataclasses.replace(BASE, out=str(root / "full"))
+    run_server(make_grid(full, 1), full)
+    return old, root / "full"
+
+
+def test_old_checkpoint_resumes_to_the_uninterrupted_result(
+    resumed_and_full: tuple[Path, Path],
+) -> None:
+    old, full = resumed_and_full
+    a, b = load_checkpoint(old), load_checkpoint(full)
+    assert a.round == b.round == 4
+    for k in b.arrays:
+        np.testing.assert_allclose(a.arrays[k], b.arrays[k], rtol=0, atol=1e-6)
+    sel_a = [r["selected"] for r in read_jsonl(old / "sampling.jsonl")]
+    sel_b = [r["selected"] for r in read_jsonl(full / "sampling.jsonl")]
+    assert sel_a == sel_b and len(sel_a) == 4
+    assert json.loads((old / "summary.json").read_text())["resumed_from"] == 2
