@@ -22,6 +22,7 @@ from fedstrat.strategies.options import (  # the selection vocabulary lives with
     DESIGNS,
     ESTIMATORS,
     SELECTIONS,
+    SKETCH_METHODS,
     STRATIFY_BY,
 )
 
@@ -79,6 +80,7 @@ class RunConfig:
     min_per_stratum: int = 1  # lower bound of m_h
     sketch_dim: int = 64  # dimension of the update sketches
     sketch_seed: int = 0  # seed of the sketch map
+    sketch_method: str = "countsketch"  # countsketch (O(D)) or gaussian
     prior_std: float = 0.0  # prior per-stratum std of the tracker; 0 = pooled
     variance_ema: float = 0.0  # exponential forgetting of the tracker; 0 = all rounds equally
     cost_key: str = "train-seconds"  # reply metric with training seconds (allocation cost)
@@ -123,6 +125,7 @@ class RunConfig:
         positive_ints = ("num_clients", "clients_per_round", "rounds", "batch_size", "eval_every")
         for name in positive_ints:
             if getattr(self, name) < 1:
+        choice("sketch_method", SKETCH_METHODS)
                 value = getattr(self, name)
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {value}")
         for name in (

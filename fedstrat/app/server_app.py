@@ -116,6 +116,7 @@ def build_strategy(cfg: RunConfig, base: Strategy, record_path: Path | None) -> 
         min_per_stratum=cfg.min_per_stratum,
         sketch_dim=cfg.sketch_dim,
         sketch_seed=cfg.sketch_seed,
+        sketch_method=cfg.sketch_method,
         prior_std=cfg.prior_std or None,
         variance_ema=cfg.variance_ema or None,
         cost_key=cfg.cost_key,

@@ -60,6 +60,7 @@ HELP: dict[str, str] = {
     "min_per_stratum": "Lower bound of the clients drawn from each stratum, m_h.",
     "sketch_dim": "Dimension of the random sketches of client updates.",
     "sketch_seed": "Seed of the sketch map (the same map at every call site).",
+    "sketch_method": "Update sketch: countsketch (O(D)) or gaussian (dense projection).",
     "prior_std": "Prior per-stratum std of the variance tracker (0 = pooled).",
     "variance_ema": "Exponential forgetting of the variance tracker, in [0, 1) (0 = none).",
     "cost_key": "Reply metric with training seconds, for allocation cost.",

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from fedstrat.sampling import SKETCH_METHODS
+
 from .policies import POLICIES
 
 SELECTIONS: tuple[str, ...] = tuple(POLICIES)
@@ -29,6 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "allocation": ALLOCATIONS,
     "estimator": ESTIMATORS,
     "stratify_by": STRATIFY_BY,
+    "sketch_method": SKETCH_METHODS,
 }
 
 
@@ -119,6 +122,9 @@ class SelectionOptions:
         Local DP epsilon asked from nodes for their label histograms (0 = exact).
     sketch_dim, sketch_seed : int
         Random-projection sketches of updates (:func:`fedstrat.sampling.sketch_update`).
+    sketch_method : str
+        ``"countsketch"`` (O(D) count sketch, default) or ``"gaussian"`` (dense Gaussian
+        projection, O(D dim); the method of checkpoints that recorded none).
     prior_std, variance_ema : float | None
         Prior per-stratum std of the tracker (None = pooled) and its exponential forgetting
         (None = all rounds equally).
@@ -147,6 +153,7 @@ class SelectionOptions:
     profile_epsilon: float = 0.0
     sketch_dim: int = 64
     sketch_seed: int = 0
+    sketch_method: str = "countsketch"
     prior_std: float | None = None
     variance_ema: float | None = None
     poc_d: int | None = None

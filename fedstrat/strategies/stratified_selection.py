@@ -111,6 +111,8 @@ class StratifiedSelection(Strategy):
         self._avail_key: tuple[int, ...] | None = None
         self._sizes_cache: tuple[Any, np.ndarray] | None = None
         self._last_round = 0
+        #: sketch method in use: the option's, or "gaussian" when resuming a state without one
+        self.sketch_method: str = options.sketch_method
 
     @property
     def pending_plan(self) -> RoundPlan | None:
@@ -178,7 +180,7 @@ class StratifiedSelection(Strategy):
         global_np = {k: decode_array(a) for k, a in plan.global_arrays.items()}
         deltas = flat_deltas(valid, global_np)
         sketches = observe_replies(self.registry, valid, deltas, plan.sent_at, o.sketch_dim,
-                                   o.sketch_seed, o.cost_key)
+                                   o.sketch_seed, o.cost_key, self.sketch_method)
         self.policy.observe(Feedback([v.node_id for v in valid], sketches, weights))
         arrays, metrics = None, None
         if valid:
@@ -237,6 +239,7 @@ class StratifiedSelection(Strategy):
             "selection": self.options.selection,
             "last_round": self._last_round,
             "n_records": self.n_records,
+            "sketch_method": self.sketch_method,
             "registry": self.registry.state_dict(),
             "policy": self.policy.state_dict(),
         }
@@ -254,6 +257,8 @@ class StratifiedSelection(Strategy):
                 f"state was saved with seed {state['seed']}, this has {self.options.seed}"
             )
         self._last_round = int(state["last_round"])
+        # states saved before the option existed sketched with the Gaussian projection
+        self.sketch_method = str(state.get("sketch_method", "gaussian"))
         self.n_records = int(state["n_records"])
         self.registry = NodeRegistry()
         self.registry.load_state_dict(state["registry"])
