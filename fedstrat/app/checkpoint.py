@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,23 @@ def checkpoint_round(ckpt_dir: Path) -> int:
     try:
         state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text(encoding="utf-8"))
         return int(state["round"])
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"resume: unreadable checkpoint in {ckpt_dir}: {exc}") from exc
+
+
+def checkpoint_config(ckpt_dir: Path) -> dict[str, Any] | None:
+    """The run configuration stored in a checkpoint's ``state.json`` (``RunConfig.to_dict``
+    keys), or None for a checkpoint written without one. ConfigError if unreadable."""
+    try:
+        state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"resume: unreadable checkpoint in {ckpt_dir}: {exc}") from exc
+    config = state.get("config") if isinstance(state, dict) else None
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise ConfigError(f"resume: the stored configuration in {ckpt_dir} is not a table")
+    return config
 
 
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
@@ -124,8 +140,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                 for name in npz.files:
                     group, key = name.split(".", 1)
                     server_opt.setdefault(group, {})[key] = npz[name]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"resume: unreadable checkpoint in {ckpt}: {exc}") from exc
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise ConfigError(f"resume: unreadable checkpoint in {ckpt}: {reason}") from exc
     return Checkpoint(
         round=int(state["round"]),
         arrays=arrays,

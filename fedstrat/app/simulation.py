@@ -34,7 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from fedstrat.app import procs
-from fedstrat.app.checkpoint import checkpoint_round, find_checkpoint_dir
+from fedstrat.app.checkpoint import (
+    checkpoint_config,
+    checkpoint_round,
+    find_checkpoint_dir,
+    load_checkpoint,
+)
 from fedstrat.app.config import ConfigError, RunConfig
 from fedstrat.app.fileio import read_jsonl
 from fedstrat.app.flower_local import (
@@ -53,9 +58,11 @@ from fedstrat.app.rundir import (
     LOGS_DIR,
     PROGRESS_FILE,
     SUMMARY_FILE,
+    RunDirError,
     add_runner_timings,
     default_run_dir,
     read_metrics,
+    read_summary,
 )
 from fedstrat.app.tomlwrite import flat_toml
 
@@ -73,6 +80,8 @@ RESUMABLE_OPTIONS = frozenset(
         "data_root",
     }
 )
+#: ``RunResult.details`` of a resumed run that had already finished (nothing was started).
+ALREADY_FINISHED = "already finished"
 CONNECTION = "fedstrat"
 SUPERLINK_START_TIMEOUT = 60.0
 #: Seconds to let Flower shut down by itself after the ServerApp reported "end" (or "error");
@@ -85,22 +94,56 @@ class SimulationError(LaunchError):
 
 
 # ---------------------------------------------------------------------------- config
-def resume_config(run_dir: str | Path, **overrides: Any) -> RunConfig:
-    """The saved configuration of ``run_dir`` with ``resume`` set (plus ``overrides``,
-    e.g. ``rounds=40``): pass it to :func:`run_simulation_job` to continue that run."""
+def model_changing_differences(a: RunConfig, b: RunConfig) -> list[str]:
+    """Option names (``num-clients`` spelling) where ``a`` and ``b`` differ, leaving out
+    :data:`RESUMABLE_OPTIONS`."""
+    return [
+        f.name.replace("_", "-")
+        for f in dataclasses.fields(RunConfig)
+        if f.name not in RESUMABLE_OPTIONS and getattr(a, f.name) != getattr(b, f.name)
+    ]
+
+
+def saved_config(run_dir: str | Path) -> RunConfig:
+    """The configuration a checkpointed run was started with: the one stored with its
+    checkpoint (``state.json``), not the editable ``config.toml`` (used only for checkpoints
+    that store none). A ``config.toml`` that differs from the stored configuration outside
+    :data:`RESUMABLE_OPTIONS` raises :class:`ConfigError` naming the differing options."""
     ckpt = find_checkpoint_dir(run_dir)
-    base_dir = ckpt.parent
-    saved = RunConfig.from_toml(base_dir / CONFIG_FILE)
+    toml_path = ckpt.parent / CONFIG_FILE
+    stored = checkpoint_config(ckpt)
+    if stored is None:
+        return RunConfig.from_toml(toml_path)
+    try:
+        saved = RunConfig.from_mapping(stored)
+    except ConfigError as exc:
+        message = f"resume: the configuration stored in {ckpt} is unusable: {exc}"
+        raise ConfigError(message) from None
+    if toml_path.is_file():
+        diff = model_changing_differences(saved, RunConfig.from_toml(toml_path))
+        if diff:
+            raise ConfigError(
+                f"resume: {toml_path} differs from the configuration saved with the checkpoint "
+                f"in: {', '.join(diff)} (a resumed run keeps its configuration; restore the file "
+                "or start a new run)"
+            )
+    return saved
+
+
+def resume_config(run_dir: str | Path, **overrides: Any) -> RunConfig:
+    """The saved configuration of ``run_dir`` (:func:`saved_config`) with ``resume`` set (plus
+    ``overrides``, e.g. ``rounds=40``): pass it to :func:`run_simulation_job` to continue."""
+    base_dir = find_checkpoint_dir(run_dir).parent
     values = {"resume": str(base_dir), "out": str(base_dir), **overrides}
-    return RunConfig.from_mapping(values, base=saved).validate()
+    return RunConfig.from_mapping(values, base=saved_config(base_dir)).validate()
 
 
 def prepare_job(cfg: RunConfig) -> RunConfig:
     """Validate ``cfg`` and resolve its run directory to an absolute path (nothing is written).
 
     Fresh runs refuse a non-empty existing directory. ``resume`` must name a run directory with
-    a checkpoint whose saved configuration equals ``cfg`` except for
-    :data:`RESUMABLE_OPTIONS`; the resumed run continues in that directory. Raises
+    a readable checkpoint whose saved configuration (:func:`saved_config`) equals ``cfg`` except
+    for :data:`RESUMABLE_OPTIONS`; the resumed run continues in that directory. Raises
     :class:`ConfigError`.
     """
     cfg = dataclasses.replace(cfg).validate()
@@ -111,12 +154,7 @@ def prepare_job(cfg: RunConfig) -> RunConfig:
             raise ConfigError(
                 f"a resumed run continues in its own directory {run_dir}; out={cfg.out!r} differs"
             )
-        saved = RunConfig.from_toml(run_dir / CONFIG_FILE)
-        diff = [
-            f.name.replace("_", "-")
-            for f in dataclasses.fields(RunConfig)
-            if f.name not in RESUMABLE_OPTIONS and getattr(saved, f.name) != getattr(cfg, f.name)
-        ]
+        diff = model_changing_differences(saved_config(run_dir), cfg)
         if diff:
             raise ConfigError(
                 "resume: these options differ from the saved run and would change the result: "
@@ -126,6 +164,7 @@ def prepare_job(cfg: RunConfig) -> RunConfig:
         done = checkpoint_round(ckpt)
         if done > cfg.rounds:
             raise ConfigError(f"resume: the checkpoint is at round {done} > rounds={cfg.rounds}")
+        load_checkpoint(ckpt)  # every array file readable (a truncated .npz fails here)
         return dataclasses.replace(cfg, out=str(run_dir), resume=str(run_dir))
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     run_dir = run_dir.expanduser().resolve()
@@ -135,6 +174,33 @@ def prepare_job(cfg: RunConfig) -> RunConfig:
             "(or resume it)"
         )
     return dataclasses.replace(cfg, out=str(run_dir))
+
+
+def finished_result(cfg: RunConfig) -> RunResult | None:
+    """For a prepared resume (:func:`prepare_job`) of a run that already finished its
+    ``cfg.rounds`` rounds (checkpoint at that round, ``summary.json`` written for them): the
+    run's result read from its directory, with ``details`` = :data:`ALREADY_FINISHED`.
+    None when there is something left to do."""
+    if not cfg.resume:
+        return None
+    run_dir = Path(cfg.out)
+    try:
+        summary = read_summary(run_dir)
+        if summary is None or summary.rounds != cfg.rounds:
+            return None
+        if checkpoint_round(find_checkpoint_dir(run_dir)) != cfg.rounds:
+            return None
+        metrics = [row.to_dict() for row in read_metrics(run_dir)]
+    except (RunDirError, ConfigError, OSError):
+        return None
+    return RunResult(
+        status=COMPLETED,
+        run_dir=run_dir,
+        metrics=metrics,
+        summary=summary.to_dict(),
+        details=ALREADY_FINISHED,
+        log_path=run_dir / LOGS_DIR / "flower.log",
+    )
 
 
 # ---------------------------------------------------------------------------- processes
@@ -227,9 +293,13 @@ def run_simulation_job(
     CPUs given to Ray (default: all available); each simulated client uses one. ``timeout``:
     seconds for the whole job (None = no limit). Raises :class:`ConfigError` for a bad
     configuration before anything is written, :class:`SimulationError` when the run fails or
-    times out. No process started here outlives this call.
+    times out. No process started here outlives this call. Resuming a run that has already
+    finished its rounds starts nothing and writes nothing (:func:`finished_result`).
     """
     cfg = prepare_job(cfg)
+    done = finished_result(cfg)
+    if done is not None:
+        return done
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     progress_path = run_dir / PROGRESS_FILE

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import os
+import signal
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +65,27 @@ def resolve(
     return cfg
 
 
-def check_out_dir(path: str, allow_existing: bool = False) -> None:
+def check_out_dir(path: str | Path, allow_existing: bool = False) -> None:
+    """Refuse an output path that is a file, a non-empty directory (unless ``allow_existing``)
+    or cannot be created: its nearest existing ancestor must be a directory in which a folder
+    can be made (tried with a temporary folder, removed at once). Nothing is left behind."""
     if not path:
         return
-    p = Path(path)
+    p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise UsageFailure(f"output path {p} exists and is not a directory")
     if p.is_dir() and any(p.iterdir()) and not allow_existing:
         raise UsageFailure(f"output directory {p} already exists and is not empty")
+    probe_in = p.absolute()
+    while not probe_in.exists():
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise UsageFailure(f"cannot create output directory {p}: {probe_in} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".fedstrat-probe-", dir=probe_in))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UsageFailure(f"cannot write output directory {p}: {reason} ({probe_in})") from None
 
 
 def preflight(cfg: RunConfig) -> None:
@@ -112,16 +130,54 @@ def preflight(cfg: RunConfig) -> None:
             raise UsageFailure(f"model {cfg.model!r} does not fit {cfg.dataset}: {exc}") from exc
 
 
-def handle(fn: Any) -> Any:
-    """Run ``fn()`` turning UsageFailure into exit 2 and runtime failures into exit 1."""
+#: Exit code after Ctrl-C (SIGINT), as a shell reports it: 128 + 2.
+EXIT_INTERRUPTED = 130
+#: Exit code after SIGTERM (``kill``, systemd, container runtimes), as a shell reports it: 128 + 15.
+EXIT_TERMINATED = 143
+#: What an interrupted ``simulate`` leaves (``handle(..., hint=RESUME_HINT)``).
+RESUME_HINT = "the last checkpoint is kept (continue with --resume <run dir>)"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwinds like Ctrl-C (every ``finally`` runs), exit code 143."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # a second SIGTERM must not interrupt the clean-up the first one started (SIGKILL still can)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main
+    thread, so a run stops exactly as after Ctrl-C. No-op outside the main thread."""
     try:
-        return fn()
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def handle(fn: Any, hint: str = "") -> Any:
+    """Run ``fn()`` turning UsageFailure into exit 2, runtime failures into exit 1, Ctrl-C into
+    130 and SIGTERM into 143 (one ``Error:`` line each; ``hint`` ends the interrupt line)."""
+    stopped = "every process it started was stopped" + (f"; {hint}" if hint else "")
+    try:
+        with sigterm_as_interrupt():
+            return fn()
     except UsageFailure as exc:
         raise fail(str(exc)) from None
     except ConfigError as exc:
         raise fail(str(exc)) from None
+    except Terminated:
+        raise fail(f"terminated (SIGTERM); {stopped}", EXIT_TERMINATED) from None
     except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+        raise fail(f"interrupted; {stopped}", EXIT_INTERRUPTED) from None
     except RuntimeError as exc:
         if type(exc).__name__ == "SimulationError":  # the run started but failed: exit 1
             raise fail(str(exc), 1) from None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,17 @@ from typing import Any
 import typer
 
 from fedstrat.app.config import ConfigError, RunConfig
-from fedstrat.cli.common import fail
+from fedstrat.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    RESUME_HINT,
+    Terminated,
+    UsageFailure,
+    check_out_dir,
+    fail,
+    preflight,
+    sigterm_as_interrupt,
+)
 from fedstrat.cli.options import build_config, run_options
 
 deploy_app = typer.Typer(
@@ -145,6 +154,29 @@ class _ProgressTail:
         self.seen = len(lines)
 
 
+def _local_config(
+    run_opts: dict[str, Any],
+    config: Path | None,
+    set_values: list[str] | None,
+    num_supernodes: int | None,
+) -> RunConfig:
+    """The run configuration of ``deploy local``, checked like ``simulate``'s
+    (:func:`fedstrat.app.simulation.prepare_job`: options, run directory, resume against the
+    configuration saved with the checkpoint, checkpoint readable). Writes nothing."""
+    from fedstrat.app.simulation import prepare_job, resume_config
+
+    n = num_supernodes if num_supernodes is not None else 3
+    cfg = build_config(run_opts, config, set_values, base=_base_for(n))
+    if cfg.resume:  # continue from the run's saved options; explicit flags on top
+        base = resume_config(cfg.resume)
+        n = num_supernodes if num_supernodes is not None else base.num_clients
+        cfg = build_config(run_opts, config, set_values, base=base)
+    cfg = dataclasses.replace(cfg, num_clients=n)
+    if not cfg.out:
+        cfg = dataclasses.replace(cfg, out=str(cfg.resume or _default_out(cfg)))
+    return prepare_job(cfg)
+
+
 @deploy_app.command("local")
 @run_options(exclude=("num_clients",))
 def local_cmd(
@@ -152,8 +184,12 @@ def local_cmd(
     run_opts: dict[str, Any],
     config: Path | None,
     set_values: list[str] | None,
-    num_supernodes: int = typer.Option(
-        3, "--num-supernodes", "-n", help="SuperNodes to start (= num-clients of the run)."
+    num_supernodes: int | None = typer.Option(
+        None,
+        "--num-supernodes",
+        "-n",
+        help="SuperNodes to start (= num-clients of the run) [default: 3, or the resumed "
+        "run's num-clients].",
     ),
     tls: bool = typer.Option(True, "--tls/--insecure", help="TLS between all components."),
     auth: bool = typer.Option(
@@ -180,56 +216,55 @@ def local_cmd(
     at the end, also on errors and Ctrl-C. Node i gets partition i of num-supernodes.
     """
     from fedstrat.app.flower_local import tail as log_tail
+    from fedstrat.app.simulation import finished_result
     from fedstrat.deploy.local import FederationError, LocalFederation
 
-    if num_supernodes < 1:
+    if num_supernodes is not None and num_supernodes < 1:
         raise fail(f"--num-supernodes must be >= 1, got {num_supernodes}")
     if auth and not tls:
         raise fail("SuperNode authentication needs TLS: use --tls or --no-auth")
     try:
-        cfg = build_config(run_opts, config, set_values, base=_base_for(num_supernodes))
-        cfg = dataclasses.replace(cfg, num_clients=num_supernodes)
-        if cfg.resume and not cfg.out:
-            cfg = dataclasses.replace(cfg, out=cfg.resume)
-        out = Path(cfg.out) if cfg.out else _default_out(cfg)
-        cfg = dataclasses.replace(cfg, out=str(out.expanduser().resolve()))
-        if cfg.resume:
-            cfg = dataclasses.replace(cfg, resume=str(Path(cfg.resume).expanduser().resolve()))
-        cfg.validate()
+        cfg = _local_config(run_opts, config, set_values, num_supernodes)
         app_path = (app or app_dir()).expanduser().resolve()
+        check_out_dir(cfg.out, allow_existing=bool(cfg.resume))
+        preflight(cfg)
     except (ConfigError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
-    if not cfg.resume and Path(cfg.out).exists() and any(Path(cfg.out).iterdir()):
-        raise fail(f"output directory {cfg.out} exists and is not empty (use --resume or --out)")
+    except UsageFailure as exc:
+        raise fail(str(exc)) from None
+    done = finished_result(cfg)
+    if done is not None:
+        typer.echo(f"run {cfg.out} has already finished its {cfg.rounds} rounds; nothing to do")
+        return
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    stopped = f"every process it started was stopped; {RESUME_HINT}"
     echo = (lambda _m: None) if quiet else (lambda m: typer.echo(f"[deploy] {m}", err=True))
     tail = _ProgressTail(Path(cfg.out), quiet)
     try:
-        with LocalFederation(
-            num_supernodes,
-            tls=tls,
-            auth=auth,
-            certs_dir=certs,
-            workdir=workdir,
-            keep_workdir=keep_workdir,
-            echo=echo,
-        ) as fed:
+        with (
+            sigterm_as_interrupt(),
+            LocalFederation(
+                cfg.num_clients,
+                tls=tls,
+                auth=auth,
+                certs_dir=certs,
+                workdir=workdir,
+                keep_workdir=keep_workdir,
+                echo=echo,
+            ) as fed,
+        ):
             result = fed.run(app_path, cfg.to_flower(), timeout=timeout, on_poll=tail)
             tail(result.info)
             if result.log_path is not None and keep_workdir:
                 echo(f"ServerApp log: {result.log_path}")
             elif not result.ok and result.log_path is not None:
                 typer.echo(log_tail(result.log_path, 30), err=True)
+    except Terminated:
+        raise fail(f"terminated (SIGTERM); {stopped}", EXIT_TERMINATED) from None
     except KeyboardInterrupt:
-        raise fail("interrupted; every started process was stopped", 130) from None
+        raise fail(f"interrupted; {stopped}", EXIT_INTERRUPTED) from None
     except (FederationError, TimeoutError, ValueError) as exc:
         raise fail(str(exc), 1) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     summary_path = Path(cfg.out) / "summary.json"
     typer.echo(f"run {result.run_id}: {result.status} in {result.elapsed:.1f} s")
     typer.echo(f"run directory: {cfg.out}")

@@ -16,6 +16,7 @@ import typer
 from fedstrat import __version__
 from fedstrat.app.config import SELECTIONS, RunConfig
 from fedstrat.cli.common import (
+    RESUME_HINT,
     UsageFailure,
     check_out_dir,
     err_console,
@@ -144,17 +145,29 @@ def simulate(
                 raise UsageFailure(f"cannot resume {resume}: {exc}") from None
             cfg = resolve(run_opts, config, set_values, base=saved)
         check_out_dir(cfg.out, allow_existing=bool(resume))
+        _runner()
+        from fedstrat.app.simulation import finished_result, prepare_job
+
+        # run directory, resume checks, checkpoint readable; writes nothing
+        done = finished_result(prepare_job(cfg))
         preflight(cfg)
         if dry_run:
             typer.echo(config_to_toml(cfg), nl=False)
             return
-        _runner()
+        if done is not None:
+            typer.echo(
+                f"run {done.run_dir} has already finished its {cfg.rounds} rounds; nothing to "
+                "do (pass a larger --rounds to continue it)",
+                err=True,
+            )
+            _print_run_summary(done)
+            return
         console = err_console()
         with _make_progress(console) as progress:
             result = _run_one(cfg, progress, f"{cfg.selection} seed {cfg.seed}")
         _print_run_summary(result)
 
-    handle(body)
+    handle(body, hint=RESUME_HINT)
 
 
 def config_to_toml(cfg: RunConfig) -> str:
@@ -264,7 +277,7 @@ def compare(
         if failed:
             raise fail(f"{len(failed)} run(s) failed: " + "; ".join(failed), 1)
 
-    handle(body)
+    handle(body, hint="finished runs are kept (rerun with --skip-existing)")
 
 
 def _measure_into(
@@ -385,6 +398,7 @@ def report(
         from fedstrat.cli.report import report_dirs
 
         default_out = Path(f"runs/report-{stamp()}")
+        check_out_dir(out or default_out, allow_existing=True)
         try:
             report_dirs(
                 run_dirs,

@@ -14,7 +14,16 @@ from typing import Any
 from fedstrat.app import comparedir
 from fedstrat.app.comparedir import CompareRow, compare_table
 from fedstrat.app.plots import plot_run
-from fedstrat.app.rundir import PLOTS_DIR, MetricsRow, RunData, load_run
+from fedstrat.app.rundir import (
+    CONFIG_FILE,
+    PLOTS_DIR,
+    PROGRESS_FILE,
+    SUMMARY_FILE,
+    MetricsRow,
+    RunData,
+    RunDirError,
+    load_run,
+)
 from fedstrat.app.tables import fmt
 from fedstrat.measure.output import VARIANCE_JSON, load_measured
 
@@ -34,6 +43,8 @@ def report_dirs(
     ``default_out``). ``target`` > 0 replaces the runs' target. Raises
     :class:`~fedstrat.app.rundir.RunDirError` for anything that is not a readable run."""
     run_paths, compares = comparedir.find_runs(paths)
+    for p in run_paths:
+        check_recognised(p)
     runs = [load_run(p, target or None) for p in run_paths]
     console.print(rich_run_table(runs, title="fedstrat report"))
     if plots:
@@ -50,6 +61,22 @@ def report_dirs(
         rows, files = comparedir.write_comparison(runs, out, measured)
         console.print(rich_compare_table(rows, title="comparison"))
         console.print(f"wrote {len(files)} files to {out}")
+
+
+def check_recognised(path: Path) -> None:
+    """Raise :class:`~fedstrat.app.rundir.RunDirError` unless ``path`` is a run directory as
+    fedstrat writes it: a metrics table, ``config.toml``, and ``summary.json`` or
+    ``progress.jsonl``. (Any folder holding a ``metrics.csv`` is not enough: ``report`` writes
+    plots into the run directories it is given.)"""
+    d = Path(path)
+    missing = [n for n in (CONFIG_FILE,) if not (d / n).is_file()]
+    if not any((d / n).is_file() for n in (SUMMARY_FILE, PROGRESS_FILE)):
+        missing.append(f"{SUMMARY_FILE} or {PROGRESS_FILE}")
+    if missing:
+        raise RunDirError(
+            f"{d} is not a fedstrat run directory (missing {', '.join(missing)}); report reads "
+            "run directories written by `fedstrat simulate`/`deploy` and compare directories"
+        )
 
 
 def rich_compare_table(rows: Sequence[CompareRow], title: str = "comparison") -> Any:
