@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+from logging import WARNING
 from typing import Any
 
 import numpy as np
+
+from fedstrat.wire import NUM_EXAMPLES
+
+from .weight_cap import (
+    CapEffect,
+    SizeRules,
+    cap_effect,
+    claim_mismatch,
+    profile_mismatch,
+    size_cap_value,
+)
+
+log = logging.getLogger("flwr").log
 
 
 class NodeRegistry:
@@ -15,10 +30,17 @@ class NodeRegistry:
     last training reply, the sketch of its last accepted update, its last ``train-loss`` and its
     mean training cost (seconds). Everything is plain Python so that :meth:`state_dict` is
     JSON-serialisable.
+
+    Sizes cannot be bought (``rules``, :mod:`.weight_cap`): a size is learned once (profile,
+    else the first accepted training reply); a profile whose ``num-examples`` disagrees with its
+    histogram is refused (the node counts as not profiled); :meth:`claim_problem` tells whether
+    a later claim disagrees; :meth:`sizes` caps every size at ``rules.cap_multiple`` times the
+    median learned size.
     """
 
-    def __init__(self) -> None:
-        self.num_examples: dict[int, float] = {}  # from profile or train replies
+    def __init__(self, rules: SizeRules | None = None) -> None:
+        self.rules = SizeRules() if rules is None else rules
+        self.num_examples: dict[int, float] = {}  # learned once: profile or first train reply
         self.histograms: dict[int, list[float]] = {}
         self.profile_failed: dict[int, str] = {}  # node -> reason
         self.sketches: dict[int, list[float]] = {}
@@ -36,13 +58,34 @@ class NodeRegistry:
         """The nodes of ``node_ids`` never profiled."""
         return [n for n in node_ids if not self.known(n)]
 
+    def size_cap(self) -> float:
+        """``c = rules.cap_multiple * median(learned sizes)`` (``inf``: no cap)."""
+        return size_cap_value(list(self.num_examples.values()), self.rules.cap_multiple)
+
     def sizes(self, node_ids: list[int]) -> np.ndarray:
-        """``n_i`` of the nodes; unknown sizes are the mean of every known size (1 if none)."""
-        known = list(self.num_examples.values())
+        """``min(n_i, c)`` of the nodes (:meth:`size_cap`); unknown sizes are the mean of every
+        known capped size (1 if none)."""
+        cap = self.size_cap()
+        capped = {n: min(v, cap) for n, v in self.num_examples.items()}
+        known = list(capped.values())
         fill = float(np.mean(known)) if known else 1.0
         if fill <= 0:
             fill = 1.0
-        return np.array([self.num_examples.get(n, fill) for n in node_ids], dtype=np.float64)
+        return np.array([capped.get(n, fill) for n in node_ids], dtype=np.float64)
+
+    def cap_effect(self, node_ids: list[int]) -> CapEffect:
+        """What :meth:`size_cap` does to ``node_ids`` (nodes cut, their claims, share removed)."""
+        return cap_effect(node_ids, [self.num_examples.get(n) for n in node_ids],
+                          self.size_cap())
+
+    def claim_problem(self, node_id: int, claimed: float, key: str = NUM_EXAMPLES) -> str | None:
+        """Why a training reply's weight metric ``key`` = ``claimed`` disagrees with the node's
+        learned size (None if it agrees or nothing was learned yet). A profiled node's size is
+        compared only with ``num-examples`` claims (another weight metric has other units)."""
+        learned = self.num_examples.get(node_id)
+        if learned is None or (key != NUM_EXAMPLES and node_id in self.histograms):
+            return None
+        return claim_mismatch(claimed, learned, self.rules.tolerance, key)
 
     def histogram_matrix(self, node_ids: list[int]) -> np.ndarray:
         """Label histograms of ``node_ids`` (all must have one), as a float (N, C) array."""
@@ -58,12 +101,22 @@ class NodeRegistry:
         return self.cost_sum[node_id] / c if c else None
 
     # ---------------------------------------------------------------- updates
-    def set_profile(self, node_id: int, num_examples: float, histogram: list[float]) -> None:
-        """Record a successful profile reply."""
+    def set_profile(
+        self, node_id: int, num_examples: float, histogram: list[float]
+    ) -> str | None:
+        """Record a profile reply; return why it was refused (``num-examples`` disagrees with
+        the histogram, :func:`.weight_cap.profile_mismatch`: the node is then marked not
+        profiled with that reason), or None."""
+        problem = profile_mismatch(num_examples, histogram, self.rules)
+        if problem is not None:
+            log(WARNING, "Profile of node %d refused: %s", node_id, problem)
+            self.set_profile_failed(node_id, problem)
+            return problem
         self.num_examples[node_id] = float(num_examples)
         self.histograms[node_id] = [float(v) for v in histogram]
         self.profile_failed.pop(node_id, None)
         self.version += 1
+        return None
 
     def set_profile_failed(self, node_id: int, reason: str) -> None:
         """Record that the node could not be profiled."""
@@ -78,13 +131,9 @@ class NodeRegistry:
         loss: float | None = None,
         cost: float | None = None,
     ) -> None:
-        """Record what an accepted training reply told about the node."""
-        if (
-            num_examples is not None
-            and num_examples > 0
-            and node_id not in self.histograms
-            and self.num_examples.get(node_id) != float(num_examples)
-        ):
+        """Record what an accepted training reply told about the node; its size only if none
+        was learned yet (later claims are checked by :meth:`claim_problem`, not learned)."""
+        if num_examples is not None and num_examples > 0 and node_id not in self.num_examples:
             self.num_examples[node_id] = float(num_examples)
             self.version += 1
         if sketch is not None:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Message
 
+from .node_registry import NodeRegistry
 from .plan import RoundPlan
 from .reply_validation import ValidReply, validate_train_reply
 from .responder_weights import responder_weights
@@ -42,9 +43,15 @@ class Triage:
 
 
 def triage_replies(
-    replies: Iterable[Message], plan: RoundPlan, weighted_by_key: str
+    replies: Iterable[Message],
+    plan: RoundPlan,
+    weighted_by_key: str,
+    registry: NodeRegistry | None = None,
 ) -> Triage:
     """Sort the round's replies (see :func:`validate_train_reply` for the checks).
+
+    With ``registry``, a reply whose weight metric disagrees with the node's learned size
+    (:meth:`NodeRegistry.claim_problem`) is rejected too.
 
     An error reply is blamed on the node its instruction was sent to (``reply_to``): a
     SuperLink answers for an unreachable node with an error whose sender is itself. A selected
@@ -74,6 +81,13 @@ def triage_replies(
             log(WARNING, "aggregate_train: rejected duplicate reply of node %d", node)
             continue
         seen.add(node)
+        claim = None if registry is None else registry.claim_problem(
+            node, result.num_examples, weighted_by_key
+        )
+        if claim is not None:
+            rejected.append(ReplyProblem(node, claim))
+            log(WARNING, "aggregate_train: rejected reply of node %d: %s", node, claim)
+            continue
         valid.append(result)
     for node in plan.selected:
         if node not in seen and not any(f.node == node for f in failures + rejected):

@@ -1,0 +1,179 @@
+"""No single accepted reply can stop or blow up a round.
+
+:func:`screen_magnitudes` rejects updates whose finite values would overflow the aggregate
+after weighting (or the server's sketch statistics); :func:`consistent_replies` makes the
+replies handed to the wrapped strategy agree on record names and metric keys (Flower's
+weighted average raises ``InconsistentMessageReplies`` otherwise, and the job dies).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass
+from logging import WARNING
+
+import numpy as np
+from flwr.app import Message, MetricRecord, RecordDict
+
+from .plan import RoundPlan
+from .reply_validation import ValidReply
+from .triage import ReplyProblem, reply_weights
+
+log = logging.getLogger("flwr").log
+
+#: bound on ``sqrt(D) max_j |Delta_ij|`` (>= the update's L2 norm): the update sketch (norm
+#: about ``||Delta_i||``) and the variance tracker's squared sketch distances, summed with
+#: weights over many rounds, then stay far inside float64 (``sqrt(finfo.max)`` ~ 1.3e154).
+STAT_LIMIT = math.sqrt(float(np.finfo(np.float64).max)) * 1e-6
+
+
+@dataclass(frozen=True)
+class Screened:
+    """The replies kept by :func:`screen_magnitudes` (in order), those it rejected, the kept
+    replies' responder weights and notes (:func:`.triage.reply_weights`) and their rows of the
+    update matrix (None without floating-point arrays)."""
+
+    valid: list[ValidReply]
+    rejected: list[ReplyProblem]
+    weights: np.ndarray
+    notes: list[str]
+    deltas: np.ndarray | None
+
+
+def _float_limit(valid: list[ValidReply], key: str) -> float:
+    """Largest magnitude of the narrowest floating dtype the replies use for ``key``."""
+    widths = [np.finfo(v.arrays[key].dtype).max for v in valid
+              if key in v.arrays and v.arrays[key].dtype.kind == "f"]
+    return float(min(widths)) if widths else float(np.finfo(np.float64).max)
+
+
+def screen_magnitudes(
+    plan: RoundPlan,
+    valid: list[ValidReply],
+    global_np: dict[str, np.ndarray],
+    deltas: np.ndarray | None,
+) -> Screened:
+    """Reject replies with finite values too large to aggregate; weight the rest.
+
+    ``deltas``: :func:`.rewrite.flat_deltas` of ``valid`` (floating keys of ``global_np`` in
+    order). With ``R`` kept replies, responder weight total ``W`` (of :func:`reply_weights` on
+    the kept replies) and, per floating array ``k``, ``M_k`` the largest finite value of the
+    narrowest dtype the replies use for it, reply ``i`` is kept when for every ``k``
+    ``max|x_g,k| + max(W, 1) max|Delta_i,k| <= M_k / R``: every rewritten HT value
+    ``x_g + W Delta_i`` (or raw value, ratio) and every partial sum of a weighted average with
+    weights summing to 1 are then finite. Also ``sqrt(D) max|Delta_i| <= STAT_LIMIT`` (update
+    sketches). Rejecting a reply changes ``W``, so this repeats until nothing is rejected.
+    """
+    weights, notes = reply_weights(plan, valid)
+    keys = [k for k, v in global_np.items() if v.dtype.kind == "f"]
+    if deltas is None or not keys or not valid:
+        return Screened(valid, [], weights, notes, deltas)
+    bounds, start = [], 0
+    for k in keys:
+        bounds.append((start, start + global_np[k].size))
+        start += global_np[k].size
+    gmax = np.array([float(np.max(np.abs(global_np[k]))) if global_np[k].size else 0.0
+                     for k in keys])
+    amax = np.zeros((len(valid), len(keys)))
+    with np.errstate(invalid="ignore"):
+        for r in range(len(valid)):
+            for j, (a, b) in enumerate(bounds):
+                if b > a:
+                    row = deltas[r, a:b]
+                    amax[r, j] = max(float(row.max()), -float(row.min()))
+    limits = np.array([_float_limit(valid, k) for k in keys])
+    rows = list(range(len(valid)))
+    rejected: list[ReplyProblem] = []
+
+    def drop(r: int, reason: str) -> None:
+        rejected.append(ReplyProblem(valid[r].node_id, reason))
+        log(WARNING, "aggregate_train: rejected reply of node %d: %s", valid[r].node_id, reason)
+        rows.remove(r)
+
+    root_d = math.sqrt(float(deltas.shape[1]))
+    for r in list(rows):
+        peak = float(amax[r].max())
+        if not math.isfinite(peak) or peak * root_d > STAT_LIMIT:
+            drop(r, f"update too large for the server's statistics (max |x_i - x_g| = {peak:.3g})")
+    while rows:
+        if len(rows) < len(valid):
+            weights, notes = reply_weights(plan, [valid[r] for r in rows])
+        big_w = max(float(weights.sum()), 1.0)
+        cap = limits / len(rows)
+        bad = [r for r in rows if np.any(gmax + big_w * amax[r] > cap)]
+        if not bad:
+            break
+        n_before = len(rows)
+        for r in bad:
+            j = int(np.argmax(gmax + big_w * amax[r] - cap))
+            drop(r, f"update would overflow the aggregate: max |x_i - x_g| = {amax[r, j]:.3g} "
+                    f"in '{keys[j]}' times W = {big_w:.4g} exceeds {cap[j]:.3g} "
+                    f"(largest value / {n_before} replies)")
+    if not rows:
+        weights, notes = reply_weights(plan, [])
+    if len(rows) == len(valid):
+        return Screened(valid, rejected, weights, notes, deltas)
+    return Screened([valid[r] for r in rows], rejected, weights, notes, deltas[rows])
+
+
+def _majority(names: list[str]) -> str:
+    """The most frequent name (ties: the one seen first)."""
+    counts = Counter(names)
+    best = max(counts.values())
+    return next(n for n in names if counts[n] == best)
+
+
+def _kind(value: object) -> tuple[str, int]:
+    return ("list", len(value)) if isinstance(value, list) else ("scalar", 0)
+
+
+def consistent_replies(
+    replies: list[Message], weighted_by_key: str
+) -> tuple[list[Message], list[str]]:
+    """Replies the wrapped strategy accepts as consistent, and notes of what was changed.
+
+    Every reply has one ArrayRecord and one MetricRecord (validated). Records named unlike the
+    majority are renamed to the majority's name; metric keys that are not in every reply, or
+    whose values differ in kind (scalar vs list, list lengths), are dropped (the weight metric
+    ``weighted_by_key`` is in every reply). Replies that need no change are returned as they
+    are (the same objects).
+    """
+    if len(replies) < 2:
+        return replies, []
+    arr_names = [next(iter(m.content.array_records)) for m in replies]
+    met_names = [next(iter(m.content.metric_records)) for m in replies]
+    arr_name, met_name = _majority(arr_names), _majority(met_names)
+    metrics = [next(iter(m.content.metric_records.values())) for m in replies]
+    common = set(metrics[0])
+    for rec in metrics[1:]:
+        common &= set(rec)
+    keep = {k for k in common if len({_kind(rec[k]) for rec in metrics}) == 1}
+    keep.add(weighted_by_key)
+    dropped = sorted(set().union(*(set(rec) for rec in metrics)) - keep)
+    notes: list[str] = []
+    renamed = sum(a != arr_name or b != met_name
+                  for a, b in zip(arr_names, met_names, strict=True))
+    if renamed:
+        notes.append(f"{renamed} replies' records renamed to '{arr_name}' / '{met_name}'")
+    if dropped:
+        notes.append(f"metrics not in every reply (or of differing kinds) left out of the "
+                     f"aggregate: {dropped}")
+    if not notes:
+        return replies, []
+    for note in notes:
+        log(WARNING, "aggregate_train: %s", note)
+    out = []
+    for msg, a, b, rec in zip(replies, arr_names, met_names, metrics, strict=True):
+        content = RecordDict()
+        for key, value in msg.content.items():
+            if key == a:
+                content[arr_name] = value
+            elif key == b:
+                content[met_name] = MetricRecord({k: v for k, v in rec.items() if k in keep})
+            else:
+                content[key] = value
+        out.append(Message(content=content, metadata=copy.copy(msg.metadata)))
+    return out, notes
