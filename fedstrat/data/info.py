@@ -54,6 +54,10 @@ _INFOS = (
         "movielens-100k", "ctr", "deepfm", 0.70, False,
         "MovieLens-100k CTR from the recbole wheel",
     ),
+    DatasetInfo(
+        "synthetic", "classification", "mlp", 0.60, False,
+        "make_classification rows of any size (--synthetic-samples/-features/-classes)",
+    ),
     DatasetInfo("mnist", "classification", "cnn", 0.95, True, "MNIST IDX files"),
     DatasetInfo(
         "fashion-mnist", "classification", "cnn", 0.80, True, "Fashion-MNIST IDX files"

@@ -10,6 +10,7 @@ from typing import Any
 from fedstrat.data.base import Dataset
 from fedstrat.data.ctr import load_criteo, load_movielens1m, load_movielens100k
 from fedstrat.data.info import DATASET_INFO, DATASETS, dataset_info
+from fedstrat.data.synthetic import load_synthetic
 from fedstrat.data.vision import load_cifar10, load_digits, load_idx_dataset, load_mnist5k
 
 # name -> loader; what each name means (task, files, description) is in fedstrat.data.info.
@@ -17,6 +18,7 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
     "mnist5k": load_mnist5k,
     "digits": load_digits,
     "movielens-100k": load_movielens100k,
+    "synthetic": load_synthetic,
     "mnist": functools.partial(load_idx_dataset, "mnist"),
     "fashion-mnist": functools.partial(load_idx_dataset, "fashion-mnist"),
     "cifar10": load_cifar10,
