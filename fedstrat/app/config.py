@@ -89,6 +89,9 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     data_root: str = ""
+    data: str = ""  # dataset "table": the CSV / Parquet click log
+    schema: str = ""  # dataset "table": its schema TOML (fedstrat.data.table)
+    split: str = ""  # train/test split: "" = the dataset's own, "random" or "temporal"
     out: str = ""  # "" = runs/<timestamp>
     eval_every: int = 1
     target_accuracy: float = 0.0  # 0 = per-dataset default
@@ -174,6 +177,10 @@ class RunConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0")
         if not self.variance_ema < 1:
             raise ConfigError(f"variance-ema must be < 1, got {self.variance_ema}")
+        if self.dataset != "table" and (self.data or self.schema):
+            raise ConfigError(f"data and schema are for dataset table, not {self.dataset!r}")
+        if self.split not in ("", "random", "temporal"):
+            raise ConfigError(f"unknown split {self.split!r}; choose one of: random, temporal")
         if self.shards_per_client < 1:
             raise ConfigError("shards-per-client must be >= 1")
         if self.node_wait_timeout <= 0 or self.round_timeout <= 0:

@@ -152,7 +152,10 @@ class CentralEvaluator:
         from fedstrat.data import load_dataset
         from fedstrat.models import build_model, default_model_for, get_device
 
-        self.dataset = load_dataset(cfg.dataset, root=cfg.data_root or None, seed=cfg.seed)
+        self.dataset = load_dataset(
+            cfg.dataset, root=cfg.data_root or None, seed=cfg.seed,
+            data=cfg.data, schema=cfg.schema, split=cfg.split,
+        )
         self.task = self.dataset.task
         self.model_name = cfg.model or default_model_for(self.dataset)
         torch.manual_seed(cfg.seed)

@@ -62,6 +62,10 @@ def resolve(
             cfg = dataclasses.replace(cfg, **fixed).validate()
     except ConfigError as exc:
         raise UsageFailure(str(exc)) from exc
+    if (cfg.data or cfg.schema) and not cfg.data_root:  # Flower's processes may run elsewhere
+        paths = {k: str(Path(v).expanduser().resolve()) for k, v in
+                 (("data", cfg.data), ("schema", cfg.schema)) if v}
+        cfg = dataclasses.replace(cfg, **paths)
     return cfg
 
 
@@ -96,7 +100,10 @@ def preflight(cfg: RunConfig) -> None:
     except ImportError as exc:  # pragma: no cover - package incomplete
         raise UsageFailure(f"fedstrat.data is not available: {exc}") from exc
     try:
-        ds = load_dataset(cfg.dataset, root=cfg.data_root or None, seed=cfg.seed)
+        ds = load_dataset(
+            cfg.dataset, root=cfg.data_root or None, seed=cfg.seed,
+            data=cfg.data, schema=cfg.schema, split=cfg.split,
+        )
     except (ValueError, OSError) as exc:
         text = str(exc).strip()
         raise UsageFailure(" ".join(text.split()) if text else repr(exc)) from None

@@ -69,6 +69,10 @@ HELP: dict[str, str] = {
     "seed": "Random seed (partition, model init, selection, client training).",
     "device": "Torch device: auto, cpu, cuda, cuda:0, ...",
     "data_root": "Folder with local data files (else $FEDSTRAT_DATA).",
+    "data": "CSV or Parquet click log of --dataset table.",
+    "schema": "Schema TOML of --dataset table (label, fields, client key, split).",
+    "split": "Train/test split: random or temporal (per-user latest rows; empty = the "
+    "dataset's own).",
     "out": "Output directory (default runs/<timestamp>-<selection>-s<seed>).",
     "eval_every": "Evaluate the global model every k rounds.",
     "target_accuracy": "Target accuracy (AUC for CTR) for 'rounds to target' (0 = dataset "

@@ -3,8 +3,10 @@
 A node is identified by ``partition-id`` (and ``num-partitions``) in ``context.node_config``;
 Flower sets both in simulation, deployments pass them with ``--node-config``. The dataset and the
 partition are built from ``context.run_config`` (keys ``dataset``, ``partition``, ``alpha``,
-``num-clients``, ``shards-per-client``, ``natural-key``, ``seed``, ``data-root``) exactly as the
-server side builds them, so every node sees the same split.
+``num-clients``, ``shards-per-client``, ``natural-key``, ``seed``, ``data-root``, and ``data`` /
+``schema`` / ``split`` for ``dataset = "table"`` and the temporal split) exactly as the server side
+builds them, so every node sees the same split (a table's paths must name the same file on every
+node; ``fedstrat simulate`` passes absolute paths).
 
 Evaluation data (documented choice): every node evaluates on a *seeded slice of the global test
 split* of at most ``eval-size`` rows (run-config key, default :data:`DEFAULT_EVAL_SIZE`), drawn
@@ -42,6 +44,9 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "model": "",
     "device": "auto",
     "data-root": "",
+    "data": "",
+    "schema": "",
+    "split": "",
     "eval-size": DEFAULT_EVAL_SIZE,
 }
 
@@ -104,6 +109,9 @@ class DataSpec:
     seed: int
     data_root: str
     eval_size: int
+    data: str = ""
+    schema: str = ""
+    split: str = ""
 
     @classmethod
     def from_config(
@@ -138,6 +146,9 @@ class DataSpec:
             seed=_get(run_config, "seed", int),
             data_root=_get(run_config, "data-root", str),
             eval_size=eval_size,
+            data=_get(run_config, "data", str),
+            schema=_get(run_config, "schema", str),
+            split=_get(run_config, "split", str),
         )
 
 
@@ -146,7 +157,14 @@ def load_partitioned(spec: DataSpec) -> tuple[Any, Any]:
     """``(Dataset, Partition)`` for ``spec``, loaded once per process (LRU cache of 4)."""
     from fedstrat.data import load_dataset, partition_dataset
 
-    ds = load_dataset(spec.dataset, root=spec.data_root or None, seed=spec.seed)
+    ds = load_dataset(
+        spec.dataset,
+        root=spec.data_root or None,
+        seed=spec.seed,
+        data=spec.data,
+        schema=spec.schema,
+        split=spec.split,
+    )
     part = partition_dataset(
         ds,
         spec.partition,

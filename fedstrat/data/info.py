@@ -65,6 +65,10 @@ _INFOS = (
     DatasetInfo("cifar10", "classification", "cnn-cifar", 0.50, True, "CIFAR-10 python batches"),
     DatasetInfo("movielens-1m", "ctr", "deepfm", 0.72, True, "MovieLens-1M .dat files"),
     DatasetInfo("criteo", "ctr", "deepfm", 0.75, True, "Criteo display-ads train.txt"),
+    DatasetInfo(
+        "table", "ctr", "deepfm", 0.70, True,
+        "your CSV / Parquet click log (--data FILE --schema SCHEMA.toml)",
+    ),
 )
 
 #: Every dataset name -> its :class:`DatasetInfo`, in the order the CLI lists them.

@@ -11,6 +11,7 @@ from fedstrat.data.base import Dataset
 from fedstrat.data.ctr import load_criteo, load_movielens1m, load_movielens100k
 from fedstrat.data.info import DATASET_INFO, DATASETS, dataset_info
 from fedstrat.data.synthetic import load_synthetic
+from fedstrat.data.table import load_table_dataset
 from fedstrat.data.vision import load_cifar10, load_digits, load_idx_dataset, load_mnist5k
 
 # name -> loader; what each name means (task, files, description) is in fedstrat.data.info.
@@ -24,6 +25,7 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
     "cifar10": load_cifar10,
     "movielens-1m": load_movielens1m,
     "criteo": load_criteo,
+    "table": load_table_dataset,
 }
 if set(_LOADERS) != set(DATASETS):  # pragma: no cover - a programming error, caught on import
     raise RuntimeError(f"loaders {sorted(_LOADERS)} do not match fedstrat.data.info {DATASETS}")
@@ -45,16 +47,28 @@ def describe_datasets() -> dict[str, str]:
     }
 
 
-def load_dataset(name: str, root: str | None = None, seed: int = 0, **kw: Any) -> Dataset:
+def load_dataset(
+    name: str,
+    root: str | None = None,
+    seed: int = 0,
+    *,
+    data: str = "",
+    schema: str = "",
+    split: str = "",
+    **kw: Any,
+) -> Dataset:
     """Load dataset ``name`` (see :func:`list_datasets`).
 
     ``root``: data folder for the local-file datasets (default ``$FEDSTRAT_DATA``; ignored by
-    the embedded ones). ``seed``: train/test split seed. ``kw``: loader options, e.g.
-    ``normalize`` (vision), ``hashing``/``hash_buckets``/``split`` (MovieLens), ``max_rows``
-    (Criteo), ``test_fraction``. Raises ``ValueError`` for an unknown name or option and
-    :class:`~fedstrat.data.DataError` for missing or corrupt files.
+    the embedded ones). ``seed``: train/test split seed. ``data`` / ``schema``: the file and
+    schema TOML of ``"table"``; ``split``: ``"random"`` or ``"temporal"`` (empty = the
+    loader's default); all three are run-config keys and only passed on when non-empty.
+    ``kw``: loader options, e.g. ``normalize`` (vision), ``hashing``/``hash_buckets``
+    (MovieLens), ``max_rows`` (Criteo, table), ``test_fraction``. Raises ``ValueError`` for an
+    unknown name or option and :class:`~fedstrat.data.DataError` for missing or corrupt files.
     """
     local = dataset_info(name).local_files  # ValueError for an unknown name
+    kw.update({k: v for k, v in (("data", data), ("schema", schema), ("split", split)) if v})
     loader = _LOADERS[name]
     params = inspect.signature(loader).parameters
     unknown = sorted(set(kw) - set(params))

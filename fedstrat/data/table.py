@@ -69,7 +69,7 @@ from fedstrat.data.ctr import log_bucket
 from fedstrat.data.encoding import add_oov_slot, stable_hash, temporal_split, vocab_ids
 from fedstrat.data.table_schema import TableSchema, parse_schema, read_schema, schema_error
 
-__all__ = ["TableSchema", "load_table", "parse_schema", "read_schema"]
+__all__ = ["TableSchema", "load_table", "load_table_dataset", "parse_schema", "read_schema"]
 
 
 def _read(path: Path, schema: TableSchema, max_rows: int | None) -> pd.DataFrame:
@@ -323,6 +323,37 @@ def load_table(
             if schema.threshold is None
             else f"{schema.label} >= {schema.threshold:g}",
         },
+    )
+
+
+def load_table_dataset(
+    root: str | None = None,
+    seed: int = 0,
+    data: str = "",
+    schema: str = "",
+    split: str | None = None,
+    test_fraction: float | None = None,
+    max_rows: int | None = None,
+) -> Dataset:
+    """The registry's ``"table"`` loader: :func:`load_table` of ``data`` with ``schema``.
+
+    Relative paths are taken from ``root`` (``--data-root``) when it is given, else from the
+    working directory. Missing ``data`` / ``schema`` is a one-line :class:`DataError`.
+    """
+    if not data or not schema:
+        missing = "data" if not data else "schema"
+        raise DataError(
+            f"dataset 'table' needs --{missing} (--data <CSV or Parquet file> "
+            "--schema <schema TOML>)"
+        )
+    base = Path(root).expanduser() if root else Path()
+    return load_table(
+        base / Path(data).expanduser(),
+        base / Path(schema).expanduser(),
+        seed,
+        split=split or None,
+        test_fraction=test_fraction,
+        max_rows=max_rows,
     )
 
 

@@ -262,7 +262,10 @@ def _compute_client_updates(
     from fedstrat.models.train import evaluate, train_steps
 
     say = on_progress or (lambda _msg: None)
-    ds = load_dataset(cfg.dataset, root=cfg.data_root or None, seed=cfg.seed)
+    ds = load_dataset(
+        cfg.dataset, root=cfg.data_root or None, seed=cfg.seed,
+        data=cfg.data, schema=cfg.schema, split=cfg.split,
+    )
     part_kw: dict[str, Any] = {"alpha": cfg.alpha, "seed": cfg.seed}
     if cfg.partition == "shard":
         part_kw["shards_per_client"] = cfg.shards_per_client
