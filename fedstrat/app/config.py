@@ -92,6 +92,10 @@ class RunConfig:
     data: str = ""  # dataset "table": the CSV / Parquet click log
     schema: str = ""  # dataset "table": its schema TOML (fedstrat.data.table)
     split: str = ""  # train/test split: "" = the dataset's own, "random" or "temporal"
+    synthetic_samples: int = 200_000  # dataset "synthetic": rows (train + test)
+    synthetic_features: int = 32  # dataset "synthetic": feature columns
+    synthetic_classes: int = 10  # dataset "synthetic": classes
+    ray_address: str = ""  # simulate: attach to this Ray cluster (HOST:PORT); "" = start one
     out: str = ""  # "" = runs/<timestamp>
     eval_every: int = 1
     target_accuracy: float = 0.0  # 0 = per-dataset default
@@ -183,6 +187,9 @@ class RunConfig:
             raise ConfigError(f"unknown split {self.split!r}; choose one of: random, temporal")
         if self.shards_per_client < 1:
             raise ConfigError("shards-per-client must be >= 1")
+        for name in ("synthetic_samples", "synthetic_features", "synthetic_classes"):
+            if getattr(self, name) < (1 if name == "synthetic_features" else 2):
+                raise ConfigError(f"{name.replace('_', '-')} is too small: {getattr(self, name)}")
         if self.node_wait_timeout <= 0 or self.round_timeout <= 0:
             raise ConfigError("node-wait-timeout and round-timeout must be > 0")
         return self

@@ -79,6 +79,10 @@ HELP: dict[str, str] = {
     "default).",
     "node_wait_timeout": "Seconds to wait for enough nodes each round.",
     "round_timeout": "Seconds to wait for replies each round.",
+    "synthetic_samples": "Rows (train + test) of --dataset synthetic.",
+    "synthetic_features": "Feature columns of --dataset synthetic.",
+    "synthetic_classes": "Classes of --dataset synthetic.",
+    "ray_address": "simulate: attach to this running Ray cluster (HOST:PORT, ray start --head).",
     "resume": "Resume the run in this run directory from its last checkpoint.",
 }
 

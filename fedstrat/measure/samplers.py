@@ -34,9 +34,41 @@ MEASURED: dict[str, tuple[str, dict[str, str]]] = {
     "stratified-prop": ("stratified", {"allocation": "proportional", "stratify_by": "histograms"}),
     "stratified-sketch": ("stratified", {"allocation": "neyman", "stratify_by": "sketches"}),
     "poc": ("poc", {}),
+    # opt-in (not in the default list): FedAvg = uniform + self-normalised weights, and the
+    # difference (control-variate) estimator on the uniform / stratified design
+    "fedavg": ("uniform", {"estimator": "ratio"}),
+    "difference": ("uniform", {"estimator": "difference"}),
+    "stratified-difference": (
+        "stratified",
+        {"allocation": "neyman", "stratify_by": "histograms", "estimator": "difference"},
+    ),
 }
-#: measured selection names; a name's position seeds its Monte Carlo generator
-MEASURED_SELECTIONS: tuple[str, ...] = tuple(MEASURED)
+#: every measurable selection; a name's position seeds its Monte Carlo generator
+MEASURABLE: tuple[str, ...] = tuple(MEASURED)
+#: the default measured selections (the first eight: what ``measure-variance`` runs unasked)
+MEASURED_SELECTIONS: tuple[str, ...] = MEASURABLE[:8]
+#: selections that use the difference estimator (they need control variates)
+DIFFERENCE_SELECTIONS: tuple[str, ...] = tuple(
+    k for k, (_, o) in MEASURED.items() if o.get("estimator") == "difference"
+)
+
+
+class SelfNormalisedSampler:
+    """A sampler whose weights are rescaled to sum to 1 (the ratio / FedAvg estimator
+    ``sum_s w_i Delta_i / sum_s w_i``; biased, ``unbiased=False``)."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self.n_clients = sampler.n_clients
+        self.m = sampler.m
+
+    def sample(self, rng: np.random.Generator | None = None) -> Any:
+        from fedstrat.sampling import Selection
+
+        sel = self.sampler.sample(rng)
+        w = np.asarray(sel.weights, dtype=np.float64)
+        return Selection(ids=sel.ids, inclusion=sel.inclusion, weights=w / w.sum(),
+                         strata=sel.strata, allocation=sel.allocation, unbiased=False)
 
 
 def _stratum_dispersion(
@@ -77,6 +109,7 @@ def build_samplers(
     losses: np.ndarray | None = None,
     poc_d: int = 0,
     seed: int = 0,
+    plan_cache: dict[str, Any] | None = None,
 ) -> dict[str, tuple[Any, float, dict[str, Any]]]:
     """``{name: (sampler, predicted variance, info)}`` for the requested selections.
 
@@ -85,7 +118,13 @@ def build_samplers(
     (``design="auto"``: ``choose_design`` picks strata count and design; otherwise
     ``stratify_by_histograms`` with ``n_strata`` (0 = automatic) and the given design), or on
     update sketches for ``stratify_by="sketches"``. Neyman allocation uses the exact
-    per-stratum dispersion of ``pop`` (see :func:`_stratum_dispersion`).
+    per-stratum dispersion of ``pop`` (see :func:`_stratum_dispersion`). ``plan_cache`` (a
+    dict, filled here) keeps the strata plans across calls with the same features.
+
+    ``fedavg`` wraps the uniform sampler in :class:`SelfNormalisedSampler`. The difference
+    selections build the ordinary sampler of their design: pass the RESIDUAL population
+    ``Delta_i - c_i`` as ``pop`` (the MSE of the difference estimator is the design's MSE on
+    the residuals, and the Neyman allocation uses their dispersion).
     """
     from fedstrat import sampling as S
 
@@ -110,8 +149,12 @@ def build_samplers(
         policy, opts = MEASURED[name]
         if policy != "stratified":
             out[name] = _baseline(policy, pop, int_sizes, m, u_pred, losses, poc_d, seed)
+            if opts.get("estimator") == "ratio":
+                out[name] = _self_normalised(out[name][0], pop, int_sizes, m)
             continue
         kind = opts["stratify_by"]
+        if plan_cache is not None and kind in plan_cache:
+            plans[kind] = plan_cache[kind]
         if kind not in plans:
             if kind == "sketches":
                 feats = np.asarray(S.sketch_update(pop.updates, dim=64, seed=seed), np.float64)
@@ -121,6 +164,8 @@ def build_samplers(
             plans[kind] = _plan_strata(
                 feats, int_sizes, m, design, n_strata, seed, sketches=kind == "sketches"
             )
+            if plan_cache is not None:
+                plan_cache[kind] = plans[kind]
         out[name] = _stratified_sampler(
             pop, int_sizes, m, plans[kind], u_pred, seed, neyman=opts["allocation"] == "neyman"
         )
@@ -159,6 +204,42 @@ def _baseline(
     if policy == "clustered2":
         return smp, float(smp.variance(pop.updates)), {"representative": "exact updates (oracle)"}
     return smp, math.nan, {"d": int(smp.d), "biased": True}
+
+
+def _self_normalised(
+    smp: Any, pop: Population, sizes: np.ndarray, m: int
+) -> tuple[Any, float, dict[str, Any]]:
+    """FedAvg: the uniform sampler with self-normalised weights; predicted MSE by the usual
+    linearisation of the ratio estimator, ``T_ratio - T ≈ sum_s w_i (Delta_i - T)`` (HT
+    weights), i.e. the uniform design variance of ``Delta_i - T``."""
+    from fedstrat import sampling as S
+
+    pred = float(S.uniform_variance(pop.updates - pop.target, sizes, m))
+    info = {"estimator": "ratio (self-normalised, FedAvg)", "predicted": "linearised"}
+    return SelfNormalisedSampler(smp), pred, info
+
+
+def plan_strata_from_histograms(
+    histograms: np.ndarray,
+    sizes: np.ndarray,
+    m: int,
+    design: str = "auto",
+    n_strata: int = 0,
+    seed: int = 0,
+    plan_cache: dict[str, Any] | None = None,
+) -> Any:
+    """Labels of the label-histogram strata stratified selection uses (None when ``choose_design``
+    keeps uniform); cached in ``plan_cache["histograms"]`` like :func:`build_samplers`."""
+    if plan_cache is not None and "histograms" in plan_cache:
+        cached = plan_cache["histograms"][0]
+        return None if cached is None else _labels_of(cached)
+    hist = np.asarray(histograms, dtype=np.float64)
+    feats = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1e-12)
+    int_sizes = np.asarray(np.rint(sizes), dtype=np.int64)
+    plan = _plan_strata(feats, int_sizes, m, design, n_strata, seed, sketches=False)
+    if plan_cache is not None:
+        plan_cache["histograms"] = plan
+    return None if plan[0] is None else _labels_of(plan[0])
 
 
 def _plan_strata(

@@ -41,9 +41,17 @@ from typing import Any
 
 import numpy as np
 
-from .samplers import MEASURED, MEASURED_SELECTIONS, build_samplers
+from .samplers import (
+    DIFFERENCE_SELECTIONS,
+    MEASURABLE,
+    MEASURED,
+    MEASURED_SELECTIONS,
+    build_samplers,
+)
 
 __all__ = [
+    "DIFFERENCE_SELECTIONS",
+    "MEASURABLE",
     "MEASURED",
     "MEASURED_SELECTIONS",
     "MeasureResult",
@@ -173,30 +181,45 @@ def measure_population(
     n_strata: int = 0,
     losses: np.ndarray | None = None,
     poc_d: int = 0,
+    controls: Mapping[str, np.ndarray] | None = None,
 ) -> list[SelectionStats]:
     """Monte Carlo E||T_hat - T||^2 of every requested selection on one population.
 
     Every selection draws from its own Generator seeded with ``[seed, k]`` (k its position in
-    :data:`MEASURED_SELECTIONS`), so results are reproducible and independent of which other
-    selections are requested.
+    :data:`MEASURABLE`), so results are reproducible and independent of which other
+    selections are requested. A difference selection needs ``controls[name]`` (``(N, D)``, or
+    ``(N, 1)`` zeros): its MSE is measured on the residual population ``Delta - c`` (exactly
+    the difference estimator's, see :mod:`fedstrat.sampling.difference`).
     """
+    selections = list(selections)
+    plain = [s for s in selections if s not in DIFFERENCE_SELECTIONS]
     samplers = build_samplers(
         pop,
         m,
         histograms,
-        selections=selections,
+        selections=plain,
         design=design,
         n_strata=n_strata,
         losses=losses,
         poc_d=poc_d,
         seed=seed,
     )
+    pops = dict.fromkeys(plain, pop)
+    for name in selections:
+        if name not in DIFFERENCE_SELECTIONS:
+            continue
+        if controls is None or name not in controls:
+            raise ValueError(f"selection {name!r} needs its control variates (controls=)")
+        pops[name] = Population(pop.updates - controls[name], pop.sizes)
+        samplers.update(build_samplers(pops[name], m, histograms, selections=[name],
+                                       design=design, n_strata=n_strata, seed=seed))
     stats = []
-    for name, (sampler, pred, info) in samplers.items():
-        k = MEASURED_SELECTIONS.index(name)
+    for name in selections:
+        sampler, pred, info = samplers[name]
+        k = MEASURABLE.index(name)
         stats.append(
             monte_carlo(
-                pop,
+                pops[name],
                 sampler,
                 n_samples,
                 seed=int(np.random.SeedSequence([seed, k]).generate_state(1)[0]),
@@ -226,8 +249,12 @@ def compute_client_updates(
     rounds: Sequence[int],
     *,
     on_progress: Callable[[str], None] | None = None,
+    on_updates: Callable[[int, np.ndarray, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Updates of ALL clients at each round in ``rounds`` (in-process, torch).
+
+    ``on_updates(r, updates, result)`` is called with every round's updates up to the last of
+    ``rounds`` (``result`` holds ``sizes`` and ``histograms``), e.g. to replay control variates.
 
     Round r uses the global model after r - 1 rounds of full-participation FedAvg
     (x <- x + T, T = sum p_i Delta_i) from the seeded initial model, so round 1 is the initial
@@ -244,13 +271,16 @@ def compute_client_updates(
     # tiny per-client batches: one intra-op thread is ~30x faster than two on a busy machine
     torch.set_num_threads(1)
     try:
-        return _compute_client_updates(cfg, rounds, on_progress)
+        return _compute_client_updates(cfg, rounds, on_progress, on_updates)
     finally:
         torch.set_num_threads(threads)
 
 
 def _compute_client_updates(
-    cfg: Any, rounds: list[int], on_progress: Callable[[str], None] | None
+    cfg: Any,
+    rounds: list[int],
+    on_progress: Callable[[str], None] | None,
+    on_updates: Callable[[int, np.ndarray, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -320,6 +350,8 @@ def _compute_client_updates(
                 device=device,
             )
             updates[i] = _flat_params(model.state_dict()) - g_flat
+        if on_updates is not None:
+            on_updates(r, updates, result)
         if r in rounds:
             model.load_state_dict(glob)
             ev = evaluate(
@@ -378,10 +410,14 @@ def measure_variance(
     ``RunConfig``) and measure each selection's E||T_hat - T||^2 (see module docstring)."""
     t0 = time.perf_counter()
     selections = list(selections)
-    data = compute_client_updates(cfg, rounds, on_progress=on_progress)
+    from .controls import control_replay
+
+    replay = control_replay(cfg, rounds, selections)
+    data = compute_client_updates(cfg, rounds, on_progress=on_progress, on_updates=replay)
     rows: list[dict[str, Any]] = []
     for r, rd in sorted(data["rounds"].items()):
         pop = Population(rd["updates"], data["sizes"])
+        controls = replay.snapshots.get(r) if replay is not None else None
         stats = measure_population(
             pop,
             cfg.clients_per_round,
@@ -393,7 +429,14 @@ def measure_variance(
             n_strata=cfg.n_strata,
             losses=rd["losses"],
             poc_d=cfg.poc_d,
+            controls=controls,
         )
+        if replay is not None:
+            for s in stats:
+                if s.selection in replay.names:
+                    s.info["controls"] = (f"last drawn update, fill {replay.kw['fill']}, decay "
+                                          f"{replay.kw['decay']:g}")
+                    s.info["clients_seen"] = replay.seen(s.selection, r)
         base = next((s.measured for s in stats if s.selection == "uniform"), math.nan)
         for s in stats:
             row = {"round": r, "global_score": rd["score"], **s.to_dict()}
