@@ -21,7 +21,8 @@ from .policies import POLICIES
 SELECTIONS: tuple[str, ...] = tuple(POLICIES)
 DESIGNS: tuple[str, ...] = ("auto", "pps", "srswor")
 ALLOCATIONS: tuple[str, ...] = ("neyman", "proportional", "cost")
-ESTIMATORS: tuple[str, ...] = ("ht", "ratio")
+ESTIMATORS: tuple[str, ...] = ("ht", "ratio", "difference")
+CV_FILLS: tuple[str, ...] = ("stratum", "zero")
 STRATIFY_BY: tuple[str, ...] = ("histograms", "sketches")
 
 #: option name -> allowed values
@@ -30,6 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "design": DESIGNS,
     "allocation": ALLOCATIONS,
     "estimator": ESTIMATORS,
+    "cv_fill": CV_FILLS,
     "stratify_by": STRATIFY_BY,
     "sketch_method": SKETCH_METHODS,
 }
@@ -69,6 +71,8 @@ RULES: tuple[tuple[str, Check, str], ...] = (
         for name in ("node_wait_timeout", "profile_timeout", "poll_interval", "profile_epsilon")
     ),
     ("sketch_dim", lambda v, o: v >= 1, "{name} must be >= 1, got {value}"),
+    ("cv_decay", lambda v, o: 0 <= v <= 1, "{name} must be in [0, 1], got {value}"),
+    ("cv_budget_bytes", lambda v, o: _is_int(v) and v >= 0, "{name} must be an integer >= 0"),
     (
         "poc_d",
         lambda v, o: v is None or v >= o.clients_per_round,
@@ -77,7 +81,7 @@ RULES: tuple[tuple[str, Check, str], ...] = (
 )
 
 _INTS = ("clients_per_round", "restratify_every", "warmup_rounds", "min_per_stratum",
-         "sketch_dim", "sketch_seed", "seed")
+         "sketch_dim", "sketch_seed", "seed", "cv_budget_bytes")
 _FLOATS = ("node_wait_timeout", "profile_timeout", "profile_epsilon", "poll_interval")
 
 
@@ -102,7 +106,18 @@ class SelectionOptions:
         ``"neyman"`` (tracked ``S_h``), ``"proportional"`` (``m_h ∝ N_h`` for srswor, ``∝ P_h``
         for pps) or ``"cost"`` (Neyman with ``c_h`` = mean train seconds).
     estimator : str
-        ``"ht"`` (Horvitz-Thompson, unbiased) or ``"ratio"`` (self-normalised).
+        ``"ht"`` (Horvitz-Thompson, unbiased), ``"ratio"`` (self-normalised) or
+        ``"difference"`` (control variates: ``sum_i p_i c_i + sum_s w_i (Delta_i - c_i)``,
+        ``c_i`` a node's last accepted update, fixed before the draw; unbiased, see
+        :mod:`.control_variates`).
+    cv_decay : float
+        Difference estimator: ``c_i = cv_decay^(age) x`` last update (1 = no decay).
+    cv_budget_bytes : int
+        Difference estimator: server memory for the ``c_i`` (float32); beyond it the oldest
+        are dropped and those nodes get the fill (0 = no limit).
+    cv_fill : str
+        Control of a node without a stored update: ``"stratum"`` (mean of the stored controls
+        of its stratum, else of all) or ``"zero"``.
     stratify_by : str
         ``"histograms"`` (profile replies) or ``"sketches"`` (update sketches after
         ``warmup_rounds`` uniform rounds).
@@ -142,6 +157,9 @@ class SelectionOptions:
     design: str = "auto"
     allocation: str = "neyman"
     estimator: str = "ht"
+    cv_decay: float = 1.0
+    cv_budget_bytes: int = 1 << 30
+    cv_fill: str = "stratum"
     stratify_by: str = "histograms"
     n_strata: int | None = None
     max_strata: int | None = None
