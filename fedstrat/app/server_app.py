@@ -150,11 +150,13 @@ class CentralEvaluator:
 
     def __init__(self, cfg: RunConfig) -> None:
         from fedstrat.data import load_dataset
+        from fedstrat.data.registry import run_options
         from fedstrat.models import build_model, default_model_for, get_device
 
         self.dataset = load_dataset(
             cfg.dataset, root=cfg.data_root or None, seed=cfg.seed,
             data=cfg.data, schema=cfg.schema, split=cfg.split,
+            **run_options(cfg.dataset, cfg.to_dict()),
         )
         self.task = self.dataset.task
         self.model_name = cfg.model or default_model_for(self.dataset)

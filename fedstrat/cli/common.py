@@ -97,12 +97,14 @@ def preflight(cfg: RunConfig) -> None:
     exists for the dataset, without writing anything. Raises :class:`UsageFailure`."""
     try:
         from fedstrat.data import load_dataset, partition_dataset
+        from fedstrat.data.registry import run_options
     except ImportError as exc:  # pragma: no cover - package incomplete
         raise UsageFailure(f"fedstrat.data is not available: {exc}") from exc
     try:
         ds = load_dataset(
             cfg.dataset, root=cfg.data_root or None, seed=cfg.seed,
             data=cfg.data, schema=cfg.schema, split=cfg.split,
+            **run_options(cfg.dataset, cfg.to_dict()),
         )
     except (ValueError, OSError) as exc:
         text = str(exc).strip()

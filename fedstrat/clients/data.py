@@ -112,6 +112,8 @@ class DataSpec:
     data: str = ""
     schema: str = ""
     split: str = ""
+    #: loader keywords from run-config keys (``run_options``), e.g. synthetic sizes
+    options: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
     def from_config(
@@ -136,8 +138,11 @@ class DataSpec:
         eval_size = _get(run_config, "eval-size", int)
         if eval_size < 1:
             raise ProtocolError(f"run config 'eval-size' must be >= 1, got {eval_size}")
+        from fedstrat.data.registry import run_options
+
+        dataset = _get(run_config, "dataset", str)
         return cls(
-            dataset=_get(run_config, "dataset", str),
+            dataset=dataset,
             partition=partition,
             num_clients=num_clients,
             alpha=_get(run_config, "alpha", float),
@@ -149,6 +154,7 @@ class DataSpec:
             data=_get(run_config, "data", str),
             schema=_get(run_config, "schema", str),
             split=_get(run_config, "split", str),
+            options=tuple(sorted(run_options(dataset, run_config).items())),
         )
 
 
@@ -164,6 +170,7 @@ def load_partitioned(spec: DataSpec) -> tuple[Any, Any]:
         data=spec.data,
         schema=spec.schema,
         split=spec.split,
+        **dict(spec.options),
     )
     part = partition_dataset(
         ds,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedstrat.data.base import Dataset
@@ -45,6 +45,29 @@ def describe_datasets() -> dict[str, str]:
         n: i.description + (" [local files]" if i.local_files else "")
         for n, i in DATASET_INFO.items()
     }
+
+
+#: loader keyword <- run-config key, per dataset (sizes of the generated data)
+_RUN_OPTIONS: dict[str, dict[str, str]] = {
+    "synthetic": {
+        "samples": "synthetic-samples",
+        "features": "synthetic-features",
+        "classes": "synthetic-classes",
+    },
+}
+
+
+def run_options(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Loader keywords of dataset ``name`` that come from run-config keys in ``config``
+    (``synthetic-samples`` or ``synthetic_samples`` -> ``samples`` for ``"synthetic"``); keys
+    that are absent keep the loader's defaults, other datasets get ``{}``."""
+    out: dict[str, Any] = {}
+    for kw, key in _RUN_OPTIONS.get(name, {}).items():
+        for spelling in (key, key.replace("-", "_")):
+            if spelling in config:
+                out[kw] = config[spelling]
+                break
+    return out
 
 
 def load_dataset(

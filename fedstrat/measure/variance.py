@@ -288,6 +288,7 @@ def _compute_client_updates(
     # client i is the one its node would send.
     from fedstrat.clients.protocol import client_seed
     from fedstrat.data import load_dataset, partition_dataset
+    from fedstrat.data.registry import run_options
     from fedstrat.models import build_model, default_model_for
     from fedstrat.models.train import evaluate, train_steps
 
@@ -295,6 +296,7 @@ def _compute_client_updates(
     ds = load_dataset(
         cfg.dataset, root=cfg.data_root or None, seed=cfg.seed,
         data=cfg.data, schema=cfg.schema, split=cfg.split,
+        **run_options(cfg.dataset, cfg.to_dict()),
     )
     part_kw: dict[str, Any] = {"alpha": cfg.alpha, "seed": cfg.seed}
     if cfg.partition == "shard":

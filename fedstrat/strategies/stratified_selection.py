@@ -23,6 +23,7 @@ from flwr.serverapp.strategy import Strategy
 from fedstrat.wire import NUM_EXAMPLES
 
 from .array_codec import decode_array
+from .control_variates import difference_controls, make_controls
 from .discovery import profile_nodes, wait_for_nodes
 from .node_registry import NodeRegistry
 from .observation import observe_replies
@@ -106,6 +107,7 @@ class StratifiedSelection(Strategy):
         self.registry = NodeRegistry()
         self.policy: SelectionPolicy = make_policy(options)
         self.records: list[RoundRecord] = []
+        self.controls = make_controls(options)  # control variates (estimator="difference")
         self.n_records = 0
         self._pending: RoundPlan | None = None
         self._avail_key: tuple[int, ...] | None = None
@@ -182,10 +184,11 @@ class StratifiedSelection(Strategy):
         sketches = observe_replies(self.registry, valid, deltas, plan.sent_at, o.sketch_dim,
                                    o.sketch_seed, o.cost_key, self.sketch_method)
         self.policy.observe(Feedback([v.node_id for v in valid], sketches, weights))
+        cv = difference_controls(self.controls, plan, valid, deltas)  # then stores the deltas
         arrays, metrics = None, None
         if valid:
             new_replies = rewrite_replies(valid, weights, global_np, o.estimator,
-                                          self.weighted_by_key, deltas)
+                                          self.weighted_by_key, deltas, *cv)
             arrays, metrics = self.strategy.aggregate_train(server_round, new_replies)
         else:
             log(WARNING, "aggregate_train: no valid reply in round %d", server_round)
@@ -242,6 +245,7 @@ class StratifiedSelection(Strategy):
             "sketch_method": self.sketch_method,
             "registry": self.registry.state_dict(),
             "policy": self.policy.state_dict(),
+            **({"controls": self.controls.state_dict()} if self.controls else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -263,6 +267,8 @@ class StratifiedSelection(Strategy):
         self.registry = NodeRegistry()
         self.registry.load_state_dict(state["registry"])
         self.policy.load_state_dict(state["policy"])
+        if self.controls is not None:
+            self.controls.load_state_dict(state.get("controls", {}))
         self._pending = None
         self._avail_key = None
         self._sizes_cache = None

@@ -69,3 +69,16 @@ def test_informative_dims():
     assert informative_dims(32, 10) == 16
     assert informative_dims(4, 10) == 4
     assert informative_dims(1, 2) == 1
+
+
+def test_sizes_come_from_run_config_keys():
+    from fedstrat.clients.data import DataSpec, load_partitioned
+    from fedstrat.data.registry import run_options
+
+    cfg = {"dataset": "synthetic", "synthetic-samples": 2000, "synthetic_features": 6,
+           "synthetic-classes": 3, "num-clients": 20, "partition": "dirichlet"}
+    assert run_options("synthetic", cfg) == {"samples": 2000, "features": 6, "classes": 3}
+    assert run_options("mnist5k", cfg) == {}
+    ds, part = load_partitioned(DataSpec.from_config(cfg))
+    assert ds.x.shape[1] == 6 and ds.num_classes == 3 and ds.num_train + ds.num_test == 2000
+    assert part.num_clients == 20
