@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, RecordDict
 from typer.testing import CliRunner
 
 from fedstrat.app.config import ConfigError, RunConfig
@@ -171,3 +171,19 @@ def test_movielens_csv_trains_to_the_native_loaders_auc(ml_files, tmp_path):
         run_server(_grid(cfg), cfg.validate())
     auc = _final_auc(tmp_path / "table")
     assert auc == _final_auc(tmp_path / "native") and auc > 0.5
+
+
+def test_parquet_file_through_the_cli(tmp_path):
+    pytest.importorskip("pyarrow")
+    import pandas as pd
+
+    data, schema = _small(tmp_path)
+    pd.read_csv(data).to_parquet(tmp_path / "t.parquet")
+    code, out = _cli(
+        "--dataset", "table", "--data", str(tmp_path / "t.parquet"), "--schema", str(schema),
+        "--partition", "natural", "--num-clients", "6", "--clients-per-round", "2", "--dry-run",
+    )  # fmt: skip
+    assert code == 0, out
+    a = load_dataset("table", data=str(tmp_path / "t.parquet"), schema=str(schema))
+    b = load_dataset("table", data=str(data), schema=str(schema))
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
