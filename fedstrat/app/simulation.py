@@ -10,7 +10,8 @@ Route (Flower 1.41; ``flwr.simulation.run_simulation`` is deprecated in favour o
    components are ``fedstrat.app.server_app:app`` and ``fedstrat.clients.client_app:app``) with
    ``flwr run <app> fedstrat --run-config <toml> --federation-config "num-supernodes=N
    client-resources-num-cpus=1 init-args-num-cpus=C" --stream``; its output (Flower's logs) goes
-   to ``<run dir>/logs/flower.log``;
+   to ``<run dir>/logs/flower.log``. With ``ray_address`` the processes get ``RAY_ADDRESS``
+   and no ``init-args-num-cpus``, so Flower's Ray backend attaches to that cluster;
 3. follow ``<run dir>/progress.jsonl`` (written by the ServerApp after every round) and call
    ``on_round`` for each round;
 4. stop everything in ``finally`` (also on errors and Ctrl-C): every process started here carries
@@ -78,6 +79,7 @@ RESUMABLE_OPTIONS = frozenset(
         "round_timeout",
         "device",
         "data_root",
+        "ray_address",
     }
 )
 #: ``RunResult.details`` of a resumed run that had already finished (nothing was started).
@@ -215,7 +217,7 @@ class _Session:
     """One private SuperLink (+ everything it spawns) in a temporary ``FLWR_HOME``, started
     and stopped by a :class:`FlowerLauncher` whose marker is ``FEDSTRAT_SIM_TAG``."""
 
-    def __init__(self, run_dir: Path, quiet: bool) -> None:
+    def __init__(self, run_dir: Path, quiet: bool, ray_address: str = "") -> None:
         self.home = Path(tempfile.mkdtemp(prefix="fedstrat-flwr-"))
         self.logs = run_dir / LOGS_DIR
         self.echo = not quiet
@@ -223,7 +225,9 @@ class _Session:
             cwd=self.home,
             logs_dir=self.logs,
             marker_env=procs.TAG_ENV,
-            env={"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"},
+            # Flower's federation config has no Ray address: ray.init() reads RAY_ADDRESS
+            env={"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+                 **({"RAY_ADDRESS": ray_address} if ray_address else {})},
             error=SimulationError,
         )
         self.tag = self.launcher.marker
@@ -251,10 +255,9 @@ class _Session:
         """``flwr run <packaged app> fedstrat --run-config ... --federation-config ...``."""
         run_config = self.home / "run-config.toml"
         run_config.write_text(flat_toml(cfg.to_flower()), encoding="utf-8")
-        federation = (
-            f"num-supernodes={cfg.num_clients} client-resources-num-cpus=1 "
-            f"init-args-num-cpus={num_cpus}"
-        )
+        federation = f"num-supernodes={cfg.num_clients} client-resources-num-cpus=1"
+        if not cfg.ray_address:  # an existing cluster has its own CPUs (ray.init refuses num_cpus)
+            federation += f" init-args-num-cpus={num_cpus}"
         cmd = [
             self.launcher.executable("flwr"),
             "run",
@@ -306,7 +309,7 @@ def run_simulation_job(
     seen = len(read_jsonl(progress_path))  # a resumed run appends to its progress file
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    session = _Session(run_dir, quiet)
+    session = _Session(run_dir, quiet, cfg.ray_address)
     events: list[dict[str, Any]] = []
     try:
         timings["superlink_start_s"] = session.start_superlink()
