@@ -110,7 +110,8 @@ def bench(n_nodes: int, rounds: int) -> dict:
         fraction_train=M / n_nodes, fraction_evaluate=0.0, min_train_nodes=M, min_available_nodes=M
     )
     strat = StratifiedSelection(
-        FedAvg(fraction_evaluate=0.0), clients_per_round=M, seed=0, profile_timeout=60
+        FedAvg(fraction_evaluate=0.0), clients_per_round=M, seed=0, profile_timeout=60,
+        profiling="query",
     )
     # interleave the two so that machine load affects both alike
     grid_a = LocalGrid(clients.node_ids, clients)

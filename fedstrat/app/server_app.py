@@ -123,6 +123,7 @@ def build_strategy(cfg: RunConfig, base: Strategy, record_path: Path | None) -> 
         node_wait_timeout=cfg.node_wait_timeout,
         profile_timeout=cfg.profile_timeout or cfg.round_timeout,
         seed=cfg.seed,
+        profiling="query",  # the fedstrat ClientApp answers the profile query
     )
     on_record = None if record_path is None else jsonl_appender(record_path)
     return StratifiedSelection(base, options=options, on_record=on_record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from logging import INFO, WARNING
 
 from flwr.serverapp import Grid
@@ -13,6 +14,9 @@ from .profiling import make_profile_messages, parse_profile_reply
 
 log = logging.getLogger("flwr").log
 
+#: what Flower's ClientApp answers to a message type it has no handler for
+NO_HANDLER = "No query function registered"
+
 
 def wait_for_nodes(grid: Grid, want: int, timeout: float, poll_interval: float) -> list[int]:
     """Connected node ids, waiting up to ``timeout`` s for ``want`` of them.
@@ -20,29 +24,57 @@ def wait_for_nodes(grid: Grid, want: int, timeout: float, poll_interval: float) 
     Returns the available nodes at the deadline (WARNING if fewer than wanted); raises
     RuntimeError if none is connected.
     """
-    deadline = time.monotonic() + timeout
-    while True:
+    return NodeWaiter(want, timeout, poll_interval).wait(grid)
+
+
+@dataclass
+class NodeWaiter:
+    """Wait for ``want`` connected nodes once; after a short wait, use what is connected.
+
+    The first call waits up to ``timeout`` s (one INFO line when it starts waiting). If fewer
+    than ``want`` nodes are connected at the deadline it says so once (WARNING) and remembers
+    that count: later calls with no more nodes than that return at once; only when more nodes
+    connect (but still fewer than ``want``) does it wait again.
+    """
+
+    want: int
+    timeout: float
+    poll_interval: float
+    settled: int | None = None  # node count accepted after a short wait
+
+    def wait(self, grid: Grid) -> list[int]:
+        """Connected node ids (see the class docstring); RuntimeError if none."""
         ids = list(grid.get_node_ids())
-        if len(ids) >= want:
+        if len(ids) >= self.want or (
+            ids and self.settled is not None and len(ids) <= self.settled
+        ):
             return ids
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        log(INFO, "Waiting for nodes: %d of %d connected (%.0fs left)", len(ids), want, remaining)
-        time.sleep(min(poll_interval, remaining))
-    if not ids:
-        raise RuntimeError(
-            f"No node connected after waiting {timeout:.1f}s "
-            "(node_wait_timeout); start SuperNodes or raise the timeout."
+        deadline = time.monotonic() + self.timeout
+        log(INFO, "Waiting up to %.0fs for %d nodes (%d connected)", self.timeout, self.want,
+            len(ids))
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(self.poll_interval, remaining))
+            ids = list(grid.get_node_ids())
+            if len(ids) >= self.want:
+                return ids
+        if not ids:
+            raise RuntimeError(
+                f"No node connected after waiting {self.timeout:.1f}s "
+                "(node_wait_timeout); start SuperNodes or raise the timeout."
+            )
+        log(
+            WARNING,
+            "Only %d nodes connected after %.1fs (wanted %d): using all of them from now on, "
+            "without waiting again unless more nodes connect",
+            len(ids),
+            self.timeout,
+            self.want,
         )
-    log(
-        WARNING,
-        "Only %d nodes connected after %.1fs (wanted %d): using all of them",
-        len(ids),
-        timeout,
-        want,
-    )
-    return ids
+        self.settled = len(ids)
+        return ids
 
 
 def profile_nodes(
@@ -88,4 +120,8 @@ def profile_nodes(
         n_failed,
     )
     for reason, count in failed.items():
-        log(WARNING, "Profiling failed for %d nodes: %s", count, reason[:200])
+        if NO_HANDLER in reason:
+            log(INFO, "%d nodes have no profiling handler (register_profiling in the ClientApp "
+                "adds one); they are sampled by size and update sketches", count)
+        else:
+            log(WARNING, "Profiling failed for %d nodes: %s", count, reason[:200])

@@ -24,6 +24,7 @@ ALLOCATIONS: tuple[str, ...] = ("neyman", "proportional", "cost")
 ESTIMATORS: tuple[str, ...] = ("ht", "ratio", "difference")
 CV_FILLS: tuple[str, ...] = ("stratum", "zero")
 STRATIFY_BY: tuple[str, ...] = ("histograms", "sketches")
+PROFILING: tuple[str, ...] = ("auto", "query")
 
 #: option name -> allowed values
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -33,6 +34,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "estimator": ESTIMATORS,
     "cv_fill": CV_FILLS,
     "stratify_by": STRATIFY_BY,
+    "profiling": PROFILING,
     "sketch_method": SKETCH_METHODS,
 }
 
@@ -150,6 +152,11 @@ class SelectionOptions:
         round-trip time from message metadata is used.
     seed : int
         Seed of stratification and of the per-round selection ``default_rng([seed, round])``.
+    profiling : str
+        ``"auto"`` (default): send nothing the ClientApp does not already handle; sizes come
+        from train replies, strata from update sketches after ``warmup_rounds`` (an unmodified
+        ClientApp logs no error). ``"query"``: send the profile ``QUERY`` to new nodes (label
+        histograms at round 1; the ClientApp needs ``register_profiling``).
     """
 
     clients_per_round: int
@@ -178,6 +185,7 @@ class SelectionOptions:
     cost_key: str = "train-seconds"
     seed: int = 0
     poll_interval: float = 1.0
+    profiling: str = "auto"
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():

@@ -32,6 +32,43 @@ def array_signature(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str
     return {k: (tuple(int(d) for d in a.shape), str(a.dtype)) for k, a in arrays.items()}
 
 
+def compatible_dtype(got: str, expected: str) -> bool:
+    """Whether a reply array of dtype ``got`` can stand for a global array of dtype ``expected``.
+
+    Equal dtypes; any two floating-point widths (a float32 model under a server optimiser
+    whose arithmetic returns float64 global arrays, e.g. FedAdam); an integer reply for a
+    floating global array (an integer buffer such as BatchNorm's ``num_batches_tracked`` that
+    the wrapped strategy's weighted average turned into floats). Anything else differs.
+    """
+    if got == expected:
+        return True
+    try:
+        g, e = np.dtype(got).kind, np.dtype(expected).kind
+    except TypeError:
+        return False
+    return (g == "f" and e == "f") or (g in "iu" and e == "f")
+
+
+def align_global_dtypes(
+    global_np: dict[str, np.ndarray], valid: list[ValidReply]
+) -> dict[str, np.ndarray]:
+    """The global arrays in the dtypes the clients answered with (first valid reply per key).
+
+    The update of a client is ``x_i - x_g`` with ``x_g`` as the client loaded it (a float32
+    model holds ``float32(x_g)``), and an array the clients keep as integers (a counter) stays
+    integer, so the rewrite passes it through untouched. Arrays whose dtype already matches
+    are returned as they are (no copy).
+    """
+    if not valid:
+        return global_np
+    first = valid[0].arrays
+    out: dict[str, np.ndarray] = {}
+    for key, value in global_np.items():
+        want = first[key].dtype if key in first else value.dtype
+        out[key] = value if value.dtype == want else value.astype(want)
+    return out
+
+
 def validate_train_reply(
     reply: Message,
     expected: dict[str, tuple[tuple[int, ...], str]],
@@ -42,8 +79,8 @@ def validate_train_reply(
 
     Rejected: error replies; senders not selected this round; not exactly one ArrayRecord and
     one MetricRecord; a missing, non-scalar, non-finite or non-positive ``num_examples_key``;
-    array keys, shapes or dtypes different from ``expected`` (the global arrays sent); NaN or
-    Inf in any array.
+    array keys or shapes different from ``expected`` (the global arrays sent), dtypes that are
+    not :func:`compatible_dtype`; NaN or Inf in any array.
     """
     node = int(reply.metadata.src_node_id)
     if reply.has_error():
@@ -70,7 +107,7 @@ def validate_train_reply(
     for key, (shape, dtype) in expected.items():
         if got[key][0] != shape:
             return f"array '{key}' has shape {got[key][0]}, expected {shape}"
-        if got[key][1] != dtype:
+        if not compatible_dtype(got[key][1], dtype):
             return f"array '{key}' has dtype {got[key][1]}, expected {dtype}"
     arrays: dict[str, np.ndarray] = {}
     for key, arr in record.items():

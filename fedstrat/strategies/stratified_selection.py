@@ -9,6 +9,7 @@ strategy) and :class:`~.record.RoundRecord`. See docs/design.md.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
@@ -24,7 +25,15 @@ from fedstrat.wire import NUM_EXAMPLES
 
 from .array_codec import decode_array
 from .control_variates import difference_controls, make_controls
-from .discovery import profile_nodes, wait_for_nodes
+from .discovery import NodeWaiter, profile_nodes
+from .inner_strategy import (
+    check_wrapped,
+    hooked_view,
+    overrides_start,
+    quiet_inner_sampling,
+    warn_construction,
+    weight_ignoring,
+)
 from .node_registry import NodeRegistry
 from .observation import observe_replies
 from .options import SelectionOptions
@@ -32,8 +41,9 @@ from .payload_grid import fan_out, find_attr, inner_payload
 from .plan import Feedback, PopulationFrame, RoundPlan
 from .policies import SelectionPolicy, make_policy
 from .record import RoundRecord, jsonl_appender
-from .reply_validation import array_signature
+from .reply_validation import align_global_dtypes, array_signature
 from .rewrite import flat_deltas, rewrite_replies
+from .round_log import round_line
 from .triage import reply_weights, triage_replies
 
 log = logging.getLogger("flwr").log
@@ -89,11 +99,13 @@ class StratifiedSelection(Strategy):
         on_record: Callable[[RoundRecord], None] | None = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(strategy, Strategy):
-            raise ValueError(f"strategy must be a flwr Strategy, got {type(strategy).__name__}")
+        check_wrapped(strategy, StratifiedSelection)
         if options is None:
             if clients_per_round is None:
-                raise TypeError("StratifiedSelection needs clients_per_round (or options=)")
+                raise TypeError(
+                    "StratifiedSelection needs clients_per_round (training nodes per round, "
+                    "an integer >= 1), or options=SelectionOptions(...)"
+                )
             options = SelectionOptions(clients_per_round=clients_per_round, **kwargs)
         elif clients_per_round is not None or kwargs:
             raise TypeError("give either options= or clients_per_round and keywords, not both")
@@ -105,7 +117,9 @@ class StratifiedSelection(Strategy):
             self.on_record = jsonl_appender(self.record_path)
         self.weighted_by_key: str = find_attr(strategy, "weighted_by_key", NUM_EXAMPLES)
         self.registry = NodeRegistry()
-        self.policy: SelectionPolicy = make_policy(options)
+        #: the options as applied with this wrapped strategy (see :func:`_effective_options`)
+        self.applied_options = _effective_options(strategy, options)
+        self.policy: SelectionPolicy = make_policy(self.applied_options)
         self.records: list[RoundRecord] = []
         self.controls = make_controls(options)  # control variates (estimator="difference")
         self.n_records = 0
@@ -113,8 +127,27 @@ class StratifiedSelection(Strategy):
         self._avail_key: tuple[int, ...] | None = None
         self._sizes_cache: tuple[Any, np.ndarray] | None = None
         self._last_round = 0
+        self._waiter = NodeWaiter(options.clients_per_round, options.node_wait_timeout,
+                                  options.poll_interval)
+        warn_construction(strategy, options.clients_per_round)
         #: sketch method in use: the option's, or "gaussian" when resuming a state without one
         self.sketch_method: str = options.sketch_method
+
+    def __getattr__(self, name: str) -> Any:
+        """Attributes and methods this wrapper does not own come from the wrapped strategy
+        (e.g. an app's ``strategy.set_save_path_and_run_dir(...)``)."""
+        if name.startswith("__") or "strategy" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["strategy"], name)
+
+    def start(self, *args: Any, **kwargs: Any) -> Any:
+        """Flower's ``Strategy.start`` loop with this wrapper's hooks; when the wrapped
+        strategy's class defines its own ``start()`` (checkpoints, logging), that loop runs
+        instead, on a view of the wrapped strategy whose round hooks are this wrapper's."""
+        if overrides_start(self.strategy):
+            view = hooked_view(self.strategy, self)
+            return type(self.strategy).start(view, *args, **kwargs)
+        return super().start(*args, **kwargs)
 
     @property
     def pending_plan(self) -> RoundPlan | None:
@@ -123,14 +156,16 @@ class StratifiedSelection(Strategy):
 
     def summary(self) -> None:
         """Log this wrapper's configuration, then the wrapped strategy's."""
-        o = self.options
+        o = self.applied_options
         log(INFO, "\t├──> StratifiedSelection:")
         log(INFO, "\t│\t├── clients per round: %d | selection: %s | design: %s",
             o.clients_per_round, o.selection, o.design)
         log(INFO, "\t│\t├── allocation: %s | estimator: %s | stratify by: %s (n_strata=%s)",
             o.allocation, o.estimator, o.stratify_by, o.n_strata)
-        log(INFO, "\t│\t└── seed: %d | node wait: %.1fs | profile timeout: %.1fs",
-            o.seed, o.node_wait_timeout, o.profile_timeout)
+        log(INFO, "\t│\t├── seed: %d | node wait: %.1fs | profiling: %s (timeout %.1fs)",
+            o.seed, o.node_wait_timeout, o.profiling, o.profile_timeout)
+        log(INFO, "\t│\t└── the wrapped strategy's fraction_train / min_train_nodes do not "
+            "apply: StratifiedSelection chooses the training nodes")
         log(INFO, "\t└──> Wrapped strategy %s:", type(self.strategy).__name__)
         self.strategy.summary()
 
@@ -140,13 +175,9 @@ class StratifiedSelection(Strategy):
     ) -> Iterable[Message]:
         """Select this round's nodes by the policy; one message per selected node."""
         o = self.options
-        available = sorted(
-            int(n)
-            for n in wait_for_nodes(grid, o.clients_per_round, o.node_wait_timeout,
-                                    o.poll_interval)
-        )
+        available = sorted(int(n) for n in self._waiter.wait(grid))
         new = [] if tuple(available) == self._avail_key else self.registry.unseen(available)
-        if new:
+        if new and o.profiling == "query":
             profile_nodes(self.registry, grid, new, server_round=server_round,
                           epsilon=o.profile_epsilon, seed=o.seed, timeout=o.profile_timeout)
         self._avail_key = tuple(available)
@@ -155,7 +186,8 @@ class StratifiedSelection(Strategy):
                                 min(o.clients_per_round, len(available)), self.registry)
         draw = self.policy.plan(frame, np.random.default_rng([o.seed, server_round]))
         selected = [available[i] for i in draw.selection.ids]
-        payload = inner_payload(self.strategy, server_round, arrays, config, grid, selected)
+        with quiet_inner_sampling():
+            payload = inner_payload(self.strategy, server_round, arrays, config, grid, selected)
         messages = fan_out(payload, selected, server_round)
         self._pending = RoundPlan(
             round=server_round, population=available, sizes=sizes, draw=draw,
@@ -163,15 +195,15 @@ class StratifiedSelection(Strategy):
             sent_at={m.metadata.dst_node_id: m.metadata.created_at for m in messages},
             signature=array_signature(arrays), global_arrays=arrays,
         )
-        log(INFO, "configure_train: %s selected %d of %d nodes (%s)",
-            o.selection, len(selected), len(available), draw.design)
+        log(INFO, "configure_train: %s", round_line(server_round, o.selection, draw,
+                                                    len(selected), len(available), self.policy))
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Triage, re-weight and aggregate through the wrapped strategy; record the round."""
-        plan, o = self._pending, self.options
+        plan, o = self._pending, self.applied_options
         if plan is None or plan.round != server_round:
             raise RuntimeError(
                 f"aggregate_train(round {server_round}) without configure_train for that round"
@@ -179,7 +211,9 @@ class StratifiedSelection(Strategy):
         triage = triage_replies(replies, plan, self.weighted_by_key)
         valid = triage.valid
         weights, notes = reply_weights(plan, valid)
-        global_np = {k: decode_array(a) for k, a in plan.global_arrays.items()}
+        global_np = align_global_dtypes(
+            {k: decode_array(a) for k, a in plan.global_arrays.items()}, valid
+        )
         deltas = flat_deltas(valid, global_np)
         sketches = observe_replies(self.registry, valid, deltas, plan.sent_at, o.sketch_dim,
                                    o.sketch_seed, o.cost_key, self.sketch_method)
@@ -272,3 +306,19 @@ class StratifiedSelection(Strategy):
         self._pending = None
         self._avail_key = None
         self._sizes_cache = None
+
+
+def _effective_options(strategy: Strategy, options: SelectionOptions) -> SelectionOptions:
+    """The options as they apply with ``strategy``: ``estimator="ratio"`` when the wrapped
+    strategy ignores reply weights (one WARNING), ``stratify_by="sketches"`` when nodes are not
+    profiled (``profiling="auto"``)."""
+    changes: dict[str, Any] = {}
+    ignoring = weight_ignoring(strategy)
+    if ignoring is not None and options.estimator == "ht":
+        log(WARNING, "StratifiedSelection: %s, so Horvitz-Thompson re-weighting cannot apply; "
+            "using estimator='ratio' (replies passed unchanged). The aggregate is that rule on "
+            "the stratified sample, not a design-unbiased estimate.", ignoring)
+        changes["estimator"] = "ratio"
+    if options.profiling == "auto" and options.stratify_by == "histograms":
+        changes["stratify_by"] = "sketches"
+    return dataclasses.replace(options, **changes) if changes else options

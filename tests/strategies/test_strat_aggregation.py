@@ -57,7 +57,8 @@ def pop():
 
 def test_ht_weights_give_exact_estimate_through_fedavg(pop):
     grid = population_grid(pop)
-    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=8, seed=3)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=8, seed=3,
+                            profiling="query")
     arrays = global_arrays(6)
     xg = flatten(arrays)
     msgs, replies, new, metrics = one_round(s, grid, arrays)
@@ -81,7 +82,8 @@ def test_ht_is_unbiased_over_rounds_seeded_monte_carlo():
     within 4 standard errors of the full-participation target sum_i p_i Delta_i."""
     pop = make_population(n=30, classes=4, dim=4, alpha=0.2, seed=5)
     grid = population_grid(pop)
-    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=6, seed=11)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=6, seed=11,
+                            profiling="query")
     arrays = global_arrays(4)
     xg = flatten(arrays)
     est = []
@@ -98,7 +100,8 @@ def test_ht_is_unbiased_over_rounds_seeded_monte_carlo():
 def test_ratio_estimator_is_self_normalised(pop):
     grid = population_grid(pop)
     s = StratifiedSelection(
-        FedAvg(fraction_evaluate=0.0), clients_per_round=8, seed=3, estimator="ratio"
+        FedAvg(fraction_evaluate=0.0), clients_per_round=8, seed=3, estimator="ratio",
+        profiling="query",
     )
     arrays = global_arrays(6)
     _, replies, new, _ = one_round(s, grid, arrays)
@@ -113,7 +116,7 @@ def test_ratio_estimator_is_self_normalised(pop):
 def test_fedopt_applies_its_server_optimizer_to_the_ht_aggregate(pop, opt):
     grid = population_grid(pop)
     kw = {"fraction_evaluate": 0.0, "eta": 0.05, "tau": 1e-3}
-    s = StratifiedSelection(opt(**kw), clients_per_round=8, seed=3)
+    s = StratifiedSelection(opt(**kw), clients_per_round=8, seed=3, profiling="query")
     arrays = global_arrays(6)
     xg = flatten(arrays)
     _, replies, new, _ = one_round(s, grid, arrays)
@@ -132,7 +135,8 @@ def test_fedopt_applies_its_server_optimizer_to_the_ht_aggregate(pop, opt):
 
 def test_integer_buffers_pass_unchanged_and_float32_supported(pop):
     grid = population_grid(pop)
-    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=8, seed=3)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=8, seed=3,
+                            profiling="query")
     arrays = global_arrays(6, with_int=True, dtype=np.float32)
     xg = flatten(arrays)
     _, replies, new, _ = one_round(s, grid, arrays)
@@ -147,7 +151,7 @@ def test_dp_wrapper_composes(pop):
         FedAvg(fraction_evaluate=0.0), noise_multiplier=0.0, clipping_norm=1e6,
         num_sampled_clients=8,
     )
-    s = StratifiedSelection(inner, clients_per_round=8, seed=3)
+    s = StratifiedSelection(inner, clients_per_round=8, seed=3, profiling="query")
     arrays = global_arrays(6)
     _, replies, new, _ = one_round(s, grid, arrays)
     np.testing.assert_allclose(
@@ -167,7 +171,7 @@ def _corrupt(kind):
         elif kind == "shape":
             new["w"] = np.zeros(new["w"].size + 1)
         elif kind == "dtype":
-            new["w"] = new["w"].astype(np.float32)
+            new["w"] = new["w"].astype(np.complex128)  # float32 is accepted (same family)
         elif kind == "missing":
             del new["b"]
         elif kind == "extra":
@@ -201,7 +205,8 @@ def test_invalid_replies_are_rejected_never_aggregated():
     kinds = list(REASONS)
     overrides = {}
     grid = population_grid(pop, overrides=overrides)
-    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=12, seed=1)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=12, seed=1,
+                            profiling="query")
     arrays = global_arrays(6)
     msgs = list(s.configure_train(1, arrays, ConfigRecord(), grid))
     assert len(msgs) == 12
@@ -235,7 +240,8 @@ def test_failed_nodes_reweight_their_stratum():
     overrides = {}
     grid = population_grid(pop, overrides=overrides)
     s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=10, seed=0,
-                            design="srswor", n_strata=2, allocation="proportional")
+                            design="srswor", n_strata=2, allocation="proportional",
+                                                    profiling="query")
     arrays = global_arrays(6)
     msgs = list(s.configure_train(1, arrays, ConfigRecord(), grid))
     plan_sel = s.pending_plan.selection
@@ -261,7 +267,7 @@ def test_empty_stratum_share_is_redistributed():
     overrides = {}
     grid = population_grid(pop, overrides=overrides)
     s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=10, seed=0,
-                            design="pps", n_strata=2)
+                            design="pps", n_strata=2, profiling="query")
     arrays = global_arrays(6)
     msgs = list(s.configure_train(1, arrays, ConfigRecord(), grid))
     strata = s.pending_plan.selection.strata
@@ -284,7 +290,8 @@ def test_empty_stratum_share_is_redistributed():
 
 def test_no_valid_reply_returns_no_arrays_but_metrics(pop):
     grid = population_grid(pop, overrides={n: _corrupt("error") for n in pop.node_ids})
-    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=5, seed=0)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=5, seed=0,
+                            profiling="query")
     _, _, new, metrics = one_round(s, grid, global_arrays(6))
     assert new is None
     assert metrics["fedstrat-n-failed"] == 5
@@ -292,14 +299,15 @@ def test_no_valid_reply_returns_no_arrays_but_metrics(pop):
 
 
 def test_aggregate_without_configure_raises():
-    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=5)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=5, profiling="query")
     with pytest.raises(RuntimeError, match="without configure_train"):
         s.aggregate_train(1, [])
 
 
 def test_metric_record_of_reply_keeps_other_metrics(pop):
     grid = population_grid(pop)
-    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=8, seed=3)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=8, seed=3,
+                            profiling="query")
     _, replies, _, metrics = one_round(s, grid, global_arrays(6))
     rec = s.records[-1]
     losses = {r.metadata.src_node_id: r.content["metrics"]["train-loss"] for r in replies}
@@ -318,7 +326,8 @@ def test_superlink_error_reply_is_attributed_to_the_node_that_was_asked():
     SUPERLINK_NODE_ID (1): the failure belongs to the node the instruction was sent to."""
     pop = make_population(n=6, classes=3, dim=6, seed=2)
     grid = population_grid(pop)
-    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=3, seed=1)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=3, seed=1,
+                            profiling="query")
     msgs = list(s.configure_train(1, global_arrays(6), ConfigRecord(), grid))
     replies = list(grid.send_and_receive(msgs))
     dead = msgs[0].metadata.dst_node_id

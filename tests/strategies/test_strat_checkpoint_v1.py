@@ -42,7 +42,7 @@ def run(strategy, rounds):
 def test_version1_checkpoint_continues_with_the_old_selections(name):
     d = doc(name)
     assert d["state"]["version"] == 1
-    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), **d["kwargs"])
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), **d["kwargs"], profiling="query")
     s.load_state_dict(d["state"])
     assert s.n_records == 3
     arrays = run(s, (4, 5))
@@ -57,11 +57,11 @@ def test_version1_checkpoint_continues_with_the_old_selections(name):
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_state_loaded_from_version1_saves_and_loads_as_the_current_version(name):
     d = doc(name)
-    a = StratifiedSelection(FedAvg(fraction_evaluate=0.0), **d["kwargs"])
+    a = StratifiedSelection(FedAvg(fraction_evaluate=0.0), **d["kwargs"], profiling="query")
     a.load_state_dict(d["state"])
     state = json.loads(json.dumps(a.state_dict()))
     assert state["version"] == 2
-    b = StratifiedSelection(FedAvg(fraction_evaluate=0.0), **d["kwargs"])
+    b = StratifiedSelection(FedAvg(fraction_evaluate=0.0), **d["kwargs"], profiling="query")
     b.load_state_dict(state)
     run(b, (4, 5))
     assert [r.selected for r in b.records] == [n["selected"] for n in d["next"]]
@@ -69,6 +69,6 @@ def test_state_loaded_from_version1_saves_and_loads_as_the_current_version(name)
 
 def test_unknown_state_version_is_refused():
     d = doc("histograms")
-    s = StratifiedSelection(FedAvg(), **d["kwargs"])
+    s = StratifiedSelection(FedAvg(), **d["kwargs"], profiling="query")
     with pytest.raises(ValueError, match="unsupported state version"):
         s.load_state_dict({**d["state"], "version": 99})

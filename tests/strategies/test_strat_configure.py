@@ -36,7 +36,7 @@ def pop():
 # ---------------------------------------------------------------- node wait and payload
 def test_no_node_raises_after_deadline_instead_of_hanging():
     s = StratifiedSelection(FedAvg(), clients_per_round=5, node_wait_timeout=0.3,
-                            poll_interval=0.05)
+                            poll_interval=0.05, profiling="query")
     t0 = time.monotonic()
     with pytest.raises(RuntimeError, match="No node connected"):
         s.configure_train(1, global_arrays(4), ConfigRecord(), LocalGrid([], lambda m: None))
@@ -48,7 +48,7 @@ def test_fewer_nodes_than_wanted_uses_all_with_warning(pop, caplog):
     grid = population_grid(few)
     s = StratifiedSelection(FedAvg(min_available_nodes=50, min_train_nodes=20),
                             clients_per_round=5, node_wait_timeout=0.2, poll_interval=0.05,
-                            selection="uniform")
+                            selection="uniform", profiling="query")
     t0 = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="flwr"):
         msgs = list(s.configure_train(1, global_arrays(4), ConfigRecord(), grid))
@@ -63,7 +63,7 @@ def test_late_nodes_are_waited_for():
     grid = LocalGrid(lambda: pop.node_ids if time.monotonic() - t0 > 0.3 else pop.node_ids[:2],
                      population_grid(pop).handler)
     s = StratifiedSelection(FedAvg(), clients_per_round=4, node_wait_timeout=10,
-                            poll_interval=0.05, selection="uniform")
+                            poll_interval=0.05, selection="uniform", profiling="query")
     msgs = list(s.configure_train(1, global_arrays(4), ConfigRecord(), grid))
     assert len(msgs) == 4
     assert 0.25 < time.monotonic() - t0 < 5.0
@@ -72,7 +72,7 @@ def test_late_nodes_are_waited_for():
 def test_payload_of_wrapped_strategy_is_kept(pop):
     grid = population_grid(pop)
     s = StratifiedSelection(FedProx(proximal_mu=0.3, fraction_evaluate=0.0),
-                            clients_per_round=6, seed=0)
+                            clients_per_round=6, seed=0, profiling="query")
     cfg = ConfigRecord({"lr": 0.1})
     msgs = list(s.configure_train(4, global_arrays(6), cfg, grid))
     assert len(msgs) == 6 and len({m.metadata.dst_node_id for m in msgs}) == 6
@@ -89,7 +89,7 @@ def test_payload_of_wrapped_strategy_is_kept(pop):
 
 
 def test_inner_without_training_message_is_a_clear_error(pop):
-    s = StratifiedSelection(FedAvg(fraction_train=0.0), clients_per_round=4)
+    s = StratifiedSelection(FedAvg(fraction_train=0.0), clients_per_round=4, profiling="query")
     with pytest.raises(RuntimeError, match="fraction_train"):
         s.configure_train(1, global_arrays(4), ConfigRecord(), population_grid(pop))
 
@@ -118,7 +118,8 @@ def test_bad_arguments_raise_value_error(kwargs):
 # ---------------------------------------------------------------- selection
 def test_selection_is_reproducible_under_seed(pop):
     def selections(seed):
-        s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=6, seed=seed)
+        s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=6, seed=seed,
+                                profiling="query")
         run(s, population_grid(pop), global_arrays(6), range(1, 4))
         return [r.selected for r in s.records]
 
@@ -130,7 +131,7 @@ def test_selection_is_reproducible_under_seed(pop):
 def test_records_and_metrics(pop, tmp_path):
     path = tmp_path / "rec" / "sampling.jsonl"
     s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=6, seed=0,
-                            record_path=path)
+                            record_path=path, profiling="query")
     out = run(s, population_grid(pop), global_arrays(6), range(1, 4))
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [r["round"] for r in lines] == [1, 2, 3] == [r.round for r in s.records]
@@ -152,7 +153,7 @@ def test_records_and_metrics(pop, tmp_path):
 )
 def test_baselines_through_the_same_wrapper(pop, selection):
     s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=5,
-                            selection=selection, seed=0)
+                            selection=selection, seed=0, profiling="query")
     out = run(s, population_grid(pop), global_arrays(6), range(1, 3))
     for rec, (msgs, new, _) in zip(s.records, out, strict=True):
         assert rec.design == selection
@@ -167,7 +168,7 @@ def test_baselines_through_the_same_wrapper(pop, selection):
 
 def test_poc_prefers_high_loss_nodes(pop):
     s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=3,
-                            selection="poc", poc_d=30, seed=0)
+                            selection="poc", poc_d=30, seed=0, profiling="query")
     run(s, population_grid(pop), global_arrays(6), range(1, 3))
     # every node was a candidate (d = N); after round 1 unseen nodes (loss +inf) come first,
     # so round 2 picks none of round 1's nodes
@@ -181,7 +182,7 @@ def test_cost_allocation_uses_reported_train_seconds():
         pop, extra_metrics=lambda n: {"train-seconds": 100.0 if n in heavy else 1.0}
     )
     s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=10, seed=0,
-                            design="srswor", n_strata=2, allocation="cost")
+                            design="srswor", n_strata=2, allocation="cost", profiling="query")
     run(s, grid, global_arrays(6), range(1, 3))
     present = np.array(s.records[-1].strata)
     strata = s.policy.stratifier.node_stratum_
@@ -198,11 +199,13 @@ def test_profiling_failure_falls_back_to_uniform_then_sketches(caplog):
     pop = make_population(n=30, classes=4, dim=6, alpha=0.1, seed=1)
     grid = population_grid(pop, profile=False)
     s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=8, seed=0,
-                            warmup_rounds=2)
+                            warmup_rounds=2, profiling="query")
     with caplog.at_level(logging.INFO, logger="flwr"):
         run(s, grid, global_arrays(6), range(1, 5))
     msgs = [r.getMessage() for r in caplog.records]
-    assert any("Profiling failed for 30 nodes" in m for m in msgs)
+    # a ClientApp without a query handler: one INFO line, no WARNING about it
+    assert any("30 nodes have no profiling handler" in m for m in msgs)
+    assert not any("Profiling failed" in m for m in msgs)
     assert any("stratifying by update sketches" in m for m in msgs)
     assert [r.design for r in s.records[:2]] == ["uniform-warmup"] * 2
     assert s.records[2].design in ("pps", "srswor", "uniform")
@@ -227,7 +230,7 @@ def test_new_nodes_join_nearest_stratum():
     grid = LocalGrid(lambda: pop.node_ids if t["late"] else first,
                      population_grid(pop).handler)
     s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=6, seed=0,
-                            design="pps", n_strata=3)
+                            design="pps", n_strata=3, profiling="query")
     run(s, grid, global_arrays(6), [1])
     t["late"] = True
     run(s, grid, global_arrays(6), [2])
@@ -244,7 +247,7 @@ def test_new_nodes_join_nearest_stratum():
 def test_state_dict_resumes_identically(pop):
     def make():
         return StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=6,
-                                   seed=2, restratify_every=2)
+                                   seed=2, restratify_every=2, profiling="query")
 
     a = make()
     run(a, population_grid(pop), global_arrays(6), range(1, 4))
@@ -258,7 +261,8 @@ def test_state_dict_resumes_identically(pop):
     for (_, xa, _), (_, xb, _) in zip(out_a, out_b, strict=True):
         np.testing.assert_array_equal(flatten(xa), flatten(xb))
     with pytest.raises(ValueError, match="seed"):
-        StratifiedSelection(FedAvg(), clients_per_round=6, seed=3).load_state_dict(state)
+        StratifiedSelection(FedAvg(), clients_per_round=6, seed=3,
+                                profiling="query").load_state_dict(state)
 
 
 # ---------------------------------------------------------------- responder_weights by hand
@@ -285,7 +289,7 @@ def test_responder_weights_by_hand():
 def test_stratify_by_sketches_after_warmup_and_restratify(pop):
     s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=8, seed=0,
                             stratify_by="sketches", warmup_rounds=2, restratify_every=2,
-                            profile_epsilon=1.0)
+                            profile_epsilon=1.0, profiling="query")
     grid = population_grid(pop)
     run(s, grid, global_arrays(6), range(1, 6))
     designs = [r.design for r in s.records]

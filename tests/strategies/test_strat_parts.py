@@ -31,7 +31,8 @@ OLD_KEYS = [
 def configured(n=12, m=6, with_int=False, **kw):
     pop = make_population(n=n, classes=3, dim=6, seed=2)
     grid = population_grid(pop)
-    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=m, seed=1, **kw)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=m, seed=1, **kw,
+                            profiling="query")
     arrays = global_arrays(6, with_int=with_int)
     msgs = list(s.configure_train(1, arrays, ConfigRecord(), grid))
     replies = list(grid.send_and_receive(msgs))
@@ -158,8 +159,10 @@ def test_on_record_gets_every_round_and_record_path_appends_json_lines(tmp_path)
     pop = make_population(n=12, classes=3, dim=6, seed=2)
     grid = population_grid(pop)
     path = tmp_path / "a" / "sampling.jsonl"
-    s1 = StratifiedSelection(FedAvg(fraction_evaluate=0.0), 4, seed=1, on_record=got.append)
-    s2 = StratifiedSelection(FedAvg(fraction_evaluate=0.0), 4, seed=1, record_path=path)
+    s1 = StratifiedSelection(FedAvg(fraction_evaluate=0.0), 4, seed=1, on_record=got.append,
+                            profiling="query")
+    s2 = StratifiedSelection(FedAvg(fraction_evaluate=0.0), 4, seed=1, record_path=path,
+                            profiling="query")
     for s in (s1, s2):
         for r in (1, 2):
             msgs = list(s.configure_train(r, global_arrays(6), ConfigRecord(), grid))

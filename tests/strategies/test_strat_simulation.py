@@ -103,7 +103,7 @@ def main(grid: Grid, context: Context) -> None:
     for name, inner, rounds, cfg in scenarios:
         try:
             s = StratifiedSelection(inner, clients_per_round=M, seed=0, node_wait_timeout=30,
-                                    profile_timeout=300)
+                                    profile_timeout=300, profiling="query")
             if registry is not None:  # profile the nodes once (first scenario), reuse after
                 s.registry = registry
             res = s.start(grid=grid, initial_arrays=initial(), num_rounds=rounds,

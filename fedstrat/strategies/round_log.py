@@ -1,0 +1,72 @@
+"""The one INFO line per round that says who chose how many nodes, and why.
+
+A predicted variance ratio is printed only with its uncertainty and only when every stratum's
+``S_h`` was tracked from at least :data:`MIN_OBSERVATIONS` updates; otherwise the line says
+"not enough evidence yet". The number of strata is the number present this round, i.e. the
+``fedstrat-n-strata`` metric (``len(m_h)``), which counts the "unknown" stratum of nodes not yet
+stratified.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .plan import Draw, StrataPlan
+
+#: tracked updates per stratum needed before a variance ratio is printed
+MIN_OBSERVATIONS = 3
+
+
+def ratio_text(sp: StrataPlan, counts: np.ndarray | None) -> str:
+    """``"predicted variance 1.8x lower than uniform (±41%)"`` or why there is none.
+
+    ``counts``: tracked updates per present stratum (None = unknown). The relative standard
+    error of a variance estimated from ``n`` values is about ``sqrt(2 / (n - 1))`` (normal
+    theory); the ratio's is bounded by the worst stratum's, which is what is printed.
+    """
+    pred = sp.prediction
+    if sp.basis != "tracked" or counts is None or len(counts) == 0:
+        return f"variance vs uniform: not enough evidence yet (S_h from {sp.basis})"
+    n_min = int(np.min(counts))
+    if n_min < MIN_OBSERVATIONS:
+        return (f"variance vs uniform: not enough evidence yet ({n_min} tracked updates in "
+                f"a stratum, {MIN_OBSERVATIONS} needed)")
+    strat, uni = float(pred.stratified), float(pred.uniform)
+    if not (math.isfinite(strat) and math.isfinite(uni)) or strat <= 0 or uni <= 0:
+        return "variance vs uniform: not enough evidence yet (degenerate prediction)"
+    rel = math.sqrt(2.0 / (n_min - 1))
+    ratio = uni / strat
+    word = "lower" if ratio >= 1 else "higher"
+    shown = ratio if ratio >= 1 else 1.0 / ratio
+    return (f"predicted variance {shown:.2f}x {word} than uniform (±{100 * rel:.0f}%, "
+            f">= {n_min} updates per stratum)")
+
+
+def tracked_counts(policy: Any, sp: StrataPlan) -> np.ndarray | None:
+    """Tracked updates per present stratum from a policy's stratifier, if it has one."""
+    tracker = getattr(getattr(policy, "stratifier", None), "tracker_", None)
+    if tracker is None:
+        return None
+    counts = np.asarray(tracker.counts(), dtype=np.float64)
+    present = np.asarray(sp.present, dtype=np.int64)
+    if present.size == 0 or present.max() >= counts.size:
+        return None
+    return counts[present]
+
+
+def round_line(server_round: int, selection: str, draw: Draw, n_selected: int, n_available: int,
+               policy: Any) -> str:
+    """The per-round line: ``round 3: StratifiedSelection (stratified) chose 10 of 20 nodes;
+    pps, 4 strata this round, m_h=[...]; <ratio or "not enough evidence yet">``."""
+    head = (f"round {server_round}: StratifiedSelection ({selection}) chose {n_selected} of "
+            f"{n_available} nodes")
+    sp = draw.strata
+    if sp is None:
+        why = f"; {draw.design}" + (f" ({draw.reason})" if draw.reason else "")
+        return head + why
+    return (f"{head}; {draw.design}, {len(sp.allocation)} strata this round, "
+            f"m_h={[int(a) for a in sp.allocation]}; "
+            f"{ratio_text(sp, tracked_counts(policy, sp))}")
