@@ -1,5 +1,5 @@
-"""The pure reply rewrite that makes the wrapped strategy's weighted average the HT (or ratio)
-estimate."""
+"""The pure reply rewrite that makes the wrapped strategy's weighted average the HT, ratio or
+difference (control-variate) estimate."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ def rewrite_replies(
     estimator: str,
     weighted_by_key: str,
     deltas: np.ndarray | None = None,
+    controls: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
 ) -> list[Message]:
     """Copies of the replies for the wrapped strategy; the originals are untouched.
 
@@ -40,11 +42,15 @@ def rewrite_replies(
     its floating arrays become ``x_g + W (x_i - x_g)``, ``W = sum_i w_i`` (float64 from
     ``deltas`` = :func:`flat_deltas`, cast back to each array's dtype), so that a normalised
     weighted average returns ``x_g + sum_i w_i (x_i - x_g)`` exactly. With ``"ratio"`` the
-    arrays are kept: the average is ``sum_i w_i x_i / sum_i w_i``.
+    arrays are kept: the average is ``sum_i w_i x_i / sum_i w_i``. With ``"difference"`` the
+    arrays become ``x_g + A + W (Delta_i - c_i)`` (``controls`` the ``(R, D)`` rows ``c_i`` of
+    the replies, ``offset`` ``A = sum_{i in U} p_i c_i``), so the average is
+    ``x_g + A + sum_i w_i (Delta_i - c_i)``; the number of replies is unchanged either way.
     """
+    rewrite = estimator in ("ht", "difference")
     big_w = float(weights.sum())
     float_keys = [k for k, a in global_np.items() if a.dtype.kind == "f"]
-    if estimator == "ht" and float_keys and deltas is None:
+    if rewrite and float_keys and deltas is None:
         deltas = flat_deltas(valid, global_np)
     bounds: dict[str, tuple[int, int]] = {}
     start = 0
@@ -61,10 +67,17 @@ def rewrite_replies(
         content = RecordDict()
         for key, rec in v.message.content.items():
             content[key] = rec
-        if estimator == "ht":
+        if rewrite:
             record = v.message.content[v.array_key]
             new: dict[str, Array] = {}
-            flat = None if g_flat is None or deltas is None else g_flat + big_w * deltas[r]
+            flat = None
+            if g_flat is not None and deltas is not None:
+                if estimator == "difference":
+                    if controls is None or offset is None:
+                        raise ValueError("estimator 'difference' needs controls and offset")
+                    flat = g_flat + offset + big_w * (deltas[r] - controls[r])
+                else:
+                    flat = g_flat + big_w * deltas[r]
             for k, x in v.arrays.items():
                 if k in bounds and flat is not None:
                     a, b = bounds[k]
