@@ -1,0 +1,192 @@
+"""estimator="difference" through StratifiedSelection (LocalGrid, no simulation): the exact
+aggregate, unbiasedness by enumerating every sample through the strategy, multi-round runs
+with FedAvg / FedAdam / a DP wrapper, the memory budget and bit-exact resume."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdam,
+    FedAvg,
+)
+from strathelpers import flatten, global_arrays, make_population, population_grid
+
+from fedstrat.strategies import StratifiedSelection
+from fedstrat.strategies.control_variates import ControlVariates
+from fedstrat.strategies.rewrite import rewrite_replies
+
+
+def one_round(strategy, grid, arrays, rnd):
+    msgs = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
+    replies = list(grid.send_and_receive(msgs, timeout=5))
+    new, metrics = strategy.aggregate_train(rnd, replies)
+    return replies, new, metrics
+
+
+def _p(pop, nodes):
+    n = np.array([pop.sizes[pop.index[k]] for k in nodes], dtype=np.float64)
+    return n / n.sum()
+
+
+def test_round_one_equals_ht_and_round_two_is_the_difference_formula():
+    pop = make_population(n=30, classes=4, dim=6, seed=1)
+    grid = population_grid(pop)
+    kw = {"clients_per_round": 6, "seed": 2, "selection": "uniform", "profiling": "query"}
+    ht = StratifiedSelection(FedAvg(fraction_evaluate=0.0), **kw)
+    diff = StratifiedSelection(FedAvg(fraction_evaluate=0.0), estimator="difference",
+                               cv_fill="zero", **kw)
+    arrays = global_arrays(6)
+    xg = flatten(arrays)
+    _, a_ht, _ = one_round(ht, grid, arrays, 1)
+    _, a_diff, _ = one_round(diff, grid, arrays, 1)
+    # no control known yet: c = 0, the difference estimate is the HT estimate
+    np.testing.assert_allclose(flatten(a_diff), flatten(a_ht), rtol=0, atol=1e-12)
+    seen = {n: pop.update(n).astype(np.float32).astype(np.float64)
+            for n in diff.records[-1].responders}
+    _, a2, _ = one_round(diff, grid, arrays, 2)
+    rec = diff.records[-1]
+    nodes = sorted(pop.node_ids)
+    p = _p(pop, nodes)
+    offset = sum(p[k] * seen[n] for k, n in enumerate(nodes) if n in seen)
+    expected = xg + offset
+    for node, w in zip(rec.responders, rec.weights, strict=True):
+        expected = expected + w * (pop.update(node) - seen.get(node, 0.0))
+    np.testing.assert_allclose(flatten(a2), expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("fill", ["zero", "stratum"])
+def test_unbiased_by_enumerating_every_sample_through_the_strategy(fill):
+    """Uniform design, N = 6, m = 2: all 15 samples are equally likely. Seeds are tried until
+    every sample has been drawn; the mean of the 15 aggregates (each through the strategy,
+    with the same stored controls) is the exact expectation and equals the target."""
+    pop = make_population(n=6, classes=3, dim=4, seed=3)
+    grid = population_grid(pop)
+    arrays = global_arrays(4)
+    xg = flatten(arrays)
+    memory = ControlVariates()
+    rng = np.random.default_rng(0)
+    nodes = sorted(pop.node_ids)
+    memory.update(1, nodes[:3], rng.normal(size=(3, 4)) * 2)  # arbitrary stale controls
+    state = memory.state_dict()
+    results: dict[tuple[int, ...], np.ndarray] = {}
+    for seed in range(400):
+        s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=2, seed=seed,
+                                selection="uniform", estimator="difference", cv_fill=fill,
+                                profiling="query")
+        s.controls.load_state_dict(state)
+        _, new, _ = one_round(s, grid, arrays, 5)
+        key = tuple(sorted(s.records[-1].selected))
+        results.setdefault(key, flatten(new) - xg)
+        if len(results) == 15:
+            break
+    assert sorted(results) == sorted(itertools.combinations(nodes, 2))
+    mean = np.mean(list(results.values()), axis=0)
+    np.testing.assert_allclose(mean, pop.target(nodes), rtol=0, atol=1e-12)
+
+
+def _run(strategy, grid, rounds, dim=6):
+    arrays = global_arrays(dim)
+    errors = []
+    for r in range(1, rounds + 1):
+        _, new, _ = one_round(strategy, grid, arrays, r)
+        errors.append(new)
+    return errors
+
+
+def test_multi_round_fedavg_difference_converges_to_the_target():
+    """Constant client updates: once every node has been seen, c_i = Delta_i (float32) and the
+    estimate is the target up to float32 rounding; HT keeps its sampling error."""
+    pop = make_population(n=12, classes=4, dim=6, seed=4)
+    grid = population_grid(pop)
+    arrays = global_arrays(6)
+    xg = flatten(arrays)
+    target = pop.target()
+    errs = {}
+    for est in ("ht", "difference"):
+        s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=6, seed=0,
+                                estimator=est, selection="uniform", profiling="query")
+        e = []
+        for r in range(1, 13):
+            _, new, _ = one_round(s, grid, arrays, r)
+            e.append(float(np.linalg.norm(flatten(new) - xg - target)))
+        errs[est] = e
+    assert len(s.controls.vectors) == 12  # every node seen
+    assert errs["difference"][0] == pytest.approx(errs["ht"][0], rel=1e-9)
+    assert max(errs["difference"][-3:]) < 1e-5 < min(errs["ht"][-3:])
+
+
+def test_fedadam_and_dp_wrapper_compose():
+    pop = make_population(n=20, classes=4, dim=6, seed=5)
+    grid = population_grid(pop)
+    for inner in (
+        FedAdam(fraction_evaluate=0.0, eta=0.1),
+        DifferentialPrivacyServerSideFixedClipping(
+            FedAvg(fraction_evaluate=0.0), noise_multiplier=0.0, clipping_norm=100.0,
+            num_sampled_clients=5),
+    ):
+        s = StratifiedSelection(inner, clients_per_round=5, seed=1, estimator="difference")
+        arrays = global_arrays(6)
+        for r in range(1, 5):
+            replies, new, metrics = one_round(s, grid, arrays, r)
+            assert np.all(np.isfinite(flatten(new)))
+            assert metrics["fedstrat-n-selected"] == 5
+            arrays = new
+        assert len(s.controls.vectors) > 5
+
+
+def test_checkpoint_resume_is_bit_exact():
+    pop = make_population(n=20, classes=4, dim=6, seed=6)
+    grid = population_grid(pop)
+    kw = {"clients_per_round": 5, "seed": 9, "estimator": "difference", "cv_decay": 0.9}
+    a = StratifiedSelection(FedAdam(fraction_evaluate=0.0, eta=0.1), **kw)
+    arrays = global_arrays(6, dtype=np.float32)
+    for r in (1, 2, 3):
+        _, arrays, _ = one_round(a, grid, arrays, r)
+    state = json.loads(json.dumps(a.state_dict()))
+    b = StratifiedSelection(FedAdam(fraction_evaluate=0.0, eta=0.1), **kw)
+    b.load_state_dict(state)
+    b.strategy.m_t, b.strategy.v_t = a.strategy.m_t, a.strategy.v_t  # server-opt moments
+    b.strategy.current_arrays = a.strategy.current_arrays
+    _, na, _ = one_round(a, grid, arrays, 4)
+    _, nb, _ = one_round(b, grid, arrays, 4)
+    np.testing.assert_array_equal(flatten(na), flatten(nb))
+
+
+def test_memory_budget_keeps_the_most_recent_and_fills_the_rest():
+    cv = ControlVariates(budget_bytes=2 * 4 * 3, fill="stratum")  # two float32 vectors of 3
+    cv.update(1, [10, 11], np.array([[1.0, 1, 1], [2, 2, 2]]))
+    cv.update(2, [12], np.array([[4.0, 4, 4]]))
+    # oldest first, ties: the larger node id first
+    assert sorted(cv.vectors) == [10, 12] and cv.dropped == 1 and cv.nbytes <= 24
+    rc = cv.controls(3, [10, 11, 12], np.array([1.0, 1.0, 2.0]), 3, {10: 0, 11: 0, 12: 1})
+    np.testing.assert_array_equal(rc.of(11), [1.0, 1, 1])  # stratum 0's stored mean
+    np.testing.assert_allclose(rc.offset, 0.25 * 1 + 0.25 * 1 + 0.5 * 4 * np.ones(3))
+    back = ControlVariates()
+    back.load_state_dict(json.loads(json.dumps(cv.state_dict())))
+    for n in cv.vectors:
+        assert back.vectors[n].tobytes() == cv.vectors[n].tobytes()
+    decayed = ControlVariates(decay=0.5)
+    decayed.update(1, [1], np.array([[8.0, 8, 8]]))
+    np.testing.assert_array_equal(decayed.controls(4, [1], np.ones(1), 3).of(1), [1.0, 1, 1])
+
+
+def test_rewrite_needs_controls_for_difference():
+    pop = make_population(n=10, classes=3, dim=6, seed=7)
+    grid = population_grid(pop)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=3, seed=0)
+    arrays = global_arrays(6)
+    msgs = list(s.configure_train(1, arrays, ConfigRecord(), grid))
+    replies = list(grid.send_and_receive(msgs, timeout=5))
+    from fedstrat.strategies.reply_validation import array_signature, validate_train_reply
+
+    valid = [validate_train_reply(r, array_signature(arrays), set(s.pending_plan.selected),
+                                  "num-examples") for r in replies]
+    g = {k: a.numpy() for k, a in arrays.items()}
+    with pytest.raises(ValueError, match="difference"):
+        rewrite_replies(valid, np.ones(3), g, "difference", "num-examples")
