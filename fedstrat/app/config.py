@@ -73,6 +73,9 @@ class RunConfig:
     stratify_by: str = "histograms"
     restratify_every: int = 0
     estimator: str = "ht"
+    cv_decay: float = 1.0  # difference estimator: c_i = cv_decay^age * last update
+    cv_budget_bytes: int = 1 << 30  # difference estimator: memory for the c_i; 0 = no limit
+    cv_fill: str = "stratum"  # difference estimator: c_i of a node without one (or "zero")
     profile_epsilon: float = 0.0  # 0 = exact label histograms
     poc_d: int = 0  # Power-of-Choice candidate set size; 0 = 2 * clients_per_round
     max_strata: int = 0  # upper bound of the automatic number of strata; 0 = no bound
@@ -126,6 +129,7 @@ class RunConfig:
         choice("allocation", ALLOCATIONS)
         choice("design", DESIGNS)
         choice("estimator", ESTIMATORS)
+        choice("cv_fill", ("stratum", "zero"))
         choice("strategy", STRATEGIES)
         choice("optimizer", OPTIMIZERS)
         choice("stratify_by", STRATIFY_BY)

@@ -20,8 +20,8 @@ What the launcher owns:
 * process ownership: every process is started in its own session with the environment marker
   ``<marker_env>=<random id>``, which Flower's and Ray's children inherit.
   :meth:`FlowerLauncher.stop` ends the processes it launched (SIGTERM, grace, SIGKILL; in the
-  caller's order) and then every process still carrying the marker, by PID
-  (:mod:`fedstrat.app.procs`);
+  caller's order) and then every process still carrying the marker or in the process tree
+  taken when the stop began (PID and start time), by PID (:mod:`fedstrat.app.procs`);
 * log files (``<logs>/<name>.log``, each start preceded by a ``$ command`` line) and their tails.
 """
 
@@ -314,8 +314,12 @@ class FlowerLauncher:
         attempts: int = 1,
         ca_cert: Path | None = None,
         echo: bool = False,
+        host: str = LOOPBACK,
     ) -> tuple[ManagedProcess, int]:
-        """``flower-superlink --host 127.0.0.1 --port <free> <flags>``; wait for ``/health``.
+        """``flower-superlink --host <host> --port <free> <flags>``; wait for ``/health``.
+
+        ``host``: the address the SuperLink listens on and is checked at (127.0.0.1 by
+        default; a network namespace's address when the caller runs inside that namespace).
 
         Returns the process and its port. A SuperLink that exits or does not answer within
         ``timeout`` s is stopped and started again on a new port, ``attempts`` times in all;
@@ -327,19 +331,19 @@ class FlowerLauncher:
             port = free_port()
             proc = self.launch(
                 "superlink",
-                [exe, "--host", LOOPBACK, "--port", str(port), *flags],
+                [exe, "--host", host, "--port", str(port), *flags],
                 home=home,
                 echo=echo,
             )
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and proc.alive():
-                if superlink_healthy(port, ca_cert):
+                if superlink_healthy(port, ca_cert, host):
                     return proc, port
                 time.sleep(0.1)
             reason = (
                 f"exited with code {proc.popen.returncode}"
                 if not proc.alive()
-                else f"did not answer on {LOOPBACK}:{port} within {timeout:g} s"
+                else f"did not answer on {host}:{port} within {timeout:g} s"
             )
             self.stop_processes([proc], grace=10.0)
         raise self.error(
@@ -392,10 +396,13 @@ class FlowerLauncher:
         groups = [list(g) for g in order] if order is not None else [[p] for p in launched[::-1]]
         listed = {id(p) for g in groups for p in g}
         groups.append([p for p in launched[::-1] if id(p) not in listed])
+        # every process of ours before anything stops: once orphaned, a process that does not
+        # show the marker (Ray's agents were seen so) is found through this snapshot only
+        tree = procs.process_tree([p.pid for p in launched if p.alive()] + self.pids())
         try:
             for group in groups:
                 self.stop_processes(group, grace)
-            procs.terminate_marked(self.marker_env, self.marker, grace=sweep_grace)
+            procs.terminate_marked(self.marker_env, self.marker, grace=sweep_grace, also=tree)
         finally:
             with self._lock:
                 threads, files = list(self._threads), list(self._files)

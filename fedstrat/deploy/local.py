@@ -11,7 +11,8 @@ docs/deploy.md): ``flower-superlink`` (TLS, SuperNode authentication, ServerApp 
 ``subprocess``, no runtime dependency installation), ``flower-supernode`` per node with
 ``--node-config "partition-id=i num-partitions=N"``, ``flwr supernode register`` for each
 SuperNode's public key, and ``flwr run`` / ``flwr list`` / ``flwr log`` / ``flwr stop`` through a
-SuperLink connection written to a private ``FLWR_HOME``. Nothing binds outside 127.0.0.1; ports
+SuperLink connection written to a private ``FLWR_HOME``. Nothing binds outside 127.0.0.1 (unless
+``host`` names another address, e.g. in a network namespace: tests/deploy/test_netns.py); ports
 are picked free at start.
 
 Process ownership: the processes are started by a
@@ -36,7 +37,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,14 @@ class LocalFederation:
         on :meth:`stop` unless ``keep_workdir``).
     startup_timeout:
         Seconds to wait for the SuperLink to listen and for all SuperNodes to be online.
+    host:
+        Address the SuperLink listens on and SuperNodes and the ``flwr`` CLI connect to
+        (default 127.0.0.1). Another address must be one this process can reach (e.g. when it
+        runs inside the SuperLink's network namespace) and, with TLS, be in the server
+        certificate (``certs_dir`` from ``generate_certificates(hosts=[host])``).
+    supernode_prefix:
+        ``i -> argv prefix`` for SuperNode i's command, e.g. ``["ip", "netns", "exec", ns]``
+        to run it in its own network namespace (default: none).
     """
 
     def __init__(
@@ -126,6 +135,8 @@ class LocalFederation:
         startup_timeout: float = 90.0,
         env: Mapping[str, str] | None = None,
         echo: Callable[[str], None] | None = None,
+        host: str = LOOPBACK,
+        supernode_prefix: Callable[[int], Sequence[str]] | None = None,
     ) -> None:
         if num_supernodes < 1:
             raise ValueError(f"num_supernodes must be >= 1, got {num_supernodes}")
@@ -138,6 +149,8 @@ class LocalFederation:
         self.auth = auth
         self.startup_timeout = startup_timeout
         self._node_config = node_config
+        self.host = host
+        self._supernode_prefix = supernode_prefix
         self._extra_env = dict(env or {})
         self._echo = echo or (lambda _msg: None)
         self._own_workdir = workdir is None
@@ -163,7 +176,7 @@ class LocalFederation:
         """SuperLink address (Fleet, Control and Runtime API share one port in Flower 1.41)."""
         if self.superlink_port is None:
             raise FederationError("federation not started")
-        return f"{LOOPBACK}:{self.superlink_port}"
+        return f"{self.host}:{self.superlink_port}"
 
     @property
     def flwr_home(self) -> Path:
@@ -289,6 +302,7 @@ class LocalFederation:
             home=self._dir / "home" / "superlink",
             timeout=self.startup_timeout,
             ca_cert=ca_cert,
+            host=self.host,
         )
         self._echo(f"started superlink (pid {self.superlink.pid}), log: {self.superlink.log_path}")
 
@@ -349,7 +363,9 @@ class LocalFederation:
         node_cfg = " ".join(
             f"{toml_key(k)}={toml_value(v)}" for k, v in self._node_config_for(index).items()
         )
+        prefix = list(self._supernode_prefix(index)) if self._supernode_prefix else []
         cmd = [
+            *prefix,
             self._processes.executable("flower-supernode"),
             "--superlink",
             self.address,
