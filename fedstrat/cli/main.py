@@ -339,7 +339,8 @@ def measure_variance_cmd(
         help="Selections to measure: "
         + ", ".join(MEASURED)
         + " (stratified-prop: same strata, proportional allocation; stratified-sketch: strata "
-        "from update sketches).",
+        "from update sketches). Opt-in: fedavg (uniform, self-normalised), difference, "
+        "stratified-difference (control variates, see fedstrat.measure.controls).",
     ),
     seeds: str = typer.Option(
         "", "--seeds", help="Comma-separated seeds to repeat the measurement (default: --seed)."
@@ -351,13 +352,13 @@ def measure_variance_cmd(
     """
 
     def body() -> None:
-        from fedstrat.measure import MEASURED_SELECTIONS
+        from fedstrat.measure.variance import MEASURABLE
 
         sels = split_list(selections, "--selections")
-        bad = [s for s in sels if s not in MEASURED_SELECTIONS]
+        bad = [s for s in sels if s not in MEASURABLE]
         if bad:
             raise UsageFailure(
-                f"unknown selection {bad[0]!r}; choose from: {', '.join(MEASURED_SELECTIONS)}"
+                f"unknown selection {bad[0]!r}; choose from: {', '.join(MEASURABLE)}"
             )
         rounds = int_list(measure_rounds, "--measure-rounds")
         if min(rounds) < 1:
