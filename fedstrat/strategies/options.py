@@ -70,7 +70,8 @@ RULES: tuple[tuple[str, Check, str], ...] = (
     ),
     *(
         (name, lambda v, o: _finite_nonneg(v), "{name} must be finite and >= 0, got {value}")
-        for name in ("node_wait_timeout", "profile_timeout", "poll_interval", "profile_epsilon")
+        for name in ("node_wait_timeout", "profile_timeout", "poll_interval", "profile_epsilon",
+                     "size_cap", "size_tolerance")
     ),
     ("sketch_dim", lambda v, o: v >= 1, "{name} must be >= 1, got {value}"),
     ("cv_decay", lambda v, o: 0 <= v <= 1, "{name} must be in [0, 1], got {value}"),
@@ -84,7 +85,8 @@ RULES: tuple[tuple[str, Check, str], ...] = (
 
 _INTS = ("clients_per_round", "restratify_every", "warmup_rounds", "min_per_stratum",
          "sketch_dim", "sketch_seed", "seed", "cv_budget_bytes")
-_FLOATS = ("node_wait_timeout", "profile_timeout", "profile_epsilon", "poll_interval")
+_FLOATS = ("node_wait_timeout", "profile_timeout", "profile_epsilon", "poll_interval",
+           "size_cap", "size_tolerance")
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,14 @@ class SelectionOptions:
         between node-count polls.
     profile_epsilon : float
         Local DP epsilon asked from nodes for their label histograms (0 = exact).
+    size_cap : float
+        No node's size ``n_i`` enters the designs above ``size_cap`` times the median known
+        size (0 = no cap); the default 20 does not bind for honest nodes of the shipped
+        partitions (largest/median size <= 11.4). See :mod:`.weight_cap`.
+    size_tolerance : float
+        Relative difference allowed between a node's statements of its size (profile vs label
+        histogram, later training replies vs the size learned first); beyond it the profile
+        or the reply is refused, with the reason recorded.
     sketch_dim, sketch_seed : int
         Random-projection sketches of updates (:func:`fedstrat.sampling.sketch_update`).
     sketch_method : str
@@ -185,6 +195,8 @@ class SelectionOptions:
     cost_key: str = "train-seconds"
     seed: int = 0
     poll_interval: float = 1.0
+    size_cap: float = 20.0
+    size_tolerance: float = 0.1
     profiling: str = "auto"
 
     def __post_init__(self) -> None:

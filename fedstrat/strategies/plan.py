@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from flwr.app import ArrayRecord, Message
 
     from .node_registry import NodeRegistry
+    from .weight_cap import CapEffect
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class RoundPlan:
     sent_at: dict[int, float]
     signature: dict[str, tuple[tuple[int, ...], str]]
     global_arrays: ArrayRecord
+    size_cap: CapEffect | None = None  # what the size cap did to the population's n_i
 
     @property
     def design(self) -> str:

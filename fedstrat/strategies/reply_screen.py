@@ -9,6 +9,7 @@ weighted average raises ``InconsistentMessageReplies`` otherwise, and the job di
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from collections import Counter
@@ -20,7 +21,8 @@ from flwr.app import Message, MetricRecord, RecordDict
 
 from .plan import RoundPlan
 from .reply_validation import ValidReply
-from .triage import ReplyProblem, reply_weights
+from .rewrite import flat_deltas
+from .triage import ReplyProblem, Triage, reply_weights
 
 log = logging.getLogger("flwr").log
 
@@ -117,6 +119,26 @@ def screen_magnitudes(
     if len(rows) == len(valid):
         return Screened(valid, rejected, weights, notes, deltas)
     return Screened([valid[r] for r in rows], rejected, weights, notes, deltas[rows])
+
+
+def screen_triage(plan: RoundPlan, triage: Triage, global_np: dict[str, np.ndarray]) -> tuple[
+    Triage, Screened
+]:
+    """:func:`screen_magnitudes` of the triaged replies: the triage with the screened-out
+    replies moved to ``rejected``, and the screen (weights, notes, update rows). When the size
+    cap bound in this round's design (``plan.size_cap``), a note says whom it cut."""
+    screened = screen_magnitudes(plan, triage.valid, global_np,
+                                 flat_deltas(triage.valid, global_np))
+    cap = plan.size_cap
+    if cap is not None and cap.binding:
+        note = (f"size cap {cap.cap:.6g} (size_cap x median size) cut nodes {cap.nodes} "
+                f"(claimed {[float(f'{c:.6g}') for c in cap.claimed]}; "
+                f"{100 * cap.removed:.3g}% of the known size total)")
+        screened = dataclasses.replace(screened, notes=[*screened.notes, note])
+    if not screened.rejected:
+        return triage, screened
+    return dataclasses.replace(triage, valid=screened.valid,
+                               rejected=triage.rejected + screened.rejected), screened
 
 
 def _majority(names: list[str]) -> str:

@@ -41,10 +41,12 @@ from .payload_grid import fan_out, find_attr, inner_payload
 from .plan import Feedback, PopulationFrame, RoundPlan
 from .policies import SelectionPolicy, make_policy
 from .record import RoundRecord, jsonl_appender
+from .reply_screen import consistent_replies, screen_triage
 from .reply_validation import align_global_dtypes, array_signature
-from .rewrite import flat_deltas, rewrite_replies
+from .rewrite import rewrite_replies
 from .round_log import round_line
-from .triage import reply_weights, triage_replies
+from .triage import triage_replies
+from .weight_cap import SizeRules
 
 log = logging.getLogger("flwr").log
 
@@ -116,7 +118,7 @@ class StratifiedSelection(Strategy):
         if on_record is None and self.record_path is not None:
             self.on_record = jsonl_appender(self.record_path)
         self.weighted_by_key: str = find_attr(strategy, "weighted_by_key", NUM_EXAMPLES)
-        self.registry = NodeRegistry()
+        self.registry = NodeRegistry(SizeRules.of(self.options))
         #: the options as applied with this wrapped strategy (see :func:`_effective_options`)
         self.applied_options = _effective_options(strategy, options)
         self.policy: SelectionPolicy = make_policy(self.applied_options)
@@ -194,6 +196,7 @@ class StratifiedSelection(Strategy):
             selected=selected, messages=messages,
             sent_at={m.metadata.dst_node_id: m.metadata.created_at for m in messages},
             signature=array_signature(arrays), global_arrays=arrays,
+            size_cap=self.registry.cap_effect(available),
         )
         log(INFO, "configure_train: %s", round_line(server_round, o.selection, draw,
                                                     len(selected), len(available), self.policy))
@@ -208,13 +211,12 @@ class StratifiedSelection(Strategy):
             raise RuntimeError(
                 f"aggregate_train(round {server_round}) without configure_train for that round"
             )
-        triage = triage_replies(replies, plan, self.weighted_by_key)
-        valid = triage.valid
-        weights, notes = reply_weights(plan, valid)
+        triage = triage_replies(replies, plan, self.weighted_by_key, self.registry)
         global_np = align_global_dtypes(
-            {k: decode_array(a) for k, a in plan.global_arrays.items()}, valid
+            {k: decode_array(a) for k, a in plan.global_arrays.items()}, triage.valid
         )
-        deltas = flat_deltas(valid, global_np)
+        triage, screen = screen_triage(plan, triage, global_np)
+        valid, weights, notes, deltas = triage.valid, screen.weights, screen.notes, screen.deltas
         sketches = observe_replies(self.registry, valid, deltas, plan.sent_at, o.sketch_dim,
                                    o.sketch_seed, o.cost_key, self.sketch_method)
         self.policy.observe(Feedback([v.node_id for v in valid], sketches, weights))
@@ -223,6 +225,8 @@ class StratifiedSelection(Strategy):
         if valid:
             new_replies = rewrite_replies(valid, weights, global_np, o.estimator,
                                           self.weighted_by_key, deltas, *cv)
+            new_replies, fixed = consistent_replies(new_replies, self.weighted_by_key)
+            notes = notes + fixed
             arrays, metrics = self.strategy.aggregate_train(server_round, new_replies)
         else:
             log(WARNING, "aggregate_train: no valid reply in round %d", server_round)
@@ -298,7 +302,7 @@ class StratifiedSelection(Strategy):
         # states saved before the option existed sketched with the Gaussian projection
         self.sketch_method = str(state.get("sketch_method", "gaussian"))
         self.n_records = int(state["n_records"])
-        self.registry = NodeRegistry()
+        self.registry = NodeRegistry(SizeRules.of(self.options))
         self.registry.load_state_dict(state["registry"])
         self.policy.load_state_dict(state["policy"])
         if self.controls is not None:

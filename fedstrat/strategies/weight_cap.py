@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .options import SelectionOptions
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,15 @@ class SizeRules:
     histograms).
     """
 
-    cap_multiple: float = 30.0
+    cap_multiple: float = 20.0
     tolerance: float = 0.1
     epsilon: float = 0.0
+
+    @classmethod
+    def of(cls, options: SelectionOptions) -> SizeRules:
+        """The rules of the selection options ``size_cap``, ``size_tolerance`` and
+        ``profile_epsilon``."""
+        return cls(options.size_cap, options.size_tolerance, options.profile_epsilon)
 
 
 def histogram_allowance(epsilon: float, n_bins: int) -> float:
