@@ -165,7 +165,9 @@ def plot_measured_variance(
     panels: Mapping[int, Sequence[VarianceBar]], title: str, path: Path
 ) -> Path:
     """One panel per round (``panels``: round -> bars): measured (with min-max error bars)
-    next to predicted variance per selection, log scale."""
+    next to predicted variance per selection, log scale. For ``*-run`` bars the prediction
+    is the strategy's own in-run one (tracked sketches), else the formula on the exact
+    updates."""
     plt = _pyplot()
     rounds = sorted(panels)
     fig, axes = plt.subplots(1, len(rounds), figsize=(4.6 * len(rounds), 3.9), squeeze=False)
@@ -188,7 +190,8 @@ def plot_measured_variance(
             b.predicted if b.predicted is not None and not math.isnan(b.predicted) else 0.0
             for b in bars
         ]
-        ax.bar([x + 0.2 for x in xs], pred, width=0.4, label="predicted (formula)", alpha=0.7)
+        ax.bar([x + 0.2 for x in xs], pred, width=0.4, alpha=0.7,
+               label="predicted (formula; *-run: in-run tracker)")
         ax.set_xticks(xs)
         ax.set_xticklabels([b.selection for b in bars], rotation=40, ha="right", fontsize=8)
         ax.set_yscale("log")

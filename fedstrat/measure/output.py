@@ -32,9 +32,12 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("measured_min", "min"),
     ("measured_max", "max"),
     ("predicted", "predicted (mean)"),
+    ("pred_over_meas", "predicted / measured"),
     ("ratio", "uniform / this (mean)"),
-    ("ratio_min", "min"),
-    ("ratio_max", "max"),
+    ("fedavg_ratio", "FedAvg / this (mean)"),
+    ("fedavg_ratio_se", "± s.e."),
+    ("fedavg_ratio_min", "min"),
+    ("fedavg_ratio_max", "max"),
     ("bias_z", "max bias / MC s.e."),
 )
 
@@ -84,7 +87,10 @@ def _num(v: Any) -> float:
 
 def aggregate(result: MeasureResult, round_: int) -> list[dict[str, Any]]:
     """Per selection at ``round_``: mean / min / max of the measured MSE over seeds, mean
-    predicted variance, mean uniform/this ratio, number of seeds ``n``."""
+    predicted variance and predicted / measured, mean uniform/this ratio, FedAvg/this ratio
+    (mean, standard error, min, max over seeds), number of seeds ``n``. The ratio's standard
+    error combines each seed's Monte Carlo error, ``sqrt(sum se_s^2) / n``, and, with 2 or
+    more seeds, the spread over seeds (the larger of the two)."""
     order: list[str] = []
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in result.rows:
@@ -99,6 +105,13 @@ def aggregate(result: MeasureResult, round_: int) -> list[dict[str, Any]]:
         meas = [_num(r["measured"]) for r in rs]
         pred = [_num(r["predicted"]) for r in rs if not math.isnan(_num(r["predicted"]))]
         ratio = [_num(r["uniform_over_this"]) for r in rs]
+        fed = [_num(r.get("fedavg_over_this")) for r in rs]
+        fed_se = [_num(r.get("fedavg_over_this_se")) for r in rs]
+        mean_pred = sum(pred) / len(pred) if pred else math.nan
+        mean_meas = sum(meas) / len(meas)
+        se = math.sqrt(sum(x * x for x in fed_se)) / len(fed_se)
+        if len(fed) > 1 and all(math.isfinite(x) for x in fed):
+            se = max(se, statistics.stdev(fed) / math.sqrt(len(fed)))
         out.append(
             {
                 "selection": sel,
@@ -107,11 +120,16 @@ def aggregate(result: MeasureResult, round_: int) -> list[dict[str, Any]]:
                 "measured": sum(meas) / len(meas),
                 "measured_min": min(meas),
                 "measured_max": max(meas),
-                "predicted": sum(pred) / len(pred) if pred else math.nan,
+                "predicted": mean_pred,
+                "pred_over_meas": mean_pred / mean_meas if mean_meas > 0 else math.nan,
                 "ratio": sum(ratio) / len(ratio),
+                "fedavg_ratio": sum(fed) / len(fed),
+                "fedavg_ratio_se": se,
+                "fedavg_ratio_min": min(fed),
+                "fedavg_ratio_max": max(fed),
                 "ratio_min": min(ratio),
                 "ratio_max": max(ratio),
-                "bias_z": max(_num(r["bias_z"]) for r in rs),
+                "bias_z": max((_num(r["bias_z"]) for r in rs), default=math.nan),
             }
         )
     return out

@@ -45,8 +45,8 @@ MEASURED: dict[str, tuple[str, dict[str, str]]] = {
 }
 #: every measurable selection; a name's position seeds its Monte Carlo generator
 MEASURABLE: tuple[str, ...] = tuple(MEASURED)
-#: the default measured selections (the first eight: what ``measure-variance`` runs unasked)
-MEASURED_SELECTIONS: tuple[str, ...] = MEASURABLE[:8]
+#: the default measured selections (the first eight and FedAvg, the baseline a user has)
+MEASURED_SELECTIONS: tuple[str, ...] = (*MEASURABLE[:8], "fedavg")
 #: selections that use the difference estimator (they need control variates)
 DIFFERENCE_SELECTIONS: tuple[str, ...] = tuple(
     k for k, (_, o) in MEASURED.items() if o.get("estimator") == "difference"
@@ -162,12 +162,14 @@ def build_samplers(
                 hist = np.asarray(histograms, dtype=np.float64)
                 feats = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1e-12)
             plans[kind] = _plan_strata(
-                feats, int_sizes, m, design, n_strata, seed, sketches=kind == "sketches"
+                feats, int_sizes, m, design, n_strata, seed, sketches=kind == "sketches",
+                counts=None if kind == "sketches" else np.asarray(histograms, np.float64),
             )
             if plan_cache is not None:
                 plan_cache[kind] = plans[kind]
         out[name] = _stratified_sampler(
-            pop, int_sizes, m, plans[kind], u_pred, seed, neyman=opts["allocation"] == "neyman"
+            pop, int_sizes, m, plans[kind], u_pred, seed, neyman=opts["allocation"] == "neyman",
+            decide=opts.get("estimator") != "difference",
         )
     return out
 
@@ -250,15 +252,23 @@ def _plan_strata(
     n_strata: int,
     seed: int,
     sketches: bool,
+    counts: np.ndarray | None = None,
 ) -> tuple[Any, str, dict[str, Any]]:
-    """(Strata or None for the uniform fallback, design, info) from client features.
+    """(Strata or None for the FedAvg fallback, design, info) from client features.
 
-    ``design="auto"``: ``choose_design`` on the features as a proxy for the updates (label
+    ``design="auto"``: label ``counts`` that pass the chi-square homogeneity test
+    (:func:`fedstrat.sampling.label_homogeneity`, IID labels) give None, as in the strategy;
+    else ``choose_design`` (against FedAvg) on the features as a proxy for the updates (label
     proportions, or update sketches with ``sketches=True``); else k-means strata and the design.
     """
     from fedstrat import sampling as S
 
     info: dict[str, Any] = {"strata_from": "update sketches" if sketches else "label histograms"}
+    if design == "auto" and counts is not None:
+        test = S.label_homogeneity(counts)
+        if test.iid():
+            info["choose_design"] = f"labels consistent with IID ({test.describe()}): FedAvg"
+            return None, "fedavg", info
     if design == "auto":
         kw: dict[str, Any] = {"seed": seed, "normalize": not sketches}
         if n_strata:
@@ -266,7 +276,7 @@ def _plan_strata(
         choice = S.choose_design(sizes, feats, m, **kw)
         info["choose_design"] = str(choice.reason)
         if choice.design not in ("pps", "srswor") or choice.strata is None:
-            return None, "uniform", info
+            return None, "fedavg", info
         return choice.strata, str(choice.design), info
     if sketches:
         strata = S.stratify_by_sketches(feats, n_strata=n_strata or None, seed=seed)
@@ -283,17 +293,25 @@ def _stratified_sampler(
     u_pred: float,
     seed: int,
     neyman: bool,
+    decide: bool = True,
 ) -> tuple[Any, float, dict[str, Any]]:
     """Sampler, predicted variance and info for a planned stratification.
 
     Neyman allocation from the exact per-stratum dispersion of ``pop`` (oracle S_h), or
-    proportional (pps: m_h ∝ P_h, self-weighting; srswor: m_h ∝ N_h)."""
+    proportional (pps: m_h ∝ P_h, self-weighting; srswor: m_h ∝ N_h). With ``decide`` the
+    strategy's rule with perfect evidence: FedAvg (uniform, self-normalised) unless the
+    design's exact variance is below FedAvg's linearised MSE on these updates; no strata
+    (the plan's fallback) is FedAvg too."""
     from fedstrat import sampling as S
 
     strata, design, info = plan
-    if strata is None:  # choose_design fell back to uniform: so does the system
+
+    def fedavg(why: str) -> tuple[Any, float, dict[str, Any]]:
         smp = policy_class("uniform").sampler(SamplerSpec(sizes, m, seed=seed))
-        return smp, u_pred, {**info, "fallback": "uniform"}
+        return _self_normalised(smp, pop, sizes, m)[:2] + ({**info, "fallback": why},)
+
+    if strata is None:  # the strategy would run FedAvg: so does the measurement
+        return fedavg("fedavg (no strata)")
     labels = _labels_of(strata)
     strata_obj = strata if hasattr(strata, "n_strata") else S.Strata(labels)
     nh, ph, disp = _stratum_dispersion(pop, labels, design)
@@ -308,6 +326,11 @@ def _stratified_sampler(
         alloc = S.proportional_allocation(nh, m)
     alloc = np.asarray(alloc, dtype=np.int64)
     pred = float(S.estimator_variance(pop.updates, sizes, strata_obj, alloc, design))
+    if decide:
+        f_pred = float(S.fedavg_variance(pop.updates, sizes, m))
+        info = {**info, "decision": f"{design} {pred:.4g} vs FedAvg {f_pred:.4g}"}
+        if not pred < f_pred:
+            return fedavg(f"fedavg (exact: {design} {pred:.4g} >= FedAvg {f_pred:.4g})")
     spec = SamplerSpec(sizes, m, strata=strata_obj, allocation=alloc, design=design, seed=seed)
     smp = policy_class("stratified").sampler(spec)
     info = {

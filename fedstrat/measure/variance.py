@@ -400,6 +400,22 @@ class MeasureResult:
         return float(np.mean(vals)) if vals else math.nan
 
 
+def ratio_se(
+    fedavg: tuple[float, float] | None, row: Mapping[str, Any]
+) -> tuple[float, float]:
+    """``(FedAvg MSE / this MSE, its standard error)`` from two Monte Carlo means with their
+    standard errors (independent generators: ``se = r sqrt((se_f/f)^2 + (se_t/t)^2)``; 0 for
+    the FedAvg row itself); NaN without a FedAvg row."""
+    if fedavg is None or not row["measured"] > 0 or not fedavg[0] > 0:
+        return math.nan, math.nan
+    f, f_se = fedavg
+    t, t_se = float(row["measured"]), float(row["measured_se"])
+    ratio = f / t
+    if row["selection"] in ("fedavg", "fedavg-run"):
+        return ratio, 0.0
+    return ratio, ratio * math.sqrt((f_se / f) ** 2 + (t_se / t) ** 2)
+
+
 def measure_variance(
     cfg: Any,
     rounds: Sequence[int] = (1, 10),
@@ -415,7 +431,17 @@ def measure_variance(
     from .controls import control_replay
 
     replay = control_replay(cfg, rounds, selections)
-    data = compute_client_updates(cfg, rounds, on_progress=on_progress, on_updates=replay)
+    from .tracking import RunReplay, run_rows
+
+    run_replay = RunReplay(cfg, rounds) if "stratified" in selections else None
+
+    def on_updates(r: int, updates: np.ndarray, result: dict[str, Any]) -> None:
+        if replay is not None:
+            replay(r, updates, result)
+        if run_replay is not None:
+            run_replay(r, updates, result)
+
+    data = compute_client_updates(cfg, rounds, on_progress=on_progress, on_updates=on_updates)
     rows: list[dict[str, Any]] = []
     for r, rd in sorted(data["rounds"].items()):
         pop = Population(rd["updates"], data["sizes"])
@@ -440,9 +466,14 @@ def measure_variance(
                                           f"{replay.kw['decay']:g}")
                     s.info["clients_seen"] = replay.seen(s.selection, r)
         base = next((s.measured for s in stats if s.selection == "uniform"), math.nan)
-        for s in stats:
-            row = {"round": r, "global_score": rd["score"], **s.to_dict()}
-            row["uniform_over_this"] = base / s.measured if s.measured > 0 else math.nan
+        fed = next(((s.measured, s.measured_se) for s in stats if s.selection == "fedavg"), None)
+        found = [s.to_dict() for s in stats]
+        if run_replay is not None:
+            found += run_rows(run_replay, r, pop, fed, n_samples, cfg.seed)
+        for s in found:
+            row = {"round": r, "global_score": rd["score"], **s}
+            row["uniform_over_this"] = base / s["measured"] if s["measured"] > 0 else math.nan
+            row["fedavg_over_this"], row["fedavg_over_this_se"] = ratio_se(fed, s)
             row["target_norm_sq"] = float(pop.target @ pop.target)
             rows.append(row)
     meta = {

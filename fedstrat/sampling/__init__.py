@@ -4,7 +4,8 @@ Imports only numpy, scipy and scikit-learn (never torch or flwr).
 """
 
 from .allocation import design_neyman_allocation, neyman_allocation, proportional_allocation
-from .design import DesignChoice, choose_design
+from .baseline import Band, fedavg_variance, satterthwaite_band
+from .design import DesignChoice, LabelHomogeneity, choose_design, label_homogeneity
 from .samplers import (
     ClusteredSampler,
     MultinomialSampler,
@@ -36,8 +37,13 @@ from .variance import (
 )
 
 __all__ = [
+    "Band",
+    "fedavg_variance",
+    "satterthwaite_band",
     "ClusteredSampler",
     "DesignChoice",
+    "LabelHomogeneity",
+    "label_homogeneity",
     "MultinomialSampler",
     "PowerOfChoiceSampler",
     "SKETCH_METHODS",

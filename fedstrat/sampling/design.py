@@ -10,16 +10,58 @@ import numpy as np
 
 from ._validate import as_count, as_sizes, as_updates
 from .allocation import neyman_allocation
+from .baseline import fedavg_variance
 from .samplers import StratifiedSampler, UniformSampler
 from .strata import Strata, stratify_by_sketches
 from .variance import estimator_variance, stratum_statistics, uniform_variance
 
-__all__ = ["DesignChoice", "choose_design"]
+__all__ = ["DesignChoice", "LabelHomogeneity", "choose_design", "label_homogeneity"]
+
+
+@dataclass(frozen=True)
+class LabelHomogeneity:
+    """Pearson's chi-square test that all clients draw labels from one distribution."""
+
+    statistic: float
+    df: int
+    p_value: float
+
+    def iid(self, alpha: float = 0.05) -> bool:
+        """True when homogeneity is not rejected at level ``alpha``."""
+        return self.p_value > alpha
+
+    def describe(self) -> str:
+        """One line: statistic, df and p-value."""
+        return f"chi2 = {self.statistic:.4g} on {self.df} df, p = {self.p_value:.3g}"
+
+
+def label_homogeneity(histograms: np.ndarray | list) -> LabelHomogeneity:
+    """Chi-square test of homogeneity of the (N, K) label-count table:
+    ``X^2 = sum_ik (O_ik - E_ik)^2 / E_ik``, ``E_ik = n_i c_k / n``, ``df = (N'-1)(K'-1)``
+    over clients and labels with non-zero totals. IID label partitions give ``p`` uniform on
+    (0, 1); label skew gives ``p ≈ 0``. Label proxies of an IID population are noise: k-means
+    strata on them look better than they are."""
+    h = np.asarray(histograms, dtype=np.float64)
+    if h.ndim != 2 or np.any(h < 0) or not np.all(np.isfinite(h)):
+        raise ValueError("histograms must be a non-negative finite (N, K) array")
+    h = h[h.sum(axis=1) > 0][:, h.sum(axis=0) > 0]
+    n_rows, n_cols = h.shape
+    df = (n_rows - 1) * (n_cols - 1)
+    if df <= 0:
+        return LabelHomogeneity(0.0, 0, 1.0)
+    from scipy.stats import chi2
+
+    expected = np.outer(h.sum(axis=1), h.sum(axis=0)) / h.sum()
+    stat = float(np.sum((h - expected) ** 2 / expected))
+    return LabelHomogeneity(stat, int(df), float(chi2.sf(stat, df)))
 
 
 @dataclass(frozen=True)
 class DesignChoice:
-    """Result of :func:`choose_design`. ``design == "uniform"`` means no stratification."""
+    """Result of :func:`choose_design`. ``design`` "fedavg" (uniform SRSWOR with
+    self-normalised weights) or "uniform" (HT weights, ``baseline="uniform"``) means no
+    stratification; ``best`` then still holds the best stratified candidate (strata, design,
+    allocation) or None."""
 
     strata: Strata | None
     design: str
@@ -28,6 +70,8 @@ class DesignChoice:
     uniform_variance: float
     reason: str
     candidates: list[dict] = field(default_factory=list)
+    fedavg_variance: float = float("nan")
+    best: tuple[Strata, str, np.ndarray] | None = None
 
     @property
     def n_strata(self) -> int:
@@ -69,18 +113,21 @@ def choose_design(
     normalize: bool = True,
     min_per_stratum: int = 1,
     rel_margin: float = 1e-9,
+    baseline: str = "fedavg",
 ) -> DesignChoice:
-    """Pick ``(n_strata, design)`` with the smallest predicted variance, or uniform.
+    """Pick ``(n_strata, design)`` with the smallest predicted variance, or the baseline.
 
     ``features`` (N, d) act as a proxy for client updates (``Delta_i ≈ features_i``; with
     ``normalize=True`` rows are scaled to sum 1, e.g. label histograms -> label proportions).
     For every feasible ``k`` in ``candidate_strata`` (``k <= m``, ``k < N``) clients are
     clustered by k-means on the proxy, and for every design its Neyman allocation and its
     variance (:func:`estimator_variance`: exact for srswor, Hansen-Hurwitz for pps) are computed
-    and compared with the exact SRSWOR variance :func:`uniform_variance`. The best candidate is
-    returned only if it is below ``(1 - rel_margin)`` times the uniform variance (guards against
-    rounding noise); otherwise uniform is returned and ``reason`` says so. Clusterings that
-    collapse to a single stratum (too few distinct rows) are skipped.
+    and compared with the baseline: ``"fedavg"`` (default; uniform SRSWOR with self-normalised
+    weights, :func:`fedstrat.sampling.baseline.fedavg_variance`) or ``"uniform"`` (HT weights,
+    :func:`uniform_variance`). The best candidate is returned only if it is below
+    ``(1 - rel_margin)`` times the baseline; otherwise the baseline design is returned and
+    ``reason`` says so. Clusterings that collapse to a single stratum (too few distinct rows)
+    are skipped.
     """
     sz = as_sizes(sizes)
     n = len(sz)
@@ -98,7 +145,11 @@ def choose_design(
     for d in designs:
         if d not in ("pps", "srswor"):
             raise ValueError(f"unknown design {d!r}")
+    if baseline not in ("fedavg", "uniform"):
+        raise ValueError(f"baseline must be 'fedavg' or 'uniform', got {baseline!r}")
     v_uni = uniform_variance(feats, sz, m)
+    v_fed = fedavg_variance(feats, sz, m)
+    v_base = v_fed if baseline == "fedavg" else v_uni
     candidates: list[dict] = []
     seen: set[int] = set()
     best: tuple[float, Strata, str, np.ndarray] | None = None
@@ -127,21 +178,23 @@ def choose_design(
             )
             if best is None or v < best[0]:
                 best = (v, strata, d, alloc)
-    if best is None or not best[0] < v_uni * (1.0 - rel_margin):
+    kept = None if best is None else (best[1], best[2], best[3])
+    if best is None or not best[0] < v_base * (1.0 - rel_margin):
         why = (
             "no feasible stratified candidate"
             if best is None
             else (
                 f"best stratified candidate ({best[2]}, {best[1].n_strata} strata, "
-                f"{best[0]:.4g}) does not beat uniform ({v_uni:.4g})"
+                f"{best[0]:.4g}) does not beat {baseline} ({v_base:.4g})"
             )
         )
         return DesignChoice(
-            None, "uniform", None, v_uni, v_uni, f"fallback to uniform: {why}", candidates
+            None, baseline, None, v_base, v_uni, f"fallback to {baseline}: {why}", candidates,
+            v_fed, kept,
         )
     v, strata, d, alloc = best
     reason = (
         f"{d} with {strata.n_strata} strata (Neyman) predicted variance {v:.4g} "
-        f"vs uniform {v_uni:.4g} ({v_uni / v if v > 0 else np.inf:.2f}x lower)"
+        f"vs {baseline} {v_base:.4g} ({v_base / v if v > 0 else np.inf:.2f}x lower)"
     )
-    return DesignChoice(strata, d, alloc, v, v_uni, reason, candidates)
+    return DesignChoice(strata, d, alloc, v, v_uni, reason, candidates, v_fed, kept)

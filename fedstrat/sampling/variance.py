@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ._validate import as_count, as_sizes, as_updates
+from .baseline import Band, fedavg_from_strata, satterthwaite_band
 from .samplers import pps_inclusion
 from .strata import Strata
 
@@ -18,6 +20,7 @@ __all__ = [
     "estimator_variance",
     "stratum_statistics",
     "predicted_variance",
+    "design_terms",
     "VariancePrediction",
 ]
 
@@ -113,10 +116,21 @@ def estimator_variance(
 
 @dataclass(frozen=True)
 class VariancePrediction:
-    """Predicted variances of the stratified design and of uniform SRSWOR (same statistics)."""
+    """Predicted MSEs of the stratified design, of uniform SRSWOR with HT weights and of FedAvg
+    (uniform SRSWOR with self-normalised weights), from the same statistics; optional bands
+    (:class:`~fedstrat.sampling.baseline.Band`) from the tracker's sample counts."""
 
     stratified: float
     uniform: float
+    fedavg: float = math.nan
+    stratified_band: Band | None = None
+    fedavg_band: Band | None = None
+    gain_se: float = math.nan
+
+    def gain_lower(self, z: float = 1.2816) -> float:
+        """Lower confidence bound ``(fedavg - stratified) - z * gain_se`` of what the
+        stratified design saves over FedAvg (NaN without a standard error)."""
+        return float(self.fedavg - self.stratified - z * self.gain_se)
 
 
 def stratum_statistics(
@@ -152,6 +166,20 @@ def stratum_statistics(
     }
 
 
+def design_terms(
+    counts: np.ndarray, masses: np.ndarray, stds: np.ndarray, allocation: np.ndarray, design: str
+) -> np.ndarray:
+    """Per-stratum terms of the stratified prediction (see :func:`predicted_variance`)."""
+    cnt, mass, alloc = counts, masses, allocation
+    var_in = stds * stds
+    if design == "pps":
+        return mass * mass * var_in / alloc
+    if design == "srswor":
+        s_y2 = (mass / cnt) ** 2 * var_in * cnt / np.maximum(cnt - 1.0, 1.0)
+        return cnt * cnt * (1.0 - alloc / cnt) * s_y2 / alloc
+    raise ValueError(f"design must be 'pps' or 'srswor', got {design!r}")
+
+
 def predicted_variance(
     counts: np.ndarray | list,
     masses: np.ndarray | list,
@@ -160,8 +188,12 @@ def predicted_variance(
     design: str = "pps",
     means: np.ndarray | None = None,
     m: int | None = None,
+    *,
+    p2: np.ndarray | list | None = None,
+    mean_counts: np.ndarray | list | None = None,
+    level: float = 0.8,
 ) -> VariancePrediction:
-    """Predict stratified and uniform variance from per-stratum statistics.
+    """Predict stratified, uniform-HT and FedAvg MSE from per-stratum statistics.
 
     Inputs are ``N_h``, ``P_h`` (sum 1), ``sigma_h`` (p-weighted within std of ``Delta``) and
     optionally ``Dbar_h`` (p-weighted means), e.g. from a tracker. Approximations:
@@ -174,6 +206,13 @@ def predicted_variance(
       ``between = sum_h N_h ||ybar_h - ybar||^2``, ``ybar_h = P_h Dbar_h / N_h`` (exact),
       ``ybar = sum_h P_h Dbar_h / N``. Without ``means`` the between term is omitted, so the
       uniform prediction is then a lower bound.
+    - FedAvg: :func:`fedstrat.sampling.baseline.fedavg_from_strata` with ``p2_h = sum_{i in h}
+      p_i^2`` (default ``P_h^2 / N_h``).
+
+    ``mean_counts`` ``n_h`` (observations behind estimated ``sigma_h`` and ``Dbar_h``): between
+    terms are corrected for the noise of the estimated means (``- sigma_h^2 / n_h``, clipped at
+    0) and the stratified and FedAvg predictions get ``level`` bands (Satterthwaite, each
+    stratum's terms with ``n_h - 1`` degrees of freedom, at least 1).
     """
     cnt = np.asarray(counts, dtype=np.float64)
     mass = np.asarray(masses, dtype=np.float64)
@@ -186,16 +225,12 @@ def predicted_variance(
             raise ValueError(f"{name} must be finite and non-negative")
     if np.any(alloc < 1) or np.any(alloc > cnt):
         raise ValueError("allocation must satisfy 1 <= m_h <= N_h")
+    terms = design_terms(cnt, mass, sd, alloc, design)
+    strat = float(np.sum(terms))
     var_in = sd * sd
-    s_y2 = (mass / cnt) ** 2 * var_in * cnt / np.maximum(cnt - 1.0, 1.0)
-    if design == "pps":
-        strat = float(np.sum(mass * mass * var_in / alloc))
-    elif design == "srswor":
-        strat = float(np.sum(cnt * cnt * (1.0 - alloc / cnt) * s_y2 / alloc))
-    else:
-        raise ValueError(f"design must be 'pps' or 'srswor', got {design!r}")
     n_total = float(cnt.sum())
     m_u = float(alloc.sum()) if m is None else float(m)
+    nobs = None if mean_counts is None else np.asarray(mean_counts, dtype=np.float64)
     within = float(np.sum((mass / cnt) ** 2 * cnt * var_in))
     between = 0.0
     if means is not None:
@@ -206,12 +241,48 @@ def predicted_variance(
             raise ValueError("means must have one row per stratum")
         ybar_h = mass[:, None] * mu / cnt[:, None]
         ybar = (mass @ mu) / n_total
-        between = float(np.sum(cnt * np.sum((ybar_h - ybar) ** 2, axis=1)))
+        per = cnt * np.sum((ybar_h - ybar) ** 2, axis=1)
+        if nobs is not None:
+            per = np.maximum(per - (mass / cnt) ** 2 * cnt * var_in / np.maximum(nobs, 1.0), 0.0)
+        between = float(np.sum(per))
+        means = mu
+    p2v = mass * mass / cnt if p2 is None else np.asarray(p2, dtype=np.float64)
+    f_in, f_btw = fedavg_from_strata(int(n_total), int(m_u), mass, p2v, sd, means, nobs)
+    fedavg = float(f_in.sum() + f_btw.sum())
+    s_band = f_band = None
+    gain_se = math.nan
+    if nobs is not None:
+        dfs = np.maximum(nobs - 1.0, 1.0)
+        s_band = satterthwaite_band(terms, dfs, level)
+        f_band = satterthwaite_band(np.concatenate([f_in, f_btw]), np.concatenate([dfs, dfs]),
+                                    level)
+        gain_se = _gain_se(terms, f_in, f_btw, var_in, dfs, np.maximum(nobs, 1.0))
     if n_total <= 1:
-        return VariancePrediction(strat, 0.0)
+        return VariancePrediction(strat, 0.0, 0.0, s_band, f_band, gain_se)
     s2 = (within + between) / (n_total - 1.0)
     uni = n_total**2 * (1.0 - m_u / n_total) * s2 / m_u
-    return VariancePrediction(strat, float(uni))
+    return VariancePrediction(strat, float(uni), fedavg, s_band, f_band, gain_se)
+
+
+def _gain_se(
+    terms: np.ndarray,
+    f_in: np.ndarray,
+    f_btw: np.ndarray,
+    var_in: np.ndarray,
+    dfs: np.ndarray,
+    nobs: np.ndarray,
+) -> float:
+    """Standard error of ``fedavg - stratified`` (the predicted saving). Both are linear in
+    each ``sigma_h^2`` (estimated with ``df_h`` degrees of freedom: variance ``2 sigma_h^4 /
+    df_h``), so the within parts enter with coefficient ``f_in_h - terms_h``; FedAvg's between
+    term ``c p2_h B_h`` adds ``(c p2_h)^2 (4 B_h sigma_h^2 / n_h + 2 sigma_h^4 / n_h^2)`` (the
+    noise of an estimated stratum mean)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        coef = np.where(var_in > 0, f_in / var_in, 0.0)  # c p2_h
+        b = np.where(coef > 0, f_btw / coef, 0.0)  # B_h
+    var = 2.0 * (f_in - terms) ** 2 / dfs
+    var += coef**2 * (4.0 * b * var_in / nobs + 2.0 * var_in**2 / nobs**2)
+    return float(np.sqrt(np.sum(var)))
 
 
 class StratumVarianceTracker:

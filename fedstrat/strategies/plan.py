@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedstrat.sampling import Selection, Strata, VariancePrediction
+from fedstrat.sampling import Band, Selection, Strata, VariancePrediction
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord, Message
@@ -49,15 +49,49 @@ class StrataPlan:
 
 
 @dataclass(frozen=True)
+class DesignDecision:
+    """The stratified policy's per-round choice between its stratified design and FedAvg.
+
+    ``mode`` "stratified" | "fedavg"; ``evidence`` "tracked" (update sketches), "proxy"
+    (stratification features at fit time) or "none"; ``candidate`` the stratified design
+    evaluated ("pps" | "srswor" | None); ``predicted`` / ``predicted_fedavg`` their predicted
+    MSE with band (None without strata); ``reason`` one line."""
+
+    mode: str
+    evidence: str
+    candidate: str | None
+    predicted: Band | None
+    predicted_fedavg: Band | None
+    reason: str
+
+    def to_json(self) -> dict[str, object]:
+        """JSON object (bands as ``[value, lo, hi]``)."""
+        return {
+            "mode": self.mode,
+            "evidence": self.evidence,
+            "candidate": self.candidate,
+            "pred_var": None if self.predicted is None else self.predicted.to_json(),
+            "pred_var_fedavg": (
+                None if self.predicted_fedavg is None else self.predicted_fedavg.to_json()
+            ),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
 class Draw:
     """A policy's decision: the design used, why, the :class:`Selection` (population indices)
-    and, for stratified designs, the strata plan."""
+    and, for stratified designs, the strata plan. ``estimator`` overrides the configured
+    estimator for this round ("ratio" when the policy fell back to FedAvg); ``decision`` the
+    stratified policy's design decision."""
 
     design: str
     selection: Selection
     without_replacement: bool
     reason: str = ""
     strata: StrataPlan | None = None
+    estimator: str | None = None
+    decision: DesignDecision | None = None
 
 
 @dataclass(frozen=True)

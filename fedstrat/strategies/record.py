@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .plan import RoundPlan
+from .plan import DesignDecision, RoundPlan
 from .triage import ReplyProblem, Triage
 
 
@@ -21,8 +21,11 @@ class RoundRecord:
     .. ``var_ratio``, ``S_h_basis``) are None unless the round used a stratified design.
 
     ``to_json()`` is the line written to ``sampling.jsonl`` (keys in a fixed order;
-    ``S_h_basis`` only for stratified rounds); ``metrics()`` the scalars added to the
-    round's aggregated MetricRecord.
+    ``S_h_basis`` only for stratified rounds, ``decision`` only for the stratified policy:
+    the predicted MSE of its stratified design and of FedAvg as ``[value, lo, hi]``, the mode
+    chosen, the evidence and the reason); ``metrics()`` the scalars added to the round's
+    aggregated MetricRecord. ``estimator`` is the one used this round ("ratio" when the policy
+    fell back to FedAvg).
     """
 
     round: int
@@ -50,6 +53,7 @@ class RoundRecord:
     pred_var_uniform: float | None = None
     var_ratio: float | None = None
     S_h_basis: str | None = None  # noqa: N815
+    decision: DesignDecision | None = None
 
     @classmethod
     def from_round(
@@ -87,7 +91,7 @@ class RoundRecord:
             selection=selection,
             design=plan.design,
             design_reason=plan.draw.reason,
-            estimator=estimator,
+            estimator=plan.draw.estimator or estimator,
             allocation_rule=allocation_rule,
             n_available=len(plan.population),
             selected=[int(n) for n in plan.selected],
@@ -104,6 +108,7 @@ class RoundRecord:
             failures=list(triage.failures),
             notes=list(notes),
             **strata_fields,
+            decision=plan.draw.decision,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -116,6 +121,8 @@ class RoundRecord:
             out[key] = value
         if self.S_h_basis is not None:
             out["S_h_basis"] = self.S_h_basis
+        if self.decision is not None:
+            out["decision"] = self.decision.to_json()
         return out
 
     def metrics(self) -> dict[str, float]:
@@ -133,11 +140,21 @@ class RoundRecord:
             if self.var_ratio is not None:
                 out["fedstrat-var-ratio"] = self.var_ratio
             out["fedstrat-n-strata"] = float(len(self.m_h or []))
+        d = self.decision
+        if d is not None:
+            out["fedstrat-stratified"] = 1.0 if d.mode == "stratified" else 0.0
+            if d.predicted is not None and d.predicted_fedavg is not None:
+                out["fedstrat-pred-var-design"] = float(d.predicted.value)
+                out["fedstrat-pred-var-fedavg"] = float(d.predicted_fedavg.value)
+                if d.predicted.value > 0:
+                    out["fedstrat-var-ratio-fedavg"] = float(
+                        d.predicted_fedavg.value / d.predicted.value
+                    )
         return out
 
 
 _JSON_KEYS = tuple(
-    k for k in RoundRecord.__dataclass_fields__ if k != "S_h_basis"
+    k for k in RoundRecord.__dataclass_fields__ if k not in ("S_h_basis", "decision")
 )
 
 

@@ -1,21 +1,32 @@
 """The stratified selection policy: strata, design, allocation, draw; tracks ``S_h``.
 
-Per round: (re)stratify when due (:meth:`StratifiedPolicy.refresh`), then draw with the fitted
-design (``pps`` / ``srswor`` with the allocation rule of ``options.allocation``; ``uniform``
-when the design choice said so, when too many strata are present for ``m``, or before strata
-exist: ``uniform-warmup``). Accepted replies feed the per-stratum tracker (:meth:`observe`).
+Per round: (re)stratify when due (:meth:`StratifiedPolicy.refresh`), then decide, on the best
+evidence available, between the stratified design (``pps`` / ``srswor`` with the allocation rule
+of ``options.allocation``) and FedAvg (uniform SRSWOR with self-normalised weights, design
+``"fedavg"``; also when too many strata are present for ``m``, and before strata exist:
+``uniform-warmup``). Accepted replies feed the per-stratum tracker (:meth:`observe`).
+
+The decision (:meth:`StratifiedPolicy.decide`): before every present stratum has
+:data:`MIN_TRACKED` tracked updates, the stratifier's fit-time choice on its features (label
+histograms: chi-square homogeneity test, then :func:`~fedstrat.sampling.choose_design` against
+FedAvg). After, only tracked evidence counts: the stratified design is kept while the 90% lower
+confidence bound of its predicted saving over FedAvg (``fedavg - stratified`` minus
+:data:`GAIN_Z` standard errors, :meth:`~fedstrat.sampling.VariancePrediction.gain_lower`) is
+above 0, and after a fall back it returns only when that bound exceeds :data:`RETURN_MARGIN`
+times FedAvg's predicted MSE (hysteresis).
 """
 
 from __future__ import annotations
 
 import logging
-from logging import WARNING
+from logging import INFO, WARNING
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from fedstrat.sampling import (
     Sampler,
+    Selection,
     Strata,
     StratifiedSampler,
     UniformSampler,
@@ -24,7 +35,7 @@ from fedstrat.sampling import (
 
 from .allocation_rule import round_allocation, stratum_means
 from .node_registry import NodeRegistry
-from .plan import Draw, Feedback, PopulationFrame, SamplerSpec, StrataPlan
+from .plan import DesignDecision, Draw, Feedback, PopulationFrame, SamplerSpec, StrataPlan
 from .stratifier import Stratifier, feature_nodes
 
 if TYPE_CHECKING:
@@ -33,6 +44,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("flwr").log
 
 STRATIFIED_DESIGNS = ("pps", "srswor")
+#: tracked updates every present stratum needs before tracked evidence decides
+MIN_TRACKED = 3
+#: hysteresis: after a fall back, stratify again only when the saving's lower bound is at
+#: least this fraction of FedAvg's predicted MSE (staying needs a lower bound above 0)
+RETURN_MARGIN = 0.1
+#: one-sided normal quantile of the saving's lower bound (90%)
+GAIN_Z = 1.2816
+#: two-sided level of the recorded predicted-MSE bands
+BAND_LEVEL = 0.8
+
+
+def fedavg_selection(selection: Selection, p: np.ndarray) -> Selection:
+    """A uniform SRSWOR selection with self-normalised weights ``p_i / sum_{j in s} p_j``
+    (FedAvg: an HT rewrite with these weights is the ratio estimate)."""
+    w = p[selection.ids]
+    return Selection(ids=selection.ids, inclusion=selection.inclusion, weights=w / w.sum())
 
 
 class StratifiedPolicy:
@@ -44,6 +71,12 @@ class StratifiedPolicy:
         self.options = options
         self.stratifier = Stratifier(options)
         self.fallback = False  # profiling gave no histogram -> stratify by sketches
+        #: "stratified" or "fedavg": the current decision (see :meth:`decide`)
+        self.mode = "fedavg"
+        self._mode_of: Any = None  # the tracker the mode was decided with (a refit resets)
+        #: the strata plan of the candidate design at the last :meth:`plan` (also in FedAvg
+        #: rounds; None without strata)
+        self.last_plan: StrataPlan | None = None
         self._last_nodes: tuple[int, ...] | None = None
         self._labels_cache: tuple[Any, np.ndarray | None] | None = None
 
@@ -65,34 +98,69 @@ class StratifiedPolicy:
 
     # ------------------------------------------------------------------ plan
     def plan(self, frame: PopulationFrame, rng: np.random.Generator) -> Draw:
-        """Refresh the strata, then draw ``frame.m`` nodes with the current design."""
+        """Refresh the strata, decide stratified vs FedAvg, draw ``frame.m`` nodes."""
         same_nodes = tuple(frame.nodes) == self._last_nodes
         self._last_nodes = tuple(frame.nodes)
         self.refresh(frame.round, frame.nodes, frame.registry, same_nodes)
-        design = self.design
+        st = self.stratifier
+        cand = st.candidate_design_ if st.fitted else None
         strata_plan = None
-        if design in STRATIFIED_DESIGNS:
-            strata_plan = self._strata_plan(frame, design)
-            if strata_plan is None:
-                design = "uniform"
-        if strata_plan is None:
-            spec = SamplerSpec(frame.sizes, frame.m)
-        else:
+        if cand in STRATIFIED_DESIGNS:
+            strata_plan = self._strata_plan(frame, cand)
+        self.last_plan = strata_plan
+        decision = self.decide(strata_plan, cand)
+        if decision.mode == "stratified" and strata_plan is not None and cand is not None:
             spec = SamplerSpec(
                 frame.sizes,
                 frame.m,
                 strata=strata_plan.strata,
                 allocation=strata_plan.allocation,
-                design=design,
+                design=cand,
             )
-        selection = self.sampler(spec).sample(rng)
-        return Draw(
-            design,
-            selection,
-            without_replacement=True,
-            reason=self.stratifier.design_reason_,
-            strata=strata_plan,
+            selection = self.sampler(spec).sample(rng)
+            return Draw(cand, selection, True, reason=decision.reason, strata=strata_plan,
+                        decision=decision)
+        selection = self.sampler(SamplerSpec(frame.sizes, frame.m)).sample(rng)
+        p = frame.sizes / frame.sizes.sum()
+        design = "uniform-warmup" if not st.fitted else "fedavg"
+        return Draw(design, fedavg_selection(selection, p), True, reason=decision.reason,
+                    estimator="ratio", decision=decision)
+
+    def decide(self, sp: StrataPlan | None, candidate: str | None) -> DesignDecision:
+        """Stratified or FedAvg this round, and why (module doc); updates :attr:`mode`."""
+        st = self.stratifier
+        if st.tracker_ is not self._mode_of:  # (re)fitted: start from the fit-time choice
+            self._mode_of = st.tracker_
+            self.mode = "stratified" if st.design_ in STRATIFIED_DESIGNS else "fedavg"
+        if sp is None:
+            why = (
+                "no strata yet" if not st.fitted
+                else st.design_reason_ if candidate is None
+                else "too many strata present for m this round"
+            )
+            return DesignDecision("fedavg", "none", candidate, None, None, f"FedAvg: {why}")
+        pred = sp.prediction
+        s_band, f_band = pred.stratified_band, pred.fedavg_band
+        assert st.tracker_ is not None
+        n_min = int(st.tracker_.counts()[sp.present].min())
+        if sp.basis != "tracked" or n_min < MIN_TRACKED or s_band is None or f_band is None:
+            reason = (f"{st.design_reason_} (evidence: {st.features_kind_}; {n_min} tracked "
+                      f"updates in a stratum, {MIN_TRACKED} needed)")
+            return DesignDecision(self.mode, "proxy", candidate, s_band, f_band, reason)
+        margin = 0.0 if self.mode == "stratified" else RETURN_MARGIN
+        low = pred.gain_lower(GAIN_Z)
+        new = "stratified" if low > margin * f_band.value else "fedavg"
+        verdict = "above" if new == "stratified" else "not above"
+        reason = (
+            f"tracked ({n_min}+ updates per stratum): {candidate} predicted MSE "
+            f"{s_band.value:.3g} [{s_band.lo:.3g}, {s_band.hi:.3g}] vs FedAvg "
+            f"{f_band.value:.3g} [{f_band.lo:.3g}, {f_band.hi:.3g}]; saving's 90% lower bound "
+            f"{low:.3g} {verdict} {margin:g} x FedAvg"
         )
+        if new != self.mode:
+            log(INFO, "stratified policy: switching %s -> %s: %s", self.mode, new, reason)
+        self.mode = new
+        return DesignDecision(new, "tracked", candidate, s_band, f_band, reason)
 
     def _strata_plan(self, frame: PopulationFrame, design: str) -> StrataPlan | None:
         """Strata of the present nodes, ``m_h``, ``sigma_h`` and the predicted variance; None
@@ -122,7 +190,16 @@ class StratifiedPolicy:
         counts = strata.sizes.astype(np.float64)
         masses = strata.masses(sizes)
         means = stratum_means(self.stratifier, present, masses, basis)
-        prediction = predicted_variance(counts, masses, stds, alloc, design, means=means, m=m)
+        p = sizes / sizes.sum()
+        p2 = np.bincount(strata.labels, weights=p * p, minlength=len(present))
+        tracker = self.stratifier.tracker_
+        nobs = None
+        if basis == "tracked" and tracker is not None:
+            nobs = tracker.counts()[present].astype(np.float64)
+        prediction = predicted_variance(
+            counts, masses, stds, alloc, design, means=means, m=m, p2=p2, mean_counts=nobs,
+            level=BAND_LEVEL,
+        )
         return StrataPlan(strata, present, alloc, stds, basis, counts, masses, prediction)
 
     def _labels(self, nodes: list[int]) -> np.ndarray | None:
@@ -189,8 +266,9 @@ class StratifiedPolicy:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """The stratifier's state and the fallback flag."""
-        return {**self.stratifier.state_dict(), "fallback": self.fallback}
+        """The stratifier's state, the fallback flag and the decision mode."""
+        mode = self.mode if self._mode_of is not None else None  # None: not decided yet
+        return {**self.stratifier.state_dict(), "fallback": self.fallback, "mode": mode}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (empty: start afresh)."""
@@ -198,5 +276,10 @@ class StratifiedPolicy:
         if state:
             self.stratifier.load_state_dict(state)
         self.fallback = bool(state.get("fallback", False))
+        self._mode_of = None
+        self.mode = "fedavg"
+        if state and state.get("mode") is not None:
+            self._mode_of = self.stratifier.tracker_
+            self.mode = str(state["mode"])
         self._last_nodes = None
         self._labels_cache = None

@@ -16,6 +16,7 @@ import numpy as np
 from fedstrat.sampling import (
     StratumVarianceTracker,
     choose_design,
+    label_homogeneity,
     stratify_by_histograms,
     stratify_by_sketches,
 )
@@ -53,7 +54,9 @@ class Stratifier:
     Fitted attributes (None / empty before :meth:`fit`):
     ``node_stratum_`` (node -> stratum 0..H-1; H is the "unknown" stratum of nodes without
     features), ``centroids_`` (H, F), ``features_kind_`` ("histograms" | "sketches"),
-    ``design_`` ("pps" | "srswor" | "uniform") and ``design_reason_``, ``prior_stds_`` (H+1,)
+    ``design_`` ("pps" | "srswor", or "fedavg" when the features did not predict a stratified
+    design below FedAvg) and ``design_reason_``, ``candidate_design_`` (the stratified design
+    the strata are evaluated with every round; None with a single stratum), ``prior_stds_`` (H+1,)
     and ``prior_means_`` (means, counts): the p-weighted feature spread per stratum (a proxy of
     ``sigma_h`` before any update was observed), ``fitted_round_``, and ``tracker_``: a fresh
     :class:`StratumVarianceTracker` over H+1 strata seeded with the sketches known at fit time
@@ -67,6 +70,7 @@ class Stratifier:
         self.features_kind_: str | None = None
         self.design_: str | None = None
         self.design_reason_ = ""
+        self.candidate_design_: str | None = None
         self.prior_stds_: np.ndarray | None = None
         self.prior_means_: tuple[np.ndarray, np.ndarray] | None = None
         self.fitted_round_ = 0
@@ -105,8 +109,11 @@ class Stratifier:
         x = node_features(registry, nodes, kind)
         sizes = registry.sizes(nodes)
         m = min(o.clients_per_round - (1 if n_unknown else 0), len(nodes))
-        labels, design, reason = self._strata_and_design(x, sizes, m, kind)
+        labels, design, reason = self._strata_and_design(x, sizes, m, kind, registry, nodes)
         h = int(labels.max()) + 1
+        self.candidate_design_ = self._candidate
+        if h < 2:
+            self.candidate_design_ = None
         self.node_stratum_ = {n: int(lab) for n, lab in zip(nodes, labels, strict=True)}
         self.centroids_ = np.array([x[labels == k].mean(axis=0) for k in range(h)])
         self.features_kind_ = kind
@@ -140,11 +147,32 @@ class Stratifier:
         return self
 
     def _strata_and_design(
-        self, x: np.ndarray, sizes: np.ndarray, m: int, kind: str
+        self,
+        x: np.ndarray,
+        sizes: np.ndarray,
+        m: int,
+        kind: str,
+        registry: NodeRegistry,
+        nodes: list[int],
     ) -> tuple[np.ndarray, str, str]:
+        """``(labels, design, reason)``; sets ``_candidate`` (the stratified design of the
+        strata). ``design="auto"``: one stratum and "fedavg" when the label histograms pass a
+        chi-square test of homogeneity (IID: strata on label noise); else
+        :func:`choose_design` against FedAvg, keeping its best strata even when FedAvg wins
+        (tracked updates may later show they pay)."""
         o = self.options
         n = len(x)
+        self._candidate: str | None = None if o.design == "auto" else o.design
         if o.design == "auto":
+            if kind == "histograms" and o.profile_epsilon == 0:
+                test = label_homogeneity(registry.histogram_matrix(nodes))
+                if test.iid():
+                    return (
+                        np.zeros(n, dtype=np.int64),
+                        "fedavg",
+                        "label histograms consistent with IID labels "
+                        f"({test.describe()}): FedAvg",
+                    )
             cands = (
                 (o.n_strata,)
                 if o.n_strata
@@ -153,8 +181,8 @@ class Stratifier:
             if m < 2 or (o.n_strata or 2) < 2:
                 return (
                     np.zeros(n, dtype=np.int64),
-                    "uniform",
-                    "fallback to uniform: fewer than 2 strata possible",
+                    "fedavg",
+                    "fallback to fedavg: fewer than 2 strata possible",
                 )
             choice = choose_design(
                 sizes,
@@ -165,11 +193,10 @@ class Stratifier:
                 normalize=False,
                 min_per_stratum=max(o.min_per_stratum, 1),
             )
-            labels = (
-                choice.strata.labels
-                if choice.strata is not None
-                else np.zeros(n, dtype=np.int64)
-            )
+            labels = np.zeros(n, dtype=np.int64)
+            if choice.best is not None:
+                labels = choice.best[0].labels
+                self._candidate = choice.best[1]
             return labels, choice.design, choice.reason
         max_k = min(o.max_strata or 20, m)
         fn = stratify_by_histograms if kind == "histograms" else stratify_by_sketches
@@ -225,6 +252,7 @@ class Stratifier:
             "features_kind": self.features_kind_,
             "design": self.design_,
             "design_reason": self.design_reason_,
+            "candidate_design": self.candidate_design_,
             "prior_stds": None if self.prior_stds_ is None else self.prior_stds_.tolist(),
             "prior_means": None if pm is None else [pm[0].tolist(), pm[1].tolist()],
             "stratified_round": self.fitted_round_,
@@ -239,6 +267,10 @@ class Stratifier:
         self.features_kind_ = state["features_kind"]
         self.design_ = state["design"]
         self.design_reason_ = state["design_reason"]
+        cand = state.get("candidate_design")
+        if cand is None and self.design_ in ("pps", "srswor"):
+            cand = self.design_  # version-1 state
+        self.candidate_design_ = cand
         p = state["prior_stds"]
         self.prior_stds_ = None if p is None else np.asarray(p, dtype=np.float64)
         pm = state["prior_means"]

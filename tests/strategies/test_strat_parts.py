@@ -136,7 +136,10 @@ def test_record_json_keeps_the_sampling_jsonl_keys_and_order():
     s.aggregate_train(1, replies)
     rec = s.records[-1]
     assert isinstance(rec, RoundRecord)
-    assert list(rec.to_json()) == OLD_KEYS + ["S_h_basis"]
+    assert list(rec.to_json()) == OLD_KEYS + ["S_h_basis", "decision"]
+    assert set(rec.to_json()["decision"]) == {
+        "mode", "evidence", "candidate", "pred_var", "pred_var_fedavg", "reason"
+    }
     u, _, _, r2, _ = configured(selection="uniform")
     u.aggregate_train(1, r2)
     assert list(u.records[-1].to_json()) == OLD_KEYS  # no strata: no basis

@@ -114,12 +114,16 @@ def test_stratified_policy_plans_strata_and_allocation_summing_to_m(pop):
     assert np.bincount(draw.selection.strata, minlength=3).tolist() == sp.allocation.tolist()
 
 
-def test_too_many_strata_for_m_gives_a_uniform_round(pop):
+def test_too_many_strata_for_m_gives_a_fedavg_round(pop):
     reg = profiled(pop)
     p = make_policy(SelectionOptions(clients_per_round=6, design="srswor", n_strata=3,
                                      min_per_stratum=3))
     draw = p.plan(frame(pop, reg), np.random.default_rng(0))
-    assert draw.design == "uniform" and draw.strata is None
+    assert draw.design == "fedavg" and draw.strata is None and draw.estimator == "ratio"
+    assert draw.decision is not None and "too many strata" in draw.decision.reason
+    sizes = pop.sizes[[pop.index[n] for n in sorted(pop.node_ids)]]
+    w = draw.selection.weights
+    np.testing.assert_allclose(w, sizes[draw.selection.ids] / sizes[draw.selection.ids].sum())
 
 
 def test_observe_feeds_the_tracker_of_the_responders_strata(pop):
