@@ -198,3 +198,49 @@ def test_extreme_reply_is_rejected_and_the_run_goes_on(pop, value, dtype):
     rejected = s.records[bad_round - 1].rejected
     assert [p.node for p in rejected] == [s.records[bad_round - 1].selected[0]]
     assert "overflow" in rejected[0].reason or "too large" in rejected[0].reason
+
+
+def test_without_profiling_training_claims_are_learned_once_and_capped(pop):
+    """No profile query (``profiling="auto"``): the first accepted training reply teaches the
+    size. A node claiming 1e12 from the start is cut to ``20 x median``; a node that changes
+    its claim later has that reply rejected and keeps its first size."""
+    liar = pop.node_ids[3]
+
+    def plain(grid, **kw):
+        s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=M, seed=5,
+                                selection="uniform", **kw)
+        arrays = global_arrays(DIM)
+        for t in range(1, ROUNDS + 1):
+            msgs = list(s.configure_train(t, arrays, ConfigRecord({"server-round": t}), grid))
+            arrays, _ = s.aggregate_train(t, list(grid.send_and_receive(msgs)))
+        return flatten(arrays), s
+
+    honest, _ = plain(lying_grid(pop, None))
+    lying, s = plain(lying_grid(pop, liar))
+    uncapped, _ = plain(lying_grid(pop, liar), size_cap=0)
+    learned = list(s.registry.num_examples.values())
+    assert s.registry.num_examples[liar] == CLAIM
+    assert s.registry.sizes([liar])[0] == s.registry.size_cap()
+    assert s.registry.sizes([liar])[0] == 20.0 * float(np.median(learned))
+    share = [r.selection_weights[r.selected.index(liar)] * r.inclusion[r.selected.index(liar)]
+             for r in s.records if liar in r.selected]
+    assert share and max(share) < 0.35  # 20 x median among ~40 nodes
+    assert np.linalg.norm(lying - honest) < 0.5 * np.linalg.norm(uncapped - honest)
+
+    # honest until round 4, then 1e12: rejected, first size kept
+    turncoat = Hostile(pop)
+    grid = LocalGrid(list(pop.node_ids), turncoat)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=M, seed=5,
+                            selection="uniform")
+    arrays = global_arrays(DIM)
+    for t in range(1, 7):
+        msgs = list(s.configure_train(t, arrays, ConfigRecord({"server-round": t}), grid))
+        if t == 4:
+            turncoat.liar = next(n for n in (m.metadata.dst_node_id for m in msgs)
+                                 if n in s.registry.num_examples)
+        arrays, _ = s.aggregate_train(t, list(grid.send_and_receive(msgs)))
+    node = turncoat.liar
+    assert s.registry.num_examples[node] == float(pop.sizes[pop.index[node]])
+    problems = [p for r in s.records[3:] for p in r.rejected if p.node == node]
+    assert problems and all("learned size" in p.reason for p in problems)
+    assert all(node not in r.responders for r in s.records[3:])
