@@ -37,6 +37,9 @@ WEIGHT_IGNORING: dict[str, str] = {
     "QFedAvg": "weights updates by their loss (q-fair), not by a weight metric",
 }
 
+#: XGBoost strategies: bytes payloads and their own node cycling, nothing to re-weight
+TREE_STRATEGIES = ("FedXgbBagging", "FedXgbCyclic")
+
 #: the wrapped strategy's node-sampling options that StratifiedSelection replaces
 OVERRIDDEN = ("fraction_train", "min_train_nodes", "min_available_nodes")
 
@@ -56,7 +59,8 @@ def chain(strategy: Any) -> list[Any]:
 
 def check_wrapped(strategy: Any, wrapper_cls: type) -> None:
     """Raise ``ValueError`` for what cannot be wrapped: a legacy ``flwr.server.strategy``
-    strategy (named as such), a non-strategy, or a StratifiedSelection inside the chain."""
+    strategy (named as such), a non-strategy, the XGBoost strategies, or a StratifiedSelection
+    inside the chain."""
     if not isinstance(strategy, Strategy):
         cls = type(strategy)
         where = f"{cls.__module__}.{cls.__qualname__}"
@@ -71,6 +75,12 @@ def check_wrapped(strategy: Any, wrapper_cls: type) -> None:
             f"strategy must be a flwr Strategy (flwr.serverapp.strategy.Strategy), got {where}"
         )
     for obj in chain(strategy):
+        name = type(obj).__name__
+        if name in TREE_STRATEGIES and type(obj).__module__.startswith("flwr."):
+            raise ValueError(
+                f"{name} exchanges serialised tree models (bytes), not arrays to average, and "
+                "chooses its own nodes; StratifiedSelection cannot wrap it"
+            )
         if isinstance(obj, wrapper_cls):
             raise ValueError(
                 "StratifiedSelection cannot wrap another StratifiedSelection "
