@@ -318,8 +318,8 @@ def _effective_options(strategy: Strategy, options: SelectionOptions) -> Selecti
     profiled (``profiling="auto"``)."""
     changes: dict[str, Any] = {}
     ignoring = weight_ignoring(strategy)
-    if ignoring is not None and options.estimator == "ht":
-        log(WARNING, "StratifiedSelection: %s, so Horvitz-Thompson re-weighting cannot apply; "
+    if ignoring is not None and options.estimator in ("ht", "difference"):
+        log(WARNING, "StratifiedSelection: %s, so HT / difference re-weighting cannot apply; "
             "using estimator='ratio' (replies passed unchanged). The aggregate is that rule on "
             "the stratified sample, not a design-unbiased estimate.", ignoring)
         changes["estimator"] = "ratio"
