@@ -315,6 +315,7 @@ class StratumVarianceTracker:
         self._mean = np.zeros((self.n_strata, self.dim))
         self._m2 = np.zeros(self.n_strata)
         self._n = np.zeros(self.n_strata, dtype=np.int64)
+        self._w2 = np.zeros(self.n_strata)
 
     def update(self, stratum: int, sketch: np.ndarray, weight: float = 1.0) -> None:
         """Add one observation ``sketch`` (dim,) of stratum ``stratum`` with weight ``weight``."""
@@ -332,7 +333,9 @@ class StratumVarianceTracker:
         if self.ema is not None:
             self._w[h] *= self.ema
             self._m2[h] *= self.ema
+            self._w2[h] *= self.ema * self.ema
         self._w[h] += w
+        self._w2[h] += w * w
         delta = x - self._mean[h]
         self._mean[h] += (w / self._w[h]) * delta
         self._m2[h] += w * float(delta @ (x - self._mean[h]))
@@ -341,6 +344,13 @@ class StratumVarianceTracker:
     def counts(self) -> np.ndarray:
         """Number of updates seen per stratum."""
         return self._n.copy()
+
+    def effective_counts(self) -> np.ndarray:
+        """Kish's effective number of updates per stratum, ``(sum w)^2 / sum w^2`` (with the
+        exponential forgetting applied to both); equals :meth:`counts` for equal weights
+        without ``ema``."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self._w2 > 0, self._w**2 / self._w2, 0.0)
 
     def means(self) -> np.ndarray:
         """Weighted mean sketch per stratum (zeros where unobserved), shape (H, dim)."""
@@ -375,6 +385,7 @@ class StratumVarianceTracker:
             "mean": self._mean.copy(),
             "m2": self._m2.copy(),
             "n": self._n.copy(),
+            "w2": self._w2.copy(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -387,3 +398,7 @@ class StratumVarianceTracker:
         self._mean = np.asarray(state["mean"], dtype=np.float64).copy()
         self._m2 = np.asarray(state["m2"], dtype=np.float64).copy()
         self._n = np.asarray(state["n"], dtype=np.int64).copy()
+        w2 = state.get("w2")
+        if w2 is None:  # older state: as if equal weights (effective count = count)
+            w2 = self._w**2 / np.maximum(self._n, 1)
+        self._w2 = np.asarray(w2, dtype=np.float64).copy()

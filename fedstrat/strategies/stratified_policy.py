@@ -121,8 +121,10 @@ class StratifiedPolicy:
             return Draw(cand, selection, True, reason=decision.reason, strata=strata_plan,
                         decision=decision)
         selection = self.sampler(SamplerSpec(frame.sizes, frame.m)).sample(rng)
-        p = frame.sizes / frame.sizes.sum()
         design = "uniform-warmup" if not st.fitted else "fedavg"
+        if self.options.estimator == "difference":  # keeps its unbiased HT weights
+            return Draw(design, selection, True, reason=decision.reason, decision=decision)
+        p = frame.sizes / frame.sizes.sum()
         return Draw(design, fedavg_selection(selection, p), True, reason=decision.reason,
                     estimator="ratio", decision=decision)
 
@@ -195,7 +197,7 @@ class StratifiedPolicy:
         tracker = self.stratifier.tracker_
         nobs = None
         if basis == "tracked" and tracker is not None:
-            nobs = tracker.counts()[present].astype(np.float64)
+            nobs = tracker.effective_counts()[present]
         prediction = predicted_variance(
             counts, masses, stds, alloc, design, means=means, m=m, p2=p2, mean_counts=nobs,
             level=BAND_LEVEL,

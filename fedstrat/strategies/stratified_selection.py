@@ -223,7 +223,8 @@ class StratifiedSelection(Strategy):
         cv = difference_controls(self.controls, plan, valid, deltas)  # then stores the deltas
         arrays, metrics = None, None
         if valid:
-            new_replies = rewrite_replies(valid, weights, global_np, o.estimator,
+            estimator = plan.draw.estimator or o.estimator  # "ratio": the policy chose FedAvg
+            new_replies = rewrite_replies(valid, weights, global_np, estimator,
                                           self.weighted_by_key, deltas, *cv)
             new_replies, fixed = consistent_replies(new_replies, self.weighted_by_key)
             notes = notes + fixed
