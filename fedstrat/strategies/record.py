@@ -13,6 +13,7 @@ import numpy as np
 
 from .plan import DesignDecision, RoundPlan
 from .triage import ReplyProblem, Triage
+from .weight_cap import CapEffect
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,9 @@ class RoundRecord:
     the predicted MSE of its stratified design and of FedAvg as ``[value, lo, hi]``, the mode
     chosen, the evidence and the reason); ``metrics()`` the scalars added to the round's
     aggregated MetricRecord. ``estimator`` is the one used this round ("ratio" when the policy
-    fell back to FedAvg).
+    fell back to FedAvg). ``size_cap``: what the size cap did to the round's population
+    (:class:`~.weight_cap.CapEffect`); in ``to_json()`` only when it cut a node, in
+    ``metrics()`` every round (``fedstrat-n-capped``, ``fedstrat-cap-removed``).
     """
 
     round: int
@@ -54,6 +57,7 @@ class RoundRecord:
     var_ratio: float | None = None
     S_h_basis: str | None = None  # noqa: N815
     decision: DesignDecision | None = None
+    size_cap: CapEffect | None = None
 
     @classmethod
     def from_round(
@@ -109,6 +113,7 @@ class RoundRecord:
             notes=list(notes),
             **strata_fields,
             decision=plan.draw.decision,
+            size_cap=plan.size_cap,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -123,6 +128,8 @@ class RoundRecord:
             out["S_h_basis"] = self.S_h_basis
         if self.decision is not None:
             out["decision"] = self.decision.to_json()
+        if self.size_cap is not None and self.size_cap.binding:
+            out["size_cap"] = self.size_cap.to_json()
         return out
 
     def metrics(self) -> dict[str, float]:
@@ -133,6 +140,8 @@ class RoundRecord:
             "fedstrat-n-failed": float(len(self.failures)),
             "fedstrat-n-rejected": float(len(self.rejected)),
             "fedstrat-weight-sum": float(sum(self.weights)),
+            "fedstrat-n-capped": float(len(self.size_cap.nodes)) if self.size_cap else 0.0,
+            "fedstrat-cap-removed": float(self.size_cap.removed) if self.size_cap else 0.0,
         }
         if self.pred_var is not None:
             out["fedstrat-pred-var"] = self.pred_var
@@ -154,7 +163,8 @@ class RoundRecord:
 
 
 _JSON_KEYS = tuple(
-    k for k in RoundRecord.__dataclass_fields__ if k not in ("S_h_basis", "decision")
+    k for k in RoundRecord.__dataclass_fields__
+    if k not in ("S_h_basis", "decision", "size_cap")
 )
 
 

@@ -125,16 +125,9 @@ def screen_triage(plan: RoundPlan, triage: Triage, global_np: dict[str, np.ndarr
     Triage, Screened
 ]:
     """:func:`screen_magnitudes` of the triaged replies: the triage with the screened-out
-    replies moved to ``rejected``, and the screen (weights, notes, update rows). When the size
-    cap bound in this round's design (``plan.size_cap``), a note says whom it cut."""
+    replies moved to ``rejected``, and the screen (weights, notes, update rows)."""
     screened = screen_magnitudes(plan, triage.valid, global_np,
                                  flat_deltas(triage.valid, global_np))
-    cap = plan.size_cap
-    if cap is not None and cap.binding:
-        note = (f"size cap {cap.cap:.6g} (size_cap x median size) cut nodes {cap.nodes} "
-                f"(claimed {[float(f'{c:.6g}') for c in cap.claimed]}; "
-                f"{100 * cap.removed:.3g}% of the known size total)")
-        screened = dataclasses.replace(screened, notes=[*screened.notes, note])
     if not screened.rejected:
         return triage, screened
     return dataclasses.replace(triage, valid=screened.valid,

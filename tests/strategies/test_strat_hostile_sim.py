@@ -114,9 +114,14 @@ def test_lying_node_uniform_selection_stays_within_the_stated_bound(pop):
                               for i in ids) for ids in idx)
     dist = np.linalg.norm(lying - honest)
     assert dist <= tight * (1 + 1e-9) and tight <= bound
-    # the cap is recorded in every round where it bound
-    assert any("size cap" in note for r in rec_l for note in r.notes)
-    assert not any("size cap" in note for r in rec_h for note in r.notes)
+    # the cap's effect is in every round's record (sampling.jsonl only where it cut a node)
+    for r in rec_l:
+        assert r.size_cap.nodes == [liar] and r.size_cap.claimed == [CLAIM]
+        assert r.to_json()["size_cap"]["nodes"] == [liar]
+        assert r.metrics()["fedstrat-n-capped"] == 1.0 > r.metrics()["fedstrat-cap-removed"] > 0.9
+    for r in rec_h:
+        assert not r.size_cap.binding and "size_cap" not in r.to_json()
+        assert r.metrics()["fedstrat-n-capped"] == 0.0
     # without the cap the same liar leaves that bound behind (its share is ~1, not 0.35)
     uncapped, _ = run(pop, lying_grid(pop, liar), selection="uniform", size_cap=0)
     assert np.linalg.norm(uncapped - honest) > 2 * tight
