@@ -133,10 +133,10 @@ class RunConfig:
         choice("strategy", STRATEGIES)
         choice("optimizer", OPTIMIZERS)
         choice("stratify_by", STRATIFY_BY)
+        choice("sketch_method", SKETCH_METHODS)
         positive_ints = ("num_clients", "clients_per_round", "rounds", "batch_size", "eval_every")
         for name in positive_ints:
             if getattr(self, name) < 1:
-        choice("sketch_method", SKETCH_METHODS)
                 value = getattr(self, name)
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {value}")
         for name in (

@@ -6,7 +6,13 @@
 
 from fedstrat.clients.client_app import make_client_app
 from fedstrat.clients.data import ClientData, load_client_data
-from fedstrat.clients.profiling import profile_reply, register_profiling
+from fedstrat.clients.profiling import (
+    dataset_labels,
+    label_histogram,
+    label_profile,
+    profile_reply,
+    register_profiling,
+)
 from fedstrat.clients.protocol import ProtocolError, TrainConfig, client_seed
 
 __all__ = [
@@ -14,6 +20,9 @@ __all__ = [
     "ProtocolError",
     "TrainConfig",
     "client_seed",
+    "dataset_labels",
+    "label_histogram",
+    "label_profile",
     "load_client_data",
     "make_client_app",
     "profile_reply",

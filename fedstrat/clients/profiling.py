@@ -14,12 +14,20 @@ exactly: it is also the aggregation weight of every train reply.
 Any ClientApp gets profiling in one line::
 
     register_profiling(app, lambda context: (label_hist, num_examples))
+
+or, from the node's training data (a torch ``DataLoader``/``Dataset``, a numpy label array, a
+pandas column), with :func:`label_profile`::
+
+    register_profiling(app, lambda ctx: label_profile(load_data(ctx)[0], num_classes=10))
+
+The server asks only when it is built with ``StratifiedSelection(..., profiling="query")``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
@@ -36,6 +44,117 @@ from fedstrat.wire import (
 )
 
 ProfileFn = Callable[[Context], tuple[Sequence[float] | np.ndarray, int]]
+
+#: label columns tried, in order, in dict batches and column-oriented datasets
+LABEL_KEYS = ("label", "labels", "fine_label", "target", "targets", "y")
+
+
+def _as_numpy(values: Any) -> np.ndarray:
+    if hasattr(values, "detach"):  # torch tensor
+        values = values.detach().cpu().numpy()
+    elif hasattr(values, "to_numpy"):  # pandas Series / Index
+        values = values.to_numpy()
+    return np.asarray(values).reshape(-1)
+
+
+def _pick(record: Any, label_key: str | None) -> Any:
+    """The labels of a dict-like batch or column-oriented dataset."""
+    keys = (label_key,) if label_key else LABEL_KEYS
+    for key in keys:
+        try:
+            if key in record:
+                return record[key]
+        except TypeError:
+            break
+    raise ValueError(f"no label column among {list(keys)}; pass label_key=")
+
+
+def dataset_labels(source: Any, label_key: str | None = None) -> np.ndarray:
+    """Every label of ``source``, without loading the inputs where possible.
+
+    ``source``: labels themselves (numpy array, list, torch tensor, pandas Series), a pandas
+    DataFrame (column ``label_key``), a torch ``DataLoader`` (its ``dataset``), a
+    ``Subset`` (its indices into the parent), a dataset with ``targets``/``labels``
+    (torchvision), a ``TensorDataset`` (last tensor), a column-oriented dataset such as a
+    Hugging Face ``Dataset`` (column ``label_key`` or the first of :data:`LABEL_KEYS`), or,
+    as a last resort, any iterable of ``(x, y)`` pairs or dict batches (iterated once).
+    """
+    if isinstance(source, (np.ndarray, list, tuple)) or hasattr(source, "detach"):
+        return _as_numpy(source)
+    if hasattr(source, "to_numpy") and hasattr(source, "columns"):  # pandas DataFrame
+        return _as_numpy(_pick(source, label_key))
+    if hasattr(source, "to_numpy"):  # pandas Series
+        return _as_numpy(source)
+    if hasattr(source, "dataset") and hasattr(source, "batch_size"):  # DataLoader
+        try:
+            return dataset_labels(source.dataset, label_key)
+        except ValueError:
+            return _iterate(source, label_key)  # one pass over the batches
+    if hasattr(source, "dataset") and hasattr(source, "indices"):  # Subset
+        return dataset_labels(source.dataset, label_key)[np.asarray(source.indices)]
+    for attr in ("targets", "labels"):
+        if hasattr(source, attr) and not callable(getattr(source, attr)):
+            return _as_numpy(getattr(source, attr))
+    if hasattr(source, "tensors"):  # TensorDataset
+        return _as_numpy(source.tensors[-1])
+    if hasattr(source, "column_names"):  # Hugging Face Dataset
+        cols = list(source.column_names)
+        key = label_key or next((k for k in LABEL_KEYS if k in cols), None)
+        if key is None or key not in cols:
+            raise ValueError(f"no label column among {cols}; pass label_key=")
+        return _as_numpy(source[key])
+    if isinstance(source, Iterable):
+        return _iterate(source, label_key)
+    raise ValueError(f"cannot read labels from {type(source).__name__}")
+
+
+def _iterate(source: Iterable[Any], label_key: str | None) -> np.ndarray:
+    """Labels of an iterable of ``(x, y)`` pairs or dict batches."""
+    parts = [_as_numpy(_pick(item, label_key) if isinstance(item, dict) else item[1])
+             for item in source]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def label_histogram(
+    source: Any,
+    num_classes: int | None = None,
+    classes: Sequence[Any] | None = None,
+    label_key: str | None = None,
+) -> np.ndarray:
+    """Per-class counts ``h_c = #{examples with label c}`` of ``source`` (see
+    :func:`dataset_labels`), as a float vector of length ``num_classes`` (labels 0..C-1) or
+    ``len(classes)`` (labels are the values in ``classes``, e.g. strings). Every node must use
+    the same length, so one of the two is required."""
+    labels = dataset_labels(source, label_key)
+    if classes is not None:
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = {v for v in labels.tolist() if v not in index}
+        if unknown:
+            raise ValueError(f"labels not in classes: {sorted(map(str, unknown))[:5]}")
+        codes = np.array([index[v] for v in labels.tolist()], dtype=np.int64)
+        size = len(classes)
+    elif num_classes is not None:
+        codes = labels.astype(np.int64)
+        if codes.size and (codes.min() < 0 or codes.max() >= num_classes
+                           or not np.array_equal(codes, labels)):
+            raise ValueError(f"labels must be integers in [0, {num_classes}); got "
+                             f"{labels.min()}..{labels.max()}")
+        size = int(num_classes)
+    else:
+        raise ValueError("give num_classes (labels 0..C-1) or classes (the label values)")
+    return np.bincount(codes, minlength=size).astype(np.float64)
+
+
+def label_profile(
+    source: Any,
+    num_classes: int | None = None,
+    classes: Sequence[Any] | None = None,
+    label_key: str | None = None,
+) -> tuple[np.ndarray, int]:
+    """``(label_histogram, num_examples)`` of ``source``: what :func:`register_profiling`'s
+    callable returns. ``num_examples`` is the histogram's total."""
+    hist = label_histogram(source, num_classes, classes, label_key)
+    return hist, int(hist.sum())
 
 
 def _privatize(counts: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
