@@ -48,6 +48,7 @@ class NodeRegistry:
         self.cost_sum: dict[int, float] = {}
         self.cost_count: dict[int, int] = {}
         self.version = 0  # bumped whenever a size or a histogram changes
+        self._cut_reported: set[int] = set()  # nodes whose cut by the size cap was logged
 
     # ---------------------------------------------------------------- queries
     def known(self, node_id: int) -> bool:
@@ -74,9 +75,16 @@ class NodeRegistry:
         return np.array([capped.get(n, fill) for n in node_ids], dtype=np.float64)
 
     def cap_effect(self, node_ids: list[int]) -> CapEffect:
-        """What :meth:`size_cap` does to ``node_ids`` (nodes cut, their claims, share removed)."""
-        return cap_effect(node_ids, [self.num_examples.get(n) for n in node_ids],
-                          self.size_cap())
+        """What :meth:`size_cap` does to ``node_ids`` (nodes cut, their claims, share removed);
+        a WARNING the first time a node is cut."""
+        effect = cap_effect(node_ids, [self.num_examples.get(n) for n in node_ids],
+                            self.size_cap())
+        for node, claimed in zip(effect.nodes, effect.claimed, strict=True):
+            if node not in self._cut_reported:
+                self._cut_reported.add(node)
+                log(WARNING, "Size of node %d (%.6g examples) cut to the size cap %.6g "
+                    "(size_cap x median size)", node, claimed, effect.cap)
+        return effect
 
     def claim_problem(self, node_id: int, claimed: float, key: str = NUM_EXAMPLES) -> str | None:
         """Why a training reply's weight metric ``key`` = ``claimed`` disagrees with the node's
