@@ -77,6 +77,7 @@ class RunConfig:
     cv_budget_bytes: int = 1 << 30  # difference estimator: memory for the c_i; 0 = no limit
     cv_fill: str = "stratum"  # difference estimator: c_i of a node without one (or "zero")
     profile_epsilon: float = 0.0  # 0 = exact label histograms
+    size_cap: float = 20.0  # no node's size above size-cap x the median size (0 = no cap)
     poc_d: int = 0  # Power-of-Choice candidate set size; 0 = 2 * clients_per_round
     max_strata: int = 0  # upper bound of the automatic number of strata; 0 = no bound
     warmup_rounds: int = 1  # uniform rounds before stratifying on update sketches
@@ -176,6 +177,8 @@ class RunConfig:
         for name in ("proximal_mu", "server_lr", "clip_norm", "profile_epsilon", "target_accuracy"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0")
+        if self.size_cap < 0:
+            raise ConfigError(f"size-cap must be >= 0 (0 = no cap), got {self.size_cap}")
         if self.max_strata == 1:
             raise ConfigError("max-strata must be >= 2 (or 0 = no bound)")
         if self.sketch_dim < 1:

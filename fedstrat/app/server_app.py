@@ -113,6 +113,7 @@ def build_strategy(cfg: RunConfig, base: Strategy, record_path: Path | None) -> 
         stratify_by=cfg.stratify_by,
         restratify_every=cfg.restratify_every,
         profile_epsilon=cfg.profile_epsilon,
+        size_cap=cfg.size_cap,
         poc_d=cfg.poc_d or None,
         max_strata=cfg.max_strata or None,
         warmup_rounds=cfg.warmup_rounds,

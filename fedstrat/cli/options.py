@@ -57,6 +57,8 @@ HELP: dict[str, str] = {
     "cv_budget_bytes": "Difference estimator: server memory for the controls (0 = no limit).",
     "cv_fill": "Difference estimator: control of a node without one: stratum (mean) or zero.",
     "profile_epsilon": "Local DP epsilon of the profiled label histograms (0 = exact).",
+    "size_cap": "No node's size counts above size-cap x the median node size (a node lying "
+    "about its size gets at most that weight); 0 = no cap.",
     "poc_d": "Power-of-Choice candidate set size d (0 = 2 x clients-per-round).",
     "max_strata": "Upper bound of the automatic number of strata (0 = no bound).",
     "warmup_rounds": "Uniform rounds before stratifying on update sketches.",
