@@ -341,6 +341,18 @@ class StratumVarianceTracker:
         self._m2[h] += w * float(delta @ (x - self._mean[h]))
         self._n[h] += 1
 
+    def decay(self, factor: float) -> None:
+        """Forget the past of every stratum by ``factor`` in (0, 1]: ``W``, ``M2`` times
+        ``factor`` and ``sum w^2`` times ``factor^2`` (means and variances unchanged; later
+        updates weigh more). Called once per round it is a per-round exponential forgetting,
+        independent of how many updates each stratum gets."""
+        f = float(factor)
+        if not 0.0 < f <= 1.0:
+            raise ValueError("factor must be in (0, 1]")
+        self._w *= f
+        self._m2 *= f
+        self._w2 *= f * f
+
     def counts(self) -> np.ndarray:
         """Number of updates seen per stratum."""
         return self._n.copy()

@@ -51,6 +51,10 @@ MIN_TRACKED = 3
 RETURN_MARGIN = 0.1
 #: one-sided normal quantile of the saving's lower bound (90%)
 GAIN_Z = 1.2816
+#: per-round forgetting of the tracker: updates shrink and turn as training goes on, so the
+#: prediction for round r weighs round r - 1 most (lag about ROUND_DECAY / (1 - ROUND_DECAY)
+#: rounds; Kish's effective count with one update per stratum and round (1 + d) / (1 - d))
+ROUND_DECAY = 0.7
 #: two-sided level of the recorded predicted-MSE bands
 BAND_LEVEL = 0.8
 
@@ -257,11 +261,13 @@ class StratifiedPolicy:
 
     # ------------------------------------------------------------------ learn
     def observe(self, feedback: Feedback) -> None:
-        """Feed each responder's sketch, with its HT weight, to its stratum's tracker."""
+        """Decay the tracker by :data:`ROUND_DECAY`, then feed each responder's sketch, with
+        its aggregation weight, to its stratum's tracker."""
         tracker = self.stratifier.tracker_
         if feedback.sketches is None or tracker is None:
             return
         where = self.stratifier.node_stratum_
+        tracker.decay(ROUND_DECAY)
         for r, node in enumerate(feedback.nodes):
             if feedback.weights[r] > 0 and node in where:
                 tracker.update(where[node], feedback.sketches[r], feedback.weights[r])
