@@ -166,3 +166,30 @@ def test_stratum_statistics_stable_under_large_offset():
         direct = np.sqrt(np.sum(np.var(x[lab == h], axis=0)))
         assert st["stds"][h] == pytest.approx(direct, rel=1e-6)
         np.testing.assert_allclose(st["means"][h], x[lab == h].mean(axis=0), rtol=1e-12)
+
+
+def test_tracker_decay_forgets_the_past_and_counts_effective_updates():
+    t = StratumVarianceTracker(1, 2)
+    for x in ([0.0, 0.0], [2.0, 0.0]):
+        t.update(0, np.array(x), 1.0)
+    assert t.effective_counts()[0] == pytest.approx(2.0)
+    before = t.variances()[0]
+    t.decay(0.5)
+    assert t.variances()[0] == pytest.approx(before)  # decay alone changes no moment
+    t.update(0, np.array([10.0, 0.0]), 1.0)
+    # weights 0.5, 0.5, 1: the new update weighs as much as the two old ones together
+    assert t.means()[0, 0] == pytest.approx((0.5 * 0 + 0.5 * 2 + 10) / 2.0)
+    assert t.effective_counts()[0] == pytest.approx(2.0**2 / (0.25 + 0.25 + 1.0))
+    with pytest.raises(ValueError):
+        t.decay(0.0)
+
+
+def test_tracker_state_without_effective_weights_loads_as_equal_weights():
+    t = StratumVarianceTracker(2, 1)
+    for v in (1.0, 2.0, 4.0):
+        t.update(1, np.array([v]), 2.0)
+    state = t.state_dict()
+    old = {k: v for k, v in state.items() if k != "w2"}
+    u = StratumVarianceTracker(2, 1)
+    u.load_state_dict(old)
+    np.testing.assert_allclose(u.effective_counts(), t.effective_counts())
