@@ -96,9 +96,10 @@ def profile_nodes(
     replies = list(grid.send_and_receive(msgs, timeout=timeout))
     answered: set[int] = set()
     failed: dict[str, int] = {}
+    asked = set(node_ids)  # a set: O(1) membership (a list made this O(N^2) at 100k nodes)
     for reply in replies:
         node = int(reply.metadata.src_node_id)
-        if node not in node_ids or node in answered:
+        if node not in asked or node in answered:
             continue
         answered.add(node)
         parsed = parse_profile_reply(reply)
