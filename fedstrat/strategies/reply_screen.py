@@ -150,17 +150,18 @@ def consistent_replies(
 ) -> tuple[list[Message], list[str]]:
     """Replies the wrapped strategy accepts as consistent, and notes of what was changed.
 
-    Every reply has one ArrayRecord and one MetricRecord (validated). Records named unlike the
-    majority are renamed to the majority's name; metric keys that are not in every reply, or
-    whose values differ in kind (scalar vs list, list lengths), are dropped (the weight metric
-    ``weighted_by_key`` is in every reply). Replies that need no change are returned as they
-    are (the same objects).
+    Every reply has one MetricRecord and at most one ArrayRecord (training replies: exactly
+    one, validated). Records named unlike the majority are renamed to the majority's name;
+    metric keys that are not in every reply, or whose values differ in kind (scalar vs list,
+    list lengths), are dropped (the weight metric ``weighted_by_key`` is in every reply).
+    Replies that need no change are returned as they are (the same objects).
     """
     if len(replies) < 2:
         return replies, []
-    arr_names = [next(iter(m.content.array_records)) for m in replies]
+    arr_names = [next(iter(m.content.array_records), "") for m in replies]
     met_names = [next(iter(m.content.metric_records)) for m in replies]
-    arr_name, met_name = _majority(arr_names), _majority(met_names)
+    arr_name = _majority([a for a in arr_names if a] or [""])
+    met_name = _majority(met_names)
     metrics = [next(iter(m.content.metric_records.values())) for m in replies]
     common = set(metrics[0])
     for rec in metrics[1:]:
@@ -169,7 +170,7 @@ def consistent_replies(
     keep.add(weighted_by_key)
     dropped = sorted(set().union(*(set(rec) for rec in metrics)) - keep)
     notes: list[str] = []
-    renamed = sum(a != arr_name or b != met_name
+    renamed = sum((a and a != arr_name) or b != met_name
                   for a, b in zip(arr_names, met_names, strict=True))
     if renamed:
         notes.append(f"{renamed} replies' records renamed to '{arr_name}' / '{met_name}'")
@@ -184,7 +185,7 @@ def consistent_replies(
     for msg, a, b, rec in zip(replies, arr_names, met_names, metrics, strict=True):
         content = RecordDict()
         for key, value in msg.content.items():
-            if key == a:
+            if a and key == a:
                 content[arr_name] = value
             elif key == b:
                 content[met_name] = MetricRecord({k: v for k, v in rec.items() if k in keep})
@@ -192,3 +193,42 @@ def consistent_replies(
                 content[key] = value
         out.append(Message(content=content, metadata=copy.copy(msg.metadata)))
     return out, notes
+
+
+def screen_evaluate_replies(
+    replies: list[Message], weighted_by_key: str
+) -> tuple[list[Message], list[str]]:
+    """Evaluation replies the wrapped strategy can aggregate, and notes of what was changed.
+
+    Error replies pass (the wrapped strategy counts them as failures). A reply without exactly
+    one MetricRecord, or whose ``weighted_by_key`` is missing, a list, not finite or negative,
+    is left out (WARNING with the reason), and all are when the weights sum to 0 (nothing to
+    average); the rest go through :func:`consistent_replies`.
+    """
+    ok: list[Message] = []
+    errors: list[Message] = []
+    notes: list[str] = []
+    for msg in replies:
+        if msg.has_error():
+            errors.append(msg)
+            continue
+        records = msg.content.metric_records
+        w = next(iter(records.values())).get(weighted_by_key) if len(records) == 1 else None
+        if len(records) != 1:
+            reason = f"expected exactly one MetricRecord, got {len(records)}"
+        elif w is None or isinstance(w, list) or not math.isfinite(float(w)) or float(w) < 0:
+            reason = f"metric '{weighted_by_key}' must be finite and >= 0, got {w}"
+        else:
+            ok.append(msg)
+            continue
+        node = int(msg.metadata.src_node_id)
+        notes.append(f"evaluation reply of node {node} left out: {reason}")
+        log(WARNING, "aggregate_evaluate: %s", notes[-1])
+    total = sum(float(next(iter(m.content.metric_records.values()))[weighted_by_key])
+                for m in ok)
+    if ok and total <= 0:
+        notes.append(f"evaluation replies' '{weighted_by_key}' sum to 0: nothing to average")
+        log(WARNING, "aggregate_evaluate: %s", notes[-1])
+        return errors, notes
+    ok, fixed = consistent_replies(ok, weighted_by_key)
+    return ok + errors, notes + fixed

@@ -41,7 +41,7 @@ from .payload_grid import fan_out, find_attr, inner_payload
 from .plan import Feedback, PopulationFrame, RoundPlan
 from .policies import SelectionPolicy, make_policy
 from .record import RoundRecord, jsonl_appender
-from .reply_screen import consistent_replies, screen_triage
+from .reply_screen import consistent_replies, screen_evaluate_replies, screen_triage
 from .reply_validation import align_global_dtypes, array_signature
 from .rewrite import rewrite_replies
 from .round_log import round_line
@@ -251,8 +251,10 @@ class StratifiedSelection(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Delegate to the wrapped strategy."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        """Delegate to the wrapped strategy, with replies it cannot aggregate left out and the
+        rest made consistent (:func:`.reply_screen.screen_evaluate_replies`)."""
+        kept, _ = screen_evaluate_replies(list(replies), self.weighted_by_key)
+        return self.strategy.aggregate_evaluate(server_round, kept)
 
     # ------------------------------------------------------------------ helpers
     def _population_sizes(self, available: list[int]) -> np.ndarray:

@@ -9,11 +9,13 @@ import math
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg
 from strathelpers import global_arrays, make_population, population_grid, train_reply
 
 from fedstrat.sampling import privatize_histogram
 from fedstrat.strategies import StratifiedSelection
+from fedstrat.strategies.local_grid import LocalGrid
 from fedstrat.strategies.node_registry import NodeRegistry
 from fedstrat.strategies.reply_screen import consistent_replies, screen_magnitudes
 from fedstrat.strategies.rewrite import flat_deltas
@@ -181,3 +183,28 @@ def test_consistent_replies_drop_odd_metrics_and_rename_records():
     # the wrapped strategy now aggregates them without InconsistentMessageReplies
     arrays, metrics = FedAvg().aggregate_train(1, out)
     assert arrays is not None
+
+
+def test_evaluation_replies_that_differ_or_lie_cannot_stop_aggregate_evaluate():
+    pop = make_population(n=12, classes=3, dim=6, seed=2)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=1.0), clients_per_round=6, seed=1)
+    odd = {pop.node_ids[0]: {"eval-loss": 1.0, "extra": 2.0},  # extra metric
+           pop.node_ids[1]: {"eval-loss": 1.0, "num-examples": -3},  # negative weight
+           pop.node_ids[2]: {"eval-loss": 1.0, "num-examples": [1, 2]}}  # list weight
+
+    def handler(msg):
+        node = msg.metadata.dst_node_id
+        metrics = {"num-examples": 10, "eval-loss": 0.5}
+        metrics.update(odd.get(node, {}))
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    grid = LocalGrid(list(pop.node_ids), handler)
+    msgs = list(s.configure_evaluate(1, global_arrays(6), ConfigRecord(), grid))
+    replies = list(grid.send_and_receive(msgs))
+    with pytest.raises(InconsistentMessageReplies):
+        FedAvg().aggregate_evaluate(1, replies)  # what the wrapped strategy alone does
+    metrics = s.aggregate_evaluate(1, replies)
+    assert set(metrics) == {"eval-loss"}
+    # node 0 (extra metric) counts, with eval-loss 1.0; nodes 1 and 2 are left out
+    n_ok = len(replies) - 2
+    assert metrics["eval-loss"] == pytest.approx((0.5 * (n_ok - 1) + 1.0) / n_ok)
