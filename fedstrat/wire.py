@@ -30,3 +30,8 @@ CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 #: Number of local examples n_i: profile replies and train replies (FedAvg's weight key).
 NUM_EXAMPLES = "num-examples"
+#: Sparse uplink (run option ``sparse-uplink``): a train reply may replace a 2-D+ array ``K`` by
+#: ``K + SPARSE_ROWS`` (int64 row indices, sorted) and ``K + SPARSE_VALUES`` (those rows); every
+#: other row equals the array the server sent. The server densifies before anything else.
+SPARSE_ROWS = "@rows"
+SPARSE_VALUES = "@values"

@@ -96,6 +96,7 @@ class RunConfig:
     data: str = ""  # dataset "table": the CSV / Parquet click log
     schema: str = ""  # dataset "table": its schema TOML (fedstrat.data.table)
     split: str = ""  # train/test split: "" = the dataset's own, "random" or "temporal"
+    sparse_uplink: bool = False  # clients send only the changed rows of their tables
     synthetic_samples: int = 200_000  # dataset "synthetic": rows (train + test)
     synthetic_features: int = 32  # dataset "synthetic": feature columns
     synthetic_classes: int = 10  # dataset "synthetic": classes

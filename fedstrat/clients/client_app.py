@@ -6,8 +6,9 @@ Handlers (message protocol in docs/design.md):
 - ``train``: load the received ``"arrays"`` into the model, run ``train_steps`` with the
   ``"config"`` record (FedProx term ``mu/2 ||w - w_received||^2`` when ``proximal-mu > 0``), reply
   ``{"arrays": trained weights, "metrics": {num-examples, train-loss, train-seconds,
-  train-steps}}``, the arrays under the received keys, in their order and dtypes. The local
-  seed is ``client_seed(seed, server-round, partition-id)``.
+  train-steps}}``, the arrays under the received keys, in their order and dtypes (with the run
+  option ``sparse-uplink``, tables as changed rows only: :mod:`fedstrat.clients.uplink`). The
+  local seed is ``client_seed(seed, server-round, partition-id)``.
 - ``evaluate``: metrics ``num-examples``, ``eval-loss`` and ``eval-acc`` (vision) or ``eval-auc``,
   ``eval-logloss`` (CTR; ``eval-loss`` = logloss as well) on the node's evaluation slice.
 - ``query``: the ``"fedstrat-profile"`` handler (:mod:`fedstrat.clients.profiling`).
@@ -38,6 +39,7 @@ from fedstrat.clients.protocol import (
     partition_id_of,
     replies_errors,
 )
+from fedstrat.clients.uplink import sparse_arrays
 from fedstrat.models import (
     build_model,
     default_model_for,
@@ -70,6 +72,14 @@ def device_for(context: Context) -> str:
     if not isinstance(pref, str):
         raise ProtocolError(f"run config 'device' must be a string, got {pref!r}")
     return get_device(None if pref in ("", "auto") else pref)
+
+
+def sparse_uplink_for(context: Context) -> bool:
+    """Run-config ``sparse-uplink`` (default false): send tables as their changed rows."""
+    value = context.run_config.get("sparse-uplink", False)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"run config 'sparse-uplink' must be true or false, got {value!r}")
+    return value
 
 
 def load_arrays(model: nn.Module, record: ArrayRecord) -> None:
@@ -179,7 +189,10 @@ def make_client_app(data_provider: DataProvider | None = None) -> ClientApp:
                 "train-steps": int(out["steps"]),
             }
         )
-        content = RecordDict({ARRAYS_KEY: reply_arrays(model, record), METRICS_KEY: metrics})
+        arrays = reply_arrays(model, record)
+        if sparse_uplink_for(context):
+            arrays = sparse_arrays(arrays, record)
+        content = RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: metrics})
         return Message(content, reply_to=message)
 
     @app.evaluate()

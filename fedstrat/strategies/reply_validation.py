@@ -11,6 +11,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from fedstrat.wire import NUM_EXAMPLES
 
 from .array_codec import decode_array
+from .sparse_uplink import densify_reply
 
 
 @dataclass
@@ -74,13 +75,16 @@ def validate_train_reply(
     expected: dict[str, tuple[tuple[int, ...], str]],
     selected: set[int],
     num_examples_key: str = NUM_EXAMPLES,
+    base: ArrayRecord | None = None,
 ) -> ValidReply | str:
     """Check one training reply; return the decoded reply or the reason to reject it.
 
     Rejected: error replies; senders not selected this round; not exactly one ArrayRecord and
     one MetricRecord; a missing, non-scalar, non-finite or non-positive ``num_examples_key``;
     array keys or shapes different from ``expected`` (the global arrays sent), dtypes that are
-    not :func:`compatible_dtype`; NaN or Inf in any array.
+    not :func:`compatible_dtype`; NaN or Inf in any array. With ``base`` (the global arrays
+    sent), a sparse-uplink reply is first densified against it
+    (:func:`~fedstrat.strategies.sparse_uplink.densify_reply`); a malformed one is rejected.
     """
     node = int(reply.metadata.src_node_id)
     if reply.has_error():
@@ -93,6 +97,11 @@ def validate_train_reply(
     if len(content.metric_records) != 1:
         return f"expected exactly one MetricRecord, got {len(content.metric_records)}"
     array_key, record = next(iter(content.array_records.items()))
+    if base is not None:
+        dense = densify_reply(reply, array_key, base)
+        if isinstance(dense, str):
+            return dense
+        reply, record = dense, dense.content.array_records[array_key]
     metric_key, metrics = next(iter(content.metric_records.items()))
     n = metrics.get(num_examples_key)
     if n is None or isinstance(n, list):

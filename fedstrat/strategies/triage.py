@@ -68,7 +68,9 @@ def triage_replies(
         if m.metadata.message_id
     }
     for reply in replies:
-        result = validate_train_reply(reply, plan.signature, selected, weighted_by_key)
+        result = validate_train_reply(
+            reply, plan.signature, selected, weighted_by_key, base=plan.global_arrays
+        )
         node = int(reply.metadata.src_node_id)
         if reply.has_error():
             node = asked.get(reply.metadata.reply_to_message_id, node)
