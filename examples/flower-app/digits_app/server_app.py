@@ -19,7 +19,8 @@ def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     m = int(cfg.get("clients-per-round", 10))
-    strategy = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=m)
+    strategy = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=m,
+                                   profiling="query")
     result = strategy.start(
         grid=grid,
         initial_arrays=init_arrays(),

@@ -1,0 +1,1 @@
+"""pytorch-app: Flower's quickstart-pytorch shape (CNN, DataLoader) on offline digits."""

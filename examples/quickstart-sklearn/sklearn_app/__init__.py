@@ -1,0 +1,1 @@
+"""sklearn-app: Flower's quickstart-sklearn shape on offline digits; the ClientApp is unmodified."""
