@@ -142,3 +142,31 @@ def test_sigterm_stops_everything_and_resume_is_bitwise_exact(
     rc, _, err = _finish(start(["--resume", "run"]), timeout=120)
     assert rc == 0 and "already finished" in err, err[-3000:]
     assert (run / "summary.json").read_bytes() == summary
+
+
+@pytest.mark.deploy
+def test_sigterm_stops_deploy_local(tmp_path: Path, tmpdir_short: Path) -> None:
+    """``fedstrat deploy local`` (SuperLink + 2 SuperNodes): SIGTERM after round 1 is
+    checkpointed -> exit 143, one line, no process left, no temporary workdir."""
+    marker = uuid.uuid4().hex
+    proc = subprocess.Popen(
+        [str(FEDSTRAT), "deploy", "local", "-n", "2", "--quiet", "--dataset", "digits"]
+        + ["--clients-per-round", "2", "--local-epochs", "1", "--rounds", "8", "--out", "run"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", MARK: marker, "TMPDIR": str(tmpdir_short)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 600
+    while _state_round(tmp_path / "run") < 1:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "round 1 was not checkpointed in time"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    rc, _, err = _finish(proc, timeout=120)
+    assert rc == 143, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("Error: terminated (SIGTERM)")
+    assert _leftovers(tmpdir_short, marker)[0] == []
+    assert list(tmpdir_short.glob("fedstrat-federation-*")) == []
+    assert load_checkpoint(tmp_path / "run").round >= 1
