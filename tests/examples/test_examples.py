@@ -76,3 +76,28 @@ def test_example_runs_with_flwr_run_installation_off(app, tmp_path):
     assert result.ok, (result.status, result.details, log[-3000:])
     assert "StratifiedSelection" in log and "chose 3 of 6 nodes" in log
     assert "ERROR" not in log
+
+
+def test_fedstrat_flower_app_survives_runtime_dependency_installation(tmp_path):
+    """Flower 1.42's default: ``uv sync`` on the app's dependencies into a per-run env. The
+    fedstrat Flower App lists none, so this works offline and fedstrat still imports."""
+    import os
+    import shutil
+    import subprocess
+
+    from fedstrat.app.simulation import flwr_app_dir
+
+    app = tmp_path / "app"
+    shutil.copytree(flwr_app_dir(), app)
+    code = (
+        "from flwr.supercore.superexec.dependency_installer import install_app_dependencies\n"
+        f"install_app_dependencies({str(app)!r}, run_id=7)\n"
+        "import fedstrat.strategies, fedstrat.clients.client_app\n"
+        "print('imported', fedstrat.__file__)\n"
+    )
+    env = {**os.environ, "UV_OFFLINE": "1", "FLWR_HOME": str(tmp_path / "flwr-home"),
+           "HOME": str(tmp_path), "FLWR_TELEMETRY_ENABLED": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "imported" in out.stdout
