@@ -79,13 +79,13 @@ def screen_magnitudes(
         start += global_np[k].size
     gmax = np.array([float(np.max(np.abs(global_np[k]))) if global_np[k].size else 0.0
                      for k in keys])
-    amax = np.zeros((len(valid), len(keys)))
-    with np.errstate(invalid="ignore"):
-        for r in range(len(valid)):
-            for j, (a, b) in enumerate(bounds):
-                if b > a:
-                    row = deltas[r, a:b]
-                    amax[r, j] = max(float(row.max()), -float(row.min()))
+    amax = np.zeros((len(valid), len(keys)))  # max |Delta_i,k|; inf if not finite
+    for r in range(len(valid)):
+        for j, (a, b) in enumerate(bounds):
+            if b > a:
+                hi, lo = float(deltas[r, a:b].max()), float(deltas[r, a:b].min())
+                finite = math.isfinite(hi) and math.isfinite(lo)
+                amax[r, j] = max(hi, -lo) if finite else math.inf
     limits = np.array([_float_limit(valid, k) for k in keys])
     rows = list(range(len(valid)))
     rejected: list[ReplyProblem] = []
