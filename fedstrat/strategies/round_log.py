@@ -21,27 +21,37 @@ MIN_OBSERVATIONS = 3
 
 
 def ratio_text(sp: StrataPlan, counts: np.ndarray | None) -> str:
-    """``"predicted variance 1.8x lower than uniform (±41%)"`` or why there is none.
+    """``"predicted MSE 1.8x lower than FedAvg (band ...)"`` or why there is none.
 
-    ``counts``: tracked updates per present stratum (None = unknown). The relative standard
-    error of a variance estimated from ``n`` values is about ``sqrt(2 / (n - 1))`` (normal
-    theory); the ratio's is bounded by the worst stratum's, which is what is printed.
+    The baseline is FedAvg (uniform sampling, self-normalised weights) when the prediction has
+    it, else uniform HT. ``counts``: tracked updates per present stratum (None = unknown). The
+    uncertainty printed is the prediction's own band when it has one; otherwise the relative
+    standard error of a variance from ``n`` values, about ``sqrt(2 / (n - 1))`` (normal
+    theory), for the worst-observed stratum.
     """
     pred = sp.prediction
+    fedavg = float(getattr(pred, "fedavg", math.nan))
+    name, base = ("FedAvg", fedavg) if math.isfinite(fedavg) else ("uniform", float(pred.uniform))
     if sp.basis != "tracked" or counts is None or len(counts) == 0:
-        return f"variance vs uniform: not enough evidence yet (S_h from {sp.basis})"
+        return f"variance vs {name}: not enough evidence yet (S_h from {sp.basis})"
     n_min = int(np.min(counts))
     if n_min < MIN_OBSERVATIONS:
-        return (f"variance vs uniform: not enough evidence yet ({n_min} tracked updates in "
+        return (f"variance vs {name}: not enough evidence yet ({n_min} tracked updates in "
                 f"a stratum, {MIN_OBSERVATIONS} needed)")
-    strat, uni = float(pred.stratified), float(pred.uniform)
-    if not (math.isfinite(strat) and math.isfinite(uni)) or strat <= 0 or uni <= 0:
-        return "variance vs uniform: not enough evidence yet (degenerate prediction)"
-    rel = math.sqrt(2.0 / (n_min - 1))
-    ratio = uni / strat
+    strat = float(pred.stratified)
+    if not (math.isfinite(strat) and math.isfinite(base)) or strat <= 0 or base <= 0:
+        return f"variance vs {name}: not enough evidence yet (degenerate prediction)"
+    ratio = base / strat
     word = "lower" if ratio >= 1 else "higher"
     shown = ratio if ratio >= 1 else 1.0 / ratio
-    return (f"predicted variance {shown:.2f}x {word} than uniform (±{100 * rel:.0f}%, "
+    band_s = getattr(pred, "stratified_band", None)
+    band_f = getattr(pred, "fedavg_band", None)
+    if band_s is not None and (band_f is not None or name != "FedAvg"):
+        fb = f" [{band_f.lo:.3g}, {band_f.hi:.3g}]" if band_f is not None else ""
+        return (f"predicted MSE {shown:.2f}x {word} than {name} ({strat:.3g} "
+                f"[{band_s.lo:.3g}, {band_s.hi:.3g}] vs {base:.3g}{fb})")
+    rel = math.sqrt(2.0 / (n_min - 1))
+    return (f"predicted MSE {shown:.2f}x {word} than {name} (±{100 * rel:.0f}%, "
             f">= {n_min} updates per stratum)")
 
 

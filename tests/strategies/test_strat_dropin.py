@@ -205,7 +205,8 @@ def test_one_round_line_agrees_with_the_metrics(caplog):
         found = re.search(r"(\d+) strata this round", line)
         if "fedstrat-n-strata" in metrics:
             assert found and int(found.group(1)) == int(metrics["fedstrat-n-strata"])
-        ratio = re.search(r"([\d.]+)x (lower|higher) than uniform \(±(\d+)%", line)
+        ratio = re.search(r"([\d.]+)x (lower|higher) than (FedAvg|uniform) \((±\d+%|[\d.e-]+ \[)",
+                          line)
         assert ratio or "not enough evidence yet" in line or "strata this round" not in line
 
 
@@ -240,3 +241,25 @@ def test_new_nodes_end_the_settled_wait():
     s.aggregate_train(2, grid.send_and_receive(s.configure_train(2, arrays, ConfigRecord(),
                                                                  grid)))
     assert len(s.records[-1].selected) == 15
+
+
+def test_ratio_is_printed_only_with_evidence_and_uncertainty():
+    from fedstrat.sampling import Strata
+    from fedstrat.sampling.variance import VariancePrediction
+    from fedstrat.strategies.plan import StrataPlan
+    from fedstrat.strategies.round_log import ratio_text
+
+    def plan(pred, basis="tracked"):
+        one = np.ones(2)
+        return StrataPlan(Strata(np.array([0, 1])), np.array([0, 1]), np.array([1, 1]), one,
+                          basis, one, one / 2, pred)
+
+    good = VariancePrediction(stratified=1.0, uniform=2.0, fedavg=3.0)
+    assert re.search(r"3\.00x lower than FedAvg \(±\d+%", ratio_text(plan(good), np.array([5, 9])))
+    assert "not enough evidence yet" in ratio_text(plan(good), np.array([2, 9]))
+    assert "not enough evidence yet" in ratio_text(plan(good, "prior"), np.array([5, 9]))
+    zero = VariancePrediction(stratified=0.0, uniform=2.0, fedavg=3.0)
+    text = ratio_text(plan(zero), np.array([5, 9]))
+    assert "not enough evidence yet" in text and "inf" not in text
+    worse = VariancePrediction(stratified=4.0, uniform=2.0, fedavg=2.0)
+    assert "2.00x higher than FedAvg" in ratio_text(plan(worse), np.array([5, 9]))
