@@ -25,13 +25,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from fedstrat.sampling import (
+    Band,
     Sampler,
     Selection,
     Strata,
     StratifiedSampler,
     UniformSampler,
     predicted_variance,
+    satterthwaite_band,
 )
+from fedstrat.sampling.baseline import fedavg_from_strata
 
 from .allocation_rule import round_allocation, stratum_means
 from .node_registry import NodeRegistry
@@ -113,6 +116,11 @@ class StratifiedPolicy:
             strata_plan = self._strata_plan(frame, cand)
         self.last_plan = strata_plan
         decision = self.decide(strata_plan, cand)
+        if strata_plan is None and st.fitted:
+            band = self._fedavg_band(frame)
+            if band is not None:
+                decision = DesignDecision("fedavg", "tracked", cand, None, band,
+                                          decision.reason)
         if decision.mode == "stratified" and strata_plan is not None and cand is not None:
             spec = SamplerSpec(
                 frame.sizes,
@@ -167,6 +175,27 @@ class StratifiedPolicy:
             log(INFO, "stratified policy: switching %s -> %s: %s", self.mode, new, reason)
         self.mode = new
         return DesignDecision(new, "tracked", candidate, s_band, f_band, reason)
+
+    def _fedavg_band(self, frame: PopulationFrame) -> Band | None:
+        """FedAvg's predicted MSE with its band from the tracker alone (rounds without a
+        stratified candidate, e.g. IID labels), once every present stratum has
+        :data:`MIN_TRACKED` tracked updates; None before."""
+        tracker, labels = self.stratifier.tracker_, self._labels(frame.nodes)
+        if tracker is None or labels is None:
+            return None
+        present, local = np.unique(labels, return_inverse=True)
+        local = local.reshape(-1)
+        if tracker.counts()[present].min() < MIN_TRACKED:
+            return None
+        p = frame.sizes / frame.sizes.sum()
+        nobs = tracker.effective_counts()[present]
+        within, between = fedavg_from_strata(
+            len(p), frame.m, np.bincount(local, weights=p), np.bincount(local, weights=p * p),
+            tracker.stds()[present], tracker.means()[present], nobs,
+        )
+        dfs = np.maximum(nobs - 1.0, 1.0)
+        return satterthwaite_band(np.concatenate([within, between]), np.concatenate([dfs, dfs]),
+                                  BAND_LEVEL)
 
     def _strata_plan(self, frame: PopulationFrame, design: str) -> StrataPlan | None:
         """Strata of the present nodes, ``m_h``, ``sigma_h`` and the predicted variance; None

@@ -132,3 +132,18 @@ def test_default_configuration_is_not_worse_than_fedavg_on_an_iid_population():
     assert st.predicted <= fed.predicted * (1 + 1e-9)
     # FedAvg itself is well below uniform HT here (unequal sizes)
     assert fed.measured < 0.8 * stats["uniform"].measured
+
+
+def test_fedavg_rounds_without_strata_still_predict_fedavg_from_the_tracker():
+    # near-uniform label proportions: the homogeneity test keeps FedAvg, one stratum
+    pop = make_population(n=40, classes=4, dim=6, alpha=1000.0, seed=3)
+    _, draws = run_rounds(pop, iid_noise, rounds=12)
+    assert all(d.design == "fedavg" and d.estimator == "ratio" for d in draws[1:])
+    d = draws[-1].decision
+    assert d.evidence == "tracked" and d.predicted is None and d.predicted_fedavg is not None
+    # sketches are N(0, I_8) noise: FedAvg's MSE is c * sum_i p_i^2 * 8 (1 - 1/N-ish)
+    n, m = 40, 6
+    p = pop.sizes / pop.sizes.sum()
+    truth = n * n * (1 - m / n) / (m * (n - 1)) * float(p @ p) * 8
+    assert truth / 1.5 < d.predicted_fedavg.value < 1.5 * truth
+    assert d.predicted_fedavg.lo < d.predicted_fedavg.value < d.predicted_fedavg.hi
