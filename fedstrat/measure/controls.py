@@ -148,6 +148,15 @@ class ControlReplay:
             if round_ < self.rounds[-1]:
                 self.drawn[name].append(traj.observe(round_, updates))
 
+    def annotate(self, stats: list[Any], round_: int) -> None:
+        """Add ``controls`` and ``clients_seen`` to the info of the difference selections'
+        :class:`~fedstrat.measure.variance.SelectionStats` of ``round_``."""
+        for s in stats:
+            if s.selection in self.names:
+                s.info["controls"] = (f"last drawn update, fill {self.kw['fill']}, decay "
+                                      f"{self.kw['decay']:g}")
+                s.info["clients_seen"] = self.seen(s.selection, round_)
+
     def seen(self, name: str, round_: int) -> int:
         """Distinct clients drawn before ``round_`` (whose control is their own update)."""
         ids = [d for d in self.drawn[name][: round_ - 1]]

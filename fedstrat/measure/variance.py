@@ -460,11 +460,7 @@ def measure_variance(
             controls=controls,
         )
         if replay is not None:
-            for s in stats:
-                if s.selection in replay.names:
-                    s.info["controls"] = (f"last drawn update, fill {replay.kw['fill']}, decay "
-                                          f"{replay.kw['decay']:g}")
-                    s.info["clients_seen"] = replay.seen(s.selection, r)
+            replay.annotate(stats, r)
         base = next((s.measured for s in stats if s.selection == "uniform"), math.nan)
         fed = next(((s.measured, s.measured_se) for s in stats if s.selection == "fedavg"), None)
         found = [s.to_dict() for s in stats]
