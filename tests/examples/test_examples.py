@@ -67,13 +67,16 @@ def test_pytorch_task_trains_and_profiles(monkeypatch):
 @pytest.mark.parametrize("app", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs_with_flwr_run_installation_off(app, tmp_path):
     """``flwr run <app>`` on a local SuperLink (insecure, runtime dependency installation off)
-    with 6 SuperNodes: the run completes and its log has no ERROR line."""
+    with 6 SuperNodes: the run completes; neither its log nor any SuperNode's has an ERROR
+    line (the sklearn app's ClientApp has no query handler and is never queried)."""
     from fedstrat.deploy.local import LocalFederation
 
     with LocalFederation(6, tls=False, auth=False, workdir=tmp_path / "fed") as fed:
         result = fed.run(app, {"num-server-rounds": 2, "clients-per-round": 3}, timeout=600)
         log = fed.cli.logs(result.run_id) if result.run_id is not None else ""
+        node_logs = [p.log_path.read_text() for p in fed.supernodes.values()]
     assert result.ok, (result.status, result.details, log[-3000:])
+    assert not [t for t in node_logs if "ERROR" in t or "No query function" in t]
     assert "StratifiedSelection" in log and "chose 3 of 6 nodes" in log
     assert "ERROR" not in log
 
