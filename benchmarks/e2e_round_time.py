@@ -36,7 +36,7 @@ from typing import Any
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 from fedstrat.app.config import RunConfig  # noqa: E402
-from fedstrat.app.simulation import run_simulation_job  # noqa: E402
+from fedstrat.app.simulation import SimulationError, run_simulation_job  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "e2e_round_time.json"
 
@@ -74,16 +74,23 @@ def one_run(cfg: RunConfig, root: Path, name: str, timeout: float) -> dict[str, 
     }
 
 
-def run_case(case: str, rounds: int, pairs: int, timeout: float) -> dict[str, Any]:
+def run_case(
+    case: str, rounds: int, pairs: int, timeout: float, workdir: str = ""
+) -> dict[str, Any]:
     cfg, paired = case_config(case, rounds)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix=f"e2e-{case}-") as tmp:
-        root = Path(tmp)
+        root = Path(workdir) / case if workdir else Path(tmp)
         for p in range(pairs if paired else 1):
             arms = ("stratified", "uniform") if paired else ("stratified",)
             for sel in arms if p % 2 == 0 else arms[::-1]:  # alternate the order
-                runs.append(one_run(dataclasses.replace(cfg, selection=sel), root,
-                                    f"{sel}-{p}", timeout))
+                try:
+                    runs.append(one_run(dataclasses.replace(cfg, selection=sel), root,
+                                        f"{sel}-{p}", timeout))
+                except SimulationError as exc:  # recorded; the next case still runs
+                    print(f"{case} pair {p} {sel} failed: {str(exc)[:2000]}", flush=True)
+                    return {"case": case, "config": cfg.to_dict(), "runs": runs,
+                            "failed": f"{sel}-{p}: {str(exc)[:4000]}"}
                 runs[-1]["pair"] = p
                 print(f"{case} pair {p} {sel}: median round {runs[-1]['median_after_round1_s']}"
                       f" s, round 1 {runs[-1]['round1_s']} s, wall {runs[-1]['wall_s']:.0f} s",
@@ -110,6 +117,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--workdir", default="", help="keep the run dirs here (default: a temp dir)")
     args = ap.parse_args()
     out = Path(args.out)
     payload: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
@@ -120,7 +128,7 @@ def main() -> None:
     cases = payload.setdefault("cases", {})
     for case in args.cases:
         load0 = os.getloadavg()[0]
-        entry = run_case(case, args.rounds, args.pairs, args.timeout)
+        entry = run_case(case, args.rounds, args.pairs, args.timeout, args.workdir)
         entry["command"] = (f"python benchmarks/e2e_round_time.py --cases {case} "
                             f"--rounds {args.rounds} --pairs {args.pairs}")
         entry["loadavg_1m_start_end"] = (load0, os.getloadavg()[0])
