@@ -35,7 +35,9 @@ from fedstrat.cli.deploy import app_dir
 from fedstrat.deploy.certs import generate_certificates
 from fedstrat.deploy.local import LocalFederation, find_marked_processes
 
-pytestmark = pytest.mark.deploy
+# deploy (real SuperLink/SuperNodes) and slow (~2-7 min): not in the default run, whose
+# addopts deselect slow tests; `pytest -m deploy -k netns` selects it.
+pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 
 CLONE_NEWNET = 0x40000000
 SUBNET = "10.231.0"
