@@ -98,8 +98,9 @@ def weight_ignoring(strategy: Any) -> str | None:
 
 
 def overridden_options(strategy: Any) -> list[str]:
-    """``"name=value"`` of the wrapped strategies' node-sampling options set to a value other
-    than their class default (StratifiedSelection decides who trains, so they do nothing)."""
+    """``"Class(name=value)"`` of the wrapped strategies' node-sampling options that the user
+    set and that StratifiedSelection overrides (it decides who trains): ``fraction_train``
+    other than the class default, ``min_*`` above it (lowered minimums change nothing)."""
     out: list[str] = []
     for obj in chain(strategy):
         try:
@@ -110,7 +111,9 @@ def overridden_options(strategy: Any) -> list[str]:
             if name in params and hasattr(obj, name):
                 default = params[name].default
                 value = getattr(obj, name)
-                if default is not inspect.Parameter.empty and value != default:
+                if default is inspect.Parameter.empty or value == default:
+                    continue
+                if name == "fraction_train" or value > default:  # lowering a minimum is moot
                     out.append(f"{type(obj).__name__}({name}={value!r})")
     return out
 
