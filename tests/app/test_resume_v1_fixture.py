@@ -50,9 +50,17 @@ def test_old_checkpoint_resumes_to_the_uninterrupted_result(
     old, full = resumed_and_full
     a, b = load_checkpoint(old), load_checkpoint(full)
     assert a.round == b.round == 4
+    rec_a, rec_b = read_jsonl(old / "sampling.jsonl"), read_jsonl(full / "sampling.jsonl")
+    assert [r["selected"] for r in rec_a] == [r["selected"] for r in rec_b] and len(rec_a) == 4
+    # Issue 11 changed the old version's "uniform" rounds (HT weights) into FedAvg rounds
+    # (self-normalised weights), so today's rounds 1-2 aggregate differently from the
+    # fixture's and the models differ; rounds 3-4 after the resume are today's rounds.
+    assert [r["estimator"] for r in rec_a[:2]] == ["ht", "ht"]
+    assert [r["design"] for r in rec_b] == ["fedavg"] * 4
+    for ra, rb in zip(rec_a[2:], rec_b[2:], strict=True):
+        assert (ra["design"], ra["estimator"]) == (rb["design"], rb["estimator"])
+        np.testing.assert_allclose(ra["weights"], rb["weights"], rtol=1e-12)
     for k in b.arrays:
-        np.testing.assert_allclose(a.arrays[k], b.arrays[k], rtol=0, atol=1e-6)
-    sel_a = [r["selected"] for r in read_jsonl(old / "sampling.jsonl")]
-    sel_b = [r["selected"] for r in read_jsonl(full / "sampling.jsonl")]
-    assert sel_a == sel_b and len(sel_a) == 4
+        assert a.arrays[k].shape == b.arrays[k].shape
+        np.testing.assert_allclose(a.arrays[k], b.arrays[k], rtol=0, atol=1e-2)
     assert json.loads((old / "summary.json").read_text())["resumed_from"] == 2
