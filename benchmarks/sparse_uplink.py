@@ -8,6 +8,10 @@ included; the sum over the round's replies), split into embedding tables and the
 test AUC / logloss of the global model. Densifying is exact, so the two runs must produce the
 same models and metrics bit for bit.
 
+``--round1-clients K`` measures only the round-1 train replies of K random clients (same
+initial model, dense and sparse) and checks that densifying each sparse reply gives the dense
+one exactly; it writes ``benchmarks/results/sparse_uplink_round1.json``.
+
 Run: ``python benchmarks/sparse_uplink.py`` (config
 ``experiments/configs/movielens100k_peruser.toml``, 10 rounds, seed 0, models deepfm and fm;
 ~30 min on 2 heavily loaded cores); ``--rounds``, ``--models``, ``--seed``. Writes
@@ -84,12 +88,90 @@ def run(cfg: RunConfig) -> dict[str, object]:
     }
 
 
+def round_one(model: str, k: int, seed: int) -> dict[str, object]:
+    """Round-1 reply bytes of ``k`` random clients (dense vs sparse) and exactness."""
+    import numpy as np
+    import torch
+    from flwr.app import ArrayRecord
+
+    from fedstrat.app.server_app import train_config
+    from fedstrat.clients.data import load_client_data
+    from fedstrat.clients.uplink import record_bytes
+    from fedstrat.models import build_model
+    from fedstrat.strategies.local_grid import ensure_task_identity
+    from fedstrat.strategies.sparse_uplink import densify
+
+    ensure_task_identity(1)
+    cfg = dataclasses.replace(RunConfig.from_toml(CONFIG), model=model, seed=seed)
+    n = cfg.num_clients
+    first = load_client_data(cfg.to_flower(), {"partition-id": 0, "num-partitions": n})
+    torch.manual_seed(seed)
+    sent = ArrayRecord(build_model(model, first).state_dict())
+    pids = np.random.default_rng(seed).choice(n, size=k, replace=False)
+    out: dict[str, list[int]] = {"dense": [], "sparse": [], "dense_tables": [], "sparse_tables": []}
+    exact = True
+    for pid in pids:
+        replies = {}
+        for sparse in (False, True):
+            ctx = Context(
+                run_id=1, node_id=int(pid) + 1,
+                node_config={"partition-id": int(pid), "num-partitions": n}, state=RecordDict(),
+                run_config={**cfg.to_flower(), "sparse-uplink": sparse},
+            )  # fmt: skip
+            conf = train_config(cfg)
+            conf["server-round"] = 1
+            msg = Message(
+                RecordDict({"arrays": sent, "config": conf}), dst_node_id=int(pid) + 1,
+                message_type="train",
+            )  # fmt: skip
+            rec = client_app(msg, ctx).content["arrays"]
+            replies[sparse] = rec
+            name = "sparse" if sparse else "dense"
+            out[name].append(record_bytes(rec))
+            out[name + "_tables"].append(
+                sum(len(a.data) for key, a in rec.items() if _table_key(key))
+            )
+        dense = densify(replies[True], sent)
+        exact &= not isinstance(dense, str) and all(
+            np.array_equal(dense[key].numpy(), replies[False][key].numpy())
+            for key in replies[False]
+        )
+    return {
+        "model": model,
+        "clients": k,
+        "bytes_dense_mean": statistics.fmean(out["dense"]),
+        "bytes_sparse_mean": statistics.fmean(out["sparse"]),
+        "ratio": sum(out["dense"]) / sum(out["sparse"]),
+        "tables_ratio": sum(out["dense_tables"]) / sum(out["sparse_tables"]),
+        "per_client_ratio_min_max": [
+            min(d / s for d, s in zip(out["dense"], out["sparse"], strict=True)),
+            max(d / s for d, s in zip(out["dense"], out["sparse"], strict=True)),
+        ],
+        "densify_exact": bool(exact),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", nargs="+", default=["deepfm", "fm"])
+    ap.add_argument("--round1-clients", type=int, default=0)
     args = ap.parse_args()
+    if args.round1_clients:
+        rows = []
+        for model in args.models:
+            rows.append(round_one(model, args.round1_clients, args.seed))
+            print(json.dumps(rows[-1]), flush=True)
+        path = OUT.with_name("sparse_uplink_round1.json")
+        command = (
+            f"python benchmarks/sparse_uplink.py --round1-clients {args.round1_clients} "
+            f"--seed {args.seed} --models {' '.join(args.models)}"
+        )
+        doc = {"config": str(CONFIG.relative_to(ROOT)), "command": command, "results": rows}
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        print("wrote", path)
+        return
     base = RunConfig.from_toml(CONFIG)
     base = dataclasses.replace(
         base, rounds=args.rounds, seed=args.seed, node_wait_timeout=5.0, round_timeout=600.0
