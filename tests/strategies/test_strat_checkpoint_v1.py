@@ -46,10 +46,14 @@ def test_version1_checkpoint_continues_with_the_old_selections(name):
     s.load_state_dict(d["state"])
     assert s.n_records == 3
     arrays = run(s, (4, 5))
+    # Issue 11 changed the tracker (per-round forgetting, noise-corrected between term), so
+    # the tracked S_h and predicted variances differ; what is drawn and aggregated does not.
+    predicted = {"S_h", "pred_var", "pred_var_uniform", "var_ratio"}
     for rec, want in zip(s.records, d["next"], strict=True):
         got = rec.to_json()
         for key, value in want.items():
-            assert got[key] == value, (name, key)
+            if key not in predicted:
+                assert got[key] == value, (name, key)
     for got, want in zip(arrays, d["next_arrays"], strict=True):
         np.testing.assert_array_equal(got, np.array(want))
 
