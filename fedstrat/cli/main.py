@@ -56,7 +56,8 @@ def main(
     """Federated learning with stratified client selection, built on Flower."""
 
 
-def _runner() -> Any:
+def simulation_runner() -> Any:
+    """The simulation runner (``run_simulation_job``); tests replace it with a fake."""
     try:
         from fedstrat.app.simulation import run_simulation_job
     except ImportError as exc:
@@ -95,7 +96,7 @@ def _make_progress(console: Any) -> Any:
 
 def _run_one(cfg: RunConfig, progress: Any, label: str) -> Any:
     """Run one simulation with a progress bar over rounds; returns the RunResult."""
-    run = _runner()
+    run = simulation_runner()
     ctr = dataset_info(cfg.dataset).is_ctr
     task = progress.add_task(label, total=cfg.rounds, info="starting Flower ...")
 
@@ -145,7 +146,7 @@ def simulate(
                 raise UsageFailure(f"cannot resume {resume}: {exc}") from None
             cfg = resolve(run_opts, config, set_values, base=saved)
         check_out_dir(cfg.out, allow_existing=bool(resume))
-        _runner()
+        simulation_runner()
         from fedstrat.app.simulation import finished_result, prepare_job
 
         # run directory, resume checks, checkpoint readable; writes nothing
@@ -241,7 +242,7 @@ def compare(
         root = Path(base.out or f"runs/compare-{stamp()}")
         check_out_dir(str(root), allow_existing=skip_existing)
         preflight(base)
-        _runner()
+        simulation_runner()
         console = err_console()
         if measure:
             vdir = root / comparedir.VARIANCE_DIR

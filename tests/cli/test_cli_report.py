@@ -122,7 +122,7 @@ def test_compare_runs_every_selection_with_the_same_seeds(
             on_round({"event": "round", "round": 1, "accuracy": acc, "loss": 1.0})
         return SimpleNamespace(run_dir=Path(cfg.out), metrics=[], summary={})
 
-    monkeypatch.setattr(cli_main, "_runner", lambda: fake_run)
+    monkeypatch.setattr(cli_main, "simulation_runner", lambda: fake_run)
     out = tmp_path / "cmp"
     args = ["compare", "--dataset", "digits", "--num-clients", "10", "--clients-per-round", "3"]
     args += ["--alpha", "0.3", "--selections", "stratified,uniform", "--seeds", "3,4"]
@@ -157,7 +157,7 @@ def test_compare_keeps_going_when_a_run_fails(
         _write_run(Path(cfg.out), cfg.selection, cfg.seed, [0.1, 0.6], 0.02)
         return SimpleNamespace(run_dir=Path(cfg.out), metrics=[], summary={})
 
-    monkeypatch.setattr(cli_main, "_runner", lambda: fake_run)
+    monkeypatch.setattr(cli_main, "simulation_runner", lambda: fake_run)
     out = tmp_path / "cmp"
     res = runner.invoke(
         app,
