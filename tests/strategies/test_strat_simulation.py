@@ -25,7 +25,10 @@ from fedstrat.wire import PROFILE_KEY
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 N_NODES, CLASSES, FEATURES, M = 20, 4, 5, 5
-FAILING = {0, 1, 2, 3, 4, 5}  # partition ids that raise in the failure scenario
+# Partition ids that raise in the failure scenario. Flower's node ids are random in each
+# simulation, so which partitions a seeded draw picks varies between runs: half of the nodes
+# fail, so 3 rounds of 5 draws miss all of them with probability ~ (1/2)^15.
+FAILING = set(range(10))
 
 
 def local_data(pid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +190,7 @@ def test_simulation_failing_nodes_are_reweighted_not_aggregated(sim):
         assert len(failed) + len(rec.responders) == len(rec.selected)
         if failed and rec.responders:
             assert sum(rec.weights) > 0
-    assert failed_total > 0  # 6 of 20 nodes fail: some were selected in 3 rounds
+    assert failed_total > 0  # 10 of 20 nodes fail: some were selected in 3 rounds
     assert res.arrays is not None and np.all(np.isfinite(res.arrays["w"].numpy()))
 
 
