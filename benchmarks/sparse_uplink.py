@@ -38,6 +38,7 @@ from fedstrat.app.rundir import read_jsonl  # noqa: E402
 from fedstrat.app.server_app import run_server  # noqa: E402
 from fedstrat.clients.client_app import app as client_app  # noqa: E402
 from fedstrat.strategies import LocalGrid  # noqa: E402
+from fedstrat.strategies.local_grid import client_app_handler  # noqa: E402
 from fedstrat.wire import SPARSE_ROWS, SPARSE_VALUES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,20 +54,9 @@ def _table_key(key: str) -> bool:
 def run(cfg: RunConfig) -> dict[str, object]:
     """One in-process job; per-round uplink bytes (tables / rest) and metrics."""
     ids = list(range(1000, 1000 + cfg.num_clients))
-    contexts = {
-        fid: Context(
-            run_id=1,
-            node_id=fid,
-            node_config={"partition-id": pid, "num-partitions": cfg.num_clients},
-            state=RecordDict(),
-            run_config=cfg.to_flower(),
-        )
-        for pid, fid in enumerate(ids)
-    }
     rounds: dict[int, dict[str, int]] = {}
 
-    def handler(msg: Message) -> Message:
-        reply = client_app(msg, contexts[msg.metadata.dst_node_id])
+    def count(msg: Message, reply: Message) -> None:
         if msg.metadata.message_type.startswith("train") and not reply.has_error():
             rnd = int(msg.content["config"]["server-round"])
             acc = rounds.setdefault(rnd, {"tables": 0, "rest": 0, "replies": 0})
@@ -74,10 +64,9 @@ def run(cfg: RunConfig) -> dict[str, object]:
                 for key, arr in rec.items():
                     acc["tables" if _table_key(key) else "rest"] += len(arr.data)
             acc["replies"] += 1
-        return reply
 
     t0 = time.perf_counter()
-    run_server(LocalGrid(ids, handler), cfg)
+    run_server(LocalGrid(ids, client_app_handler(client_app, ids, cfg.to_flower(), count)), cfg)
     seconds = time.perf_counter() - t0
     progress = [r for r in read_jsonl(Path(cfg.out) / "progress.jsonl") if r["event"] == "round"]
     return {

@@ -8,10 +8,11 @@ that times out).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 from uuid import uuid4
 
-from flwr.app import Error, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -34,6 +35,36 @@ def ensure_task_identity(run_id: int = 1) -> None:
         TaskIdentity.node_id  # noqa: B018
     except RuntimeError:
         TaskIdentity.node_id = 0
+
+
+def client_app_handler(
+    client_app: Callable[[Message, Context], Message],
+    node_ids: Sequence[int],
+    run_config: Mapping[str, Any],
+    on_reply: Callable[[Message, Message], None] | None = None,
+) -> Handler:
+    """A handler that answers each message with ``client_app(message, context)``, the context
+    being what Flower's simulation gives node ``node_ids[i]``: ``node_config =
+    {"partition-id": i, "num-partitions": len(node_ids)}`` and ``run_config``.
+    ``on_reply(message, reply)`` sees every reply (e.g. to count uplink bytes)."""
+    contexts = {
+        int(nid): Context(
+            run_id=1,
+            node_id=int(nid),
+            node_config={"partition-id": pid, "num-partitions": len(node_ids)},
+            state=RecordDict(),
+            run_config=dict(run_config),
+        )
+        for pid, nid in enumerate(node_ids)
+    }
+
+    def handler(msg: Message) -> Message:
+        reply = client_app(msg, contexts[int(msg.metadata.dst_node_id)])
+        if on_reply is not None:
+            on_reply(msg, reply)
+        return reply
+
+    return handler
 
 
 class LocalGrid(Grid):

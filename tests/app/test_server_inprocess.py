@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, Message, RecordDict
 
 from fedstrat.app.checkpoint import load_checkpoint
 from fedstrat.app.config import RunConfig
@@ -22,6 +21,7 @@ from fedstrat.app.rundir import read_jsonl
 from fedstrat.app.server_app import run_server
 from fedstrat.clients.client_app import app as client_app
 from fedstrat.strategies import LocalGrid
+from fedstrat.strategies.local_grid import client_app_handler
 
 BASE = RunConfig(
     dataset="digits",
@@ -40,21 +40,7 @@ def make_grid(cfg: RunConfig, id_seed: int) -> LocalGrid:
     """10 nodes with random 62-bit Flower ids (different for each ``id_seed``)."""
     rng = np.random.default_rng(id_seed)
     flower_ids = [int(x) for x in rng.integers(2**40, 2**62, size=cfg.num_clients)]
-    contexts = {
-        fid: Context(
-            run_id=1,
-            node_id=fid,
-            node_config={"partition-id": pid, "num-partitions": cfg.num_clients},
-            state=RecordDict(),
-            run_config=cfg.to_flower(),
-        )
-        for pid, fid in enumerate(flower_ids)
-    }
-
-    def handler(msg: Message) -> Message:
-        return client_app(msg, contexts[msg.metadata.dst_node_id])
-
-    return LocalGrid(flower_ids, handler)
+    return LocalGrid(flower_ids, client_app_handler(client_app, flower_ids, cfg.to_flower()))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Context, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.app import Message as FlwrMessage
 
 from fedstrat.app.config import RunConfig
@@ -18,6 +18,7 @@ from fedstrat.clients.data import clear_cache
 from fedstrat.clients.uplink import record_bytes, sparse_arrays
 from fedstrat.data.base import package_dir
 from fedstrat.strategies import LocalGrid
+from fedstrat.strategies.local_grid import client_app_handler
 from fedstrat.strategies.reply_validation import array_signature, validate_train_reply
 from fedstrat.strategies.sparse_uplink import densify, densify_array, has_sparse_arrays
 from fedstrat.wire import SPARSE_ROWS, SPARSE_VALUES
@@ -103,24 +104,12 @@ needs_recbole = pytest.mark.skipif(package_dir("recbole") is None, reason="recbo
 
 def _grid(cfg: RunConfig, sizes: list[int]) -> LocalGrid:
     ids = list(range(501, 501 + cfg.num_clients))
-    contexts = {
-        fid: Context(
-            run_id=1,
-            node_id=fid,
-            node_config={"partition-id": pid, "num-partitions": cfg.num_clients},
-            state=RecordDict(),
-            run_config=cfg.to_flower(),
-        )
-        for pid, fid in enumerate(ids)
-    }
 
-    def handler(msg: FlwrMessage) -> FlwrMessage:
-        reply = client_app(msg, contexts[msg.metadata.dst_node_id])
+    def count(msg: FlwrMessage, reply: FlwrMessage) -> None:
         if msg.metadata.message_type.startswith("train") and not reply.has_error():
             sizes.append(record_bytes(reply.content["arrays"]))
-        return reply
 
-    return LocalGrid(ids, handler)
+    return LocalGrid(ids, client_app_handler(client_app, ids, cfg.to_flower(), count))
 
 
 @pytest.mark.ctr

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Context, RecordDict
 from typer.testing import CliRunner
 
 from fedstrat.app.config import ConfigError, RunConfig
@@ -24,6 +23,7 @@ from fedstrat.data import DataError, load_dataset
 from fedstrat.data.base import package_dir
 from fedstrat.data.ctr import movielens100k_frame
 from fedstrat.strategies import LocalGrid
+from fedstrat.strategies.local_grid import client_app_handler
 
 needs_recbole = pytest.mark.skipif(package_dir("recbole") is None, reason="recbole not installed")
 
@@ -133,17 +133,7 @@ def test_every_node_loads_its_partition_of_the_table(tmp_path):
 
 def _grid(cfg: RunConfig) -> LocalGrid:
     ids = list(range(101, 101 + cfg.num_clients))
-    contexts = {
-        fid: Context(
-            run_id=1,
-            node_id=fid,
-            node_config={"partition-id": pid, "num-partitions": cfg.num_clients},
-            state=RecordDict(),
-            run_config=cfg.to_flower(),
-        )
-        for pid, fid in enumerate(ids)
-    }
-    return LocalGrid(ids, lambda msg: client_app(msg, contexts[msg.metadata.dst_node_id]))
+    return LocalGrid(ids, client_app_handler(client_app, ids, cfg.to_flower()))
 
 
 def _final_auc(run_dir: Path) -> float:
