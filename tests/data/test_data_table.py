@@ -9,32 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tablehelpers import ML_SCHEMA, needs_recbole  # same folder (pytest prepends it)
 
 from fedstrat.data import DataError
 from fedstrat.data.base import package_dir
 from fedstrat.data.ctr import load_movielens100k, movielens100k_frame
 from fedstrat.data.table import load_table, parse_schema
 from fedstrat.models import build_model, evaluate, train_steps
-
-needs_recbole = pytest.mark.skipif(package_dir("recbole") is None, reason="recbole not installed")
-
-ML_SCHEMA = """
-[label]
-column = "rating"
-threshold = 4
-
-[fields]
-categorical = ["user", "item", "gender", "age", "occupation", "zip", "genre", "year"]
-
-[clients]
-key = "user"
-extra_keys = ["occupation", "zip"]
-
-[split]
-kind = "random"
-test_fraction = 0.2
-timestamp = "timestamp"
-"""
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tablehelpers import ML_SCHEMA, needs_recbole  # same folder (pytest prepends it)
 from typer.testing import CliRunner
 
 from fedstrat.app.config import ConfigError, RunConfig
@@ -24,27 +25,6 @@ from fedstrat.data.base import package_dir
 from fedstrat.data.ctr import movielens100k_frame
 from fedstrat.strategies import LocalGrid
 from fedstrat.strategies.local_grid import client_app_handler
-
-needs_recbole = pytest.mark.skipif(package_dir("recbole") is None, reason="recbole not installed")
-
-# The README's schema for the exported MovieLens-100k frame.
-ML_SCHEMA = """
-[label]
-column = "rating"
-threshold = 4
-
-[fields]
-categorical = ["user", "item", "gender", "age", "occupation", "zip", "genre", "year"]
-
-[clients]
-key = "user"
-extra_keys = ["occupation", "zip"]
-
-[split]
-kind = "random"
-test_fraction = 0.2
-timestamp = "timestamp"
-"""
 
 SMALL_SCHEMA = """
 [label]
