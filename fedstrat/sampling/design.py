@@ -195,6 +195,7 @@ def choose_design(
     v, strata, d, alloc = best
     reason = (
         f"{d} with {strata.n_strata} strata (Neyman) predicted variance {v:.4g} "
-        f"vs {baseline} {v_base:.4g} ({v_base / v if v > 0 else np.inf:.2f}x lower)"
+        f"vs {baseline} {v_base:.4g} "
+        + (f"({v_base / v:.2f}x lower)" if v > 0 else "(zero predicted variance: no ratio)")
     )
     return DesignChoice(strata, d, alloc, v, v_uni, reason, candidates, v_fed, kept)
