@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 
+from fedstrat.app.fileio import read_jsonl
+from fedstrat.app.rundir import PROGRESS_FILE
 from fedstrat.cli.deploy import app_dir
 from fedstrat.deploy.local import FederationError, LocalFederation, find_marked_processes
 
@@ -180,18 +182,9 @@ def test_malformed_updates_are_rejected(
 
 
 def _progress_rounds(run_dir: Path) -> list[int]:
-    path = run_dir / "progress.jsonl"
-    if not path.is_file():
-        return []
-    rounds = []
-    for line in path.read_text().splitlines():
-        try:
-            ev = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if ev.get("event") == "round":
-            rounds.append(int(ev["round"]))
-    return rounds
+    """Rounds finished so far, from the run's live ``progress.jsonl`` (partial line ignored)."""
+    events = read_jsonl(run_dir / PROGRESS_FILE)
+    return [int(ev["round"]) for ev in events if ev.get("event") == "round"]
 
 
 def _wait_for(cond: Any, timeout: float, what: str) -> None:

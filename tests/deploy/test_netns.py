@@ -31,6 +31,8 @@ from typing import Any
 
 import pytest
 
+from fedstrat.app.fileio import read_jsonl
+from fedstrat.app.rundir import PROGRESS_FILE
 from fedstrat.cli.deploy import app_dir
 from fedstrat.deploy.certs import generate_certificates
 from fedstrat.deploy.local import LocalFederation, find_marked_processes
@@ -160,18 +162,9 @@ def network() -> Iterator[NetnsNetwork]:
 
 
 def progress_rounds(run_dir: Path) -> list[int]:
-    path = run_dir / "progress.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            ev = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if ev.get("event") == "round":
-            out.append(int(ev["round"]))
-    return out
+    """Rounds finished so far, from the run's live ``progress.jsonl`` (partial line ignored)."""
+    events = read_jsonl(run_dir / PROGRESS_FILE)
+    return [int(ev["round"]) for ev in events if ev.get("event") == "round"]
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
