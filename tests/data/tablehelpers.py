@@ -1,5 +1,7 @@
 """Shared pieces of the table-loader tests: the README's MovieLens-100k schema."""
 
+from pathlib import Path
+
 import pytest
 
 from fedstrat.data.base import package_dir
@@ -24,3 +26,15 @@ kind = "random"
 test_fraction = 0.2
 timestamp = "timestamp"
 """
+
+
+def write_movielens_csv(folder: Path) -> tuple[Path, Path]:
+    """MovieLens-100k exported to ``folder/ml.csv`` with :data:`ML_SCHEMA` beside it (skips the
+    test without recbole)."""
+    if package_dir("recbole") is None:
+        pytest.skip("recbole not installed")
+    from fedstrat.data.ctr import movielens100k_frame
+
+    movielens100k_frame().to_csv(folder / "ml.csv", index=False)
+    (folder / "schema.toml").write_text(ML_SCHEMA)
+    return folder / "ml.csv", folder / "schema.toml"

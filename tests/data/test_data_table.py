@@ -9,23 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tablehelpers import ML_SCHEMA, needs_recbole  # same folder (pytest prepends it)
+from tablehelpers import (  # same folder (pytest prepends it)
+    needs_recbole,
+    write_movielens_csv,
+)
 
 from fedstrat.data import DataError
-from fedstrat.data.base import package_dir
-from fedstrat.data.ctr import load_movielens100k, movielens100k_frame
+from fedstrat.data.ctr import load_movielens100k
 from fedstrat.data.table import load_table, parse_schema
 from fedstrat.models import build_model, evaluate, train_steps
 
 
 @pytest.fixture(scope="module")
 def ml_csv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if package_dir("recbole") is None:
-        pytest.skip("recbole not installed")
-    d = tmp_path_factory.mktemp("ml")
-    movielens100k_frame().to_csv(d / "ml.csv", index=False)
-    (d / "schema.toml").write_text(ML_SCHEMA)
-    return d / "ml.csv", d / "schema.toml"
+    return write_movielens_csv(tmp_path_factory.mktemp("ml"))
 
 
 def _same(a, b) -> None:

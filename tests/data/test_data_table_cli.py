@@ -12,7 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tablehelpers import ML_SCHEMA, needs_recbole  # same folder (pytest prepends it)
+from tablehelpers import (  # same folder (pytest prepends it)
+    needs_recbole,
+    write_movielens_csv,
+)
 from typer.testing import CliRunner
 
 from fedstrat.app.config import ConfigError, RunConfig
@@ -21,8 +24,6 @@ from fedstrat.cli.main import app
 from fedstrat.clients.client_app import app as client_app
 from fedstrat.clients.data import clear_cache, load_client_data
 from fedstrat.data import DataError, load_dataset
-from fedstrat.data.base import package_dir
-from fedstrat.data.ctr import movielens100k_frame
 from fedstrat.strategies import LocalGrid
 from fedstrat.strategies.local_grid import client_app_handler
 
@@ -38,12 +39,7 @@ key = "user"
 
 @pytest.fixture(scope="module")
 def ml_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if package_dir("recbole") is None:
-        pytest.skip("recbole not installed")
-    d = tmp_path_factory.mktemp("ml")
-    movielens100k_frame().to_csv(d / "ml.csv", index=False)
-    (d / "schema.toml").write_text(ML_SCHEMA)
-    return d / "ml.csv", d / "schema.toml"
+    return write_movielens_csv(tmp_path_factory.mktemp("ml"))
 
 
 def _small(tmp_path: Path, n: int = 120) -> tuple[Path, Path]:
