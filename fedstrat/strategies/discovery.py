@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 from flwr.serverapp import Grid
@@ -41,6 +41,17 @@ class NodeWaiter:
     timeout: float
     poll_interval: float
     settled: int | None = None  # node count accepted after a short wait
+    _raw: list[int] | None = field(default=None, init=False, repr=False)
+    _sorted: list[int] = field(default_factory=list, init=False, repr=False)
+
+    def available(self, grid: Grid) -> list[int]:
+        """:meth:`wait`'s node ids as sorted ints (a new list); the sort is reused while the
+        grid reports the same ids in the same order (O(N log N) once, not every round)."""
+        ids = self.wait(grid)
+        if ids != self._raw:
+            self._raw = list(ids)
+            self._sorted = sorted(int(n) for n in ids)
+        return list(self._sorted)
 
     def wait(self, grid: Grid) -> list[int]:
         """Connected node ids (see the class docstring); RuntimeError if none."""

@@ -49,6 +49,14 @@ class NodeRegistry:
         self.cost_count: dict[int, int] = {}
         self.version = 0  # bumped whenever a size or a histogram changes
         self._cut_reported: set[int] = set()  # nodes whose cut by the size cap was logged
+        # caches of the O(N) per-round work, valid while the learned sizes are unchanged
+        self._cap_cache: tuple[Any, float] | None = None
+        self._effect_cache: tuple[Any, list[int], CapEffect] | None = None
+
+    def _sizes_key(self) -> tuple[int, int, int]:
+        """Changes whenever a learned size may have changed (set through this class's methods;
+        the length and identity of the dict also catch a direct insertion or replacement)."""
+        return (self.version, len(self.num_examples), id(self.num_examples))
 
     # ---------------------------------------------------------------- queries
     def known(self, node_id: int) -> bool:
@@ -60,8 +68,13 @@ class NodeRegistry:
         return [n for n in node_ids if not self.known(n)]
 
     def size_cap(self) -> float:
-        """``c = rules.cap_multiple * median(learned sizes)`` (``inf``: no cap)."""
-        return size_cap_value(list(self.num_examples.values()), self.rules.cap_multiple)
+        """``c = rules.cap_multiple * median(learned sizes)`` (``inf``: no cap); cached while
+        the learned sizes are unchanged."""
+        key = (self._sizes_key(), self.rules.cap_multiple)
+        if self._cap_cache is None or self._cap_cache[0] != key:
+            value = size_cap_value(list(self.num_examples.values()), self.rules.cap_multiple)
+            self._cap_cache = (key, value)
+        return self._cap_cache[1]
 
     def sizes(self, node_ids: list[int]) -> np.ndarray:
         """``min(n_i, c)`` of the nodes (:meth:`size_cap`); unknown sizes are the mean of every
@@ -76,9 +89,15 @@ class NodeRegistry:
 
     def cap_effect(self, node_ids: list[int]) -> CapEffect:
         """What :meth:`size_cap` does to ``node_ids`` (nodes cut, their claims, share removed);
-        a WARNING the first time a node is cut."""
-        effect = cap_effect(node_ids, [self.num_examples.get(n) for n in node_ids],
-                            self.size_cap())
+        a WARNING the first time a node is cut. Cached while ``node_ids`` and the learned
+        sizes are unchanged (the same nodes every round: no O(N) Python loop)."""
+        key = (self._sizes_key(), self.rules.cap_multiple)
+        cached = self._effect_cache
+        if cached is not None and cached[0] == key and cached[1] == node_ids:
+            return cached[2]
+        get = self.num_examples.get
+        effect = cap_effect(node_ids, [get(n) for n in node_ids], self.size_cap())
+        self._effect_cache = (key, list(node_ids), effect)
         for node, claimed in zip(effect.nodes, effect.claimed, strict=True):
             if node not in self._cut_reported:
                 self._cut_reported.add(node)

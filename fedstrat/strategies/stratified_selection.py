@@ -177,7 +177,7 @@ class StratifiedSelection(Strategy):
     ) -> Iterable[Message]:
         """Select this round's nodes by the policy; one message per selected node."""
         o = self.options
-        available = sorted(int(n) for n in self._waiter.wait(grid))
+        available = self._waiter.available(grid)
         new = [] if tuple(available) == self._avail_key else self.registry.unseen(available)
         if new and o.profiling == "query":
             profile_nodes(self.registry, grid, new, server_round=server_round,
