@@ -1,11 +1,27 @@
-"""digits-app ServerApp: FedAvg, with training clients chosen by stratified selection."""
+"""digits-app ServerApp: FedAvg, with training clients chosen by stratified selection.
+
+Run config ``mode`` switches between the three apps of issue 11 (same data, model and training):
+
+* ``"fedavg"``: plain Flower FedAvg sampling ``clients-per-round`` nodes (no fedstrat);
+* ``"auto"``: ``StratifiedSelection(FedAvg(...), profiling="auto")``, for an unmodified
+  ClientApp (``digits_app.client_plain:app``): only TRAIN messages, strata from update sketches;
+* ``"query"`` (default): ``profiling="query"``, for the ClientApp with the one-line
+  ``register_profiling`` handler (``digits_app.client_app:app``): label-histogram strata.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result, Strategy
 
 from digits_app.task import evaluate, init_arrays, test_data
 from fedstrat.strategies import StratifiedSelection
+
+MODES = ("fedavg", "auto", "query")
 
 app = ServerApp()
 
@@ -15,21 +31,40 @@ def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
     return MetricRecord({"loss": loss, "accuracy": acc})
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    cfg = context.run_config
+def make_strategy(cfg: dict[str, Any], num_nodes: int, **selection: Any) -> Strategy:
+    """The run's strategy for ``cfg["mode"]``; ``selection`` goes to StratifiedSelection."""
+    mode = str(cfg.get("mode", "query"))
     m = int(cfg.get("clients-per-round", 10))
-    strategy = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=m,
-                                   profiling="query")
+    if mode == "fedavg":
+        random.seed(int(cfg.get("seed", 0)))  # Flower's FedAvg samples with `random`
+        return FedAvg(fraction_train=min(1.0, m / num_nodes), fraction_evaluate=0.0,
+                      min_train_nodes=min(m, num_nodes), min_available_nodes=num_nodes)
+    if mode not in MODES:
+        raise ValueError(f"run config mode must be one of {MODES}, got {mode!r}")
+    return StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=m,
+                               profiling=mode, seed=int(cfg.get("seed", 0)), **selection)
+
+
+def run(grid: Grid, context: Context, **selection: Any) -> tuple[Strategy, Result]:
+    """Train for ``num-server-rounds``; the strategy and Flower's Result."""
+    cfg = context.run_config
+    strategy = make_strategy(cfg, len(list(grid.get_node_ids())), **selection)
     result = strategy.start(
         grid=grid,
         initial_arrays=init_arrays(),
         num_rounds=int(cfg.get("num-server-rounds", 20)),
         train_config=ConfigRecord(
-            {"lr": float(cfg.get("lr", 0.5)), "local-epochs": int(cfg.get("local-epochs", 2))}
+            {"lr": float(cfg.get("lr", 0.5)), "local-epochs": int(cfg.get("local-epochs", 2)),
+             "local-steps": int(cfg.get("local-steps", 0))}
         ),
         evaluate_fn=central_evaluate,
     )
+    return strategy, result
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    _, result = run(grid, context)
     print(
         "final accuracy:",
         result.evaluate_metrics_serverapp[max(result.evaluate_metrics_serverapp)]["accuracy"],

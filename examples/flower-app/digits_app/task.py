@@ -81,21 +81,34 @@ def _probs(w: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def train(
-    arrays: ArrayRecord, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int
+    arrays: ArrayRecord,
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    lr: float,
+    seed: int | tuple[int, ...],
+    steps: int = 0,
 ) -> tuple[ArrayRecord, float]:
-    """Mini-batch SGD (batch 32) on cross-entropy; returns new arrays and mean train loss."""
+    """Mini-batch SGD (batch 32) on cross-entropy: ``epochs`` passes over the partition, or
+    exactly ``steps`` mini-batch steps when ``steps > 0`` (reshuffled after each pass);
+    returns new arrays and mean train loss."""
     w = arrays["w"].numpy().astype(np.float64)
     b = arrays["b"].numpy().astype(np.float64)
     rng = np.random.default_rng(seed)
     onehot = np.eye(NUM_CLASSES)[y]
-    losses = []
-    for _ in range(epochs):
-        for batch in np.array_split(rng.permutation(len(y)), max(1, len(y) // 32)):
-            p = _probs(w, b, x[batch])
-            losses.append(float(-np.log(p[np.arange(len(batch)), y[batch]] + 1e-12).mean()))
-            g = (p - onehot[batch]) / len(batch)
-            w -= lr * x[batch].T @ g
-            b -= lr * g.sum(axis=0)
+    losses: list[float] = []
+
+    def batches():
+        while True:
+            yield from np.array_split(rng.permutation(len(y)), max(1, len(y) // 32))
+
+    n_steps = steps if steps > 0 else epochs * max(1, len(y) // 32)
+    for _, batch in zip(range(n_steps), batches(), strict=False):
+        p = _probs(w, b, x[batch])
+        losses.append(float(-np.log(p[np.arange(len(batch)), y[batch]] + 1e-12).mean()))
+        g = (p - onehot[batch]) / len(batch)
+        w -= lr * x[batch].T @ g
+        b -= lr * g.sum(axis=0)
     out = ArrayRecord({"w": Array(w.astype(np.float32)), "b": Array(b.astype(np.float32))})
     return out, float(np.mean(losses))
 
