@@ -155,6 +155,32 @@ def overrides_start(strategy: Any) -> bool:
     return getattr(type(strategy), "start", Strategy.start) is not Strategy.start
 
 
+def start_owner(strategy: Any) -> Any | None:
+    """The strategy whose own ``start()`` runs the rounds: ``strategy`` or, through wrappers
+    that keep Flower's loop and hold their inner strategy in ``.strategy`` (the DP wrappers),
+    the outermost one whose class overrides ``start()``; ``None`` when none does."""
+    seen: set[int] = set()
+    while strategy is not None and id(strategy) not in seen:
+        if overrides_start(strategy):
+            return strategy
+        seen.add(id(strategy))
+        strategy = vars(strategy).get("strategy")
+    return None
+
+
+def warn_start_bypassed(strategy: Any) -> str:
+    """First round without StratifiedSelection.start(): a strategy around the wrapper (e.g.
+    ``DifferentialPrivacy...(StratifiedSelection(CustomFedAvg(...)))``) runs Flower's own loop,
+    so a wrapped ``start()`` (checkpoints, logging) never runs: say so once."""
+    owner = start_owner(strategy)
+    if owner is not None:
+        log(WARNING, "%s.start() does not run: the strategy around StratifiedSelection runs "
+            "Flower's own loop. Nest it the other way round, e.g. StratifiedSelection("
+            "DifferentialPrivacyServerSideFixedClipping(%s(...)), ...)",
+            type(owner).__name__, type(owner).__name__)
+    return "outer"
+
+
 HOOKS = ("configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate",
          "summary")
 

@@ -29,9 +29,10 @@ from .discovery import NodeWaiter, profile_nodes
 from .inner_strategy import (
     check_wrapped,
     hooked_view,
-    overrides_start,
     quiet_inner_sampling,
+    start_owner,
     warn_construction,
+    warn_start_bypassed,
     weight_ignoring,
 )
 from .node_registry import NodeRegistry
@@ -146,9 +147,10 @@ class StratifiedSelection(Strategy):
         """Flower's ``Strategy.start`` loop with this wrapper's hooks; when the wrapped
         strategy's class defines its own ``start()`` (checkpoints, logging), that loop runs
         instead, on a view of the wrapped strategy whose round hooks are this wrapper's."""
-        if overrides_start(self.strategy):
-            view = hooked_view(self.strategy, self)
-            return type(self.strategy).start(view, *args, **kwargs)
+        self.__dict__["_loop"] = "start"
+        owner = start_owner(self.strategy)  # also inside a DP wrapper
+        if owner is not None:
+            return type(owner).start(hooked_view(owner, self), *args, **kwargs)
         return super().start(*args, **kwargs)
 
     @property
@@ -177,6 +179,8 @@ class StratifiedSelection(Strategy):
     ) -> Iterable[Message]:
         """Select this round's nodes by the policy; one message per selected node."""
         o = self.options
+        if "_loop" not in self.__dict__:  # an outer strategy runs the loop
+            self.__dict__["_loop"] = warn_start_bypassed(self.strategy)
         available = self._waiter.available(grid)
         new = [] if tuple(available) == self._avail_key else self.registry.unseen(available)
         if new and o.profiling == "query":
