@@ -41,7 +41,7 @@ import numpy as np
 
 from ._validate import as_count
 
-__all__ = ["count_sketch"]
+__all__ = ["CountSketchStream", "count_sketch"]
 
 _BLOCK = 1 << 16  # coordinates per block: one block of float32 plus the accumulator fit in L2
 _WORK_ELEMS = 1 << 22  # cap on (batch rows x block) elements of the work buffers
@@ -90,6 +90,68 @@ def _accumulate(v: np.ndarray, mp: _CountSketchMap, z: np.ndarray) -> None:
             z[..., : n - n1] += f[..., n1:]
 
 
+def _sketch_slots(z: np.ndarray, mp: _CountSketchMap, dim: int) -> np.ndarray:
+    """Bucket sums (float64) of the slot accumulators ``z`` (..., B); ValueError if not finite."""
+    slots = z[..., mp.order].reshape(z.shape[:-1] + (mp.width // dim, dim))
+    out = slots.sum(axis=-2, dtype=np.float64)
+    if not np.all(np.isfinite(out)):
+        raise ValueError("vector contains NaN or inf (or its sketch overflows)")
+    return out
+
+
+class CountSketchStream:
+    """:func:`count_sketch` of ``rows`` vectors of length ``d`` fed piece by piece.
+
+    ``add(row, start, values)`` adds coordinates ``start .. start + len(values) - 1`` of vector
+    ``row`` (pieces of a row must come in increasing coordinate order, e.g. the arrays of a
+    model one after the other, each in chunks). Every slot receives its coordinates in the same
+    order as in :func:`count_sketch` of the whole vector, so with ``dtype`` equal to the dtype
+    :func:`count_sketch` would work in (float64 for float64 input), :meth:`result` is bit for
+    bit ``count_sketch`` of the stacked rows, without the ``(rows, d)`` matrix.
+    """
+
+    def __init__(self, d: int, dim: int, seed: int, rows: int, dtype: type = np.float64) -> None:
+        self.dim = as_count(dim, "dim")
+        if d < 1:
+            raise ValueError("vectors must be non-empty")
+        self.d = int(d)
+        self.map = _count_sketch_map(self.d, self.dim, int(seed))
+        self.z = np.zeros((rows, self.map.width), dtype=dtype)
+        self._uint = np.uint32 if self.z.dtype == np.float32 else np.uint64
+        self._shift = 8 * self.z.dtype.itemsize - 1
+        self._mask = np.empty(self.map.width, dtype=self._uint)
+        self._buf = np.empty(self.map.width, dtype=self._uint)
+
+    def add(self, row: int, start: int, values: np.ndarray) -> None:
+        """Add ``values`` (1-D, the stream's dtype) as coordinates ``start ..`` of ``row``."""
+        mp, width, z = self.map, self.map.width, self.z[row]
+        end = start + values.shape[0]
+        if start < 0 or end > self.d:
+            raise ValueError("coordinates out of range")
+        a = start
+        while a < end:
+            block = a // width
+            n = min(end, (block + 1) * width) - a
+            c = a - block * width  # position in the block
+            bits = np.unpackbits(mp.signs[a >> 3 : ((a + n - 1) >> 3) + 1])[a & 7 : (a & 7) + n]
+            mask, buf = self._mask[:n], self._buf[:n]
+            np.left_shift(bits, self._shift, out=mask, dtype=self._uint)
+            np.bitwise_xor(values[a - start : a - start + n].view(self._uint), mask, out=buf)
+            f = buf.view(z.dtype)
+            o = (c + int(mp.offsets[block])) % width
+            n1 = min(n, width - o)
+            z[o : o + n1] += f[:n1]
+            if n > n1:
+                z[: n - n1] += f[n1:]
+            a += n
+
+    def result(self, rows: list[int] | None = None) -> np.ndarray:
+        """Float64 ``(len(rows), dim)`` sketches of ``rows`` (all rows by default);
+        ValueError if one is not finite."""
+        z = self.z if rows is None else self.z[rows]
+        return _sketch_slots(z, self.map, self.dim)
+
+
 def count_sketch(vector: np.ndarray, dim: int = 64, seed: int = 0) -> np.ndarray:
     """Count sketch ``(Sx)_b = sum_{h(j) = b} s(j) x_j`` of ``x`` into ``dim`` buckets.
 
@@ -119,8 +181,4 @@ def count_sketch(vector: np.ndarray, dim: int = 64, seed: int = 0) -> np.ndarray
         step = max(1, _WORK_ELEMS // mp.width)
         for i in range(0, v.shape[0], step):
             _accumulate(v[i : i + step], mp, z[i : i + step])
-    slots = z[..., mp.order].reshape(z.shape[:-1] + (mp.width // dim, dim))
-    out = slots.sum(axis=-2, dtype=np.float64)
-    if not np.all(np.isfinite(out)):
-        raise ValueError("vector contains NaN or inf (or its sketch overflows)")
-    return out
+    return _sketch_slots(z, mp, dim)

@@ -61,7 +61,7 @@ def encode_like(template: Array, values: np.ndarray) -> Array:
     ):
         offset = _header_length(template.data)
         if offset is not None and len(template.data) - offset == values.nbytes:
-            data = template.data[:offset] + values.tobytes()
+            data = b"".join((memoryview(template.data)[:offset], values))  # one copy
             return Array(
                 dtype=template.dtype, shape=tuple(template.shape), stype=_NUMPY_STYPE, data=data
             )

@@ -41,16 +41,17 @@ def observe_replies(
     sketch_seed: int,
     cost_key: str,
     sketch_method: str = "gaussian",
+    sketches: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """Record each accepted reply in ``registry``; return the update sketches (or None).
 
     Sketch: :func:`fedstrat.sampling.sketch_update` of ``Delta_i`` (``deltas`` rows) with
-    ``sketch_method``. Cost: the
+    ``sketch_method`` (``sketches``: those sketches, made already in the reply screen's
+    pass; ``deltas`` is then not used). Cost: the
     reply metric ``cost_key`` (seconds), else the reply's creation time minus the
     instruction's. Loss: the ``train-loss`` metric.
     """
-    sketches = None
-    if deltas is not None:
+    if sketches is None and deltas is not None:
         with single_thread_blas():
             sketches = sketch_update(deltas, sketch_dim, sketch_seed, method=sketch_method)
     now = time.time()

@@ -15,13 +15,14 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from logging import WARNING
+from typing import Any
 
 import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
 
 from .plan import RoundPlan
 from .reply_validation import ValidReply
-from .rewrite import flat_deltas
+from .rewrite import UpdateScan, flat_deltas, float_keys, scan_updates
 from .triage import ReplyProblem, Triage, reply_weights
 
 log = logging.getLogger("flwr").log
@@ -35,14 +36,18 @@ STAT_LIMIT = math.sqrt(float(np.finfo(np.float64).max)) * 1e-6
 @dataclass(frozen=True)
 class Screened:
     """The replies kept by :func:`screen_magnitudes` (in order), those it rejected, the kept
-    replies' responder weights and notes (:func:`.triage.reply_weights`) and their rows of the
-    update matrix (None without floating-point arrays)."""
+    replies' responder weights and notes (:func:`.triage.reply_weights`), their rows of the
+    update matrix (None without floating-point arrays, or when :func:`screen_triage` was not
+    asked for the matrix), their count sketches and their HT-rewritten arrays when
+    :func:`screen_triage` made them in its pass (else None)."""
 
     valid: list[ValidReply]
     rejected: list[ReplyProblem]
     weights: np.ndarray
     notes: list[str]
     deltas: np.ndarray | None
+    sketches: np.ndarray | None = None
+    rewritten: list[Any] | None = None
 
 
 def _float_limit(valid: list[ValidReply], key: str) -> float:
@@ -52,40 +57,50 @@ def _float_limit(valid: list[ValidReply], key: str) -> float:
     return float(min(widths)) if widths else float(np.finfo(np.float64).max)
 
 
+def _peaks(deltas: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """``(R, K)`` ``max |Delta_i,k|`` of the matrix rows per key (``inf`` if not finite)."""
+    amax = np.zeros((deltas.shape[0], len(sizes)))
+    for r in range(deltas.shape[0]):
+        a = 0
+        for j, size in enumerate(sizes):
+            if size:
+                hi, lo = float(deltas[r, a:a + size].max()), float(deltas[r, a:a + size].min())
+                finite = math.isfinite(hi) and math.isfinite(lo)
+                amax[r, j] = max(hi, -lo) if finite else math.inf
+            a += size
+    return amax
+
+
 def screen_magnitudes(
     plan: RoundPlan,
     valid: list[ValidReply],
     global_np: dict[str, np.ndarray],
-    deltas: np.ndarray | None,
+    deltas: np.ndarray | UpdateScan | None,
 ) -> Screened:
     """Reject replies with finite values too large to aggregate; weight the rest.
 
     ``deltas``: :func:`.rewrite.flat_deltas` of ``valid`` (floating keys of ``global_np`` in
-    order). With ``R`` kept replies, responder weight total ``W`` (of :func:`reply_weights` on
+    order), or their :func:`.rewrite.scan_updates` (the same per-key peaks without the
+    matrix). With ``R`` kept replies, responder weight total ``W`` (of :func:`reply_weights` on
     the kept replies) and, per floating array ``k``, ``M_k`` the largest finite value of the
     narrowest dtype the replies use for it, reply ``i`` is kept when for every ``k``
     ``max|x_g,k| + max(W, 1) max|Delta_i,k| <= M_k / R``: every rewritten HT value
     ``x_g + W Delta_i`` (or raw value, ratio) and every partial sum of a weighted average with
     weights summing to 1 are then finite. Also ``sqrt(D) max|Delta_i| <= STAT_LIMIT`` (update
     sketches). Rejecting a reply changes ``W``, so this repeats until nothing is rejected.
+    The returned ``deltas`` are the kept rows of a matrix ``deltas`` (None for a scan).
     """
     weights, notes = reply_weights(plan, valid)
-    keys = [k for k, v in global_np.items() if v.dtype.kind == "f"]
+    keys = float_keys(global_np)
+    matrix = deltas if isinstance(deltas, np.ndarray) else None
     if deltas is None or not keys or not valid:
-        return Screened(valid, [], weights, notes, deltas)
-    bounds, start = [], 0
-    for k in keys:
-        bounds.append((start, start + global_np[k].size))
-        start += global_np[k].size
+        return Screened(valid, [], weights, notes, matrix)
+    if isinstance(deltas, UpdateScan):
+        amax, n_coords = deltas.amax, deltas.d
+    else:
+        amax, n_coords = _peaks(deltas, [global_np[k].size for k in keys]), deltas.shape[1]
     gmax = np.array([float(np.max(np.abs(global_np[k]))) if global_np[k].size else 0.0
                      for k in keys])
-    amax = np.zeros((len(valid), len(keys)))  # max |Delta_i,k|; inf if not finite
-    for r in range(len(valid)):
-        for j, (a, b) in enumerate(bounds):
-            if b > a:
-                hi, lo = float(deltas[r, a:b].max()), float(deltas[r, a:b].min())
-                finite = math.isfinite(hi) and math.isfinite(lo)
-                amax[r, j] = max(hi, -lo) if finite else math.inf
     limits = np.array([_float_limit(valid, k) for k in keys])
     rows = list(range(len(valid)))
     rejected: list[ReplyProblem] = []
@@ -95,7 +110,7 @@ def screen_magnitudes(
         log(WARNING, "aggregate_train: rejected reply of node %d: %s", valid[r].node_id, reason)
         rows.remove(r)
 
-    root_d = math.sqrt(float(deltas.shape[1]))
+    root_d = math.sqrt(float(n_coords))
     for r in list(rows):
         peak = float(amax[r].max())
         if not math.isfinite(peak) or peak * root_d > STAT_LIMIT:
@@ -117,17 +132,47 @@ def screen_magnitudes(
     if not rows:
         weights, notes = reply_weights(plan, [])
     if len(rows) == len(valid):
-        return Screened(valid, rejected, weights, notes, deltas)
-    return Screened([valid[r] for r in rows], rejected, weights, notes, deltas[rows])
+        return Screened(valid, rejected, weights, notes, matrix)
+    kept = None if matrix is None else matrix[rows]
+    return Screened([valid[r] for r in rows], rejected, weights, notes, kept)
 
 
-def screen_triage(plan: RoundPlan, triage: Triage, global_np: dict[str, np.ndarray]) -> tuple[
-    Triage, Screened
-]:
+def screen_triage(
+    plan: RoundPlan,
+    triage: Triage,
+    global_np: dict[str, np.ndarray],
+    *,
+    sketch: tuple[int, int] | None = None,
+    matrix: bool = True,
+    rewrite: bool = False,
+) -> tuple[Triage, Screened]:
     """:func:`screen_magnitudes` of the triaged replies: the triage with the screened-out
-    replies moved to ``rejected``, and the screen (weights, notes, update rows)."""
-    screened = screen_magnitudes(plan, triage.valid, global_np,
-                                 flat_deltas(triage.valid, global_np))
+    replies moved to ``rejected``, and the screen (weights, notes, update rows).
+
+    One :func:`.rewrite.scan_updates` pass over the replies gives the peaks; with
+    ``sketch=(dim, seed)`` also the kept replies' count sketches (``Screened.sketches``), with
+    ``rewrite`` their HT arrays ``x_g + W Delta_i`` (``Screened.rewritten``, made in the same
+    pass with the responder weights before screening and made again for the kept replies in
+    the rare round where the screen rejects one). ``matrix``: also the ``(R, D)`` float64
+    update rows (``Screened.deltas``; the difference estimator and Gaussian sketches need
+    them).
+    """
+    valid = triage.valid
+    big_w = float(reply_weights(plan, valid)[0].sum()) if rewrite and valid else None
+    scan = scan_updates(valid, global_np, sketch=sketch, rewrite_w=big_w)
+    deltas = flat_deltas(valid, global_np) if matrix else None
+    screened = screen_magnitudes(plan, valid, global_np, scan)
+    kept = [valid.index(v) for v in screened.valid] if screened.rejected else None
+    extra: dict[str, Any] = {}
+    if deltas is not None:
+        extra["deltas"] = deltas if kept is None else deltas[kept]
+    if scan is not None and scan.sketch is not None:
+        extra["sketches"] = scan.sketch.result(kept)
+    if scan is not None and scan.rewritten is not None:
+        again = None if kept is None else scan_updates(
+            screened.valid, global_np, rewrite_w=float(screened.weights.sum()))
+        extra["rewritten"] = scan.rewritten if kept is None else again and again.rewritten
+    screened = dataclasses.replace(screened, **extra)
     if not screened.rejected:
         return triage, screened
     return dataclasses.replace(triage, valid=screened.valid,

@@ -1,29 +1,133 @@
 """The pure reply rewrite that makes the wrapped strategy's weighted average the HT, ratio or
-difference (control-variate) estimate."""
+difference (control-variate) estimate, and the one chunked pass over each accepted update
+(:func:`scan_updates`) that feeds the magnitude screen, the update sketches and the HT rewrite
+without an ``(R, D)`` matrix."""
 
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
+from fedstrat.sampling.sketch import CountSketchStream
+
 from .array_codec import encode_like
 from .reply_validation import ValidReply
+
+#: coordinates per step of :func:`scan_updates`: float64 work buffers that stay in L2 cache
+CHUNK = 1 << 14
+
+
+def float_keys(global_np: dict[str, np.ndarray]) -> list[str]:
+    """The floating-point keys of the global arrays, in their order."""
+    return [k for k, v in global_np.items() if v.dtype.kind == "f"]
 
 
 def flat_deltas(valid: list[ValidReply], global_np: dict[str, np.ndarray]) -> np.ndarray | None:
     """``(R, D)`` float64 matrix of flattened floating-point updates ``x_i - x_g`` (keys in the
-    order of the global arrays; integer arrays left out); None without replies or floats."""
-    keys = [k for k, v in global_np.items() if v.dtype.kind == "f"]
+    order of the global arrays; integer arrays left out); None without replies or floats.
+    Only the difference estimator and the Gaussian sketch need it (see :func:`scan_updates`)."""
+    keys = float_keys(global_np)
     if not valid or not keys:
         return None
-    g = np.concatenate([global_np[k].ravel() for k in keys]).astype(np.float64)
-    out = np.empty((len(valid), g.size))
-    for r, v in enumerate(valid):
-        out[r] = np.concatenate([v.arrays[k].ravel() for k in keys])
-    out -= g
+    out = np.empty((len(valid), sum(global_np[k].size for k in keys)))
+    start = 0
+    for k in keys:
+        b = start + global_np[k].size
+        for r, v in enumerate(valid):
+            out[r, start:b] = v.arrays[k].ravel()
+        out[:, start:b] -= global_np[k].ravel().astype(np.float64)
+        start = b
     return out
+
+
+@dataclass
+class UpdateScan:
+    """What :func:`scan_updates` learned of each reply ``i`` (rows aligned with the replies).
+
+    ``amax[i, j]``: ``max |x_i - x_g|`` over floating key ``keys[j]`` (float64; ``inf`` if not
+    finite); ``sketch``: the count-sketch stream of the rows ``x_i - x_g`` (or None);
+    ``rewritten[i]``: the reply's arrays with floating values ``x_g + big_w (x_i - x_g)``
+    (or None); ``d``: floating coordinates per update.
+    """
+
+    keys: list[str]
+    amax: np.ndarray
+    d: int
+    sketch: CountSketchStream | None = None
+    rewritten: list[dict[str, Array]] | None = None
+    big_w: float | None = None
+
+
+def scan_updates(
+    valid: list[ValidReply],
+    global_np: dict[str, np.ndarray],
+    *,
+    sketch: tuple[int, int] | None = None,
+    rewrite_w: float | None = None,
+) -> UpdateScan | None:
+    """One pass over every reply's floating arrays in float64 chunks of :data:`CHUNK`.
+
+    Per chunk: ``Delta = x_i - x_g`` (float64, as a row of :func:`flat_deltas`), its largest
+    and smallest value, with ``sketch=(dim, seed)`` its count sketch
+    (:class:`~fedstrat.sampling.sketch.CountSketchStream`, bit for bit the count sketch of the
+    :func:`flat_deltas` rows), and with ``rewrite_w = W`` the HT values
+    ``x_g + W Delta`` cast to the reply array's dtype (bit for bit :func:`rewrite_replies`'s).
+    Replies are decoded once (views of their bytes) and no ``(R, D)`` matrix is built. None
+    without replies or floating arrays.
+    """
+    keys = float_keys(global_np)
+    if not valid or not keys:
+        return None
+    g64 = {k: np.asarray(global_np[k], dtype=np.float64).ravel() for k in keys}
+    d = sum(g.size for g in g64.values())
+    stream = None if sketch is None else CountSketchStream(d, sketch[0], sketch[1], len(valid))
+    amax = np.zeros((len(valid), len(keys)))
+    rewritten: list[dict[str, Array]] | None = None if rewrite_w is None else []
+    buf = np.empty(CHUNK)
+    outs: dict[tuple[str, np.dtype], np.ndarray] = {}
+    with np.errstate(all="ignore"):
+        for r, v in enumerate(valid):
+            new: dict[str, np.ndarray] = {}
+            start = 0
+            for j, k in enumerate(keys):
+                g, x = g64[k], v.arrays[k].ravel()
+                out = None
+                if rewrite_w is not None:
+                    out = outs.get((k, x.dtype))
+                    if out is None:
+                        out = outs[(k, x.dtype)] = np.empty(x.size, dtype=x.dtype)
+                    new[k] = out
+                hi, lo, finite = -math.inf, math.inf, True
+                for a in range(0, x.size, CHUNK):
+                    b = min(a + CHUNK, x.size)
+                    delta = buf[: b - a]
+                    np.copyto(delta, x[a:b], casting="unsafe")
+                    delta -= g[a:b]
+                    top, bottom = float(delta.max()), float(delta.min())
+                    if math.isfinite(top) and math.isfinite(bottom):
+                        hi, lo = max(hi, top), min(lo, bottom)
+                    else:
+                        finite = False
+                    if stream is not None:
+                        stream.add(r, start + a, delta)
+                    if out is not None:
+                        delta *= rewrite_w
+                        delta += g[a:b]
+                        out[a:b] = delta
+                if x.size:
+                    amax[r, j] = max(hi, -lo) if finite else math.inf
+                start += x.size
+            if rewritten is not None:
+                record = v.message.content[v.array_key]
+                rewritten.append({
+                    k: encode_like(record[k], new[k].reshape(x.shape)) if k in new else record[k]
+                    for k, x in v.arrays.items()
+                })
+    return UpdateScan(keys, amax, d, stream, rewritten, rewrite_w)
 
 
 def rewrite_replies(
@@ -35,58 +139,78 @@ def rewrite_replies(
     deltas: np.ndarray | None = None,
     controls: np.ndarray | None = None,
     offset: np.ndarray | None = None,
+    prepared: list[dict[str, Array]] | None = None,
 ) -> list[Message]:
     """Copies of the replies for the wrapped strategy; the originals are untouched.
 
     Each reply's weight metric ``weighted_by_key`` becomes ``w_i``. With ``estimator="ht"``
-    its floating arrays become ``x_g + W (x_i - x_g)``, ``W = sum_i w_i`` (float64 from
-    ``deltas`` = :func:`flat_deltas`, cast back to each array's dtype), so that a normalised
-    weighted average returns ``x_g + sum_i w_i (x_i - x_g)`` exactly. With ``"ratio"`` the
-    arrays are kept: the average is ``sum_i w_i x_i / sum_i w_i``. With ``"difference"`` the
-    arrays become ``x_g + A + W (Delta_i - c_i)`` (``controls`` the ``(R, D)`` rows ``c_i`` of
-    the replies, ``offset`` ``A = sum_{i in U} p_i c_i``), so the average is
-    ``x_g + A + sum_i w_i (Delta_i - c_i)``; the number of replies is unchanged either way.
+    its floating arrays become ``x_g + W (x_i - x_g)``, ``W = sum_i w_i`` (computed in float64,
+    cast back to each array's dtype; ``prepared``: these arrays already made by
+    :func:`scan_updates` with this ``W``), so that a normalised weighted average returns
+    ``x_g + sum_i w_i (x_i - x_g)`` exactly. With ``"ratio"`` the arrays are kept: the
+    average is ``sum_i w_i x_i / sum_i w_i``. With ``"difference"`` the arrays become
+    ``x_g + A + W (Delta_i - c_i)`` (``deltas`` the :func:`flat_deltas` rows, ``controls`` the
+    ``(R, D)`` rows ``c_i`` of the replies, ``offset`` ``A = sum_{i in U} p_i c_i``), so the
+    average is ``x_g + A + sum_i w_i (Delta_i - c_i)``; the number of replies is unchanged.
     """
-    rewrite = estimator in ("ht", "difference")
     big_w = float(weights.sum())
-    float_keys = [k for k, a in global_np.items() if a.dtype.kind == "f"]
-    if rewrite and float_keys and deltas is None:
-        deltas = flat_deltas(valid, global_np)
-    bounds: dict[str, tuple[int, int]] = {}
-    start = 0
-    for k in float_keys:
-        bounds[k] = (start, start + global_np[k].size)
-        start += global_np[k].size
-    g_flat = (
-        np.concatenate([global_np[k].ravel() for k in float_keys]).astype(np.float64)
-        if float_keys
-        else None
-    )
+    keys = float_keys(global_np)
+    arrays: list[dict[str, Array]] | None = None
+    if estimator == "ht" and keys and valid:
+        arrays = prepared
+        if arrays is None and deltas is not None:
+            arrays = _from_rows(valid, global_np, keys, deltas, big_w)
+        if arrays is None:
+            scan = scan_updates(valid, global_np, rewrite_w=big_w)
+            arrays = None if scan is None else scan.rewritten
+    elif estimator == "difference" and keys and valid:
+        if controls is None or offset is None:
+            raise ValueError("estimator 'difference' needs controls and offset")
+        if deltas is None:
+            deltas = flat_deltas(valid, global_np)
+        rows = big_w * (deltas - controls)  # type: ignore[operator]
+        arrays = _from_rows(valid, global_np, keys, rows, 1.0, offset)
     out = []
     for r, (v, w) in enumerate(zip(valid, weights, strict=True)):
         content = RecordDict()
         for key, rec in v.message.content.items():
             content[key] = rec
-        if rewrite:
-            record = v.message.content[v.array_key]
-            new: dict[str, Array] = {}
-            flat = None
-            if g_flat is not None and deltas is not None:
-                if estimator == "difference":
-                    if controls is None or offset is None:
-                        raise ValueError("estimator 'difference' needs controls and offset")
-                    flat = g_flat + offset + big_w * (deltas[r] - controls[r])
-                else:
-                    flat = g_flat + big_w * deltas[r]
-            for k, x in v.arrays.items():
-                if k in bounds and flat is not None:
-                    a, b = bounds[k]
-                    new[k] = encode_like(record[k], flat[a:b].reshape(x.shape).astype(x.dtype))
-                else:
-                    new[k] = record[k]
-            content[v.array_key] = ArrayRecord(new)
+        if arrays is not None:
+            content[v.array_key] = ArrayRecord(arrays[r])
         metrics = MetricRecord(dict(v.metrics))
         metrics[weighted_by_key] = float(w)
         content[v.metric_key] = metrics
         out.append(Message(content=content, metadata=copy.copy(v.message.metadata)))
+    return out
+
+
+def _from_rows(
+    valid: list[ValidReply],
+    global_np: dict[str, np.ndarray],
+    keys: list[str],
+    rows: np.ndarray,
+    scale: float,
+    offset: np.ndarray | None = None,
+) -> list[dict[str, Array]]:
+    """Per reply, its arrays with floating key ``k`` replaced by ``x_g + [offset] + scale *
+    rows[i]`` (float64 over that key's columns), cast to the reply array's dtype."""
+    bounds, start = {}, 0
+    for k in keys:
+        bounds[k] = (start, start + global_np[k].size)
+        start += global_np[k].size
+    out = []
+    for r, v in enumerate(valid):
+        record = v.message.content[v.array_key]
+        new: dict[str, Array] = {}
+        for k, x in v.arrays.items():
+            if k not in bounds:
+                new[k] = record[k]
+                continue
+            a, b = bounds[k]
+            value = global_np[k].ravel().astype(np.float64)
+            if offset is not None:
+                value = value + offset[a:b]
+            value = value + scale * rows[r, a:b]
+            new[k] = encode_like(record[k], value.reshape(x.shape).astype(x.dtype))
+        out.append(new)
     return out

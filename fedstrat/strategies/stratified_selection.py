@@ -219,17 +219,22 @@ class StratifiedSelection(Strategy):
         global_np = align_global_dtypes(
             {k: decode_array(a) for k, a in plan.global_arrays.items()}, triage.valid
         )
-        triage, screen = screen_triage(plan, triage, global_np)
+        estimator = plan.draw.estimator or o.estimator  # "ratio": the policy chose FedAvg
+        counts = self.sketch_method == "countsketch"  # sketched in the screen's pass
+        triage, screen = screen_triage(  # one pass per reply; (R, D) matrix only if needed
+            plan, triage, global_np, sketch=(o.sketch_dim, o.sketch_seed) if counts else None,
+            matrix=self.controls is not None or not counts, rewrite=estimator == "ht")
         valid, weights, notes, deltas = triage.valid, screen.weights, screen.notes, screen.deltas
         sketches = observe_replies(self.registry, valid, deltas, plan.sent_at, o.sketch_dim,
-                                   o.sketch_seed, o.cost_key, self.sketch_method)
+                                   o.sketch_seed, o.cost_key, self.sketch_method,
+                                   sketches=screen.sketches)
         self.policy.observe(Feedback([v.node_id for v in valid], sketches, weights))
         cv = difference_controls(self.controls, plan, valid, deltas)  # then stores the deltas
         arrays, metrics = None, None
         if valid:
-            estimator = plan.draw.estimator or o.estimator  # "ratio": the policy chose FedAvg
             new_replies = rewrite_replies(valid, weights, global_np, estimator,
-                                          self.weighted_by_key, deltas, *cv)
+                                          self.weighted_by_key, deltas, *cv,
+                                          prepared=screen.rewritten)
             new_replies, fixed = consistent_replies(new_replies, self.weighted_by_key)
             notes = notes + fixed
             arrays, metrics = self.strategy.aggregate_train(server_round, new_replies)
