@@ -16,10 +16,12 @@ from fedstrat.sampling import (
     UniformSampler,
 )
 from fedstrat.sampling.difference import (
+    ResidualPPSSampler,
     control_offset,
     difference_estimate,
     difference_variance,
     fill_controls,
+    residual_pps_variance,
 )
 
 
@@ -168,6 +170,17 @@ def _designs():
     smp = StratifiedSampler(sizes2, strata2, alloc2, design="pps")
     assert smp.inclusion[0] == 1.0
     out.append(("pps", smp, _stratified(smp, strata2, alloc2, "pps"), None))
+    # residual pps: inclusion from a size measure other than the sizes (a predicted residual
+    # norm), HT weights p_i / pi_i; client 3 is a certainty by its size measure
+    z = sizes2 / sizes2.sum() * np.array([1.0, 0.2, 3.0, 40.0, 1.0, 0.5])
+    smp = ResidualPPSSampler(sizes2, strata2, alloc2, z)
+    assert smp.inclusion[3] == 1.0
+    out.append(("residual-pps", smp, _stratified(smp, strata2, alloc2, "pps"), None))
+    # one draw per stratum: the Hansen-Hurwitz formula is exact
+    alloc1 = np.array([1, 1])
+    smp = ResidualPPSSampler(sizes, strata2, alloc1, z)
+    out.append(("residual-pps-1", smp, _stratified(smp, strata2, alloc1, "pps"),
+                lambda e, s=sizes, z=z: residual_pps_variance(e, s, strata2, alloc1, z)))
     return out
 
 
