@@ -97,8 +97,10 @@ def _with_run_config(app: ClientApp, cfg: dict[str, Any], query: bool) -> Client
     outer = ClientApp()
 
     def forward(msg, context):
-        context.run_config.update(cfg)
-        return app(msg, context)
+        ctx = Context(run_id=context.run_id, node_id=context.node_id,
+                      node_config=context.node_config, state=context.state,
+                      run_config={**context.run_config, **cfg})
+        return app(msg, ctx)
 
     outer.train()(forward)
     outer.evaluate()(forward)

@@ -12,6 +12,7 @@ Run config ``mode`` switches between the three apps of issue 11 (same data, mode
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -32,23 +33,41 @@ def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
 
 
 def make_strategy(cfg: dict[str, Any], num_nodes: int, **selection: Any) -> Strategy:
-    """The run's strategy for ``cfg["mode"]``; ``selection`` goes to StratifiedSelection."""
+    """The run's strategy for ``cfg["mode"]`` (``num_nodes``: connected nodes, for FedAvg's
+    ``fraction_train``); ``selection`` goes to StratifiedSelection."""
     mode = str(cfg.get("mode", "query"))
     m = int(cfg.get("clients-per-round", 10))
     if mode == "fedavg":
         random.seed(int(cfg.get("seed", 0)))  # Flower's FedAvg samples with `random`
         return FedAvg(fraction_train=min(1.0, m / num_nodes), fraction_evaluate=0.0,
-                      min_train_nodes=min(m, num_nodes), min_available_nodes=num_nodes)
+                      min_train_nodes=m, min_available_nodes=m)
     if mode not in MODES:
         raise ValueError(f"run config mode must be one of {MODES}, got {mode!r}")
     return StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=m,
                                profiling=mode, seed=int(cfg.get("seed", 0)), **selection)
 
 
+def connected_nodes(grid: Grid, m: int, settle: float = 2.0, timeout: float = 120.0) -> int:
+    """The number of connected nodes once at least ``m`` are and the count held still for
+    ``settle`` seconds (or ``timeout`` passed): FedAvg's ``fraction_train`` needs ``N``."""
+    start = last_change = time.monotonic()
+    count = -1
+    while time.monotonic() - start < timeout:
+        now = len(list(grid.get_node_ids()))
+        if now != count:
+            count, last_change = now, time.monotonic()
+        elif count >= m and time.monotonic() - last_change >= settle:
+            break
+        time.sleep(0.25)
+    return max(count, 1)
+
+
 def run(grid: Grid, context: Context, **selection: Any) -> tuple[Strategy, Result]:
     """Train for ``num-server-rounds``; the strategy and Flower's Result."""
     cfg = context.run_config
-    strategy = make_strategy(cfg, len(list(grid.get_node_ids())), **selection)
+    m = int(cfg.get("clients-per-round", 10))
+    n = connected_nodes(grid, m) if cfg.get("mode", "query") == "fedavg" else m
+    strategy = make_strategy(cfg, n, **selection)
     result = strategy.start(
         grid=grid,
         initial_arrays=init_arrays(),
