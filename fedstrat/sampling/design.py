@@ -114,6 +114,7 @@ def choose_design(
     min_per_stratum: int = 1,
     rel_margin: float = 1e-9,
     baseline: str = "fedavg",
+    fit_sample: int | None = 20_000,
 ) -> DesignChoice:
     """Pick ``(n_strata, design)`` with the smallest predicted variance, or the baseline.
 
@@ -127,7 +128,10 @@ def choose_design(
     :func:`uniform_variance`). The best candidate is returned only if it is below
     ``(1 - rel_margin)`` times the baseline; otherwise the baseline design is returned and
     ``reason`` says so. Clusterings that collapse to a single stratum (too few distinct rows)
-    are skipped.
+    are skipped. With more than ``fit_sample`` clients each k-means is fit on a random
+    subsample of that many (``stratify_by_sketches(..., fit_sample=...)``) and every client is
+    then assigned to its nearest centre: at 100,000 nodes the candidates cost ~0.6 s instead
+    of ~6 s; ``None`` fits on every client.
     """
     sz = as_sizes(sizes)
     n = len(sz)
@@ -158,7 +162,7 @@ def choose_design(
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            strata = stratify_by_sketches(feats, n_strata=k, seed=seed)
+            strata = stratify_by_sketches(feats, n_strata=k, seed=seed, fit_sample=fit_sample)
         if strata.n_strata < 2 or strata.n_strata in seen:
             continue
         seen.add(strata.n_strata)
