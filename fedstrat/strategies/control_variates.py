@@ -10,6 +10,13 @@ over the round's population ``U`` (see :mod:`fedstrat.sampling.difference`). Her
 plain mean of the stored controls of its stratum (``fill="stratum"``; all stored controls when
 its stratum has none or no strata are known), or 0 (``fill="zero"``).
 
+Stale controls (``decay = 1``, the default, with ``learn=True``): the coefficient is learnt
+instead of fixed, :math:`c_i = b_{k(r - t_i)} x_i` with :math:`b_k` the size-weighted
+least-squares coefficient of the new update on the stored one over the nodes of age bucket
+``k`` (``floor(log2 age)``) accepted in earlier rounds
+(:class:`fedstrat.sampling.difference.StaleControlModel`; 1 before anything is learnt). An
+explicit ``decay < 1`` keeps the fixed :math:`\beta^{\,r - t_i}`.
+
 Memory: one float32 vector per node, ``4 D`` bytes. Beyond ``budget_bytes`` (0 = no limit) the
 OLDEST vectors (smallest ``t_i``, ties: larger node id first) are dropped after each update;
 their nodes then get the fill like never-seen nodes. Every ``c_i`` is a function of what the
@@ -28,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from fedstrat.sampling.difference import StaleControlModel
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,9 @@ class RoundControls:
 class ControlVariates:
     """Last accepted update per node (float32) under a byte budget; see the module docstring."""
 
-    def __init__(self, decay: float = 1.0, budget_bytes: int = 0, fill: str = "stratum") -> None:
+    def __init__(
+        self, decay: float = 1.0, budget_bytes: int = 0, fill: str = "stratum", learn: bool = True
+    ) -> None:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"decay must be in [0, 1], got {decay}")
         if fill not in ("stratum", "zero"):
@@ -69,6 +80,8 @@ class ControlVariates:
         self.vectors: dict[int, np.ndarray] = {}
         self.rounds: dict[int, int] = {}
         self.dropped = 0  # vectors dropped by the budget so far
+        #: the learnt stale-control coefficients (``decay == 1`` and ``learn``), else None
+        self.model = StaleControlModel() if learn and self.decay == 1.0 else None
 
     @property
     def nbytes(self) -> int:
@@ -94,6 +107,8 @@ class ControlVariates:
                 c = v.astype(np.float64)
                 if self.decay != 1.0:
                     c *= self.decay ** (round_ - self.rounds[int(n)])
+                elif self.model is not None:
+                    c *= float(self.model.coefficients(np.array([round_ - self.rounds[int(n)]]))[0])
                 rows[int(n)] = c
         node_label = {int(n): int(labels.get(int(n), -1)) for n in nodes} if labels else {}
         fills: dict[int, np.ndarray] = {}
@@ -120,9 +135,27 @@ class ControlVariates:
             offset += mass * fills.get(h, overall)
         return RoundControls(offset, rows, fills, node_label)
 
-    def update(self, round_: int, nodes: list[int], deltas: np.ndarray) -> None:
+    def update(
+        self,
+        round_: int,
+        nodes: list[int],
+        deltas: np.ndarray,
+        used: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+    ) -> None:
         """Store the accepted updates of ``round_`` (rows of ``deltas``), then keep the most
-        recent vectors within the budget."""
+        recent vectors within the budget. With the controls ``used`` in this round's aggregate
+        and the nodes' size weights ``p_i``, the learnt coefficients learn from them first."""
+        if self.model is not None and used is not None and len(nodes):
+            d = np.asarray(deltas, dtype=np.float64)
+            has = [int(n) in self.vectors and self.vectors[int(n)].size == d.shape[1]
+                   for n in nodes]
+            ages = np.array([round_ - self.rounds[int(n)] if h else 0
+                             for n, h in zip(nodes, has, strict=True)], dtype=np.int64)
+            old = np.stack([self.vectors[int(n)].astype(np.float64) if h
+                            else np.zeros(d.shape[1]) for n, h in zip(nodes, has, strict=True)])
+            w = np.ones(len(nodes)) if weights is None else np.asarray(weights, np.float64)
+            self.model.observe(ages, d, old, d - np.asarray(used, np.float64), w)
         for n, d in zip(nodes, deltas, strict=True):
             self.vectors[int(n)] = np.asarray(d, dtype=np.float32).copy()
             self.rounds[int(n)] = int(round_)
@@ -142,6 +175,7 @@ class ControlVariates:
             "vectors": {str(n): base64.b64encode(v.tobytes()).decode("ascii")
                         for n, v in self.vectors.items()},
             "dropped": self.dropped,
+            **({"model": self.model.state_dict()} if self.model is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -152,6 +186,9 @@ class ControlVariates:
             for n, b in state.get("vectors", {}).items()
         }
         self.dropped = int(state.get("dropped", 0))
+        if self.model is not None:
+            self.model = StaleControlModel()
+            self.model.load_state_dict(state.get("model", {}))
 
 
 def make_controls(options: Any) -> ControlVariates | None:
@@ -180,5 +217,8 @@ def difference_controls(
                          deltas.shape[1], labels)
     nodes = [int(v.node_id) for v in valid]
     rows = cv.matrix(nodes)
-    memory.update(plan.round, nodes, deltas)
+    where = {int(n): k for k, n in enumerate(plan.population)}
+    p = np.asarray(plan.sizes, dtype=np.float64)
+    p = p / p.sum()
+    memory.update(plan.round, nodes, deltas, rows, np.array([p[where[n]] for n in nodes]))
     return rows, cv.offset

@@ -70,3 +70,20 @@ def observe_replies(
             cost=None if cost is None else float(cost),
         )
     return sketches
+
+
+def residual_sketches(
+    sketches: np.ndarray | None,
+    controls: np.ndarray | None,
+    sketch_dim: int,
+    sketch_seed: int,
+    sketch_method: str = "gaussian",
+) -> np.ndarray | None:
+    """``sketch(Delta_i) - sketch(c_i)`` = ``sketch(Delta_i - c_i)`` (sketches are linear):
+    the residual sketches of the difference estimator (None without sketches or controls)."""
+    if sketches is None or controls is None or len(controls) != len(sketches):
+        return None
+    with single_thread_blas():
+        sc = sketch_update(np.asarray(controls, dtype=np.float64), sketch_dim, sketch_seed,
+                           method=sketch_method)
+    return np.asarray(sketches, dtype=np.float64) - sc

@@ -29,6 +29,11 @@ class RoundRecord:
     fell back to FedAvg). ``size_cap``: what the size cap did to the round's population
     (:class:`~.weight_cap.CapEffect`); in ``to_json()`` only when it cut a node, in
     ``metrics()`` every round (``fedstrat-n-capped``, ``fedstrat-cap-removed``).
+
+    ``S_h_basis="residuals"`` (estimator="difference" once the residual sketches are tracked):
+    ``S_h`` are the per-stratum dispersions of the residuals ``Delta_i - c_i``, and ``pred_var``
+    (and ``decision.pred_var``, metric ``fedstrat-pred-var-design``) is the predicted MSE of
+    the difference estimator with this design, compared with FedAvg's.
     """
 
     round: int

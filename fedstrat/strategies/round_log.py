@@ -23,29 +23,35 @@ MIN_OBSERVATIONS = 3
 def ratio_text(sp: StrataPlan, counts: np.ndarray | None) -> str:
     """``"predicted MSE 1.8x lower than FedAvg (band ...)"`` or why there is none.
 
-    The baseline is FedAvg (uniform sampling, self-normalised weights) when the prediction has
-    it, else uniform HT. ``counts``: tracked updates per present stratum (None = unknown). The
+    The decision is always against FedAvg (uniform sampling, self-normalised weights), so
+    "not enough evidence" says "vs FedAvg"; a ratio is against FedAvg when the prediction has
+    it, else (no FedAvg prediction) against uniform HT, and the line says so. With
+    ``basis="residuals"`` (estimator="difference") the stratified MSE is the difference
+    estimator's. ``counts``: tracked updates per present stratum (None = unknown). The
     uncertainty printed is the prediction's own band when it has one; otherwise the relative
     standard error of a variance from ``n`` values, about ``sqrt(2 / (n - 1))`` (normal
     theory), for the worst-observed stratum.
     """
     pred = sp.prediction
     fedavg = float(getattr(pred, "fedavg", math.nan))
-    name, base = ("FedAvg", fedavg) if math.isfinite(fedavg) else ("uniform", float(pred.uniform))
-    if sp.basis != "tracked" or counts is None or len(counts) == 0:
-        return f"variance vs {name}: not enough evidence yet (S_h from {sp.basis})"
+    name, base = (("FedAvg", fedavg) if math.isfinite(fedavg)
+                  else ("uniform HT (no FedAvg prediction)", float(pred.uniform)))
+    if sp.basis not in ("tracked", "residuals") or counts is None or len(counts) == 0:
+        return f"variance vs FedAvg: not enough evidence yet (S_h from {sp.basis})"
     n_min = int(np.min(counts))
     if n_min < MIN_OBSERVATIONS:
-        return (f"variance vs {name}: not enough evidence yet ({n_min} tracked updates in "
+        return (f"variance vs FedAvg: not enough evidence yet ({n_min} tracked updates in "
                 f"a stratum, {MIN_OBSERVATIONS} needed)")
     strat = float(pred.stratified)
     if not (math.isfinite(strat) and math.isfinite(base)) or strat <= 0 or base <= 0:
-        return f"variance vs {name}: not enough evidence yet (degenerate prediction)"
+        return "variance vs FedAvg: not enough evidence yet (degenerate prediction)"
     ratio = base / strat
     word = "lower" if ratio >= 1 else "higher"
     shown = ratio if ratio >= 1 else 1.0 / ratio
     band_s = getattr(pred, "stratified_band", None)
     band_f = getattr(pred, "fedavg_band", None)
+    if sp.basis == "residuals":
+        word += " (difference estimator)"
     if band_s is not None and (band_f is not None or name != "FedAvg"):
         fb = f" [{band_f.lo:.3g}, {band_f.hi:.3g}]" if band_f is not None else ""
         return (f"predicted MSE {shown:.2f}x {word} than {name} ({strat:.3g} "

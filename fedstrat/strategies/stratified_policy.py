@@ -14,6 +14,14 @@ confidence bound of its predicted saving over FedAvg (``fedavg - stratified`` mi
 :data:`GAIN_Z` standard errors, :meth:`~fedstrat.sampling.VariancePrediction.gain_lower`) is
 above 0, and after a fall back it returns only when that bound exceeds :data:`RETURN_MARGIN`
 times FedAvg's predicted MSE (hysteresis).
+
+With ``estimator="difference"`` the variance that matters is that of the residuals
+``Delta_i - c_i``: a second tracker follows the residual sketches
+(``sketch(Delta_i) - sketch(c_i)``, sketches are linear; :meth:`StratifiedPolicy.
+observe_residuals`). Once every present stratum has :data:`MIN_TRACKED` of them, the Neyman
+allocation uses the residual dispersion and the stratified candidate's predicted MSE is the
+difference estimator's (the design variance of the residuals; ``basis="residuals"``), so the
+decision compares the estimator actually used with FedAvg (predicted from the update sketches).
 """
 
 from __future__ import annotations
@@ -30,13 +38,15 @@ from fedstrat.sampling import (
     Selection,
     Strata,
     StratifiedSampler,
+    StratumVarianceTracker,
     UniformSampler,
+    VariancePrediction,
     predicted_variance,
     satterthwaite_band,
 )
 from fedstrat.sampling.baseline import fedavg_from_strata
 
-from .allocation_rule import round_allocation, stratum_means
+from .allocation_rule import allocate, round_allocation, stratum_costs, stratum_means
 from .node_registry import NodeRegistry
 from .plan import DesignDecision, Draw, Feedback, PopulationFrame, SamplerSpec, StrataPlan
 from .stratifier import Stratifier, feature_nodes
@@ -86,6 +96,9 @@ class StratifiedPolicy:
         self.last_plan: StrataPlan | None = None
         self._last_nodes: tuple[int, ...] | None = None
         self._labels_cache: tuple[Any, np.ndarray | None] | None = None
+        #: per-stratum tracker of residual sketches (estimator="difference"; reset on a refit)
+        self.residual_tracker: StratumVarianceTracker | None = None
+        self._residual_of: Any = None
 
     @staticmethod
     def sampler(spec: SamplerSpec) -> Sampler:
@@ -157,7 +170,8 @@ class StratifiedPolicy:
         s_band, f_band = pred.stratified_band, pred.fedavg_band
         assert st.tracker_ is not None
         n_min = int(st.tracker_.counts()[sp.present].min())
-        if sp.basis != "tracked" or n_min < MIN_TRACKED or s_band is None or f_band is None:
+        tracked = sp.basis in ("tracked", "residuals")
+        if not tracked or n_min < MIN_TRACKED or s_band is None or f_band is None:
             reason = (f"{st.design_reason_} (evidence: {st.features_kind_}; {n_min} tracked "
                       f"updates in a stratum, {MIN_TRACKED} needed)")
             return DesignDecision(self.mode, "proxy", candidate, s_band, f_band, reason)
@@ -165,8 +179,10 @@ class StratifiedPolicy:
         low = pred.gain_lower(GAIN_Z)
         new = "stratified" if low > margin * f_band.value else "fedavg"
         verdict = "above" if new == "stratified" else "not above"
+        est = " with the difference estimator (residual sketches)" if (
+            sp.basis == "residuals") else ""
         reason = (
-            f"tracked ({n_min}+ updates per stratum): {candidate} predicted MSE "
+            f"tracked ({n_min}+ updates per stratum): {candidate}{est} predicted MSE "
             f"{s_band.value:.3g} [{s_band.lo:.3g}, {s_band.hi:.3g}] vs FedAvg "
             f"{f_band.value:.3g} [{f_band.lo:.3g}, {f_band.hi:.3g}]; saving's 90% lower bound "
             f"{low:.3g} {verdict} {margin:g} x FedAvg"
@@ -211,6 +227,9 @@ class StratifiedPolicy:
             )
             return None
         strata = Strata(local.reshape(-1))
+        resid = self._residual_plan(frame, design, strata, present)
+        if resid is not None:
+            return resid
         alloc, stds, basis = round_allocation(
             o.allocation,
             self.stratifier,
@@ -236,6 +255,48 @@ class StratifiedPolicy:
             level=BAND_LEVEL,
         )
         return StrataPlan(strata, present, alloc, stds, basis, counts, masses, prediction)
+
+    def _residual_plan(
+        self, frame: PopulationFrame, design: str, strata: Strata, present: np.ndarray
+    ) -> StrataPlan | None:
+        """estimator="difference" with :data:`MIN_TRACKED` residual sketches in every present
+        stratum: ``m_h`` from the residual dispersion, the predicted MSE of the difference
+        estimator (residual stats) against FedAvg's (update stats); None otherwise."""
+        o, rt, tracker = self.options, self._residuals(), self.stratifier.tracker_
+        if rt is None or tracker is None or o.estimator != "difference":
+            return None
+        if rt.counts()[present].min() < MIN_TRACKED:
+            return None
+        counts, masses = strata.sizes.astype(np.float64), strata.masses(frame.sizes)
+        stds = rt.stds()[present]
+        costs = (stratum_costs(self.stratifier.node_stratum_, frame.registry, present)
+                 if o.allocation == "cost" else None)
+        alloc = allocate(o.allocation, design, counts, masses, stds, frame.m,
+                         o.min_per_stratum, costs)
+        p = frame.sizes / frame.sizes.sum()
+        p2 = np.bincount(strata.labels, weights=p * p, minlength=len(present))
+        kw = {"m": frame.m, "p2": p2, "level": BAND_LEVEL}
+        res = predicted_variance(counts, masses, stds, alloc, design,
+                                 means=rt.means()[present],
+                                 mean_counts=rt.effective_counts()[present], **kw)
+        upd = predicted_variance(counts, masses, tracker.stds()[present], alloc, design,
+                                 means=stratum_means(self.stratifier, present, masses, "tracked"),
+                                 mean_counts=tracker.effective_counts()[present], **kw)
+        gain_se = float(np.hypot(_band_se(res.stratified_band), _band_se(upd.fedavg_band)))
+        pred = VariancePrediction(res.stratified, upd.uniform, upd.fedavg,
+                                  res.stratified_band, upd.fedavg_band, gain_se)
+        return StrataPlan(strata, present, alloc, stds, "residuals", counts, masses, pred)
+
+    def _residuals(self) -> StratumVarianceTracker | None:
+        """The residual tracker of the current strata (a new one after a refit)."""
+        base = self.stratifier.tracker_
+        if base is None:
+            return None
+        if self._residual_of is not base:
+            self._residual_of = base
+            self.residual_tracker = StratumVarianceTracker(
+                base.n_strata, base.dim, prior_std=base.prior_std, ema=base.ema)
+        return self.residual_tracker
 
     def _labels(self, nodes: list[int]) -> np.ndarray | None:
         """Global stratum labels of ``nodes``, cached while nodes and strata are unchanged."""
@@ -301,11 +362,30 @@ class StratifiedPolicy:
             if feedback.weights[r] > 0 and node in where:
                 tracker.update(where[node], feedback.sketches[r], feedback.weights[r])
 
+    def observe_residuals(self, feedback: Feedback) -> None:
+        """estimator="difference": decay the residual tracker by :data:`ROUND_DECAY`, then
+        feed each responder's residual sketch ``sketch(Delta_i) - sketch(c_i)`` (``c_i`` the
+        control it was aggregated with) with its aggregation weight."""
+        tracker = self._residuals()
+        if feedback.sketches is None or tracker is None:
+            return
+        where = self.stratifier.node_stratum_
+        tracker.decay(ROUND_DECAY)
+        for r, node in enumerate(feedback.nodes):
+            if feedback.weights[r] > 0 and node in where:
+                tracker.update(where[node], feedback.sketches[r], feedback.weights[r])
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """The stratifier's state, the fallback flag and the decision mode."""
         mode = self.mode if self._mode_of is not None else None  # None: not decided yet
-        return {**self.stratifier.state_dict(), "fallback": self.fallback, "mode": mode}
+        out = {**self.stratifier.state_dict(), "fallback": self.fallback, "mode": mode}
+        if self.residual_tracker is not None and self._residual_of is self.stratifier.tracker_:
+            out["residual_tracker"] = {
+                k: v.tolist() if isinstance(v, np.ndarray) else v
+                for k, v in self.residual_tracker.state_dict().items()
+            }
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (empty: start afresh)."""
@@ -320,3 +400,15 @@ class StratifiedPolicy:
             self.mode = str(state["mode"])
         self._last_nodes = None
         self._labels_cache = None
+        self.residual_tracker, self._residual_of = None, None
+        rt = state.get("residual_tracker") if state else None
+        if rt is not None and self._residuals() is not None:
+            assert self.residual_tracker is not None
+            self.residual_tracker.load_state_dict(rt)
+
+
+def _band_se(band: Band | None) -> float:
+    """Standard error of a band's value (a Satterthwaite chi-square: ``value sqrt(2 / df)``)."""
+    if band is None or not np.isfinite(band.df) or band.df <= 0:
+        return 0.0
+    return float(band.value * np.sqrt(2.0 / band.df))

@@ -36,7 +36,7 @@ from .inner_strategy import (
     weight_ignoring,
 )
 from .node_registry import NodeRegistry
-from .observation import observe_replies
+from .observation import observe_replies, residual_sketches
 from .options import SelectionOptions
 from .payload_grid import fan_out, find_attr, inner_payload
 from .plan import Feedback, PopulationFrame, RoundPlan
@@ -230,6 +230,10 @@ class StratifiedSelection(Strategy):
                                    sketches=screen.sketches)
         self.policy.observe(Feedback([v.node_id for v in valid], sketches, weights))
         cv = difference_controls(self.controls, plan, valid, deltas)  # then stores the deltas
+        if cv[0] is not None and hasattr(self.policy, "observe_residuals"):
+            res = residual_sketches(sketches, cv[0], o.sketch_dim, o.sketch_seed,
+                                    self.sketch_method)
+            self.policy.observe_residuals(Feedback([v.node_id for v in valid], res, weights))
         arrays, metrics = None, None
         if valid:
             new_replies = rewrite_replies(valid, weights, global_np, estimator,

@@ -190,3 +190,69 @@ def test_rewrite_needs_controls_for_difference():
     g = {k: a.numpy() for k, a in arrays.items()}
     with pytest.raises(ValueError, match="difference"):
         rewrite_replies(valid, np.ones(3), g, "difference", "num-examples")
+
+
+def test_difference_allocates_and_predicts_from_residual_sketches():
+    """With constant client updates the residuals of seen nodes vanish: once every stratum has
+    tracked residual sketches, S_h are residual dispersions (they fall as nodes are seen), the
+    recorded predicted MSE is the difference estimator's, far below FedAvg's, and the decision
+    says so. The HT run never uses residuals."""
+    pop = make_population(n=40, classes=4, dim=6, seed=7)
+    grid = population_grid(pop)
+    arrays = global_arrays(6)
+    runs = {}
+    for est in ("ht", "difference"):
+        s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=10, seed=3,
+                                estimator=est, selection="stratified", profiling="query")
+        for r in range(1, 16):
+            one_round(s, grid, arrays, r)
+        runs[est] = s.records
+    assert all(r.S_h_basis != "residuals" for r in runs["ht"])
+    late = [r for r in runs["difference"] if r.S_h_basis == "residuals"]
+    assert late, "the residual tracker never took over"
+    last, ht_last = runs["difference"][-1], runs["ht"][-1]
+    assert last.S_h_basis == "residuals"
+    assert sum(last.S_h) < 0.5 * sum(late[0].S_h)
+    assert ht_last.S_h_basis == "tracked"
+    d = last.decision
+    assert d is not None and d.predicted is not None and d.predicted_fedavg is not None
+    assert last.pred_var == pytest.approx(d.predicted.value)
+    assert d.predicted.value < 0.1 * d.predicted_fedavg.value
+    assert "difference estimator" in d.reason
+    assert last.metrics()["fedstrat-var-ratio-fedavg"] > 10
+    # the residual tracker is part of the checkpoint
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=10, seed=3,
+                            estimator="difference", selection="stratified", profiling="query")
+    for r in range(1, 16):
+        one_round(s, grid, arrays, r)
+    state = json.loads(json.dumps(s.state_dict()))
+    assert "residual_tracker" in state["policy"]
+    t = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=10, seed=3,
+                            estimator="difference", selection="stratified", profiling="query")
+    t.load_state_dict(state)
+    one_round(s, grid, arrays, 16)
+    one_round(t, grid, arrays, 16)
+    assert t.records[-1].selected == s.records[-1].selected
+    assert t.records[-1].S_h == s.records[-1].S_h
+
+
+def test_stored_controls_are_scaled_by_the_coefficient_learnt_for_their_age():
+    """Nodes whose update halved between two draws two rounds apart teach b = 0.5 for that
+    age: the next controls of age 2 are half the stored update; with an explicit decay the
+    fixed decay applies instead."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 5))
+    sizes = np.ones(6)
+    for decay, expect in ((1.0, 0.5), (0.9, 0.81)):
+        cv = ControlVariates(decay=decay)
+        cv.update(1, [0, 1, 2], x[:3])
+        cv.update(2, [3, 4, 5], x[3:])
+        used = cv.controls(3, list(range(6)), sizes, 5).matrix([0, 1, 2])
+        cv.update(3, [0, 1, 2], 0.5 * x[:3], used, np.full(3, 1 / 6))
+        c = cv.controls(4, list(range(6)), sizes, 5)
+        np.testing.assert_allclose(c.of(3), expect * x[3], rtol=1e-6)
+        state = json.loads(json.dumps(cv.state_dict()))
+        again = ControlVariates(decay=decay)
+        again.load_state_dict(state)
+        np.testing.assert_array_equal(again.controls(4, list(range(6)), sizes, 5).of(3),
+                                      c.of(3))
