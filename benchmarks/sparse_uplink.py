@@ -11,11 +11,10 @@ same models and metrics bit for bit.
 ``--round1-clients K`` measures only the round-1 train replies of K random clients (same
 initial model, dense and sparse) and checks that densifying each sparse reply gives the dense
 one exactly; it writes ``benchmarks/results/sparse_uplink_round1.json``. It splits the bytes
-into embedding tables and the rest (DeepFM's dense MLP), and also reports, as an ESTIMATE (not
-a wire format fedstrat has), what a lossless codec would give: each float array XOR-ed bitwise
-with the array the server sent (rows of it for ``@values``), byte-shuffled and zlib-compressed
-(level 6), row indices delta-encoded and zlib-compressed; applied to the sparse AND to the
-dense replies, so the gain of sparsity and the gain of compression are told apart.
+into embedding tables and the rest (DeepFM's dense MLP) and tells the two lossless steps of
+the sparse uplink apart (:func:`fedstrat.clients.uplink.sparse_arrays` with one step off): the
+changed rows alone, the XOR + zlib codec alone (applied to the dense reply; not an option a
+user can pick) and both (what ``sparse-uplink`` sends).
 
 Run: ``python benchmarks/sparse_uplink.py`` (config
 ``experiments/configs/movielens100k_peruser.toml``, 10 rounds, seed 0, models deepfm and fm;
@@ -82,42 +81,6 @@ def run(cfg: RunConfig) -> dict[str, object]:
     }
 
 
-def _xor_shuffle_zlib(new, old) -> int:
-    """zlib bytes (level 6) of the byte-shuffled bitwise XOR of two same-shaped float arrays."""
-    import zlib
-
-    import numpy as np
-
-    bits = {2: np.uint16, 4: np.uint32, 8: np.uint64}[new.dtype.itemsize]
-    x = np.ascontiguousarray(new).view(bits) ^ np.ascontiguousarray(old).view(bits)
-    planes = x.view(np.uint8).reshape(-1, new.dtype.itemsize).T.copy()
-    return len(zlib.compress(planes.tobytes(), 6))
-
-
-def codec_bytes(record, sent) -> int:
-    """Estimated bytes of ``record`` under the lossless codec of the module docstring (per
-    array: its serialisation header + the compressed payload)."""
-    import zlib
-
-    import numpy as np
-
-    total = 0
-    for key, arr in record.items():
-        a = arr.numpy()
-        total += len(arr.data) - a.nbytes  # the array's header, as sent today
-        base = key.removesuffix(SPARSE_ROWS).removesuffix(SPARSE_VALUES)
-        if key.endswith(SPARSE_ROWS):
-            total += len(zlib.compress(np.diff(a, prepend=0).astype(np.int64).tobytes(), 6))
-        elif key.endswith(SPARSE_VALUES):
-            rows = record[base + SPARSE_ROWS].numpy()
-            total += _xor_shuffle_zlib(a, sent[base].numpy()[rows])
-        elif a.dtype.kind == "f" and base in sent and sent[base].numpy().shape == a.shape:
-            total += _xor_shuffle_zlib(a, sent[base].numpy())
-        else:
-            total += a.nbytes
-    return total
-
-
 def round_one(model: str, k: int, seed: int) -> dict[str, object]:
     """Round-1 reply bytes of ``k`` random clients (dense vs sparse) and exactness."""
     import numpy as np
@@ -126,7 +89,7 @@ def round_one(model: str, k: int, seed: int) -> dict[str, object]:
 
     from fedstrat.app.server_app import train_config
     from fedstrat.clients.data import load_client_data
-    from fedstrat.clients.uplink import record_bytes
+    from fedstrat.clients.uplink import record_bytes, sparse_arrays
     from fedstrat.models import build_model
     from fedstrat.strategies.local_grid import ensure_task_identity
     from fedstrat.strategies.sparse_uplink import densify
@@ -139,7 +102,9 @@ def round_one(model: str, k: int, seed: int) -> dict[str, object]:
     sent = ArrayRecord(build_model(model, first).state_dict())
     pids = np.random.default_rng(seed).choice(n, size=k, replace=False)
     out: dict[str, list[int]] = {
-        f"{kind}{part}": [] for kind in ("dense", "sparse") for part in ("", "_tables", "_codec")
+        f"{kind}{part}": []
+        for kind in ("dense", "sparse", "rows", "codec")
+        for part in ("", "_tables")
     }
     exact = True
     for pid in pids:
@@ -163,7 +128,13 @@ def round_one(model: str, k: int, seed: int) -> dict[str, object]:
             out[name + "_tables"].append(
                 sum(len(a.data) for key, a in rec.items() if _table_key(key))
             )
-            out[name + "_codec"].append(codec_bytes(rec, sent))
+            if not sparse:  # the two steps of the sparse uplink, one at a time
+                for part, kw in (("rows", {"compress": False}), ("codec", {"rows": False})):
+                    alone = sparse_arrays(rec, sent, **kw)
+                    out[part].append(record_bytes(alone))
+                    out[part + "_tables"].append(
+                        sum(len(a.data) for key, a in alone.items() if _table_key(key))
+                    )
         dense = densify(replies[True], sent)
         exact &= not isinstance(dense, str) and all(
             np.array_equal(dense[key].numpy(), replies[False][key].numpy())
@@ -177,21 +148,16 @@ def round_one(model: str, k: int, seed: int) -> dict[str, object]:
         "bytes_sparse_mean": mean["sparse"],
         "ratio": sum(out["dense"]) / sum(out["sparse"]),
         "tables_ratio": sum(out["dense_tables"]) / sum(out["sparse_tables"]),
+        # mean bytes of a reply: tables / the rest, for dense, changed rows only, codec only,
+        # and both (= sparse, what sparse-uplink sends)
         "bytes_by_part_mean": {
-            "dense_tables": mean["dense_tables"],
-            "dense_rest": mean["dense"] - mean["dense_tables"],
-            "sparse_tables": mean["sparse_tables"],
-            "sparse_rest": mean["sparse"] - mean["sparse_tables"],
+            kind: {"tables": mean[kind + "_tables"], "rest": mean[kind] - mean[kind + "_tables"]}
+            for kind in ("dense", "rows", "codec", "sparse")
         },
-        # the ratio if the tables cost nothing: the rest (dense MLP) bounds what sparsity can do
-        "ratio_bound_zero_table_bytes": mean["dense"] / (mean["sparse"] - mean["sparse_tables"]),
-        "codec_estimate": {
-            "bytes_dense_codec_mean": mean["dense_codec"],
-            "bytes_sparse_codec_mean": mean["sparse_codec"],
-            "ratio_dense_codec": sum(out["dense"]) / sum(out["dense_codec"]),
-            "ratio_sparse_codec": sum(out["dense"]) / sum(out["sparse_codec"]),
-            "ratio_sparse_codec_vs_dense_codec": sum(out["dense_codec"]) / sum(out["sparse_codec"]),
-        },
+        "ratio_rows_only": sum(out["dense"]) / sum(out["rows"]),
+        "ratio_codec_only": sum(out["dense"]) / sum(out["codec"]),
+        # the ratio if the tables cost nothing: the rest (dense MLP) bounds the changed rows
+        "ratio_rows_only_bound_free_tables": mean["dense"] / (mean["rows"] - mean["rows_tables"]),
         "per_client_ratio_min_max": [
             min(d / s for d, s in zip(out["dense"], out["sparse"], strict=True)),
             max(d / s for d, s in zip(out["dense"], out["sparse"], strict=True)),

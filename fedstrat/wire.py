@@ -35,3 +35,7 @@ NUM_EXAMPLES = "num-examples"
 #: other row equals the array the server sent. The server densifies before anything else.
 SPARSE_ROWS = "@rows"
 SPARSE_VALUES = "@values"
+#: Also with ``sparse-uplink``: a float array ``K`` (or ``K@values``) may travel as ``K@xorz``
+#: (``K@values@xorz``): uint8, the zlib stream of the byte-planes of its bits XOR the bits of
+#: what the server sent (those rows for values). Lossless; the server decodes it first.
+SPARSE_XORZ = "@xorz"

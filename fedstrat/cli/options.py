@@ -78,8 +78,9 @@ HELP: dict[str, str] = {
     "schema": "Schema TOML of --dataset table (label, fields, client key, split).",
     "split": "Train/test split: random or temporal (per-user latest rows; empty = the "
     "dataset's own).",
-    "sparse_uplink": "Clients send only the changed rows of embedding tables (indices + rows); "
-    "the server densifies them (same model, fewer uplink bytes).",
+    "sparse_uplink": "Clients send only the changed rows of embedding tables (indices + rows) "
+    "and the changed bits of float arrays zlib-compressed; the server restores them exactly "
+    "(same model, fewer uplink bytes).",
     "out": "Output directory (default runs/<timestamp>-<selection>-s<seed>).",
     "eval_every": "Evaluate the global model every k rounds.",
     "target_accuracy": "Target accuracy (AUC for CTR) for 'rounds to target' (0 = dataset "

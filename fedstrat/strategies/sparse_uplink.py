@@ -7,23 +7,94 @@ A client may send a table ``K`` as ``K@rows`` (sorted unique int64 row indices `
 
 is exactly the dense reply, and the HT / ratio / difference rewrite, the sketches and the inner
 strategy see the same numbers as without the sparse uplink. Pure functions of the records.
+
+A float array ``K`` (or ``K@values``) may also come as ``K@xorz`` (``K@values@xorz``): the zlib
+stream of the byte-planes of its bits XOR the bits of what the server sent (those rows);
+:func:`xor_decompress` XORs them back first (lossless; the stream may not inflate beyond the
+expected size).
 """
 
 from __future__ import annotations
 
 import copy
+import zlib
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 
-from fedstrat.wire import SPARSE_ROWS, SPARSE_VALUES
+from fedstrat.wire import SPARSE_ROWS, SPARSE_VALUES, SPARSE_XORZ
 
 from .array_codec import decode_array
 
+#: Unsigned integer type with the bits of a float of each item size.
+_BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
 
 def has_sparse_arrays(record: ArrayRecord) -> bool:
-    """Whether ``record`` holds any ``@rows`` / ``@values`` entry."""
-    return any(k.endswith((SPARSE_ROWS, SPARSE_VALUES)) for k in record)
+    """Whether ``record`` holds any ``@rows`` / ``@values`` / ``@xorz`` entry."""
+    return any(k.endswith((SPARSE_ROWS, SPARSE_VALUES, SPARSE_XORZ)) for k in record)
+
+
+def xor_decompress(payload: np.ndarray, sent: np.ndarray, name: str = "array") -> np.ndarray | str:
+    """The array whose bits are ``bits(sent)`` XOR the inflated byte-planes of ``payload``
+    (see :func:`fedstrat.clients.uplink.xor_compress`), or the reason it is malformed."""
+    if payload.ndim != 1 or payload.dtype != np.uint8:
+        return f"compressed array '{name}': payload must be a 1-D uint8 array"
+    k = sent.dtype.itemsize
+    if sent.dtype.kind != "f" or k not in _BITS:
+        return f"compressed array '{name}': the array sent is not a float array"
+    inflate = zlib.decompressobj()
+    try:
+        raw = inflate.decompress(payload.tobytes(), sent.nbytes + 1)
+    except zlib.error as exc:
+        return f"compressed array '{name}': {exc}"
+    if len(raw) != sent.nbytes or not inflate.eof or inflate.unused_data:
+        return f"compressed array '{name}': inflates to {len(raw)}+ bytes, expected {sent.nbytes}"
+    x = np.frombuffer(raw, dtype=np.uint8).reshape(k, -1).T.copy().view(_BITS[k]).ravel()
+    bits = x ^ np.ascontiguousarray(sent).view(_BITS[k]).ravel()
+    return bits.view(sent.dtype).reshape(sent.shape)
+
+
+def _rows_reason(rows: np.ndarray, n_rows: int, name: str) -> str | None:
+    """Why ``rows`` are not 1-D sorted unique integer indices in ``[0, n_rows)``, or None."""
+    if rows.ndim != 1 or rows.dtype.kind not in "iu":
+        return f"sparse array '{name}': row indices must be a 1-D integer array"
+    if rows.size and (rows[0] < 0 or rows[-1] >= n_rows):
+        return f"sparse array '{name}': row index out of range [0, {n_rows})"
+    if rows.size > 1 and not bool(np.all(np.diff(rows) > 0)):
+        return f"sparse array '{name}': row indices must be sorted and unique"
+    return None
+
+
+def _inflate(record: ArrayRecord, base: ArrayRecord) -> ArrayRecord | str:
+    """``record`` with each ``X@xorz`` entry replaced by ``X`` (same position), decoded
+    against ``base`` (rows of it for ``K@values``); a reason string if malformed."""
+    if not any(k.endswith(SPARSE_XORZ) for k in record):
+        return record
+    out = ArrayRecord()
+    for key, arr in record.items():
+        if not key.endswith(SPARSE_XORZ):
+            out[key] = arr
+            continue
+        name = key[: -len(SPARSE_XORZ)]
+        table = name.removesuffix(SPARSE_VALUES)
+        if name in record:
+            return f"array '{name}' was sent both plain and compressed"
+        if table not in base:
+            return f"compressed array '{name}' is not one of the arrays sent"
+        sent = decode_array(base[table])
+        if name != table:
+            if table + SPARSE_ROWS not in record:
+                return f"sparse array '{table}': values without rows"
+            rows = decode_array(record[table + SPARSE_ROWS])
+            if sent.ndim < 1 or (reason := _rows_reason(rows, sent.shape[0], table)):
+                return reason or f"sparse array '{table}': the array sent is a scalar"
+            sent = sent[rows]
+        dense = xor_decompress(decode_array(arr), sent, name)
+        if isinstance(dense, str):
+            return dense
+        out[name] = Array(np.ascontiguousarray(dense))
+    return out
 
 
 def densify_array(
@@ -39,10 +110,8 @@ def densify_array(
             f"sparse array '{name}': values of shape {values.shape} do not fit {rows.size} rows "
             f"of {global_array.shape}"
         )
-    if rows.size and (rows[0] < 0 or rows[-1] >= global_array.shape[0]):
-        return f"sparse array '{name}': row index out of range [0, {global_array.shape[0]})"
-    if rows.size > 1 and not bool(np.all(np.diff(rows) > 0)):
-        return f"sparse array '{name}': row indices must be sorted and unique"
+    if reason := _rows_reason(rows, global_array.shape[0], name):
+        return reason
     dense = global_array.astype(values.dtype, copy=True)
     dense[rows] = values
     return dense
@@ -50,7 +119,12 @@ def densify_array(
 
 def densify(record: ArrayRecord, base: ArrayRecord) -> ArrayRecord | str:
     """The dense record: each ``K@rows`` / ``K@values`` pair becomes ``K`` (at the position of
-    ``K@rows``) from ``base[K]``; other entries pass through. A reason string if malformed."""
+    ``K@rows``) from ``base[K]``; other entries pass through. ``@xorz`` entries are inflated
+    first (:func:`_inflate`). A reason string if malformed."""
+    inflated = _inflate(record, base)
+    if isinstance(inflated, str):
+        return inflated
+    record = inflated
     out = ArrayRecord()
     for key, arr in record.items():
         if key.endswith(SPARSE_VALUES):
@@ -68,7 +142,9 @@ def densify(record: ArrayRecord, base: ArrayRecord) -> ArrayRecord | str:
         if name not in base:
             return f"sparse array '{name}' is not one of the arrays sent"
         dense = densify_array(
-            decode_array(base[name]), decode_array(arr), decode_array(record[name + SPARSE_VALUES]),
+            decode_array(base[name]),
+            decode_array(arr),
+            decode_array(record[name + SPARSE_VALUES]),
             name,
         )
         if isinstance(dense, str):
