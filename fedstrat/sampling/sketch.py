@@ -119,30 +119,40 @@ class CountSketchStream:
         self.z = np.zeros((rows, self.map.width), dtype=dtype)
         self._uint = np.uint32 if self.z.dtype == np.float32 else np.uint64
         self._shift = 8 * self.z.dtype.itemsize - 1
-        self._mask = np.empty(self.map.width, dtype=self._uint)
-        self._buf = np.empty(self.map.width, dtype=self._uint)
+        self._buf = np.empty(0, dtype=self._uint)
 
-    def add(self, row: int, start: int, values: np.ndarray) -> None:
-        """Add ``values`` (1-D, the stream's dtype) as coordinates ``start ..`` of ``row``."""
-        mp, width, z = self.map, self.map.width, self.z[row]
-        end = start + values.shape[0]
-        if start < 0 or end > self.d:
+    def mask(self, start: int, n: int) -> np.ndarray:
+        """Sign-bit masks (the stream's unsigned dtype) of coordinates ``start .. start + n - 1``:
+        compute once, pass to :meth:`add` for every row."""
+        a = int(start)
+        if a < 0 or a + n > self.d or n < 1:
             raise ValueError("coordinates out of range")
-        a = start
+        bits = np.unpackbits(self.map.signs[a >> 3 : ((a + n - 1) >> 3) + 1])[a & 7 : (a & 7) + n]
+        return np.left_shift(bits, self._shift, dtype=self._uint)
+
+    def add(self, row: int, start: int, values: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Add ``values`` (1-D, the stream's dtype) as coordinates ``start ..`` of ``row``
+        (``mask``: :meth:`mask` of the same coordinates, if already made)."""
+        mp, width, z = self.map, self.map.width, self.z[row]
+        n_all = values.shape[0]
+        if mask is None:
+            mask = self.mask(start, n_all)
+        elif mask.shape[0] != n_all:
+            raise ValueError("mask and values differ in length")
+        if self._buf.shape[0] < n_all:
+            self._buf = np.empty(n_all, dtype=self._uint)
+        # s(j) v_j by flipping the sign bit: no float multiply, no upcast, exact.
+        f = np.bitwise_xor(values.view(self._uint), mask, out=self._buf[:n_all]).view(z.dtype)
+        a, end = start, start + n_all
         while a < end:
             block = a // width
             n = min(end, (block + 1) * width) - a
-            c = a - block * width  # position in the block
-            bits = np.unpackbits(mp.signs[a >> 3 : ((a + n - 1) >> 3) + 1])[a & 7 : (a & 7) + n]
-            mask, buf = self._mask[:n], self._buf[:n]
-            np.left_shift(bits, self._shift, out=mask, dtype=self._uint)
-            np.bitwise_xor(values[a - start : a - start + n].view(self._uint), mask, out=buf)
-            f = buf.view(z.dtype)
-            o = (c + int(mp.offsets[block])) % width
+            o = (a - block * width + int(mp.offsets[block])) % width
             n1 = min(n, width - o)
-            z[o : o + n1] += f[:n1]
+            piece = f[a - start : a - start + n]
+            z[o : o + n1] += piece[:n1]
             if n > n1:
-                z[: n - n1] += f[n1:]
+                z[: n - n1] += piece[n1:]
             a += n
 
     def result(self, rows: list[int] | None = None) -> np.ndarray:

@@ -82,51 +82,54 @@ def scan_updates(
     keys = float_keys(global_np)
     if not valid or not keys:
         return None
-    g64 = {k: np.asarray(global_np[k], dtype=np.float64).ravel() for k in keys}
-    d = sum(g.size for g in g64.values())
+    d = sum(global_np[k].size for k in keys)
     stream = None if sketch is None else CountSketchStream(d, sketch[0], sketch[1], len(valid))
     amax = np.zeros((len(valid), len(keys)))
-    rewritten: list[dict[str, Array]] | None = None if rewrite_w is None else []
-    buf = np.empty(CHUNK)
+    news: list[dict[str, Array]] = [{} for _ in valid]
+    g, delta = np.empty(CHUNK), np.empty(CHUNK)
+    # one output buffer per (key, dtype), re-used for every reply: its values are copied into
+    # the new Array's bytes at once (a fresh buffer per reply costs page faults, not copies)
     outs: dict[tuple[str, np.dtype], np.ndarray] = {}
     with np.errstate(all="ignore"):
         for r, v in enumerate(valid):
-            new: dict[str, np.ndarray] = {}
             start = 0
             for j, k in enumerate(keys):
-                g, x = g64[k], v.arrays[k].ravel()
+                flat_g, x = global_np[k].ravel(), v.arrays[k].ravel()
                 out = None
                 if rewrite_w is not None:
                     out = outs.get((k, x.dtype))
                     if out is None:
                         out = outs[(k, x.dtype)] = np.empty(x.size, dtype=x.dtype)
-                    new[k] = out
                 hi, lo, finite = -math.inf, math.inf, True
                 for a in range(0, x.size, CHUNK):
                     b = min(a + CHUNK, x.size)
-                    delta = buf[: b - a]
-                    np.copyto(delta, x[a:b], casting="unsafe")
-                    delta -= g[a:b]
-                    top, bottom = float(delta.max()), float(delta.min())
+                    gc, dc = g[: b - a], delta[: b - a]
+                    np.copyto(gc, flat_g[a:b], casting="unsafe")  # x_g in float64
+                    np.copyto(dc, x[a:b], casting="unsafe")
+                    dc -= gc
+                    top, bottom = float(dc.max()), float(dc.min())
                     if math.isfinite(top) and math.isfinite(bottom):
                         hi, lo = max(hi, top), min(lo, bottom)
                     else:
                         finite = False
                     if stream is not None:
-                        stream.add(r, start + a, delta)
+                        stream.add(r, start + a, dc)
                     if out is not None:
-                        delta *= rewrite_w
-                        delta += g[a:b]
-                        out[a:b] = delta
+                        dc *= rewrite_w
+                        dc += gc
+                        out[a:b] = dc
                 if x.size:
                     amax[r, j] = max(hi, -lo) if finite else math.inf
+                if out is not None:
+                    news[r][k] = encode_like(v.message.content[v.array_key][k],
+                                             out.reshape(v.arrays[k].shape))
                 start += x.size
-            if rewritten is not None:
-                record = v.message.content[v.array_key]
-                rewritten.append({
-                    k: encode_like(record[k], new[k].reshape(x.shape)) if k in new else record[k]
-                    for k, x in v.arrays.items()
-                })
+    rewritten: list[dict[str, Array]] | None = None
+    if rewrite_w is not None:
+        rewritten = []
+        for v, new in zip(valid, news, strict=True):
+            record = v.message.content[v.array_key]
+            rewritten.append({k: new.get(k, record[k]) for k in v.arrays})
     return UpdateScan(keys, amax, d, stream, rewritten, rewrite_w)
 
 

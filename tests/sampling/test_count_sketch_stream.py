@@ -1,0 +1,36 @@
+"""CountSketchStream: count_sketch of rows fed piece by piece, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedstrat.sampling import count_sketch
+from fedstrat.sampling.sketch import CountSketchStream
+
+
+@pytest.mark.parametrize("d", [7, 1000, 2 * 65536 + 17])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_stream_equals_count_sketch_of_the_stacked_rows(d, dtype):
+    rng = np.random.default_rng(d)
+    x = rng.normal(size=(3, d)).astype(dtype)
+    stream = CountSketchStream(d, 16, 3, 3, dtype=dtype)
+    cuts = sorted({0, d, *rng.integers(1, d, size=4).tolist()})
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        mask = stream.mask(a, b - a)  # made once, used for every row
+        for r in range(3):
+            stream.add(r, a, np.ascontiguousarray(x[r, a:b]), mask if r else None)
+    assert np.array_equal(stream.result(), count_sketch(x, 16, 3))
+    assert np.array_equal(stream.result([2, 0]), count_sketch(x[[2, 0]], 16, 3))
+
+
+def test_stream_checks_its_input():
+    stream = CountSketchStream(10, 4, 0, 1)
+    with pytest.raises(ValueError):
+        stream.add(0, 8, np.zeros(3))
+    with pytest.raises(ValueError):
+        stream.add(0, 0, np.zeros(3), stream.mask(0, 2))
+    bad = CountSketchStream(4, 2, 0, 1)
+    bad.add(0, 0, np.array([np.inf, 0.0, 0.0, 0.0]))
+    with pytest.raises(ValueError):
+        bad.result()
