@@ -16,7 +16,7 @@ range over the timed rounds). Memory per node: the growth of traced Python/numpy
 the wrapper after its setup round (tracemalloc, a separate setup run at the smallest d), and the
 bytes of its checkpoint ``state_dict()`` as JSON.
 
-Run: ``python benchmarks/strategy_overhead.py`` (full grid, ~10-20 min on 2 loaded cores),
+Run: ``python benchmarks/strategy_overhead.py`` (full grid, ~5 min on 2 loaded cores),
 ``--sizes 40k --nodes 100 10000 --rounds 10`` for a part. Rounds are capped by d x N (fewer
 rounds where one round is long): see ``rounds_for``. Writes
 ``benchmarks/results/strategy_overhead.json``.
