@@ -120,6 +120,10 @@ class LocalFederation:
     supernode_prefix:
         ``i -> argv prefix`` for SuperNode i's command, e.g. ``["ip", "netns", "exec", ns]``
         to run it in its own network namespace (default: none).
+    runtime_dependency_install:
+        ``True``: start the SuperLink with Flower's default (``uv sync`` of the app's
+        dependencies into a per-run env for the ServerApp) instead of
+        ``--disable-runtime-dependency-installation``. SuperNodes keep Flower's default (off).
     """
 
     def __init__(
@@ -137,6 +141,7 @@ class LocalFederation:
         echo: Callable[[str], None] | None = None,
         host: str = LOOPBACK,
         supernode_prefix: Callable[[int], Sequence[str]] | None = None,
+        runtime_dependency_install: bool = False,
     ) -> None:
         if num_supernodes < 1:
             raise ValueError(f"num_supernodes must be >= 1, got {num_supernodes}")
@@ -151,6 +156,7 @@ class LocalFederation:
         self._node_config = node_config
         self.host = host
         self._supernode_prefix = supernode_prefix
+        self.runtime_dependency_install = runtime_dependency_install
         self._extra_env = dict(env or {})
         self._echo = echo or (lambda _msg: None)
         self._own_workdir = workdir is None
@@ -280,7 +286,9 @@ class LocalFederation:
         return proc
 
     def _start_superlink(self) -> None:
-        flags = ["--isolation", "subprocess", "--disable-runtime-dependency-installation"]
+        flags = ["--isolation", "subprocess"]
+        if not self.runtime_dependency_install:
+            flags += ["--disable-runtime-dependency-installation"]
         ca_cert = None
         if self.tls:
             assert self.certs is not None
