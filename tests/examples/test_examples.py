@@ -108,7 +108,7 @@ def test_fedstrat_flower_app_survives_runtime_dependency_installation(tmp_path):
 
 def test_supported_flower_range_is_stated_and_installed():
     """README states the range of the pin; the installed Flower is inside it (the tests run
-    on it). The lowest version of the range is not exercised here (one Flower per venv)."""
+    on it). The lowest version of the range runs in its own venv: test_flower_range.py (slow)."""
     pin = [d for d in _project(ROOT)["project"]["dependencies"] if d.startswith("flwr")][0]
     assert ">=1.41" in pin and "<1.43" in pin
     assert "Flower >= 1.41, < 1.43" in (ROOT / "README.md").read_text()
