@@ -353,20 +353,17 @@ class StratifiedPolicy:
     def observe(self, feedback: Feedback) -> None:
         """Decay the tracker by :data:`ROUND_DECAY`, then feed each responder's sketch, with
         its aggregation weight, to its stratum's tracker."""
-        tracker = self.stratifier.tracker_
-        if feedback.sketches is None or tracker is None:
-            return
-        where = self.stratifier.node_stratum_
-        tracker.decay(ROUND_DECAY)
-        for r, node in enumerate(feedback.nodes):
-            if feedback.weights[r] > 0 and node in where:
-                tracker.update(where[node], feedback.sketches[r], feedback.weights[r])
+        self._feed(self.stratifier.tracker_, feedback)
 
     def observe_residuals(self, feedback: Feedback) -> None:
         """estimator="difference": decay the residual tracker by :data:`ROUND_DECAY`, then
         feed each responder's residual sketch ``sketch(Delta_i) - sketch(c_i)`` (``c_i`` the
         control it was aggregated with) with its aggregation weight."""
-        tracker = self._residuals()
+        self._feed(self._residuals(), feedback)
+
+    def _feed(self, tracker: StratumVarianceTracker | None, feedback: Feedback) -> None:
+        """Decay ``tracker`` by :data:`ROUND_DECAY` and add each weighted responder's sketch
+        to its stratum (nothing without sketches or a tracker)."""
         if feedback.sketches is None or tracker is None:
             return
         where = self.stratifier.node_stratum_
