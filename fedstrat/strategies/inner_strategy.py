@@ -168,7 +168,7 @@ def start_owner(strategy: Any) -> Any | None:
     return None
 
 
-def warn_start_bypassed(strategy: Any) -> str:
+def warn_start_bypassed(strategy: Any) -> None:
     """First round without StratifiedSelection.start(): a strategy around the wrapper (e.g.
     ``DifferentialPrivacy...(StratifiedSelection(CustomFedAvg(...)))``) runs Flower's own loop,
     so a wrapped ``start()`` (checkpoints, logging) never runs: say so once."""
@@ -178,7 +178,6 @@ def warn_start_bypassed(strategy: Any) -> str:
             "Flower's own loop. Nest it the other way round, e.g. StratifiedSelection("
             "DifferentialPrivacyServerSideFixedClipping(%s(...)), ...)",
             type(owner).__name__, type(owner).__name__)
-    return "outer"
 
 
 HOOKS = ("configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate",

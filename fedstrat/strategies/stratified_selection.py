@@ -130,6 +130,7 @@ class StratifiedSelection(Strategy):
         self._avail_key: tuple[int, ...] | None = None
         self._sizes_cache: tuple[Any, np.ndarray] | None = None
         self._last_round = 0
+        self._loop_checked = False  # start() ran, or the bypassed start() was warned about
         self._waiter = NodeWaiter(options.clients_per_round, options.node_wait_timeout,
                                   options.poll_interval)
         warn_construction(strategy, options.clients_per_round)
@@ -147,7 +148,7 @@ class StratifiedSelection(Strategy):
         """Flower's ``Strategy.start`` loop with this wrapper's hooks; when the wrapped
         strategy's class defines its own ``start()`` (checkpoints, logging), that loop runs
         instead, on a view of the wrapped strategy whose round hooks are this wrapper's."""
-        self.__dict__["_loop"] = "start"
+        self._loop_checked = True
         owner = start_owner(self.strategy)  # also inside a DP wrapper
         if owner is not None:
             return type(owner).start(hooked_view(owner, self), *args, **kwargs)
@@ -179,8 +180,9 @@ class StratifiedSelection(Strategy):
     ) -> Iterable[Message]:
         """Select this round's nodes by the policy; one message per selected node."""
         o = self.options
-        if "_loop" not in self.__dict__:  # an outer strategy runs the loop
-            self.__dict__["_loop"] = warn_start_bypassed(self.strategy)
+        if not self._loop_checked:  # an outer strategy runs the loop
+            warn_start_bypassed(self.strategy)
+            self._loop_checked = True
         available = self._waiter.available(grid)
         new = [] if tuple(available) == self._avail_key else self.registry.unseen(available)
         if new and o.profiling == "query":
