@@ -10,46 +10,21 @@ those of a dense reply.
 
 Then every float array (dense, or the ``@values`` of a table) whose changed BITS compress
 travels as ``K@xorz``: the zlib stream of the byte-planes of ``bits(new) XOR bits(sent)``
-(:func:`xor_compress`; for ``@values`` against those rows of the array sent). Weights that moved
-a little share sign, exponent and leading mantissa bits with what was sent, so the XOR's high
-byte-planes are mostly zero. Lossless: the server XORs back the same bits.
+(:func:`fedstrat.xorz.xor_compress`; for ``@values`` against those rows of the array sent).
+Weights that moved a little share sign, exponent and leading mantissa bits with what was sent,
+so the XOR's high byte-planes are mostly zero. Lossless: the server XORs back the same bits.
 """
 
 from __future__ import annotations
-
-import zlib
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from fedstrat.wire import SPARSE_ROWS, SPARSE_VALUES, SPARSE_XORZ
+from fedstrat.xorz import xor_compress
 
 #: Bytes of one row index on the wire (int64).
 INDEX_BYTES = 8
-#: zlib level of :func:`xor_compress` (6: zlib's default; 1 is ~2x faster, a few % larger).
-XORZ_LEVEL = 6
-#: Unsigned integer type with the bits of a float of each item size.
-BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
-
-
-def xor_compress(new: np.ndarray, sent: np.ndarray) -> np.ndarray | None:
-    """uint8 zlib stream of the byte-planes of ``bits(new) ^ bits(sent)``, or None when the
-    arrays are not same-shaped floats of one dtype or the stream is not smaller than ``new``."""
-    if (
-        new.dtype != sent.dtype
-        or new.shape != sent.shape
-        or new.dtype.kind != "f"
-        or new.dtype.itemsize not in BITS
-        or new.size == 0
-    ):
-        return None
-    bits = BITS[new.dtype.itemsize]
-    x = np.ascontiguousarray(new).view(bits).ravel() ^ np.ascontiguousarray(sent).view(bits).ravel()
-    planes = x.view(np.uint8).reshape(-1, new.dtype.itemsize).T
-    payload = np.frombuffer(zlib.compress(planes.tobytes(), XORZ_LEVEL), dtype=np.uint8)
-    return payload if payload.nbytes < new.nbytes else None
-
-
 def changed_rows(new: np.ndarray, old: np.ndarray) -> np.ndarray:
     """Sorted int64 indices ``r`` with ``new[r] != old[r]`` anywhere in the row (NaN differs)."""
     flat_new = new.reshape(new.shape[0], -1)

@@ -10,49 +10,26 @@ strategy see the same numbers as without the sparse uplink. Pure functions of th
 
 A float array ``K`` (or ``K@values``) may also come as ``K@xorz`` (``K@values@xorz``): the zlib
 stream of the byte-planes of its bits XOR the bits of what the server sent (those rows);
-:func:`xor_decompress` XORs them back first (lossless; the stream may not inflate beyond the
-expected size).
+:func:`fedstrat.xorz.xor_decompress` XORs them back first (lossless; the stream may not
+inflate beyond the expected size).
 """
 
 from __future__ import annotations
 
 import copy
-import zlib
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 
 from fedstrat.wire import SPARSE_ROWS, SPARSE_VALUES, SPARSE_XORZ
+from fedstrat.xorz import xor_decompress
 
 from .array_codec import decode_array
-
-#: Unsigned integer type with the bits of a float of each item size.
-_BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def has_sparse_arrays(record: ArrayRecord) -> bool:
     """Whether ``record`` holds any ``@rows`` / ``@values`` / ``@xorz`` entry."""
     return any(k.endswith((SPARSE_ROWS, SPARSE_VALUES, SPARSE_XORZ)) for k in record)
-
-
-def xor_decompress(payload: np.ndarray, sent: np.ndarray, name: str = "array") -> np.ndarray | str:
-    """The array whose bits are ``bits(sent)`` XOR the inflated byte-planes of ``payload``
-    (see :func:`fedstrat.clients.uplink.xor_compress`), or the reason it is malformed."""
-    if payload.ndim != 1 or payload.dtype != np.uint8:
-        return f"compressed array '{name}': payload must be a 1-D uint8 array"
-    k = sent.dtype.itemsize
-    if sent.dtype.kind != "f" or k not in _BITS:
-        return f"compressed array '{name}': the array sent is not a float array"
-    inflate = zlib.decompressobj()
-    try:
-        raw = inflate.decompress(payload.tobytes(), sent.nbytes + 1)
-    except zlib.error as exc:
-        return f"compressed array '{name}': {exc}"
-    if len(raw) != sent.nbytes or not inflate.eof or inflate.unused_data:
-        return f"compressed array '{name}': inflates to {len(raw)}+ bytes, expected {sent.nbytes}"
-    x = np.frombuffer(raw, dtype=np.uint8).reshape(k, -1).T.copy().view(_BITS[k]).ravel()
-    bits = x ^ np.ascontiguousarray(sent).view(_BITS[k]).ravel()
-    return bits.view(sent.dtype).reshape(sent.shape)
 
 
 def _rows_reason(rows: np.ndarray, n_rows: int, name: str) -> str | None:
