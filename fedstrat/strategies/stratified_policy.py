@@ -9,8 +9,9 @@ of ``options.allocation``) and FedAvg (uniform SRSWOR with self-normalised weigh
 The decision (:meth:`StratifiedPolicy.decide`): before every present stratum has
 :data:`MIN_TRACKED` tracked updates, the stratifier's fit-time choice on its features (label
 histograms: chi-square homogeneity test, then :func:`~fedstrat.sampling.choose_design` against
-FedAvg). After, only tracked evidence counts: the stratified design is kept while the 90% lower
-confidence bound of its predicted saving over FedAvg (``fedavg - stratified`` minus
+FedAvg; strata from warm-up update sketches, e.g. without a profile: FedAvg until tracked
+evidence). After, only tracked evidence counts: the stratified design is kept while the 90%
+lower confidence bound of its predicted saving over FedAvg (``fedavg - stratified`` minus
 :data:`GAIN_Z` standard errors, :meth:`~fedstrat.sampling.VariancePrediction.gain_lower`) is
 above 0, and after a fall back it returns only when that bound exceeds :data:`RETURN_MARGIN`
 times FedAvg's predicted MSE (hysteresis).
@@ -174,6 +175,9 @@ class StratifiedPolicy:
         if not tracked or n_min < MIN_TRACKED or s_band is None or f_band is None:
             reason = (f"{st.design_reason_} (evidence: {st.features_kind_}; {n_min} tracked "
                       f"updates in a stratum, {MIN_TRACKED} needed)")
+            if st.features_kind_ == "sketches":  # one warm-up round: no evidence vs FedAvg
+                self.mode = "fedavg"
+                reason = f"FedAvg until tracked evidence (strata from sketches): {reason}"
             return DesignDecision(self.mode, "proxy", candidate, s_band, f_band, reason)
         margin = 0.0 if self.mode == "stratified" else RETURN_MARGIN
         low = pred.gain_lower(GAIN_Z)

@@ -147,3 +147,18 @@ def test_unmodified_clientapp_in_flower_simulation_logs_no_error(digits, capfd):
         acc = out["result"].evaluate_metrics_serverapp
         assert acc[3]["accuracy"] > acc[0]["accuracy"] + 0.3
         assert len(out["strategy"].records) == 3
+
+
+def test_unmodified_clientapp_runs_fedavg_until_tracked_evidence(digits):
+    """Without a profile the strata come from warm-up sketches, which are no evidence against
+    FedAvg: every round decided before tracked evidence is a FedAvg round (uniform draw,
+    self-normalised weights); only tracked evidence may switch to the stratified design."""
+    _, strategy, _, errors = run_local(digits, digits["plain"], "auto", 0, 10)
+    assert errors == []
+    decisions = [(r.round, r.design, r.decision.mode, r.decision.evidence)
+                 for r in strategy.records]
+    early = [d for d in decisions if d[3] != "tracked"]
+    assert len(early) >= 2  # warm-up and at least one round on warm-up-sketch strata
+    assert all(mode == "fedavg" and design in ("fedavg", "uniform-warmup")
+               for _, design, mode, _ in early)
+    assert any("FedAvg until tracked evidence" in r.decision.reason for r in strategy.records)

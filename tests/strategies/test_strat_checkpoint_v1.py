@@ -46,6 +46,15 @@ def test_version1_checkpoint_continues_with_the_old_selections(name):
     s.load_state_dict(d["state"])
     assert s.n_records == 3
     arrays = run(s, (4, 5))
+    if name == "sketches":
+        # Issue 11 (later): strata fitted on warm-up update sketches are no evidence against
+        # FedAvg, so rounds decided before every stratum has tracked updates are FedAvg rounds
+        # now; the version-1 code drew its pps design there.
+        for rec, want in zip(s.records, d["next"], strict=True):
+            assert want["design"] == "pps" and rec.design == "fedavg"
+            assert rec.decision.evidence == "proxy"
+            assert "until tracked evidence" in rec.decision.reason
+        return
     # Issue 11 changed the tracker (per-round forgetting, noise-corrected between term), so
     # the tracked S_h and predicted variances differ; what is drawn and aggregated does not.
     predicted = {"S_h", "pred_var", "pred_var_uniform", "var_ratio"}
@@ -68,7 +77,10 @@ def test_state_loaded_from_version1_saves_and_loads_as_the_current_version(name)
     b = StratifiedSelection(FedAvg(fraction_evaluate=0.0), **d["kwargs"], profiling="query")
     b.load_state_dict(state)
     run(b, (4, 5))
-    assert [r.selected for r in b.records] == [n["selected"] for n in d["next"]]
+    run(a, (4, 5))
+    assert [r.selected for r in b.records] == [r.selected for r in a.records]
+    if name != "sketches":  # sketches: FedAvg until tracked evidence (test above)
+        assert [r.selected for r in b.records] == [n["selected"] for n in d["next"]]
 
 
 def test_unknown_state_version_is_refused():

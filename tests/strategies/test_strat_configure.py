@@ -208,7 +208,9 @@ def test_profiling_failure_falls_back_to_uniform_then_sketches(caplog):
     assert not any("Profiling failed" in m for m in msgs)
     assert any("stratifying by update sketches" in m for m in msgs)
     assert [r.design for r in s.records[:2]] == ["uniform-warmup"] * 2
-    assert s.records[2].design in ("pps", "srswor", "uniform")
+    # strata from one warm-up round's sketches: FedAvg until every stratum has tracked updates
+    assert s.records[2].design == "fedavg" and s.records[2].decision.evidence == "proxy"
+    assert s.records[2].decision.candidate in ("pps", "srswor")
     assert any("on sketches" in m for m in msgs)
     # round 1: no size known -> equal weights 1/m
     assert s.records[0].weights == pytest.approx([1 / 8] * 8)
@@ -294,7 +296,8 @@ def test_stratify_by_sketches_after_warmup_and_restratify(pop):
     run(s, grid, global_arrays(6), range(1, 6))
     designs = [r.design for r in s.records]
     assert designs[:2] == ["uniform-warmup"] * 2
-    assert all(d in ("pps", "srswor", "uniform") for d in designs[2:])
+    assert all(d in ("pps", "srswor", "fedavg") for d in designs[2:])
+    assert all(r.design == "fedavg" for r in s.records[2:] if r.decision.evidence == "proxy")
     assert s.policy.stratifier.features_kind_ == "sketches"
     assert s.policy.stratifier.fitted_round_ == 5  # built at round 3, rebuilt at round 5
     q = next(m for m in grid.sent if m.metadata.message_type == MessageType.QUERY)
