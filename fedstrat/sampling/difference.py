@@ -40,6 +40,7 @@ __all__ = [
     "difference_variance",
     "fill_controls",
     "residual_pps_allocation",
+    "residual_pps_stds",
     "residual_pps_variance",
 ]
 
@@ -319,6 +320,33 @@ def residual_pps_variance(
             one = np.zeros(len(rest), dtype=np.int64)
             total += float(_pps_terms(e[rest], p[rest], one, z[rest])[0]) / m_rest
     return total
+
+
+def residual_pps_stds(
+    scaled_stds: np.ndarray | list,
+    size_measure: np.ndarray | list,
+    sizes: np.ndarray | list,
+    labels: np.ndarray | list,
+) -> np.ndarray:
+    r"""The residual pps design's dispersion per stratum on the p-pps scale.
+
+    With the draw πps by :math:`z_i = p_i s_i` inside stratum h, write :math:`v_i = e_i / s_i`
+    and let :math:`\sigma'_h` be their z-weighted within-stratum std (``scaled_stds``, e.g.
+    a tracker fed :math:`v_i` with weight :math:`w_i s_i`). Then :math:`p_i e_i / z^q_i =
+    Z_h v_i` (:math:`z^q_i = z_i / Z_h`), so one draw's Hansen-Hurwitz variance is
+    :math:`a_h^2 = Z_h^2 \sigma'^2_h`. Returned: :math:`\sigma_h = Z_h \sigma'_h / P_h`,
+    so that :math:`P_h^2 \sigma_h^2 / m_h = a_h^2 / m_h` (the pps terms of
+    :func:`~fedstrat.sampling.predicted_variance`) and the pps Neyman allocation
+    :math:`m_h \propto P_h \sigma_h = a_h` are those of the residual pps design.
+    """
+    sz = as_sizes(sizes)
+    p = sz / sz.sum()
+    z = as_sizes(size_measure, "size_measure")
+    lab = np.asarray(labels, dtype=np.int64)
+    h_count = len(np.asarray(scaled_stds))
+    z_h = np.bincount(lab, weights=z, minlength=h_count)
+    p_h = np.bincount(lab, weights=p, minlength=h_count)
+    return np.asarray(scaled_stds, dtype=np.float64) * z_h / p_h
 
 
 class ResidualPPSSampler:

@@ -24,6 +24,13 @@ server knew before the round's draw (stored vectors, their rounds, the strata), 
 draw, so the estimator stays design-unbiased under any budget, decay or fill; these choices
 only change its variance.
 
+Residual size measure: :meth:`ControlVariates.residual_scales` predicts each node's residual
+norm :math:`\hat s_i` before the draw (``rho_k ||x_i||`` by age bucket, the RMS residual of
+nodes drawn without a stored update; :meth:`~fedstrat.sampling.difference.StaleControlModel.
+residual_scale`); the stratified policy draws pps by :math:`z_i = p_i \hat s_i` inside strata
+(:class:`~fedstrat.sampling.difference.ResidualPPSSampler`, HT weights :math:`p_i / \pi_i`).
+It too depends only on what the server knew before the draw.
+
 Checkpoint: :meth:`ControlVariates.state_dict` is JSON (vectors as base64 of their float32
 bytes), so a resumed run restores the controls bit for bit.
 """
@@ -79,6 +86,7 @@ class ControlVariates:
         self.fill = fill
         self.vectors: dict[int, np.ndarray] = {}
         self.rounds: dict[int, int] = {}
+        self.norms: dict[int, float] = {}  # ||x_i|| of each stored vector
         self.dropped = 0  # vectors dropped by the budget so far
         #: the learnt stale-control coefficients (``decay == 1`` and ``learn``), else None
         self.model = StaleControlModel() if learn and self.decay == 1.0 else None
@@ -87,6 +95,17 @@ class ControlVariates:
     def nbytes(self) -> int:
         """Bytes held by the stored vectors."""
         return sum(v.nbytes for v in self.vectors.values())
+
+    def residual_scales(self, round_: int, nodes: list[int]) -> np.ndarray:
+        r"""Predicted residual norms :math:`\hat s_i` of ``nodes`` at round ``round_`` (all
+        ones without the learnt model, e.g. with a fixed ``decay < 1``, or before it has
+        learnt): the residual pps size measure is then the plain size."""
+        if self.model is None or not self.model.learnt:
+            return np.ones(len(nodes))
+        ages = np.array([round_ - self.rounds[int(n)] if int(n) in self.vectors else 0
+                         for n in nodes], dtype=np.int64)
+        norms = np.array([self.norms.get(int(n), 0.0) for n in nodes], dtype=np.float64)
+        return self.model.residual_scale(ages, norms)
 
     def controls(
         self,
@@ -157,8 +176,10 @@ class ControlVariates:
             w = np.ones(len(nodes)) if weights is None else np.asarray(weights, np.float64)
             self.model.observe(ages, d, old, d - np.asarray(used, np.float64), w)
         for n, d in zip(nodes, deltas, strict=True):
-            self.vectors[int(n)] = np.asarray(d, dtype=np.float32).copy()
+            v = np.asarray(d, dtype=np.float32).copy()
+            self.vectors[int(n)] = v
             self.rounds[int(n)] = int(round_)
+            self.norms[int(n)] = _norm(v)
         if self.budget_bytes:
             total = self.nbytes
             for n in sorted(self.vectors, key=lambda k: (self.rounds[k], -k)):
@@ -166,6 +187,7 @@ class ControlVariates:
                     break
                 total -= self.vectors.pop(n).nbytes
                 del self.rounds[n]
+                self.norms.pop(n, None)
                 self.dropped += 1
 
     def state_dict(self) -> dict[str, Any]:
@@ -185,18 +207,30 @@ class ControlVariates:
             int(n): np.frombuffer(base64.b64decode(b), dtype=np.float32).copy()
             for n, b in state.get("vectors", {}).items()
         }
+        self.norms = {n: _norm(v) for n, v in self.vectors.items()}
         self.dropped = int(state.get("dropped", 0))
         if self.model is not None:
             self.model = StaleControlModel()
             self.model.load_state_dict(state.get("model", {}))
 
 
-def make_controls(options: Any) -> ControlVariates | None:
-    """The memory for ``options.estimator == "difference"`` (else None)."""
+def _norm(v: np.ndarray) -> float:
+    """``||v||`` in float64 (of the stored float32 vector)."""
+    x = v.astype(np.float64)
+    return float(np.sqrt(x @ x))
+
+
+def make_controls(options: Any, policy: Any = None) -> ControlVariates | None:
+    """The memory for ``options.estimator == "difference"`` (else None); handed to
+    ``policy.attach_controls`` when the policy has it (the stratified policy draws with the
+    residual size measure of this memory)."""
     if getattr(options, "estimator", "") != "difference":
         return None
-    return ControlVariates(float(options.cv_decay), int(options.cv_budget_bytes),
-                           options.cv_fill)
+    memory = ControlVariates(float(options.cv_decay), int(options.cv_budget_bytes),
+                             options.cv_fill)
+    if hasattr(policy, "attach_controls"):
+        policy.attach_controls(memory)
+    return memory
 
 
 def difference_controls(

@@ -1,4 +1,4 @@
-"""The stratified selection policy: strata, design, allocation, draw; tracks ``S_h``.
+r"""The stratified selection policy: strata, design, allocation, draw; tracks ``S_h``.
 
 Per round: (re)stratify when due (:meth:`StratifiedPolicy.refresh`), then decide, on the best
 evidence available, between the stratified design (``pps`` / ``srswor`` with the allocation rule
@@ -23,6 +23,20 @@ observe_residuals`). Once every present stratum has :data:`MIN_TRACKED` of them,
 allocation uses the residual dispersion and the stratified candidate's predicted MSE is the
 difference estimator's (the design variance of the residuals; ``basis="residuals"``), so the
 decision compares the estimator actually used with FedAvg (predicted from the update sketches).
+
+Residual size measure (design ``pps``, with the learnt stale-control model of the attached
+:class:`~fedstrat.strategies.control_variates.ControlVariates`): inside strata the draw is πps
+by :math:`z_i = p_i \hat s_i`, :math:`\hat s_i` the predicted residual norm
+(:class:`~fedstrat.sampling.difference.ResidualPPSSampler`, HT weights :math:`p_i / \pi_i`).
+The residual tracker then follows the scaled residuals :math:`v_i = (\Delta_i - c_i) /
+\hat s_i` fed with weight :math:`w_i \hat s_i` (so it estimates their z-weighted mean and
+dispersion :math:`\sigma'_h`), and the one-draw Hansen-Hurwitz variance of stratum h is
+:math:`a_h^2 = Z_h^2 \sigma'^2_h` (:math:`Z_h = \sum_{i \in h} z_i`). Written as a p-pps
+dispersion :math:`\sigma_h = Z_h \sigma'_h / P_h` (the recorded ``S_h``), the Neyman
+allocation :math:`m_h \propto P_h \sigma_h = a_h` and the predicted MSE
+:math:`\sum_h P_h^2 \sigma_h^2 / m_h` are those of the design drawn. Without the model
+(``cv_decay < 1``, before it has learnt, or design ``srswor``) :math:`\hat s_i = 1`: πps by
+size.
 """
 
 from __future__ import annotations
@@ -46,6 +60,7 @@ from fedstrat.sampling import (
     satterthwaite_band,
 )
 from fedstrat.sampling.baseline import fedavg_from_strata
+from fedstrat.sampling.difference import ResidualPPSSampler, residual_pps_stds
 
 from .allocation_rule import allocate, round_allocation, stratum_costs, stratum_means
 from .node_registry import NodeRegistry
@@ -53,6 +68,7 @@ from .plan import DesignDecision, Draw, Feedback, PopulationFrame, SamplerSpec, 
 from .stratifier import Stratifier, feature_nodes
 
 if TYPE_CHECKING:
+    from .control_variates import ControlVariates
     from .options import SelectionOptions
 
 log = logging.getLogger("flwr").log
@@ -100,6 +116,16 @@ class StratifiedPolicy:
         #: per-stratum tracker of residual sketches (estimator="difference"; reset on a refit)
         self.residual_tracker: StratumVarianceTracker | None = None
         self._residual_of: Any = None
+        #: the difference estimator's control memory (:meth:`attach_controls`), or None
+        self.controls: ControlVariates | None = None
+        #: predicted residual norm of each node of the last plan (the residual tracker's scale)
+        self._scale: dict[int, float] = {}
+        #: the sampler of the last draw (its design: strata, allocation, size measure)
+        self.last_sampler: Sampler | None = None
+
+    def attach_controls(self, memory: ControlVariates) -> None:
+        """Use ``memory``'s predicted residual norms as the pps size measure (module doc)."""
+        self.controls = memory
 
     @staticmethod
     def sampler(spec: SamplerSpec) -> Sampler:
@@ -126,6 +152,7 @@ class StratifiedPolicy:
         st = self.stratifier
         cand = st.candidate_design_ if st.fitted else None
         strata_plan = None
+        self._scale = self._residual_scales(frame, cand)
         if cand in STRATIFIED_DESIGNS:
             strata_plan = self._strata_plan(frame, cand)
         self.last_plan = strata_plan
@@ -143,10 +170,16 @@ class StratifiedPolicy:
                 allocation=strata_plan.allocation,
                 design=cand,
             )
-            selection = self.sampler(spec).sample(rng)
+            self.last_sampler = self.sampler(spec)
+            if strata_plan.basis == "residuals" and cand == "pps":
+                z = self._size_measure(frame)
+                self.last_sampler = ResidualPPSSampler(frame.sizes, strata_plan.strata,
+                                                       strata_plan.allocation, z)
+            selection = self.last_sampler.sample(rng)
             return Draw(cand, selection, True, reason=decision.reason, strata=strata_plan,
                         decision=decision)
-        selection = self.sampler(SamplerSpec(frame.sizes, frame.m)).sample(rng)
+        self.last_sampler = self.sampler(SamplerSpec(frame.sizes, frame.m))
+        selection = self.last_sampler.sample(rng)
         design = "uniform-warmup" if not st.fitted else "fedavg"
         if self.options.estimator == "difference":  # keeps its unbiased HT weights
             return Draw(design, selection, True, reason=decision.reason, decision=decision)
@@ -183,8 +216,10 @@ class StratifiedPolicy:
         low = pred.gain_lower(GAIN_Z)
         new = "stratified" if low > margin * f_band.value else "fedavg"
         verdict = "above" if new == "stratified" else "not above"
-        est = " with the difference estimator (residual sketches)" if (
-            sp.basis == "residuals") else ""
+        est = "" if sp.basis != "residuals" else (
+            " with the difference estimator (residual sketches" + (
+                ", pps by predicted residual norm)" if candidate == "pps" and self._scale
+                else ")"))
         reason = (
             f"tracked ({n_min}+ updates per stratum): {candidate}{est} predicted MSE "
             f"{s_band.value:.3g} [{s_band.lo:.3g}, {s_band.hi:.3g}] vs FedAvg "
@@ -273,6 +308,9 @@ class StratifiedPolicy:
             return None
         counts, masses = strata.sizes.astype(np.float64), strata.masses(frame.sizes)
         stds = rt.stds()[present]
+        if design == "pps" and self._scale:  # sigma_h = Z_h sigma'_h / P_h (module doc)
+            stds = residual_pps_stds(stds, self._size_measure(frame), frame.sizes,
+                                     strata.labels)
         costs = (stratum_costs(self.stratifier.node_stratum_, frame.registry, present)
                  if o.allocation == "cost" else None)
         alloc = allocate(o.allocation, design, counts, masses, stds, frame.m,
@@ -290,6 +328,22 @@ class StratifiedPolicy:
         pred = VariancePrediction(res.stratified, upd.uniform, upd.fedavg,
                                   res.stratified_band, upd.fedavg_band, gain_se)
         return StrataPlan(strata, present, alloc, stds, "residuals", counts, masses, pred)
+
+    def _residual_scales(self, frame: PopulationFrame, design: str | None) -> dict[int, float]:
+        """``{node: s_i}`` predicted residual norms of the population (empty: ``s_i = 1``)
+        for the pps design with the difference estimator and an attached memory."""
+        if (self.controls is None or self.options.estimator != "difference"
+                or design != "pps"):
+            return {}
+        s = self.controls.residual_scales(frame.round, list(frame.nodes))
+        if np.all(s == 1.0):
+            return {}
+        return {int(n): float(v) for n, v in zip(frame.nodes, s, strict=True)}
+
+    def _size_measure(self, frame: PopulationFrame) -> np.ndarray:
+        """``z_i = p_i s_i`` over ``frame.nodes`` (``s_i`` of :meth:`_residual_scales`)."""
+        p = frame.sizes / frame.sizes.sum()
+        return p * np.array([self._scale.get(int(n), 1.0) for n in frame.nodes])
 
     def _residuals(self) -> StratumVarianceTracker | None:
         """The residual tracker of the current strata (a new one after a refit)."""
@@ -362,7 +416,13 @@ class StratifiedPolicy:
     def observe_residuals(self, feedback: Feedback) -> None:
         """estimator="difference": decay the residual tracker by :data:`ROUND_DECAY`, then
         feed each responder's residual sketch ``sketch(Delta_i) - sketch(c_i)`` (``c_i`` the
-        control it was aggregated with) with its aggregation weight."""
+        control it was aggregated with) with its aggregation weight; with a residual size
+        measure the scaled residual ``v_i = e_i / s_i`` with weight ``w_i s_i`` (module doc)."""
+        if self._scale and feedback.sketches is not None:
+            s = np.array([self._scale.get(int(n), 1.0) for n in feedback.nodes])
+            feedback = Feedback(list(feedback.nodes),
+                                np.asarray(feedback.sketches, np.float64) / s[:, None],
+                                np.asarray(feedback.weights, np.float64) * s)
         self._feed(self._residuals(), feedback)
 
     def _feed(self, tracker: StratumVarianceTracker | None, feedback: Feedback) -> None:
@@ -402,6 +462,7 @@ class StratifiedPolicy:
         self._last_nodes = None
         self._labels_cache = None
         self.residual_tracker, self._residual_of = None, None
+        self._scale, self.last_sampler = {}, None
         rt = state.get("residual_tracker") if state else None
         if rt is not None and self._residuals() is not None:
             assert self.residual_tracker is not None

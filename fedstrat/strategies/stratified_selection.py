@@ -124,7 +124,7 @@ class StratifiedSelection(Strategy):
         self.applied_options = _effective_options(strategy, options)
         self.policy: SelectionPolicy = make_policy(self.applied_options)
         self.records: list[RoundRecord] = []
-        self.controls = make_controls(options)  # control variates (estimator="difference")
+        self.controls = make_controls(options, self.policy)  # estimator="difference" controls
         self.n_records = 0
         self._pending: RoundPlan | None = None
         self._avail_key: tuple[int, ...] | None = None

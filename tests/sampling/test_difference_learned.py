@@ -9,6 +9,7 @@ from fedstrat.sampling.difference import (
     ResidualPPSSampler,
     StaleControlModel,
     residual_pps_allocation,
+    residual_pps_stds,
     residual_pps_variance,
 )
 
@@ -93,3 +94,75 @@ def test_a_size_measure_by_residual_norm_lowers_the_variance():
     np.testing.assert_allclose(sel.weights, p[sel.ids] / smp.inclusion[sel.ids])
     with pytest.raises(ValueError, match="size_measure"):
         ResidualPPSSampler(sizes, Strata(labels), np.array([5]), p[:-1])
+
+
+def _residual_design(seed=5, n=8, m_h=(1, 1)):
+    """A population of two strata, residuals with very different norms, a predicted residual
+    norm ``s`` and the residual pps design built from the scaled residuals' statistics as
+    the strategy builds it (here from the exact z-weighted stds)."""
+    from fedstrat.sampling import StratumVarianceTracker
+
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(5, 40, n).astype(float)
+    p = sizes / sizes.sum()
+    labels = np.repeat([0, 1], n // 2)
+    s = np.exp(rng.normal(0.0, 1.0, n))
+    resid = rng.normal(size=(n, 4)) * s[:, None]
+    z = p * s
+    tracker = StratumVarianceTracker(2, 4)
+    for i in range(n):  # census: every unit with weight w_i s_i = z_i (pi_i = 1)
+        tracker.update(int(labels[i]), resid[i] / s[i], z[i])
+    stds = residual_pps_stds(tracker.stds(), z, sizes, labels)
+    return sizes, p, labels, z, resid, stds, np.asarray(m_h)
+
+
+def test_tracked_scaled_residuals_predict_the_residual_pps_variance_exactly():
+    """sigma_h = Z_h sigma'_h / P_h from the z-weighted dispersion of e_i / s_i: the pps
+    prediction sum P_h^2 sigma_h^2 / m_h equals the Hansen-Hurwitz variance of the design
+    drawn (pps by z), and it differs from the p-pps prediction of the same residuals."""
+    from fedstrat.sampling import predicted_variance, stratum_statistics
+
+    sizes, p, labels, z, resid, stds, alloc = _residual_design(m_h=(1, 1))
+    strata = Strata(labels)
+    assert np.all(ResidualPPSSampler(sizes, strata, alloc, z).inclusion < 1.0)
+    pred = predicted_variance(strata.sizes, strata.masses(sizes), stds, alloc, "pps")
+    exact = residual_pps_variance(resid, sizes, strata, alloc, z)
+    assert pred.stratified == pytest.approx(exact, rel=1e-10)
+    plain = stratum_statistics(resid, sizes, strata)["stds"]  # p-weighted: pps by size
+    by_size = predicted_variance(strata.sizes, strata.masses(sizes), plain, alloc, "pps")
+    assert by_size.stratified == pytest.approx(
+        residual_pps_variance(resid, sizes, strata, alloc, p), rel=1e-10)
+    assert abs(by_size.stratified - exact) > 0.05 * exact
+
+
+def test_the_strategys_residual_draw_is_unbiased_by_enumeration():
+    """The residual pps draw with the allocation from the scaled residuals' statistics
+    (design_neyman_allocation on sigma_h = Z_h sigma'_h / P_h, as the strategy does): every
+    sample enumerated through the sampler (scripted generator), E[w_i 1{i in s}] = p_i and
+    the difference estimator's mean is the target for arbitrary controls."""
+    from test_difference import Scripted, _stratified
+
+    from fedstrat.sampling import design_neyman_allocation
+    from fedstrat.sampling.difference import difference_estimate
+
+    sizes, p, labels, z, resid, stds, _ = _residual_design(seed=6, n=8)
+    strata = Strata(labels)
+    alloc = design_neyman_allocation(strata.sizes, strata.masses(sizes), stds, 4, "pps")
+    smp = ResidualPPSSampler(sizes, strata, alloc, z)
+    probs, sels = [], []
+    for prob, answers in _stratified(smp, strata, alloc, "pps"):
+        g = Scripted(answers)
+        sels.append(smp.sample(g))
+        assert not g.answers
+        probs.append(prob)
+    probs = np.array(probs)
+    assert probs.sum() == pytest.approx(1.0, abs=1e-12)
+    ew = np.zeros(len(sizes))
+    for pr, sel in zip(probs, sels, strict=True):
+        np.add.at(ew, sel.ids, pr * sel.weights)
+    np.testing.assert_allclose(ew, p, atol=1e-12)
+    rng = np.random.default_rng(1)
+    upd = rng.normal(size=(len(sizes), 3)) * 4
+    for controls in (np.zeros_like(upd), upd + rng.normal(size=upd.shape)):
+        est = np.array([difference_estimate(sel, upd, controls, sizes) for sel in sels])
+        np.testing.assert_allclose(probs @ est, p @ upd, atol=1e-12)

@@ -256,3 +256,43 @@ def test_stored_controls_are_scaled_by_the_coefficient_learnt_for_their_age():
         again.load_state_dict(state)
         np.testing.assert_array_equal(again.controls(4, list(range(6)), sizes, 5).of(3),
                                       c.of(3))
+
+
+def test_the_draw_is_pps_by_predicted_residual_norm_once_residuals_are_tracked():
+    """estimator="difference", design pps: once every stratum has tracked residual sketches,
+    a stratified round draws πps by z_i = p_i s_i inside strata (s_i the memory's predicted
+    residual norm before the round), with HT weights p_i / pi_i; before that, πps by size.
+    Constant client updates: seen nodes' residuals vanish, so never-seen nodes get larger
+    inclusion probabilities than pps by size would give them."""
+    from fedstrat.sampling import pps_inclusion
+
+    pop = make_population(n=40, classes=4, dim=6, seed=7)
+    grid = population_grid(pop)
+    arrays = global_arrays(6)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=10, seed=3,
+                            estimator="difference", selection="stratified", design="pps",
+                            profiling="query")
+    nodes = sorted(pop.node_ids)
+    where = {n: k for k, n in enumerate(nodes)}
+    p = _p(pop, nodes)
+    by_residual, by_size = [], []
+    for r in range(1, 16):
+        scale = s.controls.residual_scales(r, nodes)
+        one_round(s, grid, arrays, r)
+        rec = s.records[-1]
+        if rec.design != "pps" or rec.decision.mode != "stratified":
+            continue
+        labels = s.policy.last_plan.strata.labels
+        z = p * scale if rec.S_h_basis == "residuals" else p
+        pi = np.zeros(len(nodes))
+        for h, m_h in enumerate(rec.m_h):
+            mem = np.flatnonzero(labels == h)
+            pi[mem] = pps_inclusion(z[mem], m_h)
+        k = [where[n] for n in rec.selected]
+        np.testing.assert_allclose(rec.inclusion, pi[k], rtol=1e-12)
+        np.testing.assert_allclose(rec.selection_weights, p[k] / pi[k], rtol=1e-12)
+        (by_residual if rec.S_h_basis == "residuals" else by_size).append(r)
+        if rec.S_h_basis == "residuals":
+            assert not np.allclose(scale, scale[0]), "the size measure is the plain size"
+            assert "predicted residual norm" in rec.decision.reason
+    assert by_residual, "the residual size measure was never used"
