@@ -90,11 +90,12 @@ def _accumulate(v: np.ndarray, mp: _CountSketchMap, z: np.ndarray) -> None:
             z[..., : n - n1] += f[..., n1:]
 
 
-def _sketch_slots(z: np.ndarray, mp: _CountSketchMap, dim: int) -> np.ndarray:
-    """Bucket sums (float64) of the slot accumulators ``z`` (..., B); ValueError if not finite."""
-    slots = z[..., mp.order].reshape(z.shape[:-1] + (mp.width // dim, dim))
+def _sketch_slots(z: np.ndarray, mp: _CountSketchMap, dim: int, check: bool = True) -> np.ndarray:
+    """Bucket sums (float64) of the slot accumulators ``z`` (..., B); ValueError if not finite
+    (unless ``check`` is False)."""
+    slots = np.take(z, mp.order, axis=-1).reshape(z.shape[:-1] + (mp.width // dim, dim))
     out = slots.sum(axis=-2, dtype=np.float64)
-    if not np.all(np.isfinite(out)):
+    if check and not np.all(np.isfinite(out)):
         raise ValueError("vector contains NaN or inf (or its sketch overflows)")
     return out
 
@@ -114,8 +115,8 @@ class CountSketchStream:
         self.dim = as_count(dim, "dim")
         if d < 1:
             raise ValueError("vectors must be non-empty")
-        self.d = int(d)
-        self.map = _count_sketch_map(self.d, self.dim, int(seed))
+        self.d, self.seed = int(d), int(seed)
+        self.map = _count_sketch_map(self.d, self.dim, self.seed)
         self.z = np.zeros((rows, self.map.width), dtype=dtype)
         self._uint = np.uint32 if self.z.dtype == np.float32 else np.uint64
         self._shift = 8 * self.z.dtype.itemsize - 1
@@ -131,9 +132,11 @@ class CountSketchStream:
         return np.left_shift(bits, self._shift, dtype=self._uint)
 
     def add(self, row: int, start: int, values: np.ndarray, mask: np.ndarray | None = None) -> None:
-        """Add ``values`` (1-D, the stream's dtype) as coordinates ``start ..`` of ``row``
-        (``mask``: :meth:`mask` of the same coordinates, if already made)."""
+        """Add ``values`` (1-D; converted to the stream's dtype if not in it) as coordinates
+        ``start ..`` of ``row`` (``mask``: :meth:`mask` of the same coordinates, if made)."""
         mp, width, z = self.map, self.map.width, self.z[row]
+        if values.dtype != z.dtype:
+            values = values.astype(z.dtype)
         n_all = values.shape[0]
         if mask is None:
             mask = self.mask(start, n_all)
@@ -155,11 +158,11 @@ class CountSketchStream:
                 z[: n - n1] += piece[n1:]
             a += n
 
-    def result(self, rows: list[int] | None = None) -> np.ndarray:
+    def result(self, rows: list[int] | None = None, check: bool = True) -> np.ndarray:
         """Float64 ``(len(rows), dim)`` sketches of ``rows`` (all rows by default);
-        ValueError if one is not finite."""
+        ValueError if one is not finite (``check=False``: returned as they are)."""
         z = self.z if rows is None else self.z[rows]
-        return _sketch_slots(z, self.map, self.dim)
+        return _sketch_slots(z, self.map, self.dim, check)
 
 
 def count_sketch(vector: np.ndarray, dim: int = 64, seed: int = 0) -> np.ndarray:

@@ -167,7 +167,7 @@ def screen_triage(
     if deltas is not None:
         extra["deltas"] = deltas if kept is None else deltas[kept]
     if scan is not None and scan.sketch is not None:
-        extra["sketches"] = scan.sketch.result(kept)
+        extra["sketches"] = scan.sketches(valid, global_np, kept)
     if scan is not None and scan.rewritten is not None:
         again = None if kept is None else scan_updates(
             screened.valid, global_np, rewrite_w=float(screened.weights.sum()))

@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from fedstrat.sampling.sketch import CountSketchStream
+from fedstrat.sampling.sketch import CountSketchStream, count_sketch
 
 from .array_codec import encode_like
 from .reply_validation import ValidReply
 
-#: coordinates per step of :func:`scan_updates`: float64 work buffers that stay in L2 cache
-CHUNK = 1 << 14
+#: coordinates per step of :func:`scan_updates` (float32: 256 KB work buffers, near L2 size);
+#: large steps keep the per-step Python overhead small next to the arithmetic
+CHUNK = 1 << 16
 
 
 def float_keys(global_np: dict[str, np.ndarray]) -> list[str]:
@@ -44,6 +45,14 @@ def flat_deltas(valid: list[ValidReply], global_np: dict[str, np.ndarray]) -> np
     return out
 
 
+def work_dtype(valid: list[ValidReply], global_np: dict[str, np.ndarray], key: str) -> np.dtype:
+    """The precision :func:`scan_updates` computes key ``key`` in: float32 when the global array
+    and every reply's array are floats of at most 32 bits, else float64 (a float64 array, or an
+    integer reply standing for a floating global array)."""
+    dtypes = {global_np[key].dtype} | {v.arrays[key].dtype for v in valid}
+    return np.dtype(np.result_type(np.float32, *dtypes))
+
+
 @dataclass
 class UpdateScan:
     """What :func:`scan_updates` learned of each reply ``i`` (rows aligned with the replies).
@@ -51,7 +60,7 @@ class UpdateScan:
     ``amax[i, j]``: ``max |x_i - x_g|`` over floating key ``keys[j]`` (float64; ``inf`` if not
     finite); ``sketch``: the count-sketch stream of the rows ``x_i - x_g`` (or None);
     ``rewritten[i]``: the reply's arrays with floating values ``x_g + big_w (x_i - x_g)``
-    (or None); ``d``: floating coordinates per update.
+    (or None); ``d``: floating coordinates per update; ``work``: :func:`work_dtype` per key.
     """
 
     keys: list[str]
@@ -60,6 +69,32 @@ class UpdateScan:
     sketch: CountSketchStream | None = None
     rewritten: list[dict[str, Array]] | None = None
     big_w: float | None = None
+    work: dict[str, np.dtype] = field(default_factory=dict)
+
+    def sketches(self, valid: list[ValidReply], global_np: dict[str, np.ndarray],
+                 rows: list[int] | None = None) -> np.ndarray:
+        """Float64 count sketches of ``rows`` (indices into the scanned ``valid``; all by
+        default). A row whose float32 slot sums overflowed is sketched again from its float64
+        update (:func:`~fedstrat.sampling.sketch.count_sketch` with the stream's map)."""
+        if self.sketch is None:
+            raise ValueError("the scan made no sketches")
+        stream = self.sketch
+        idx = list(range(len(valid))) if rows is None else list(rows)
+        with np.errstate(all="ignore"):
+            out = stream.result(idx, check=False)
+        for i in np.flatnonzero(~np.isfinite(out).all(axis=1)):
+            v = valid[idx[i]]
+            delta = np.concatenate([v.arrays[k].ravel().astype(np.float64)
+                                    - global_np[k].ravel() for k in self.keys])
+            out[i] = count_sketch(delta, stream.dim, stream.seed)  # ValueError if not finite
+        return out
+
+
+def _peaks64(x: np.ndarray, g: np.ndarray) -> tuple[float, float]:
+    """Largest and smallest ``x - g`` in float64 (for a piece whose narrower difference was not
+    finite)."""
+    delta = x.astype(np.float64) - g.astype(np.float64)
+    return float(delta.max()), float(delta.min())
 
 
 def scan_updates(
@@ -69,24 +104,33 @@ def scan_updates(
     sketch: tuple[int, int] | None = None,
     rewrite_w: float | None = None,
 ) -> UpdateScan | None:
-    """One pass over every reply's floating arrays in float64 chunks of :data:`CHUNK`.
+    """One pass over every reply's floating arrays, in steps of :data:`CHUNK` coordinates.
 
-    Per chunk: ``Delta = x_i - x_g`` (float64, as a row of :func:`flat_deltas`), its largest
-    and smallest value, with ``sketch=(dim, seed)`` its count sketch
-    (:class:`~fedstrat.sampling.sketch.CountSketchStream`, bit for bit the count sketch of the
-    :func:`flat_deltas` rows), and with ``rewrite_w = W`` the HT values
-    ``x_g + W Delta`` cast to the reply array's dtype (bit for bit :func:`rewrite_replies`'s).
-    Replies are decoded once (views of their bytes) and no ``(R, D)`` matrix is built. None
-    without replies or floating arrays.
+    Per key the arithmetic is in :func:`work_dtype` (float32 for float32 models: the replies'
+    own precision, no float64 round trip). Per step: ``Delta = x_i - x_g``, its largest and
+    smallest value (a float32 difference that overflows is recomputed in float64, so the
+    peaks are those of the exact update), with ``sketch=(dim, seed)`` its count sketch
+    (:class:`~fedstrat.sampling.sketch.CountSketchStream`, float32 slot sums when every key
+    works in float32: bit for bit :func:`~fedstrat.sampling.count_sketch` of the stacked
+    ``Delta`` rows), and with ``rewrite_w = W`` the HT values ``x_g + W Delta`` in the reply
+    array's dtype (float32 arithmetic: within a few ulp of the float64 values cast back).
+    Replies are decoded once (views of their bytes); the sign masks of the sketch are made
+    once per step for all replies; no ``(R, D)`` matrix. None without replies or floats.
     """
     keys = float_keys(global_np)
     if not valid or not keys:
         return None
     d = sum(global_np[k].size for k in keys)
-    stream = None if sketch is None else CountSketchStream(d, sketch[0], sketch[1], len(valid))
+    work = {k: work_dtype(valid, global_np, k) for k in keys}
+    narrow = all(w == np.float32 for w in work.values())
+    stream = None
+    if sketch is not None:
+        stream = CountSketchStream(d, sketch[0], sketch[1], len(valid),
+                                   dtype=np.float32 if narrow else np.float64)
     amax = np.zeros((len(valid), len(keys)))
     news: list[dict[str, Array]] = [{} for _ in valid]
-    g, delta = np.empty(CHUNK), np.empty(CHUNK)
+    masks: dict[int, np.ndarray] = {}  # sign masks per step, shared by the replies
+    bufs = {w: np.empty(CHUNK, dtype=w) for w in set(work.values())}
     # one output buffer per (key, dtype), re-used for every reply: its values are copied into
     # the new Array's bytes at once (a fresh buffer per reply costs page faults, not copies)
     outs: dict[tuple[str, np.dtype], np.ndarray] = {}
@@ -94,7 +138,7 @@ def scan_updates(
         for r, v in enumerate(valid):
             start = 0
             for j, k in enumerate(keys):
-                flat_g, x = global_np[k].ravel(), v.arrays[k].ravel()
+                flat_g, x, wd = global_np[k].ravel(), v.arrays[k].ravel(), work[k]
                 out = None
                 if rewrite_w is not None:
                     out = outs.get((k, x.dtype))
@@ -103,21 +147,23 @@ def scan_updates(
                 hi, lo, finite = -math.inf, math.inf, True
                 for a in range(0, x.size, CHUNK):
                     b = min(a + CHUNK, x.size)
-                    gc, dc = g[: b - a], delta[: b - a]
-                    np.copyto(gc, flat_g[a:b], casting="unsafe")  # x_g in float64
-                    np.copyto(dc, x[a:b], casting="unsafe")
-                    dc -= gc
+                    gc, xc, dc = flat_g[a:b], x[a:b], bufs[wd][: b - a]
+                    np.subtract(xc, gc, out=dc, dtype=wd)
                     top, bottom = float(dc.max()), float(dc.min())
+                    if not (math.isfinite(top) and math.isfinite(bottom)):
+                        top, bottom = _peaks64(xc, gc)  # an overflow measured, NaN stays NaN
                     if math.isfinite(top) and math.isfinite(bottom):
                         hi, lo = max(hi, top), min(lo, bottom)
                     else:
                         finite = False
                     if stream is not None:
-                        stream.add(r, start + a, dc)
+                        m = masks.get(start + a)
+                        if m is None:
+                            m = masks[start + a] = stream.mask(start + a, b - a)
+                        stream.add(r, start + a, dc, m)
                     if out is not None:
-                        dc *= rewrite_w
-                        dc += gc
-                        out[a:b] = dc
+                        np.multiply(dc, rewrite_w, out=dc)
+                        np.add(dc, gc, out=out[a:b], dtype=wd, casting="unsafe")
                 if x.size:
                     amax[r, j] = max(hi, -lo) if finite else math.inf
                 if out is not None:
@@ -130,7 +176,7 @@ def scan_updates(
         for v, new in zip(valid, news, strict=True):
             record = v.message.content[v.array_key]
             rewritten.append({k: new.get(k, record[k]) for k in v.arrays})
-    return UpdateScan(keys, amax, d, stream, rewritten, rewrite_w)
+    return UpdateScan(keys, amax, d, stream, rewritten, rewrite_w, work)
 
 
 def rewrite_replies(
@@ -147,11 +193,13 @@ def rewrite_replies(
     """Copies of the replies for the wrapped strategy; the originals are untouched.
 
     Each reply's weight metric ``weighted_by_key`` becomes ``w_i``. With ``estimator="ht"``
-    its floating arrays become ``x_g + W (x_i - x_g)``, ``W = sum_i w_i`` (computed in float64,
-    cast back to each array's dtype; ``prepared``: these arrays already made by
-    :func:`scan_updates` with this ``W``), so that a normalised weighted average returns
-    ``x_g + sum_i w_i (x_i - x_g)`` exactly. With ``"ratio"`` the arrays are kept: the
-    average is ``sum_i w_i x_i / sum_i w_i``. With ``"difference"`` the arrays become
+    its floating arrays become ``x_g + W (x_i - x_g)``, ``W = sum_i w_i`` (``prepared``: these
+    arrays already made by :func:`scan_updates` with this ``W``, else made by it: arithmetic
+    in :func:`work_dtype`; with ``deltas`` and no ``prepared``: float64 from the matrix rows,
+    cast back to each array's dtype), so that a normalised weighted average returns
+    ``x_g + sum_i w_i (x_i - x_g)`` (up to the rounding of the arrays' dtype). With
+    ``"ratio"`` the arrays are kept: the average is ``sum_i w_i x_i / sum_i w_i``. With
+    ``"difference"`` the arrays become
     ``x_g + A + W (Delta_i - c_i)`` (``deltas`` the :func:`flat_deltas` rows, ``controls`` the
     ``(R, D)`` rows ``c_i`` of the replies, ``offset`` ``A = sum_{i in U} p_i c_i``), so the
     average is ``x_g + A + sum_i w_i (Delta_i - c_i)``; the number of replies is unchanged.

@@ -34,3 +34,16 @@ def test_stream_checks_its_input():
     bad.add(0, 0, np.array([np.inf, 0.0, 0.0, 0.0]))
     with pytest.raises(ValueError):
         bad.result()
+
+
+def test_stream_converts_values_to_its_dtype_and_can_skip_the_check():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 300)).astype(np.float32)
+    stream = CountSketchStream(300, 8, 2, 2)  # float64 slots
+    for r in range(2):
+        stream.add(r, 0, x[r, :100])  # float32 pieces, summed in float64
+        stream.add(r, 100, x[r, 100:].astype(np.float64))
+    assert np.array_equal(stream.result(), count_sketch(x.astype(np.float64), 8, 2))
+    bad = CountSketchStream(4, 2, 0, 1)
+    bad.add(0, 0, np.array([np.inf, 0.0, 0.0, 0.0]))
+    assert not np.all(np.isfinite(bad.result(check=False)))

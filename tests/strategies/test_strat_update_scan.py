@@ -1,5 +1,6 @@
-"""The one-pass update scan (peaks, count sketches, HT arrays per reply, no (R, D) matrix) is
-bit for bit what the matrix path computes."""
+"""The one-pass update scan (peaks, count sketches, HT arrays per reply, no (R, D) matrix): in the
+replies' precision (float32 for float32 models), and what the float64 matrix path computes up to
+float32 rounding (bit for bit where the arithmetic is float64)."""
 
 from __future__ import annotations
 
@@ -70,42 +71,101 @@ def test_flat_deltas_is_the_concatenated_matrix(case):
     assert np.array_equal(flat_deltas(valid, g), _old_flat_deltas(valid, g))
 
 
-def test_scan_matches_the_matrix_bit_for_bit(case):
+def _work_deltas(valid, g):
+    """Rows ``x_i - x_g`` as the scan computes them: float32 for a key whose global and reply
+    arrays are all float32 (``w``), float64 otherwise (``b``: a float64 global array)."""
+    out = []
+    for v in valid:
+        w = (v.arrays["w"] - g["w"]).ravel()  # float32 arithmetic
+        b = v.arrays["b"].ravel().astype(np.float64) - g["b"].ravel()
+        out.append(np.concatenate([w.astype(np.float64), b]))
+    return np.stack(out)
+
+
+def _close_to_float64(got, want64, g, big_w, delta):
+    """float32 ``x_g + W Delta`` within its rounding error of the float64 value cast back:
+    ``|got - want| <= 4 u |W Delta| + 2 u |want|`` (u = 2^-24, three float32 roundings plus
+    the cast of the float64 value)."""
+    u = 2.0 ** -24
+    err = np.abs(got.astype(np.float64) - want64.astype(np.float64))
+    bound = 4 * u * np.abs(big_w * delta) + 2 * u * np.abs(want64.astype(np.float64)) + 1e-30
+    return bool(np.all(err <= bound))
+
+
+def test_scan_works_in_the_replies_precision(case):
     g, valid = case
-    deltas = _old_flat_deltas(valid, g)
+    rows = _work_deltas(valid, g)
     big_w = 2.75
     scan = scan_updates(valid, g, sketch=(16, 7), rewrite_w=big_w)
-    assert scan.keys == ["w", "b", "e"] and scan.d == deltas.shape[1]
-    assert np.array_equal(scan.sketch.result(), count_sketch(deltas, 16, 7))
-    assert np.array_equal(scan.sketch.result([2, 0]), count_sketch(deltas[[2, 0]], 16, 7))
+    assert scan.keys == ["w", "b", "e"] and scan.d == rows.shape[1]
+    assert scan.work == {"w": np.float32, "b": np.float64, "e": np.float32}
+    # a float64 key makes the slot sums float64: the sketch of the rows, bit for bit
+    assert np.array_equal(scan.sketch.result(), count_sketch(rows, 16, 7))
+    assert np.array_equal(scan.sketches(valid, g, [2, 0]), count_sketch(rows[[2, 0]], 16, 7))
+    exact = _old_flat_deltas(valid, g)
     w_cols = g["w"].size
     for r in range(len(valid)):
         for j, (a, b) in enumerate(((0, w_cols), (w_cols, w_cols + 7))):
-            assert scan.amax[r, j] == np.abs(deltas[r, a:b]).max()
+            assert scan.amax[r, j] == np.abs(rows[r, a:b]).max()
+            assert scan.amax[r, j] == pytest.approx(np.abs(exact[r, a:b]).max(), rel=1e-6)
         assert scan.amax[r, 2] == 0.0  # empty array
     want = _old_ht(valid, g, big_w)
     for r, v in enumerate(valid):
         got = scan.rewritten[r]
         assert list(got) == list(v.arrays)
-        for k in ("w", "b"):
-            x = decode_array(got[k])
-            assert x.dtype == v.arrays[k].dtype and np.array_equal(x, want[r][k])
+        w, b = decode_array(got["w"]), decode_array(got["b"])
+        assert w.dtype == np.float32 and b.dtype == v.arrays["b"].dtype
+        assert _close_to_float64(w, want[r]["w"], g, big_w, exact[r, :w_cols].reshape(w.shape))
+        assert np.array_equal(b, want[r]["b"])  # float64 arithmetic: as before, bit for bit
         assert got["n"] is v.message.content["arrays"]["n"]  # integer arrays pass unchanged
+
+
+def test_float32_scan_is_the_count_sketch_of_float32_updates():
+    rng = np.random.default_rng(5)
+    g = {"w": rng.normal(size=(2, CHUNK + 9)).astype(np.float32),
+         "v": rng.normal(size=33).astype(np.float32)}
+    valid = [_reply(i + 1, {k: x + rng.normal(scale=0.1, size=x.shape).astype(np.float32)
+                            for k, x in g.items()}) for i in range(3)]
+    rows = np.stack([np.concatenate([(v.arrays[k] - g[k]).ravel() for k in g]) for v in valid])
+    assert rows.dtype == np.float32
+    scan = scan_updates(valid, g, sketch=(8, 1), rewrite_w=0.5)
+    assert scan.sketch.z.dtype == np.float32  # slot sums in the replies' precision
+    assert np.array_equal(scan.sketches(valid, g), count_sketch(rows, 8, 1))
+    assert np.allclose(scan.sketches(valid, g), count_sketch(rows.astype(np.float64), 8, 1),
+                       rtol=1e-5, atol=1e-6)
+    exact = _old_flat_deltas(valid, g)
+    want = _old_ht(valid, g, 0.5)
+    for r in range(3):
+        cols = 0
+        for k in g:
+            got = decode_array(scan.rewritten[r][k])
+            delta = exact[r, cols:cols + g[k].size].reshape(got.shape)
+            assert _close_to_float64(got, want[r][k], g, 0.5, delta)
+            cols += g[k].size
 
 
 def test_rewrite_replies_ht_paths_agree(case):
     g, valid = case
     w = np.array([0.5, 1.5, 0.25, 2.0])
-    ways = [rewrite_replies(valid, w, g, "ht", "num-examples"),
-            rewrite_replies(valid, w, g, "ht", "num-examples", flat_deltas(valid, g)),
-            rewrite_replies(valid, w, g, "ht", "num-examples",
-                            prepared=scan_updates(valid, g, rewrite_w=4.25).rewritten)]
+    scanned = [rewrite_replies(valid, w, g, "ht", "num-examples"),
+               rewrite_replies(valid, w, g, "ht", "num-examples",
+                               prepared=scan_updates(valid, g, rewrite_w=4.25).rewritten)]
+    matrix = rewrite_replies(valid, w, g, "ht", "num-examples", flat_deltas(valid, g))
     want = _old_ht(valid, g, 4.25)
-    for out in ways:
+    exact = _old_flat_deltas(valid, g)
+    for r, msg in enumerate(matrix):  # the float64 matrix path: bit for bit as before
+        assert msg.content["metrics"]["num-examples"] == w[r]
+        for k in ("w", "b"):
+            assert np.array_equal(msg.content["arrays"][k].numpy(), want[r][k])
+    for out in scanned:  # the scan's float32 values: within rounding of the float64 ones
         for r, msg in enumerate(out):
             assert msg.content["metrics"]["num-examples"] == w[r]
-            for k in ("w", "b"):
-                assert np.array_equal(msg.content["arrays"][k].numpy(), want[r][k])
+            x = msg.content["arrays"]["w"].numpy()
+            delta = exact[r, :g["w"].size].reshape(x.shape)
+            assert _close_to_float64(x, want[r]["w"], g, 4.25, delta)
+            assert np.array_equal(msg.content["arrays"]["b"].numpy(), want[r]["b"])
+    for a, b in zip(*scanned, strict=True):
+        assert a.content["arrays"]["w"].data == b.content["arrays"]["w"].data
 
 
 def test_scan_marks_a_non_finite_update():
@@ -114,3 +174,23 @@ def test_scan_marks_a_non_finite_update():
     scan = scan_updates([big], g)
     assert math.isinf(scan.amax[0, 0])
     assert scan_updates([], g) is None and scan_updates([big], {"n": np.zeros(2, int)}) is None
+
+
+def test_a_float32_overflow_is_measured_in_float64():
+    g = {"w": np.array([1.0, 3e38], dtype=np.float32)}
+    big = _reply(1, {"w": np.array([1.0, -3e38], dtype=np.float32)})  # float32 x - g = -inf
+    scan = scan_updates([big], g)
+    assert scan.amax[0, 0] == pytest.approx(6e38, rel=1e-6)
+
+
+def test_overflowing_float32_slot_sums_are_sketched_again_in_float64():
+    d = 4 * 65536  # four coordinates per slot of the sketch
+    g = {"w": np.zeros(d, dtype=np.float32)}
+    big = _reply(1, {"w": np.full(d, 3e38, dtype=np.float32)})
+    scan = scan_updates([big], g, sketch=(4, 0))
+    with np.errstate(all="ignore"):
+        assert not np.all(np.isfinite(scan.sketch.result(check=False)))  # float32 slots overflow
+    got = scan.sketches([big], g)
+    assert np.all(np.isfinite(got))
+    want = count_sketch(np.full(d, np.float32(3e38), dtype=np.float64), 4, 0)
+    assert np.array_equal(got[0], want)
