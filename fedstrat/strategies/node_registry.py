@@ -29,7 +29,9 @@ class NodeRegistry:
     profile query) or the reason profiling failed, the number of examples it reported in its
     last training reply, the sketch of its last accepted update, its last ``train-loss`` and its
     mean training cost (seconds). Everything is plain Python so that :meth:`state_dict` is
-    JSON-serialisable.
+    JSON-serialisable. Histograms and sketches are tuples of floats, which Python's garbage
+    collector stops tracking: one list per node made every full collection walk N objects
+    (~3 ms a round at 100k nodes).
 
     Sizes cannot be bought (``rules``, :mod:`.weight_cap`): a size is learned once (profile,
     else the first accepted training reply); a profile whose ``num-examples`` disagrees with its
@@ -41,9 +43,9 @@ class NodeRegistry:
     def __init__(self, rules: SizeRules | None = None) -> None:
         self.rules = SizeRules() if rules is None else rules
         self.num_examples: dict[int, float] = {}  # learned once: profile or first train reply
-        self.histograms: dict[int, list[float]] = {}
+        self.histograms: dict[int, tuple[float, ...]] = {}
         self.profile_failed: dict[int, str] = {}  # node -> reason
-        self.sketches: dict[int, list[float]] = {}
+        self.sketches: dict[int, tuple[float, ...]] = {}
         self.losses: dict[int, float] = {}
         self.cost_sum: dict[int, float] = {}
         self.cost_count: dict[int, int] = {}
@@ -140,7 +142,7 @@ class NodeRegistry:
             self.set_profile_failed(node_id, problem)
             return problem
         self.num_examples[node_id] = float(num_examples)
-        self.histograms[node_id] = [float(v) for v in histogram]
+        self.histograms[node_id] = tuple(float(v) for v in histogram)
         self.profile_failed.pop(node_id, None)
         self.version += 1
         return None
@@ -164,7 +166,7 @@ class NodeRegistry:
             self.num_examples[node_id] = float(num_examples)
             self.version += 1
         if sketch is not None:
-            self.sketches[node_id] = [float(v) for v in sketch]
+            self.sketches[node_id] = tuple(np.asarray(sketch, dtype=np.float64).ravel().tolist())
         if loss is not None and np.isfinite(loss):
             self.losses[node_id] = float(loss)
         if cost is not None and np.isfinite(cost) and cost >= 0:
@@ -176,7 +178,7 @@ class NodeRegistry:
         """JSON-serialisable state (node ids become strings, as JSON keys must)."""
 
         def enc(d: dict[int, Any]) -> dict[str, Any]:
-            return {str(k): v for k, v in d.items()}
+            return {str(k): list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
         return {
             "num_examples": enc(self.num_examples),
@@ -199,5 +201,6 @@ class NodeRegistry:
             "cost_sum",
             "cost_count",
         ):
-            setattr(self, name, {int(k): v for k, v in state.get(name, {}).items()})
+            setattr(self, name, {int(k): tuple(v) if isinstance(v, list) else v
+                                 for k, v in state.get(name, {}).items()})
         self.version += 1
