@@ -99,18 +99,20 @@ def validate_train_reply(
         return f"error reply from node {node}: {reply.error.reason}"
     if node not in selected:
         return f"node {node} was not selected this round"
-    content = reply.content
-    if len(content.array_records) != 1:
-        return f"expected exactly one ArrayRecord, got {len(content.array_records)}"
-    if len(content.metric_records) != 1:
-        return f"expected exactly one MetricRecord, got {len(content.metric_records)}"
-    array_key, record = next(iter(content.array_records.items()))
+    # ``content.array_records`` / ``metric_records`` build a new mapping on every access
+    array_records, metric_records = reply.content.array_records, reply.content.metric_records
+    if len(array_records) != 1:
+        return f"expected exactly one ArrayRecord, got {len(array_records)}"
+    if len(metric_records) != 1:
+        return f"expected exactly one MetricRecord, got {len(metric_records)}"
+    array_key, record = next(iter(array_records.items()))
     if base is not None:
         dense = densify_reply(reply, array_key, base)
         if isinstance(dense, str):
             return dense
-        reply, record = dense, dense.content.array_records[array_key]
-    metric_key, metrics = next(iter(content.metric_records.items()))
+        if dense is not reply:
+            reply, record = dense, dense.content[array_key]
+    metric_key, metrics = next(iter(metric_records.items()))
     n = metrics.get(num_examples_key)
     if n is None or isinstance(n, list):
         return f"missing or non-scalar metric '{num_examples_key}'"

@@ -38,6 +38,8 @@ def responder_weights(
     labels = np.zeros(len(w), dtype=np.int64) if strata is None else np.asarray(strata)
     if len(labels) != len(w):
         raise ValueError("strata must have the same length as weights")
+    if resp.all():  # everyone answered: nothing to redistribute (the loop below is a no-op)
+        return w.copy(), []
     out = np.where(resp, w, 0.0)
     notes: list[str] = []
     if not resp.any():
