@@ -99,10 +99,20 @@ class Band:
         return [float(self.value), float(self.lo), float(self.hi)]
 
 
-def satterthwaite_band(terms: np.ndarray, dfs: np.ndarray, level: float = 0.8) -> Band:
-    """Band of ``V = sum terms`` (module doc); ``dfs`` = inf marks exact terms."""
+def _chi2_ppf(q: float, df: float) -> float:
+    """``scipy.stats.chi2.ppf(q, df)`` without its per-call argument machinery (~0.1 ms):
+    the same ``2 gammaincinv(df / 2, q)`` that it evaluates for ``0 < q < 1``, ``df > 0``."""
+    if 0.0 < q < 1.0 and df > 0.0:
+        from scipy.special import gammaincinv
+
+        return float(2 * gammaincinv(np.float64(df) / 2, np.float64(q)))
     from scipy.stats import chi2
 
+    return float(chi2.ppf(q, df))
+
+
+def satterthwaite_band(terms: np.ndarray, dfs: np.ndarray, level: float = 0.8) -> Band:
+    """Band of ``V = sum terms`` (module doc); ``dfs`` = inf marks exact terms."""
     a = np.asarray(terms, dtype=np.float64)
     d = np.asarray(dfs, dtype=np.float64)
     v = float(a.sum())
@@ -111,6 +121,6 @@ def satterthwaite_band(terms: np.ndarray, dfs: np.ndarray, level: float = 0.8) -
         return Band(v, v, v, math.inf)
     df = v * v / float(np.sum(a[noisy] ** 2 / np.maximum(d[noisy], 1.0)))
     tail = (1.0 - level) / 2.0
-    lo = df * v / float(chi2.ppf(1.0 - tail, df))
-    hi = df * v / float(chi2.ppf(tail, df))
+    lo = df * v / _chi2_ppf(1.0 - tail, df)
+    hi = df * v / _chi2_ppf(tail, df)
     return Band(v, lo, hi, df)
