@@ -127,7 +127,7 @@ class StratifiedSelection(Strategy):
         self.controls = make_controls(options, self.policy)  # estimator="difference" controls
         self.n_records = 0
         self._pending: RoundPlan | None = None
-        self._avail_key: tuple[int, ...] | None = None
+        self._avail_key: int | None = None  # the waiter's revision whose nodes were profiled
         self._sizes_cache: tuple[Any, np.ndarray] | None = None
         self._last_round = 0
         self._loop_checked = False  # start() ran, or the bypassed start() was warned about
@@ -184,11 +184,11 @@ class StratifiedSelection(Strategy):
             warn_start_bypassed(self.strategy)
             self._loop_checked = True
         available = self._waiter.available(grid)
-        new = [] if tuple(available) == self._avail_key else self.registry.unseen(available)
+        new = [] if self._waiter.revision == self._avail_key else self.registry.unseen(available)
         if new and o.profiling == "query":
             profile_nodes(self.registry, grid, new, server_round=server_round,
                           epsilon=o.profile_epsilon, seed=o.seed, timeout=o.profile_timeout)
-        self._avail_key = tuple(available)
+        self._avail_key = self._waiter.revision
         sizes = self._population_sizes(available)
         frame = PopulationFrame(server_round, available, sizes,
                                 min(o.clients_per_round, len(available)), self.registry)
@@ -273,8 +273,8 @@ class StratifiedSelection(Strategy):
 
     # ------------------------------------------------------------------ helpers
     def _population_sizes(self, available: list[int]) -> np.ndarray:
-        """``n_i`` of ``available``, cached while nodes and known sizes are unchanged."""
-        key = (tuple(available), id(self.registry), self.registry.version)
+        """``n_i`` of ``available`` (the waiter's), cached while nodes and sizes are unchanged."""
+        key = (self._waiter.revision, id(self.registry), self.registry.version)
         if self._sizes_cache is None or self._sizes_cache[0] != key:
             self._sizes_cache = (key, self.registry.sizes(available))
         return self._sizes_cache[1]
