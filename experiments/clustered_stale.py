@@ -1,0 +1,241 @@
+"""Issue 11, ">= Clustered Sampling Alg. 2 in every setting": Alg. 2 as the paper runs it.
+
+``fedstrat measure-variance``'s ``clustered2`` row clusters on the EXACT updates of the measured
+round (an oracle). Fraboni et al. (ICML 2021, Alg. 2) cluster on the representative gradients the
+server holds: each client's LAST RECEIVED update, replaced whenever the client is sampled; the
+authors' implementation starts every client's representative at zero (the difference of the
+initial model with itself), so clients never sampled keep a zero representative (identical
+points: one block of the dendrogram order). fedstrat's ClusteredSampler runs Ward linkage on the
+representatives themselves (Euclidean); the authors' code runs it on the rows of an arc-cosine
+similarity matrix of them, so the clusters can differ. This script measures, along the trajectory measure-variance uses
+(round r = the model after r - 1 rounds of full-participation FedAvg, every client's exact
+update computed in-process by :func:`fedstrat.measure.compute_client_updates`), the MSE
+E||T_hat - T||^2 against full participation of:
+
+* ``clustered2-oracle``: Alg. 2 on the exact updates of the measured round (measure-variance's
+  ``clustered2`` row, same seeds);
+* ``clustered2-stale``: Alg. 2 on the representatives the server holds before round r's draw.
+  A replay runs Alg. 2 from round 1: at each round r it builds
+  :class:`fedstrat.sampling.ClusteredSampler` (algorithm 2) on the current representatives,
+  draws ONE sample with ``default_rng([seed, r, 2])`` (the run's own draw), and stores the drawn
+  clients' round-r updates as their new representatives (zeros before a first draw);
+* ``clustered1``: Alg. 1 (clusters by sample size; needs no update), measure-variance's row;
+* ``fedavg``: uniform m of N with self-normalised weights (measure-variance's ``fedavg`` row);
+* ``stratified``: fedstrat's default rule with perfect evidence (measure-variance's
+  ``stratified`` row) and ``strategy-run``: what the replayed strategy (the real
+  ``StratifiedPolicy``, fedstrat.measure.tracking, measure-variance's ``stratified-run`` /
+  ``fedavg-run`` rows) drew that round: its candidate design's measured MSE when it chose
+  ``stratified``, FedAvg's when it chose ``fedavg``.
+
+Only the selection history is replayed: the model follows full participation in every column
+(as in measure-variance), not the sampled aggregates of each scheme.
+
+    nice -n 10 python experiments/clustered_stale.py \
+        --config experiments/configs/mnist5k_iid.toml --seeds 0 --rounds 5,10 --samples 2000 \
+        --out experiments/results/clustered_stale_mnist5k_iid.json
+    python experiments/clustered_stale.py --summary experiments/results/clustered_stale_*.json \
+        --out experiments/results/clustered_stale_summary.json   # mean over seeds, s.e.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedstrat.app.config import RunConfig
+from fedstrat.measure import Population, compute_client_updates, measure_population, monte_carlo
+from fedstrat.measure.tracking import RunReplay, run_rows
+from fedstrat.sampling import ClusteredSampler
+
+ROOT = Path(__file__).resolve().parents[1]
+ORACLE_ROWS = ("clustered1", "clustered2", "fedavg", "stratified")
+
+
+class StaleAlg2:
+    """Alg. 2 replay: the server's representative updates (zeros until a client is drawn)."""
+
+    def __init__(self, seed: int, m: int, rounds: list[int]) -> None:
+        self.seed, self.m, self.rounds = seed, m, rounds
+        self.reps: np.ndarray | None = None
+        self.last_seen: np.ndarray | None = None  # round of the representative, 0 = never
+        self.samplers: dict[int, ClusteredSampler] = {}
+        self.coverage: dict[int, dict[str, float]] = {}
+
+    def __call__(self, r: int, updates: np.ndarray, result: dict[str, Any]) -> None:
+        if r > self.rounds[-1]:
+            return
+        sizes = np.asarray(result["sizes"], dtype=np.float64)
+        if self.reps is None:
+            self.reps = np.zeros_like(updates)
+            self.last_seen = np.zeros(len(sizes), dtype=np.int64)
+        smp = ClusteredSampler(sizes, self.m, algorithm=2, updates=self.reps, seed=self.seed)
+        if r in self.rounds:
+            seen = self.last_seen > 0
+            self.samplers[r] = smp
+            self.coverage[r] = {
+                "clients_seen": int(seen.sum()),
+                "mass_seen": float(sizes[seen].sum() / sizes.sum()),
+                "mean_age_of_seen": float(np.mean(r - self.last_seen[seen])) if seen.any()
+                else math.nan,
+            }
+        sel = smp.sample(np.random.default_rng([self.seed, r, 2]))
+        ids = np.asarray(sel.ids, dtype=np.int64)
+        self.reps[ids] = updates[ids]
+        self.last_seen[ids] = r
+
+
+def ratio(f: tuple[float, float], t: tuple[float, float]) -> tuple[float, float]:
+    """FedAvg MSE / this MSE and its s.e. (delta method, independent Monte Carlo draws)."""
+    (a, sa), (b, sb) = f, t
+    q = a / b
+    return q, q * math.sqrt((sa / a) ** 2 + (sb / b) ** 2)
+
+
+def measure(cfg: RunConfig, rounds: list[int], n_samples: int, say: Any) -> dict[str, Any]:
+    m = cfg.clients_per_round
+    stale = StaleAlg2(cfg.seed, m, rounds)
+    run = RunReplay(cfg, rounds)
+
+    def hook(r: int, updates: np.ndarray, result: dict[str, Any]) -> None:
+        stale(r, updates, result)
+        run(r, updates, result)
+
+    t0 = time.perf_counter()
+    data = compute_client_updates(cfg, rounds, on_progress=say, on_updates=hook)
+    out: dict[str, Any] = {"seed": cfg.seed, "rounds": {}, "dim": data["dim"]}
+    for r, rd in sorted(data["rounds"].items()):
+        pop = Population(rd["updates"], data["sizes"])
+        stats = measure_population(
+            pop, m, data["histograms"], selections=ORACLE_ROWS, n_samples=n_samples,
+            seed=cfg.seed, design=cfg.design, n_strata=cfg.n_strata, losses=rd["losses"],
+            poc_d=cfg.poc_d,
+        )
+        rows = {s.selection: s.to_dict() for s in stats}
+        rows["clustered2-oracle"] = rows.pop("clustered2")
+        fed = (rows["fedavg"]["measured"], rows["fedavg"]["measured_se"])
+        smp = stale.samplers[r]
+        st = monte_carlo(
+            pop, smp, n_samples,
+            seed=int(np.random.SeedSequence([cfg.seed, 2000 + r]).generate_state(1)[0]),
+            name="clustered2-stale", predicted=smp.variance(pop.updates),
+            info={"representative": "last received update (zeros if never drawn)",
+                  **stale.coverage[r]},
+        )
+        rows["clustered2-stale"] = st.to_dict()
+        for row in run_rows(run, r, pop, fed, n_samples, cfg.seed):
+            rows[row["selection"]] = row
+        pr = run.predictions.get(r)
+        mode = "none" if pr is None else pr.mode
+        src = "stratified-run" if mode == "stratified" and "stratified-run" in rows else "fedavg"
+        rows["strategy-run"] = {**rows[src], "selection": "strategy-run",
+                                "info": {"mode": mode, "measured_as": src,
+                                         "evidence": None if pr is None else pr.evidence}}
+        for name, row in rows.items():
+            q, q_se = ratio(fed, (row["measured"], row["measured_se"]))
+            same = name in ("fedavg", "fedavg-run") or row.get("info", {}).get(
+                "measured_as") == "fedavg"  # the fedavg row itself: 1 exactly
+            row["fedavg_over_this"], row["fedavg_over_this_se"] = (1.0, 0.0) if same else (q, q_se)
+        out["rounds"][r] = {"global_score": rd["score"], "rows": rows}
+        say(f"round {r}: " + ", ".join(
+            f"{k} {v['fedavg_over_this']:.3f}±{v['fedavg_over_this_se']:.3f}"
+            for k, v in rows.items()))
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+SHOWN = ("clustered1", "clustered2-oracle", "clustered2-stale", "stratified", "strategy-run")
+
+
+def summarize(paths: list[str]) -> list[dict[str, Any]]:
+    """Per config and round: FedAvg / this (mean over seeds; s.e. = the Monte Carlo s.e. for
+    one seed, the seed-to-seed s.e. of the mean for several) and the paired ratio
+    MSE(clustered2-stale) / MSE(this) for fedstrat's rows (> 1: fedstrat lower MSE)."""
+    per: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for path in paths:
+        rep = json.loads(Path(path).read_text())
+        for sd in rep["seeds"]:
+            for r, rd in sd["rounds"].items():
+                per.setdefault((Path(rep["config"]).stem, int(r)), []).append(
+                    {"seed": sd["seed"], "rows": rd["rows"]})
+    out = []
+    for (cfg, r), items in sorted(per.items()):
+        row: dict[str, Any] = {"config": cfg, "round": r, "seeds": [i["seed"] for i in items]}
+        for name in SHOWN:
+            vals = [(i["rows"][name]["fedavg_over_this"], i["rows"][name]["fedavg_over_this_se"])
+                    for i in items]
+            row[name] = _mean_se(vals)
+        for name in ("stratified", "strategy-run"):
+            vals = [ratio((i["rows"]["clustered2-stale"]["measured"],
+                           i["rows"]["clustered2-stale"]["measured_se"]),
+                          (i["rows"][name]["measured"], i["rows"][name]["measured_se"]))
+                    for i in items]
+            row[f"stale_over_{name}"] = _mean_se(vals)
+        row["strategy_modes"] = [i["rows"]["strategy-run"]["info"]["mode"] for i in items]
+        row["clients_seen_stale"] = [i["rows"]["clustered2-stale"]["info"]["clients_seen"]
+                                     for i in items]
+        out.append(row)
+    return out
+
+
+def _mean_se(vals: list[tuple[float, float]]) -> list[float]:
+    xs = np.array([v for v, _ in vals])
+    if len(xs) == 1:
+        return [float(xs[0]), float(vals[0][1]), float(xs[0]), float(xs[0])]
+    return [float(xs.mean()), float(xs.std(ddof=1) / math.sqrt(len(xs))), float(xs.min()),
+            float(xs.max())]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--summary", nargs="+", metavar="JSON",
+                    help="only summarize these result files (to --out) and print a table")
+    ap.add_argument("--config")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--rounds", default="5,10")
+    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    if a.summary:
+        rows = summarize(a.summary)
+        Path(a.out).write_text(json.dumps({"files": a.summary, "rows": rows}, indent=1) + "\n")
+        for x in rows:
+            print(x["config"], x["round"], x["seeds"], " ".join(
+                f"{k} {x[k][0]:.3f}±{x[k][1]:.3f}" for k in (*SHOWN, "stale_over_stratified",
+                                                            "stale_over_strategy-run")),
+                  x["strategy_modes"], x["clients_seen_stale"])
+        return 0
+    if not a.config:
+        ap.error("--config is required (or --summary)")
+    base = RunConfig.from_toml(a.config)
+    rounds = sorted({int(r) for r in a.rounds.split(",")})
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    commit = commit or os.environ.get("FEDSTRAT_COMMIT", "unknown")  # e.g. a git-archive tree
+    report: dict[str, Any] = {
+        "command": "python experiments/clustered_stale.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "commit": commit, "config": a.config, "n_samples": a.samples,
+        "clients_per_round": base.clients_per_round, "num_clients": base.num_clients,
+        "seeds": [],
+    }
+    for seed in (int(s) for s in a.seeds.split(",")):
+        cfg = dataclasses.replace(base, seed=seed)
+        report["seeds"].append(measure(cfg, rounds, a.samples,
+                                       lambda msg: print(msg, flush=True)))
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(report, indent=1, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
