@@ -7,10 +7,11 @@ authors' implementation starts every client's representative at zero (the differ
 initial model with itself), so clients never sampled keep a zero representative (identical
 points: one block of the dendrogram order). fedstrat's ClusteredSampler runs Ward linkage on the
 representatives themselves (Euclidean); the authors' code runs it on the rows of an arc-cosine
-similarity matrix of them, so the clusters can differ. This script measures, along the trajectory measure-variance uses
-(round r = the model after r - 1 rounds of full-participation FedAvg, every client's exact
-update computed in-process by :func:`fedstrat.measure.compute_client_updates`), the MSE
-E||T_hat - T||^2 against full participation of:
+similarity matrix of them, so the clusters can differ. This script measures, along the
+trajectory measure-variance uses (round r = the model after r - 1 rounds of full-participation
+FedAvg, every client's exact update computed in-process by
+:func:`fedstrat.measure.compute_client_updates`), the MSE E||T_hat - T||^2 against full
+participation of:
 
 * ``clustered2-oracle``: Alg. 2 on the exact updates of the measured round (measure-variance's
   ``clustered2`` row, same seeds);
