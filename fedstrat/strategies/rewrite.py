@@ -8,13 +8,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from fedstrat.sampling.sketch import CountSketchStream, count_sketch
 
-from .array_codec import encode_like
+from .array_codec import DeferredArray, encode_like
 from .reply_validation import ValidReply
 
 #: coordinates per step of :func:`scan_updates` (float32: 256 KB work buffers, near L2 size);
@@ -97,6 +98,39 @@ def _peaks64(x: np.ndarray, g: np.ndarray) -> tuple[float, float]:
     return float(delta.max()), float(delta.min())
 
 
+def _ht_values(x: np.ndarray, g: np.ndarray, big_w: float, work: np.dtype) -> np.ndarray:
+    """``x_g + W (x_i - x_g)`` in ``work`` precision, as a new array of ``x``'s dtype and
+    shape."""
+    y = np.subtract(x, g, dtype=work)
+    y *= big_w
+    np.add(y, g, out=y, dtype=work)
+    return y if y.dtype == x.dtype else y.astype(x.dtype)
+
+
+def ht_arrays(
+    valid: list[ValidReply], global_np: dict[str, np.ndarray], big_w: float
+) -> list[dict[str, Array]]:
+    """Per reply, its arrays with every floating key ``k`` replaced by the HT values
+    ``x_g + W (x_i - x_g)`` (arithmetic in :func:`work_dtype`, cast to the reply array's
+    dtype), as :class:`~.array_codec.DeferredArray`: computed when the wrapped strategy reads
+    them (``Array.numpy()``), once per read, without ``.npy`` bytes written and parsed again.
+    Integer arrays are the reply's own."""
+    keys = float_keys(global_np)
+    work = {k: work_dtype(valid, global_np, k) for k in keys}
+    out = []
+    for v in valid:
+        record = v.message.content[v.array_key]
+        new: dict[str, Array] = {}
+        for k, x in v.arrays.items():
+            if k in work:
+                new[k] = DeferredArray(record[k], partial(_ht_values, x, global_np[k],
+                                                          float(big_w), work[k]))
+            else:
+                new[k] = record[k]
+        out.append(new)
+    return out
+
+
 def scan_updates(
     valid: list[ValidReply],
     global_np: dict[str, np.ndarray],
@@ -109,13 +143,13 @@ def scan_updates(
     Per key the arithmetic is in :func:`work_dtype` (float32 for float32 models: the replies'
     own precision, no float64 round trip). Per step: ``Delta = x_i - x_g``, its largest and
     smallest value (a float32 difference that overflows is recomputed in float64, so the
-    peaks are those of the exact update), with ``sketch=(dim, seed)`` its count sketch
+    peaks are those of the exact update) and, with ``sketch=(dim, seed)``, its count sketch
     (:class:`~fedstrat.sampling.sketch.CountSketchStream`, float32 slot sums when every key
     works in float32: bit for bit :func:`~fedstrat.sampling.count_sketch` of the stacked
-    ``Delta`` rows), and with ``rewrite_w = W`` the HT values ``x_g + W Delta`` in the reply
-    array's dtype (float32 arithmetic: within a few ulp of the float64 values cast back).
-    Replies are decoded once (views of their bytes); the sign masks of the sketch are made
-    once per step for all replies; no ``(R, D)`` matrix. None without replies or floats.
+    ``Delta`` rows). With ``rewrite_w = W``: the replies' HT arrays :func:`ht_arrays` (values
+    computed when read). Replies are decoded once (views of their bytes); the sign masks of
+    the sketch are made once per step for all replies; no ``(R, D)`` matrix. None without
+    replies or floating arrays.
     """
     keys = float_keys(global_np)
     if not valid or not keys:
@@ -128,22 +162,13 @@ def scan_updates(
         stream = CountSketchStream(d, sketch[0], sketch[1], len(valid),
                                    dtype=np.float32 if narrow else np.float64)
     amax = np.zeros((len(valid), len(keys)))
-    news: list[dict[str, Array]] = [{} for _ in valid]
     masks: dict[int, np.ndarray] = {}  # sign masks per step, shared by the replies
     bufs = {w: np.empty(CHUNK, dtype=w) for w in set(work.values())}
-    # one output buffer per (key, dtype), re-used for every reply: its values are copied into
-    # the new Array's bytes at once (a fresh buffer per reply costs page faults, not copies)
-    outs: dict[tuple[str, np.dtype], np.ndarray] = {}
     with np.errstate(all="ignore"):
         for r, v in enumerate(valid):
             start = 0
             for j, k in enumerate(keys):
                 flat_g, x, wd = global_np[k].ravel(), v.arrays[k].ravel(), work[k]
-                out = None
-                if rewrite_w is not None:
-                    out = outs.get((k, x.dtype))
-                    if out is None:
-                        out = outs[(k, x.dtype)] = np.empty(x.size, dtype=x.dtype)
                 hi, lo, finite = -math.inf, math.inf, True
                 for a in range(0, x.size, CHUNK):
                     b = min(a + CHUNK, x.size)
@@ -161,21 +186,10 @@ def scan_updates(
                         if m is None:
                             m = masks[start + a] = stream.mask(start + a, b - a)
                         stream.add(r, start + a, dc, m)
-                    if out is not None:
-                        np.multiply(dc, rewrite_w, out=dc)
-                        np.add(dc, gc, out=out[a:b], dtype=wd, casting="unsafe")
                 if x.size:
                     amax[r, j] = max(hi, -lo) if finite else math.inf
-                if out is not None:
-                    news[r][k] = encode_like(v.message.content[v.array_key][k],
-                                             out.reshape(v.arrays[k].shape))
                 start += x.size
-    rewritten: list[dict[str, Array]] | None = None
-    if rewrite_w is not None:
-        rewritten = []
-        for v, new in zip(valid, news, strict=True):
-            record = v.message.content[v.array_key]
-            rewritten.append({k: new.get(k, record[k]) for k in v.arrays})
+    rewritten = None if rewrite_w is None else ht_arrays(valid, global_np, rewrite_w)
     return UpdateScan(keys, amax, d, stream, rewritten, rewrite_w, work)
 
 
@@ -194,9 +208,9 @@ def rewrite_replies(
 
     Each reply's weight metric ``weighted_by_key`` becomes ``w_i``. With ``estimator="ht"``
     its floating arrays become ``x_g + W (x_i - x_g)``, ``W = sum_i w_i`` (``prepared``: these
-    arrays already made by :func:`scan_updates` with this ``W``, else made by it: arithmetic
-    in :func:`work_dtype`; with ``deltas`` and no ``prepared``: float64 from the matrix rows,
-    cast back to each array's dtype), so that a normalised weighted average returns
+    arrays already made with this ``W``, else :func:`ht_arrays`: arithmetic in
+    :func:`work_dtype`, computed when read; with ``deltas`` and no ``prepared``: float64 from
+    the matrix rows, cast back to each array's dtype), so that a normalised weighted average returns
     ``x_g + sum_i w_i (x_i - x_g)`` (up to the rounding of the arrays' dtype). With
     ``"ratio"`` the arrays are kept: the average is ``sum_i w_i x_i / sum_i w_i``. With
     ``"difference"`` the arrays become
@@ -212,8 +226,7 @@ def rewrite_replies(
         if arrays is None and deltas is not None:
             arrays = _from_rows(valid, global_np, keys, deltas, big_w)
         if arrays is None:
-            scan = scan_updates(valid, global_np, rewrite_w=big_w)
-            arrays = None if scan is None else scan.rewritten
+            arrays = ht_arrays(valid, global_np, big_w)
     elif estimator == "difference" and keys and valid:
         if controls is None or offset is None:
             raise ValueError("estimator 'difference' needs controls and offset")
@@ -227,7 +240,10 @@ def rewrite_replies(
         for key, rec in v.message.content.items():
             content[key] = rec
         if arrays is not None:
-            content[v.array_key] = ArrayRecord(arrays[r])
+            record = ArrayRecord()  # item by item: ArrayRecord(dict) would copy every Array
+            for k, a in arrays[r].items():
+                record[k] = a
+            content[v.array_key] = record
         metrics = MetricRecord(dict(v.metrics))
         metrics[weighted_by_key] = float(w)
         content[v.metric_key] = metrics
