@@ -12,8 +12,13 @@ usual measure-variance folder (variance.json, table.md, variance.png) and ``rati
 FedAvg / this with its Monte Carlo standard error per seed, and the mean over seeds with the
 standard error over seeds.
 
-``stratified-difference-learned`` (not in ``fedstrat measure-variance``; replayed here) is the
-same label-histogram strata with what earlier rounds teach about stale controls
+``stratified-difference-learned`` is the difference estimator as ``StratifiedSelection`` draws
+it (``fedstrat.measure.strategy_replay``: the strategy's policy and control memory replayed along
+the trajectory; allocation from its tracked residual sketches, residual pps size measure,
+decision against FedAvg), measured by ``measure_variance``.
+
+``stratified-difference-learned-oracle`` (replayed here only) is the same label-histogram
+strata with what earlier rounds teach about stale controls
 (:class:`fedstrat.sampling.difference.StaleControlModel`): controls ``c_i = b_k x_i`` with the
 coefficient ``b_k`` of the control's age bucket fitted on the clients drawn before (never-drawn
 clients: their stratum's mean of these), and a residual pps design whose size measure is
@@ -32,8 +37,10 @@ import time
 from pathlib import Path
 
 SELECTIONS = ["fedavg", "uniform", "stratified", "difference", "stratified-difference",
-              "stratified-difference-learned"]
-LEARNED = "stratified-difference-learned"
+              "stratified-difference-learned", "stratified-difference-learned-oracle"]
+#: the oracle replay of this script (exact-residual allocation); ``stratified-difference-
+#: learned`` itself is the strategy's own draw, measured by ``measure_variance``
+LEARNED = "stratified-difference-learned-oracle"
 
 
 class LearnedReplay:
@@ -196,13 +203,11 @@ def main() -> None:
     for seed in [int(x) for x in a.seeds.split(",")]:
         scfg = dataclasses.replace(cfg, seed=seed).validate()
         t0 = time.perf_counter()
+        hook = LearnedReplay(rounds, scfg.clients_per_round, seed, a.samples)
         res = measure_variance(scfg, rounds, selections=[s for s in sels if s != LEARNED],
-                               n_samples=a.samples, on_progress=print)
+                               n_samples=a.samples, on_progress=print,
+                               on_updates=hook if LEARNED in sels else None)
         if LEARNED in sels:
-            from fedstrat.measure import compute_client_updates
-
-            hook = LearnedReplay(rounds, scfg.clients_per_round, seed, a.samples)
-            compute_client_updates(scfg, rounds, on_updates=hook)
             res.rows.extend(_complete(hook.rows, res.rows))
             res.meta["seconds"] = time.perf_counter() - t0
             print(hook.rows, flush=True)

@@ -341,7 +341,8 @@ def measure_variance_cmd(
         + ", ".join(MEASURED)
         + " (stratified-prop: same strata, proportional allocation; stratified-sketch: strata "
         "from update sketches). Opt-in: fedavg (uniform, self-normalised), difference, "
-        "stratified-difference (control variates, see fedstrat.measure.controls).",
+        "stratified-difference (control variates, see fedstrat.measure.controls), "
+        "stratified-difference-learned (the strategy's own difference draw, replayed).",
     ),
     seeds: str = typer.Option(
         "", "--seeds", help="Comma-separated seeds to repeat the measurement (default: --seed)."
@@ -353,7 +354,7 @@ def measure_variance_cmd(
     """
 
     def body() -> None:
-        from fedstrat.measure.variance import MEASURABLE
+        from fedstrat.measure.variance import SELECTABLE as MEASURABLE
 
         sels = split_list(selections, "--selections")
         bad = [s for s in sels if s not in MEASURABLE]

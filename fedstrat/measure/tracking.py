@@ -39,29 +39,36 @@ class RunPrediction:
     predicted_fedavg: list[float] | None  # [value, lo, hi] of FedAvg
 
 
+def policy_options(cfg: Any, **overrides: Any) -> Any:
+    """The :class:`~fedstrat.strategies.SelectionOptions` of the stratified policy for the run
+    options ``cfg`` (a ``RunConfig``), with ``overrides``."""
+    from fedstrat.strategies import SelectionOptions
+
+    names = set(SelectionOptions.names())
+    kw = {
+        k: getattr(cfg, k)
+        for k in ("design", "allocation", "stratify_by", "restratify_every",
+                  "warmup_rounds", "min_per_stratum", "sketch_dim", "sketch_seed",
+                  "sketch_method", "variance_ema", "prior_std", "max_strata")
+        if k in names and hasattr(cfg, k)
+    }
+    for k in ("prior_std", "variance_ema", "max_strata"):
+        if k in kw and not kw[k]:
+            kw[k] = None
+    if getattr(cfg, "n_strata", 0):
+        kw["n_strata"] = int(cfg.n_strata)
+    return SelectionOptions(clients_per_round=cfg.clients_per_round, seed=cfg.seed,
+                            **{**kw, **overrides})
+
+
 class RunReplay:
     """``on_updates`` hook (see module doc); ``predictions[r]`` for each measured round."""
 
     def __init__(self, cfg: Any, rounds: Sequence[int]) -> None:
-        from fedstrat.strategies import SelectionOptions
         from fedstrat.strategies.stratified_policy import StratifiedPolicy
 
         self.rounds = sorted(int(r) for r in rounds)
-        names = set(SelectionOptions.names())
-        kw = {
-            k: getattr(cfg, k)
-            for k in ("design", "allocation", "stratify_by", "restratify_every",
-                      "warmup_rounds", "min_per_stratum", "sketch_dim", "sketch_seed",
-                      "sketch_method", "variance_ema", "prior_std", "max_strata")
-            if k in names and hasattr(cfg, k)
-        }
-        for k in ("prior_std", "variance_ema", "max_strata"):
-            if k in kw and not kw[k]:
-                kw[k] = None
-        if getattr(cfg, "n_strata", 0):
-            kw["n_strata"] = int(cfg.n_strata)
-        self.options = SelectionOptions(clients_per_round=cfg.clients_per_round,
-                                        seed=cfg.seed, **kw)
+        self.options = policy_options(cfg)
         self.policy = StratifiedPolicy(self.options)
         self.predictions: dict[int, RunPrediction] = {}
         self.registry: Any = None

@@ -55,6 +55,8 @@ __all__ = [
     "MEASURABLE",
     "MEASURED",
     "MEASURED_SELECTIONS",
+    "REPLAYED_SELECTIONS",
+    "SELECTABLE",
     "MeasureResult",
     "Population",
     "SelectionStats",
@@ -64,6 +66,14 @@ __all__ = [
     "measure_variance",
     "monte_carlo",
 ]
+
+
+#: selections measured by replaying the strategy itself along the trajectory (no sampler of
+#: :data:`MEASURED`): the difference estimator as ``StratifiedSelection`` draws it
+#: (:mod:`fedstrat.measure.strategy_replay`)
+REPLAYED_SELECTIONS: tuple[str, ...] = ("stratified-difference-learned",)
+#: every name ``measure_variance`` accepts
+SELECTABLE: tuple[str, ...] = (*MEASURABLE, *REPLAYED_SELECTIONS)
 
 
 # ---------------------------------------------------------------------------------- numpy core
@@ -274,9 +284,12 @@ def measure_variance(
     selections: Iterable[str] = MEASURED_SELECTIONS,
     n_samples: int = 2000,
     on_progress: Callable[[str], None] | None = None,
+    on_updates: Callable[[int, np.ndarray, dict[str, Any]], None] | None = None,
 ) -> MeasureResult:
     """Compute every client's update at ``rounds`` for the data options of ``cfg`` (a
-    ``RunConfig``) and measure each selection's E||T_hat - T||^2 (see module docstring)."""
+    ``RunConfig``) and measure each selection's E||T_hat - T||^2 (see module docstring);
+    ``selections`` may include :data:`REPLAYED_SELECTIONS`; ``on_updates`` is called with
+    every round's updates too (see :func:`compute_client_updates`)."""
     t0 = time.perf_counter()
     selections = list(selections)
     from .controls import control_replay
@@ -285,14 +298,23 @@ def measure_variance(
     from .tracking import RunReplay, run_rows
 
     run_replay = RunReplay(cfg, rounds) if "stratified" in selections else None
+    from .strategy_replay import LEARNED, DifferenceReplay
 
-    def on_updates(r: int, updates: np.ndarray, result: dict[str, Any]) -> None:
+    learned = DifferenceReplay(cfg, rounds, n_samples) if LEARNED in selections else None
+    selections = [s for s in selections if s not in REPLAYED_SELECTIONS]
+    extra = on_updates
+
+    def hooks(r: int, updates: np.ndarray, result: dict[str, Any]) -> None:
         if replay is not None:
             replay(r, updates, result)
         if run_replay is not None:
             run_replay(r, updates, result)
+        if learned is not None:
+            learned(r, updates, result)
+        if extra is not None:
+            extra(r, updates, result)
 
-    data = compute_client_updates(cfg, rounds, on_progress=on_progress, on_updates=on_updates)
+    data = compute_client_updates(cfg, rounds, on_progress=on_progress, on_updates=hooks)
     rows: list[dict[str, Any]] = []
     for r, rd in sorted(data["rounds"].items()):
         pop = Population(rd["updates"], data["sizes"])
@@ -317,6 +339,8 @@ def measure_variance(
         found = [s.to_dict() for s in stats]
         if run_replay is not None:
             found += run_rows(run_replay, r, pop, fed, n_samples, cfg.seed)
+        if learned is not None and r in learned.stats:
+            found.append(learned.stats[r].to_dict())
         for s in found:
             row = {"round": r, "global_score": rd["score"], **s}
             row["uniform_over_this"] = base / s["measured"] if s["measured"] > 0 else math.nan

@@ -104,3 +104,40 @@ def test_measure_variance_with_difference_selections(tmp_path) -> None:
     assert run.exit_code == 0, run.output
     data = json.loads((out / "variance.json").read_text())
     assert {r["selection"] for r in data["rows"]} == {"uniform", "stratified-difference"}
+
+
+def test_the_strategys_own_difference_draw_is_a_measured_selection(tmp_path) -> None:
+    """stratified-difference-learned (replayed StratifiedPolicy + control memory) is measured
+    next to FedAvg by measure_variance and accepted by the CLI; at round 1 no control is
+    known, so it is the HT estimator of the design the policy drew."""
+    from fedstrat.measure.variance import REPLAYED_SELECTIONS, SELECTABLE
+
+    assert "stratified-difference-learned" in REPLAYED_SELECTIONS
+    assert set(REPLAYED_SELECTIONS) <= set(SELECTABLE) and not set(REPLAYED_SELECTIONS) & set(
+        MEASURABLE)
+    cfg = RunConfig(dataset="digits", num_clients=12, clients_per_round=4, partition="dirichlet",
+                    alpha=0.1, local_steps=2, batch_size=16).validate()
+    res = measure_variance(cfg, [1, 3], selections=["fedavg", "stratified-difference-learned"],
+                           n_samples=200)
+    by = {(r["round"], r["selection"]): r for r in res.rows}
+    name = "stratified-difference-learned"
+    first, later = by[(1, name)], by[(3, name)]
+    assert first["info"]["clients_seen"] == 0 and later["info"]["clients_seen"] >= 4
+    assert first["info"]["allocation_from"].startswith("tracked")
+    for row in (first, later):
+        assert np.isfinite(row["measured"]) and row["measured"] > 0
+        assert np.isfinite(row["fedavg_over_this"]) and row["bias_z"] < 4
+
+    from typer.testing import CliRunner
+
+    from fedstrat.cli.main import app
+
+    out = tmp_path / "mv"
+    args = ["measure-variance", "--dataset", "digits", "--num-clients", "10",
+            "--clients-per-round", "3", "--local-steps", "1", "--measure-rounds", "2",
+            "--samples", "50", "--selections", "fedavg,stratified-difference-learned",
+            "--out", str(out)]
+    run = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert run.exit_code == 0, run.output
+    data = json.loads((out / "variance.json").read_text())
+    assert {r["selection"] for r in data["rows"]} == {"fedavg", "stratified-difference-learned"}

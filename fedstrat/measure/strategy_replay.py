@@ -1,0 +1,138 @@
+r"""``stratified-difference-learned``: the difference estimator as the strategy draws it.
+
+A :class:`DifferenceReplay` drives, along the measurement's full-participation trajectory, the
+real :class:`~fedstrat.strategies.stratified_policy.StratifiedPolicy` with
+``estimator="difference"`` and its
+:class:`~fedstrat.strategies.control_variates.ControlVariates` memory, in the order
+``StratifiedSelection`` calls them each round r:
+
+1. ``policy.plan`` with ``default_rng([seed, r])``: strata (label histograms), the decision
+   against FedAvg, the allocation from the TRACKED residual dispersion (never the exact
+   residuals) and the residual pps size measure :math:`z_i = p_i \hat s_i` of the memory;
+2. the controls :math:`c_i` of every node from the memory as it was before the draw (learnt
+   age coefficients, stratum fill), so a node's control is its own update of the round it last
+   trained under this design (realistic staleness);
+3. the drawn nodes' updates: their sketches feed the update tracker, the memory stores them
+   (learning the coefficients from the controls used) and their residual sketches feed the
+   residual tracker.
+
+At a measured round r the MSE of the difference estimator under the design the policy drew
+with (``policy.last_sampler``: residual pps, pps by size, or uniform in a FedAvg round) is
+measured by Monte Carlo on the residuals :math:`\Delta_i - c_i` of round r (the difference
+estimator's error is the design's HT error on the residuals), next to what the policy
+predicted for it (the decision's ``pred_var``; NaN in a FedAvg round, which has none).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+#: the replayed selection's name in ``measure-variance``
+LEARNED = "stratified-difference-learned"
+
+
+class DifferenceReplay:
+    """``on_updates`` hook (see module doc); ``stats[r]`` for each measured round."""
+
+    def __init__(self, cfg: Any, rounds: Sequence[int], n_samples: int = 2000) -> None:
+        from fedstrat.strategies.control_variates import make_controls
+        from fedstrat.strategies.stratified_policy import StratifiedPolicy
+
+        from .tracking import policy_options
+
+        self.rounds = sorted(int(r) for r in rounds)
+        self.n_samples = int(n_samples)
+        self.options = policy_options(
+            cfg, estimator="difference", cv_decay=float(getattr(cfg, "cv_decay", 1.0)),
+            cv_fill=getattr(cfg, "cv_fill", "stratum"),
+            cv_budget_bytes=int(getattr(cfg, "cv_budget_bytes", 0)),
+        )
+        self.policy = StratifiedPolicy(self.options)
+        self.memory = make_controls(self.options, self.policy)
+        self.stats: dict[int, Any] = {}
+        #: the client indices drawn in each round
+        self.drawn: dict[int, list[int]] = {}
+        self.registry: Any = None
+        self.nodes: list[int] = []
+
+    def _start(self, result: dict[str, Any]) -> None:
+        from fedstrat.strategies.node_registry import NodeRegistry
+
+        self.registry = NodeRegistry()
+        sizes = np.asarray(result["sizes"], dtype=np.float64)
+        hist = result.get("histograms")
+        self.nodes = list(range(len(sizes)))
+        for i in self.nodes:
+            h = [] if hist is None else [float(x) for x in hist[i]]
+            self.registry.set_profile(i, float(sizes[i]), h)
+
+    def __call__(self, round_: int, updates: np.ndarray, result: dict[str, Any]) -> None:
+        from fedstrat.sampling import sketch_update
+        from fedstrat.strategies.plan import Feedback, PopulationFrame
+
+        if self.registry is None:
+            self._start(result)
+        if round_ > self.rounds[-1]:
+            return
+        reg, o, mem = self.registry, self.options, self.memory
+        upd = np.asarray(updates, dtype=np.float64)
+        sizes = reg.sizes(self.nodes)
+        p = sizes / sizes.sum()
+        frame = PopulationFrame(round_, self.nodes, sizes,
+                                min(o.clients_per_round, len(self.nodes)), reg)
+        draw = self.policy.plan(frame, np.random.default_rng([o.seed, round_]))
+        labels = None
+        if draw.strata is not None:
+            labels = {n: int(h) for n, h in zip(self.nodes, draw.strata.strata.labels,
+                                                strict=True)}
+        controls = mem.controls(round_, self.nodes, sizes, upd.shape[1], labels)
+        c_all = controls.matrix(self.nodes)
+        if round_ in self.rounds:
+            self.stats[round_] = self._measure(round_, upd - c_all, sizes, draw)
+        ids = np.asarray(draw.selection.ids, dtype=np.int64)
+        nodes = [int(i) for i in ids]
+        self.drawn[round_] = nodes
+        w = np.asarray(draw.selection.weights, dtype=np.float64)
+        sketch = (o.sketch_dim, o.sketch_seed)
+        sk = sketch_update(upd[ids], *sketch, method=o.sketch_method)
+        for r, i in enumerate(nodes):
+            reg.observe_train(i, num_examples=float(sizes[i]), sketch=sk[r], loss=None,
+                              cost=None)
+        self.policy.observe(Feedback(nodes, sk, w))
+        used = c_all[ids]
+        mem.update(round_, nodes, upd[ids], used, p[ids])
+        res = sk - sketch_update(used, *sketch, method=o.sketch_method)
+        self.policy.observe_residuals(Feedback(nodes, res, w))
+
+    def _measure(self, round_: int, resid: np.ndarray, sizes: np.ndarray, draw: Any) -> Any:
+        from fedstrat.sampling.difference import ResidualPPSSampler
+
+        from .variance import Population, monte_carlo
+
+        d = draw.decision
+        sp = draw.strata
+        smp = self.policy.last_sampler
+        stratified = d is not None and d.mode == "stratified"
+        info = {
+            "mode": "none" if d is None else d.mode,
+            "evidence": "none" if d is None else d.evidence,
+            "design": draw.design,
+            "S_h_basis": None if sp is None else sp.basis,
+            "size_measure": ("predicted residual norm" if isinstance(smp, ResidualPPSSampler)
+                             else "size" if stratified else "uniform"),
+            "allocation": None if sp is None or not stratified else sp.allocation.tolist(),
+            "clients_seen": len(self.memory.vectors),
+            "band": None if d is None or d.predicted is None or not stratified
+            else d.predicted.to_json(),
+            "reason": draw.reason,
+            "allocation_from": "tracked residual sketches (the strategy's own)",
+        }
+        pred = (d.predicted.value if stratified and d is not None and d.predicted is not None
+                else math.nan)
+        seed = int(np.random.SeedSequence([self.options.seed, 2000 + round_]).generate_state(1)[0])
+        return monte_carlo(Population(resid, sizes), smp, self.n_samples, seed=seed,
+                           name=LEARNED, predicted=pred, info=info)
