@@ -99,8 +99,8 @@ def screen_magnitudes(
         amax, n_coords = deltas.amax, deltas.d
     else:
         amax, n_coords = _peaks(deltas, [global_np[k].size for k in keys]), deltas.shape[1]
-    gmax = np.array([float(np.max(np.abs(global_np[k]))) if global_np[k].size else 0.0
-                     for k in keys])
+    gmax = np.array([max(float(global_np[k].max()), -float(global_np[k].min()))
+                     if global_np[k].size else 0.0 for k in keys])  # max |x_g|, no |x_g| copy
     limits = np.array([_float_limit(valid, k) for k in keys])
     rows = list(range(len(valid)))
     rejected: list[ReplyProblem] = []
