@@ -8,6 +8,9 @@ BLAS thread (as the strategy runs it). Ratio = median sketch time / median weigh
 (target: countsketch <= 2x at d = 10M). The count sketch's first call (building its map) and the
 memory its map keeps are reported too; float64 input is timed against a float64 pass.
 
+``f32_slots_rel_diff``: the float32 sketch (float32 slot sums, as the strategy's per-reply pass
+computes it for float32 models) against the float64 sketch of the same values.
+
 Quality (``benchmarks/results/sketch_quality.json``): every client's update at round 1 of the
 default job (mnist5k, 100 clients, Dirichlet(0.1), 784-50-10 MLP, 5 local epochs) from
 ``fedstrat.measure.compute_client_updates``; then for each method and sketch seed the
@@ -18,7 +21,9 @@ and how well sketches estimate the per-stratum dispersion S_h (``--sh-strata`` =
 of the label histograms, pps design: relative error of sigma_h from sketches, and the exact
 variance of the Neyman allocation they lead to over that of the oracle allocation). Finally, over
 ``--wcss-seeds`` seeds, k-means with 10 strata on each method's sketches scored by the
-within-stratum sum of squares of the true updates (the quantity stratification lowers).
+within-stratum sum of squares of the true updates (the quantity stratification lowers), and
+(``float32_slots``) the count sketches of the updates rounded to float32 and summed in float32
+(the strategy's pass) against the float64 ones: difference, k-means strata ARI, S_h.
 
 Run: ``python benchmarks/sketch.py [--sizes 40000 1000000 10000000] [--seeds 10]
 [--samples 500] [--sh-strata 4] [--model NAME] [--skip-quality] [--skip-timing]``.
@@ -142,6 +147,10 @@ def time_one(d: int, reps: int) -> dict[str, Any]:
         },
         {"wavg": reps, "cs": reps},
     )
+    # The strategy sums float32 updates in float32 slots (the count sketch's float32 path);
+    # the same values summed in float64: largest difference relative to the largest bucket.
+    a, b = S.count_sketch(v32, DIM, 0), S.count_sketch(v64, DIM, 0)
+    row["f32_slots_rel_diff"] = float(np.abs(a - b).max() / np.abs(b).max())
     row["f64_wavg_ms"] = res["wavg"]["wall_ms"]
     row["f64_countsketch_ms"] = res["cs"]["wall_ms"]
     row["f64_countsketch_over_wavg"] = res["cs"]["wall_ms"] / res["wavg"]["wall_ms"]
@@ -165,6 +174,7 @@ def timing(sizes: list[int], reps: int) -> list[dict[str, Any]]:
         "cs first call ms",
         "cs map KB",
         "f64: cs / pass",
+        "f32 slots rel. diff",
     )
     for col in cols:
         table.add_column(col, justify="right")
@@ -179,6 +189,7 @@ def timing(sizes: list[int], reps: int) -> list[dict[str, Any]]:
             f"{r['countsketch_first_call_ms']:.1f}",
             f"{r['countsketch_map_bytes'] / 1024:.0f}",
             f"{r['f64_countsketch_over_wavg']:.2f}x",
+            f"{r['f32_slots_rel_diff']:.1e}",
         )
     console.print(table)
     return rows
@@ -243,6 +254,28 @@ def kmeans_wcss(upd: np.ndarray, n_strata: int, seeds: int) -> dict[str, Any]:
             "max": float(vals.max()),
         }
     return out
+
+
+def float32_slots(upd: np.ndarray, n_strata: int, seeds: int, p: np.ndarray, hlab: np.ndarray,
+                  design: str) -> dict[str, Any]:
+    """The strategy's pass works in the replies' precision: ``Delta`` rounded to float32 and
+    summed in float32 slots (``count_sketch`` of float32 rows), where it used to sketch the
+    float64 difference in float64. Per sketch seed: largest difference of the two sketches
+    relative to the largest bucket, agreement (ARI) of the k-means strata built on each, and
+    relative difference of the S_h estimated from each."""
+    rel, ari, s_h = [], [], []
+    u32 = upd.astype(np.float32)
+    for s in range(seeds):
+        a, b = S.count_sketch(u32, DIM, s), S.count_sketch(upd, DIM, s)
+        rel.append(float(np.abs(a - b).max() / np.abs(b).max()))
+        la = S.stratify_by_sketches(a, n_strata=n_strata).labels
+        lb = S.stratify_by_sketches(b, n_strata=n_strata).labels
+        ari.append(_ari(np.asarray(la), np.asarray(lb)))
+        da, db = _dispersion(a, p, hlab, design), _dispersion(b, p, hlab, design)
+        s_h.append(float(np.nanmax(np.abs(da / np.where(db > 0, db, np.nan) - 1))))
+    return {"seeds": seeds, "n_strata": n_strata, "sketch_rel_diff_max": max(rel),
+            "kmeans_ari_min": min(ari), "kmeans_ari_mean": float(np.mean(ari)),
+            "S_h_rel_diff_max": max(s_h)}
 
 
 def _neyman(design: str, nh: np.ndarray, ph: np.ndarray, disp: np.ndarray, m: int) -> np.ndarray:
@@ -393,6 +426,7 @@ def quality(
             ),
         },
         "kmeans_wcss": kmeans_wcss(upd, 10, wcss_seeds),
+        "float32_slots": float32_slots(upd, 10, seeds, pop.p, hlab, hdesign),
         "seconds": time.perf_counter() - t0,
     }
     table = Table(title=f"stratified-sketch on {data['dim']:,}-dim updates, {seeds} sketch seeds")
@@ -438,6 +472,13 @@ def quality(
         f"the true updates, gaussian {kw['gaussian']['mean']:.3f} ± {kw['gaussian']['se']:.3f}, "
         f"countsketch {kw['countsketch']['mean']:.3f} ± {kw['countsketch']['se']:.3f} "
         f"(k-means on the full updates: {kw['full_updates']:.3f})"
+    )
+    f32 = res["float32_slots"]
+    console.print(
+        f"float32 pass (the strategy's) vs float64 count sketches, {f32['seeds']} seeds: "
+        f"largest sketch difference {f32['sketch_rel_diff_max']:.1e} of the largest bucket, "
+        f"k-means strata ARI min {f32['kmeans_ari_min']:.3f}, S_h relative difference max "
+        f"{f32['S_h_rel_diff_max']:.1e}"
     )
     return res
 
