@@ -6,12 +6,12 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from fedstrat.wire import NUM_EXAMPLES
 
 from .array_codec import decode_array
-from .sparse_uplink import densify_reply
+from .sparse_uplink import densify_reply, has_sparse_arrays
 
 
 @dataclass
@@ -78,6 +78,21 @@ def all_finite(value: np.ndarray) -> bool:
     return bool(np.isfinite(value).all())
 
 
+def _records(
+    content: RecordDict,
+) -> tuple[list[tuple[str, ArrayRecord]], list[tuple[str, MetricRecord]]]:
+    """The ArrayRecords and the MetricRecords of ``content``, in order, in one pass (Flower's
+    ``content.array_records`` / ``metric_records`` build and check a new mapping each time)."""
+    arrays: list[tuple[str, ArrayRecord]] = []
+    metrics: list[tuple[str, MetricRecord]] = []
+    for key, record in content.items():
+        if isinstance(record, ArrayRecord):
+            arrays.append((key, record))
+        elif isinstance(record, MetricRecord):
+            metrics.append((key, record))
+    return arrays, metrics
+
+
 def validate_train_reply(
     reply: Message,
     expected: dict[str, tuple[tuple[int, ...], str]],
@@ -99,20 +114,18 @@ def validate_train_reply(
         return f"error reply from node {node}: {reply.error.reason}"
     if node not in selected:
         return f"node {node} was not selected this round"
-    # ``content.array_records`` / ``metric_records`` build a new mapping on every access
-    array_records, metric_records = reply.content.array_records, reply.content.metric_records
+    array_records, metric_records = _records(reply.content)
     if len(array_records) != 1:
         return f"expected exactly one ArrayRecord, got {len(array_records)}"
     if len(metric_records) != 1:
         return f"expected exactly one MetricRecord, got {len(metric_records)}"
-    array_key, record = next(iter(array_records.items()))
-    if base is not None:
+    array_key, record = array_records[0]
+    if base is not None and has_sparse_arrays(record):
         dense = densify_reply(reply, array_key, base)
         if isinstance(dense, str):
             return dense
-        if dense is not reply:
-            reply, record = dense, dense.content[array_key]
-    metric_key, metrics = next(iter(metric_records.items()))
+        reply, record = dense, dense.content[array_key]
+    metric_key, metrics = metric_records[0]
     n = metrics.get(num_examples_key)
     if n is None or isinstance(n, list):
         return f"missing or non-scalar metric '{num_examples_key}'"
