@@ -159,8 +159,8 @@ SHOWN = ("clustered1", "clustered2-oracle", "clustered2-stale", "stratified", "s
 
 def summarize(paths: list[str]) -> list[dict[str, Any]]:
     """Per config and round: FedAvg / this (mean over seeds; s.e. = the Monte Carlo s.e. for
-    one seed, the seed-to-seed s.e. of the mean for several) and the paired ratio
-    MSE(clustered2-stale) / MSE(this) for fedstrat's rows (> 1: fedstrat lower MSE)."""
+    one seed, the seed-to-seed s.e. of the mean for several) and the paired ratios
+    MSE(Alg. 2 stale or oracle) / MSE(fedstrat row), seed by seed (> 1: fedstrat lower MSE)."""
     per: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for path in paths:
         rep = json.loads(Path(path).read_text())
@@ -175,12 +175,12 @@ def summarize(paths: list[str]) -> list[dict[str, Any]]:
             vals = [(i["rows"][name]["fedavg_over_this"], i["rows"][name]["fedavg_over_this_se"])
                     for i in items]
             row[name] = _mean_se(vals)
-        for name in ("stratified", "strategy-run"):
-            vals = [ratio((i["rows"]["clustered2-stale"]["measured"],
-                           i["rows"]["clustered2-stale"]["measured_se"]),
-                          (i["rows"][name]["measured"], i["rows"][name]["measured_se"]))
-                    for i in items]
-            row[f"stale_over_{name}"] = _mean_se(vals)
+        for alg2 in ("clustered2-stale", "clustered2-oracle"):
+            for name in ("stratified", "strategy-run"):
+                vals = [ratio((i["rows"][alg2]["measured"], i["rows"][alg2]["measured_se"]),
+                              (i["rows"][name]["measured"], i["rows"][name]["measured_se"]))
+                        for i in items]
+                row[f"{alg2.split('-')[1]}_over_{name}"] = _mean_se(vals)
         row["strategy_modes"] = [i["rows"]["strategy-run"]["info"]["mode"] for i in items]
         row["clients_seen_stale"] = [i["rows"]["clustered2-stale"]["info"]["clients_seen"]
                                      for i in items]
@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(a.out).write_text(json.dumps({"files": a.summary, "rows": rows}, indent=1) + "\n")
         for x in rows:
             print(x["config"], x["round"], x["seeds"], " ".join(
-                f"{k} {x[k][0]:.3f}±{x[k][1]:.3f}" for k in (*SHOWN, "stale_over_stratified",
-                                                            "stale_over_strategy-run")),
+                f"{k} {x[k][0]:.3f}±{x[k][1]:.3f}" for k in (*SHOWN, "stale_over_strategy-run",
+                                                            "oracle_over_strategy-run")),
                   x["strategy_modes"], x["clients_seen_stale"])
         return 0
     if not a.config:
