@@ -9,9 +9,10 @@ points: one block of the dendrogram order). fedstrat's ClusteredSampler runs War
 representatives themselves (Euclidean); the authors' code runs it on the rows of an arc-cosine
 similarity matrix of them, so the clusters can differ. This script measures, along the
 trajectory measure-variance uses (round r = the model after r - 1 rounds of full-participation
-FedAvg, every client's exact update computed in-process by
-:func:`fedstrat.measure.compute_client_updates`), the MSE E||T_hat - T||^2 against full
-participation of:
+FedAvg, every client's exact update computed in-process; one pass of
+:func:`fedstrat.measure.measure_variance` with this script's replay as its ``on_updates``
+hook, public API only; needs ``fedstrat`` of 5694f06 or later), the MSE E||T_hat - T||^2
+against full participation of:
 
 * ``clustered2-oracle``: Alg. 2 on the exact updates of the measured round (measure-variance's
   ``clustered2`` row, same seeds);
@@ -24,7 +25,7 @@ participation of:
 * ``fedavg``: uniform m of N with self-normalised weights (measure-variance's ``fedavg`` row);
 * ``stratified``: fedstrat's default rule with perfect evidence (measure-variance's
   ``stratified`` row) and ``strategy-run``: what the replayed strategy (the real
-  ``StratifiedPolicy``, fedstrat.measure.tracking, measure-variance's ``stratified-run`` /
+  ``StratifiedPolicy`` replayed by measure-variance: its ``stratified-run`` /
   ``fedavg-run`` rows) drew that round: its candidate design's measured MSE when it chose
   ``stratified``, FedAvg's when it chose ``fedavg``.
 
@@ -54,23 +55,25 @@ from typing import Any
 import numpy as np
 
 from fedstrat.app.config import RunConfig
-from fedstrat.measure import Population, compute_client_updates, measure_population, monte_carlo
-from fedstrat.measure.tracking import RunReplay, run_rows
+from fedstrat.measure import Population, measure_variance, monte_carlo
 from fedstrat.sampling import ClusteredSampler
 
 ROOT = Path(__file__).resolve().parents[1]
-ORACLE_ROWS = ("clustered1", "clustered2", "fedavg", "stratified")
+#: measure-variance rows (``stratified`` also brings the replayed strategy's ``stratified-run`` /
+#: ``fedavg-run`` rows)
+MEASURED_ROWS = ("clustered1", "clustered2", "fedavg", "stratified")
 
 
 class StaleAlg2:
-    """Alg. 2 replay: the server's representative updates (zeros until a client is drawn)."""
+    """Alg. 2 replay (an ``on_updates`` hook): the server's representative updates (zeros until
+    a client is drawn); at each measured round the sampler built before that round's draw is
+    measured on the round's exact updates (:func:`fedstrat.measure.monte_carlo`)."""
 
-    def __init__(self, seed: int, m: int, rounds: list[int]) -> None:
-        self.seed, self.m, self.rounds = seed, m, rounds
+    def __init__(self, seed: int, m: int, rounds: list[int], n_samples: int) -> None:
+        self.seed, self.m, self.rounds, self.n_samples = seed, m, rounds, n_samples
         self.reps: np.ndarray | None = None
         self.last_seen: np.ndarray | None = None  # round of the representative, 0 = never
-        self.samplers: dict[int, ClusteredSampler] = {}
-        self.coverage: dict[int, dict[str, float]] = {}
+        self.rows: dict[int, dict[str, Any]] = {}
 
     def __call__(self, r: int, updates: np.ndarray, result: dict[str, Any]) -> None:
         if r > self.rounds[-1]:
@@ -82,13 +85,18 @@ class StaleAlg2:
         smp = ClusteredSampler(sizes, self.m, algorithm=2, updates=self.reps, seed=self.seed)
         if r in self.rounds:
             seen = self.last_seen > 0
-            self.samplers[r] = smp
-            self.coverage[r] = {
-                "clients_seen": int(seen.sum()),
-                "mass_seen": float(sizes[seen].sum() / sizes.sum()),
-                "mean_age_of_seen": float(np.mean(r - self.last_seen[seen])) if seen.any()
-                else math.nan,
-            }
+            pop = Population(updates, sizes)
+            st = monte_carlo(
+                pop, smp, self.n_samples,
+                seed=int(np.random.SeedSequence([self.seed, 2000 + r]).generate_state(1)[0]),
+                name="clustered2-stale", predicted=smp.variance(pop.updates),
+                info={"representative": "last received update (zeros if never drawn)",
+                      "clients_seen": int(seen.sum()),
+                      "mass_seen": float(sizes[seen].sum() / sizes.sum()),
+                      "mean_age_of_seen": float(np.mean(r - self.last_seen[seen]))
+                      if seen.any() else math.nan},
+            )
+            self.rows[r] = st.to_dict()
         sel = smp.sample(np.random.default_rng([self.seed, r, 2]))
         ids = np.asarray(sel.ids, dtype=np.int64)
         self.reps[ids] = updates[ids]
@@ -103,50 +111,32 @@ def ratio(f: tuple[float, float], t: tuple[float, float]) -> tuple[float, float]
 
 
 def measure(cfg: RunConfig, rounds: list[int], n_samples: int, say: Any) -> dict[str, Any]:
-    m = cfg.clients_per_round
-    stale = StaleAlg2(cfg.seed, m, rounds)
-    run = RunReplay(cfg, rounds)
-
-    def hook(r: int, updates: np.ndarray, result: dict[str, Any]) -> None:
-        stale(r, updates, result)
-        run(r, updates, result)
-
+    stale = StaleAlg2(cfg.seed, cfg.clients_per_round, rounds, n_samples)
     t0 = time.perf_counter()
-    data = compute_client_updates(cfg, rounds, on_progress=say, on_updates=hook)
-    out: dict[str, Any] = {"seed": cfg.seed, "rounds": {}, "dim": data["dim"]}
-    for r, rd in sorted(data["rounds"].items()):
-        pop = Population(rd["updates"], data["sizes"])
-        stats = measure_population(
-            pop, m, data["histograms"], selections=ORACLE_ROWS, n_samples=n_samples,
-            seed=cfg.seed, design=cfg.design, n_strata=cfg.n_strata, losses=rd["losses"],
-            poc_d=cfg.poc_d,
-        )
-        rows = {s.selection: s.to_dict() for s in stats}
+    res = measure_variance(cfg, rounds, selections=MEASURED_ROWS, n_samples=n_samples,
+                           on_progress=say, on_updates=stale)
+    out: dict[str, Any] = {"seed": cfg.seed, "rounds": {}, "dim": res.meta["dim"]}
+    for r in sorted({row["round"] for row in res.rows}):
+        found = [row for row in res.rows if row["round"] == r]
+        rows = {row["selection"]: dict(row) for row in found}
         rows["clustered2-oracle"] = rows.pop("clustered2")
+        rows["clustered2-stale"] = stale.rows[r]
         fed = (rows["fedavg"]["measured"], rows["fedavg"]["measured_se"])
-        smp = stale.samplers[r]
-        st = monte_carlo(
-            pop, smp, n_samples,
-            seed=int(np.random.SeedSequence([cfg.seed, 2000 + r]).generate_state(1)[0]),
-            name="clustered2-stale", predicted=smp.variance(pop.updates),
-            info={"representative": "last received update (zeros if never drawn)",
-                  **stale.coverage[r]},
-        )
-        rows["clustered2-stale"] = st.to_dict()
-        for row in run_rows(run, r, pop, fed, n_samples, cfg.seed):
-            rows[row["selection"]] = row
-        pr = run.predictions.get(r)
-        mode = "none" if pr is None else pr.mode
+        # the replayed strategy's choice at round r (measure-variance's stratified-run /
+        # fedavg-run rows carry it in their info)
+        run_info = next((rows[k]["info"] for k in ("stratified-run", "fedavg-run") if k in rows),
+                        {})
+        mode = run_info.get("mode", "none")
         src = "stratified-run" if mode == "stratified" and "stratified-run" in rows else "fedavg"
         rows["strategy-run"] = {**rows[src], "selection": "strategy-run",
                                 "info": {"mode": mode, "measured_as": src,
-                                         "evidence": None if pr is None else pr.evidence}}
+                                         "evidence": run_info.get("evidence")}}
         for name, row in rows.items():
             q, q_se = ratio(fed, (row["measured"], row["measured_se"]))
             same = name in ("fedavg", "fedavg-run") or row.get("info", {}).get(
                 "measured_as") == "fedavg"  # the fedavg row itself: 1 exactly
             row["fedavg_over_this"], row["fedavg_over_this_se"] = (1.0, 0.0) if same else (q, q_se)
-        out["rounds"][r] = {"global_score": rd["score"], "rows": rows}
+        out["rounds"][r] = {"global_score": found[0]["global_score"], "rows": rows}
         say(f"round {r}: " + ", ".join(
             f"{k} {v['fedavg_over_this']:.3f}±{v['fedavg_over_this_se']:.3f}"
             for k, v in rows.items()))
