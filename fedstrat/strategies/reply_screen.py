@@ -22,7 +22,7 @@ from flwr.app import Message, MetricRecord, RecordDict
 
 from .plan import RoundPlan
 from .reply_validation import ValidReply
-from .rewrite import UpdateScan, flat_deltas, float_keys, scan_updates
+from .rewrite import UpdateScan, flat_deltas, float_keys, ht_arrays, scan_updates
 from .triage import ReplyProblem, Triage, reply_weights
 
 log = logging.getLogger("flwr").log
@@ -151,15 +151,14 @@ def screen_triage(
 
     One :func:`.rewrite.scan_updates` pass over the replies gives the peaks; with
     ``sketch=(dim, seed)`` also the kept replies' count sketches (``Screened.sketches``), with
-    ``rewrite`` their HT arrays ``x_g + W Delta_i`` (``Screened.rewritten``, made in the same
-    pass with the responder weights before screening and made again for the kept replies in
-    the rare round where the screen rejects one). ``matrix``: also the ``(R, D)`` float64
+    ``rewrite`` their HT arrays ``x_g + W Delta_i`` with the kept replies' ``W``
+    (``Screened.rewritten``: :func:`.rewrite.ht_arrays`, computed when read). ``matrix``: also
+    the ``(R, D)`` float64
     update rows (``Screened.deltas``; the difference estimator and Gaussian sketches need
     them).
     """
     valid = triage.valid
-    big_w = float(reply_weights(plan, valid)[0].sum()) if rewrite and valid else None
-    scan = scan_updates(valid, global_np, sketch=sketch, rewrite_w=big_w)
+    scan = scan_updates(valid, global_np, sketch=sketch)
     deltas = flat_deltas(valid, global_np) if matrix else None
     screened = screen_magnitudes(plan, valid, global_np, scan)
     kept = [valid.index(v) for v in screened.valid] if screened.rejected else None
@@ -168,10 +167,8 @@ def screen_triage(
         extra["deltas"] = deltas if kept is None else deltas[kept]
     if scan is not None and scan.sketch is not None:
         extra["sketches"] = scan.sketches(valid, global_np, kept)
-    if scan is not None and scan.rewritten is not None:
-        again = None if kept is None else scan_updates(
-            screened.valid, global_np, rewrite_w=float(screened.weights.sum()))
-        extra["rewritten"] = scan.rewritten if kept is None else again and again.rewritten
+    if rewrite and scan is not None and screened.valid:
+        extra["rewritten"] = ht_arrays(screened.valid, global_np, float(screened.weights.sum()))
     screened = dataclasses.replace(screened, **extra)
     if not screened.rejected:
         return triage, screened

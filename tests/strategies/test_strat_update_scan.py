@@ -194,3 +194,45 @@ def test_overflowing_float32_slot_sums_are_sketched_again_in_float64():
     assert np.all(np.isfinite(got))
     want = count_sketch(np.full(d, np.float32(3e38), dtype=np.float64), 4, 0)
     assert np.array_equal(got[0], want)
+
+
+def test_screened_ht_arrays_use_the_kept_replies_weight():
+    """A reply the screen rejects leaves the HT arrays of the others with W of the kept ones."""
+    from flwr.app import ConfigRecord
+    from flwr.serverapp.strategy import FedAvg
+    from strathelpers import global_arrays, make_population, population_grid, train_reply
+
+    from fedstrat.strategies import StratifiedSelection
+    from fedstrat.strategies.reply_screen import screen_triage
+    from fedstrat.strategies.triage import reply_weights, triage_replies
+
+    overrides = {}
+    pop = make_population(n=12, classes=3, dim=6, seed=2)
+    grid = population_grid(pop, overrides=overrides)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=6, seed=1,
+                            profiling="query", design="srswor")  # HT weights, W != 1
+    arrays = global_arrays(6, dtype=np.float32)
+    msgs = list(s.configure_train(1, arrays, ConfigRecord(), grid))
+    plan = s.pending_plan
+    bad = plan.selected[1]
+
+    def huge(msg, new):
+        new = {k: np.asarray(v).copy() for k, v in new.items()}
+        new["w"] = new["w"].astype(np.float32)
+        new["w"][0] = 3e38  # finite, but W x 3e38 overflows float32
+        return train_reply(msg, new, {"num-examples": 10, "train-loss": 1.0})
+
+    overrides[bad] = huge
+    triage = triage_replies(list(grid.send_and_receive(msgs)), plan, "num-examples")
+    g = {k: decode_array(a) for k, a in arrays.items()}
+    big_w_all = float(reply_weights(plan, triage.valid)[0].sum())
+    out, screened = screen_triage(plan, triage, g, sketch=(8, 0), matrix=False, rewrite=True)
+    assert [p.node for p in out.rejected] == [bad] and bad not in [v.node_id for v in out.valid]
+    big_w = float(screened.weights.sum())
+    assert abs(big_w - big_w_all) > 1e-3 and len(screened.rewritten) == len(out.valid)
+    assert screened.sketches.shape == (len(out.valid), 8)
+    for v, new in zip(out.valid, screened.rewritten, strict=True):
+        for k, x in v.arrays.items():
+            delta = x.astype(np.float64) - g[k]
+            want = (g[k] + big_w * delta).astype(np.float32)
+            assert _close_to_float64(new[k].numpy(), want, g, big_w, delta)
