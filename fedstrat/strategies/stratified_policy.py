@@ -113,6 +113,8 @@ class StratifiedPolicy:
         self.last_plan: StrataPlan | None = None
         self._last_nodes: tuple[int, ...] | None = None
         self._labels_cache: tuple[Any, np.ndarray | None] | None = None
+        self._frame_nodes: Any = None
+        self._strata_cache: Any = None
         #: per-stratum tracker of residual sketches (estimator="difference"; reset on a refit)
         self.residual_tracker: StratumVarianceTracker | None = None
         self._residual_of: Any = None
@@ -146,8 +148,10 @@ class StratifiedPolicy:
     # ------------------------------------------------------------------ plan
     def plan(self, frame: PopulationFrame, rng: np.random.Generator) -> Draw:
         """Refresh the strata, decide stratified vs FedAvg, draw ``frame.m`` nodes."""
-        same_nodes = tuple(frame.nodes) == self._last_nodes
-        self._last_nodes = tuple(frame.nodes)
+        nodes_key = tuple(frame.nodes)
+        same_nodes = nodes_key == self._last_nodes
+        self._last_nodes = nodes_key
+        self._frame_nodes = frame.nodes
         self.refresh(frame.round, frame.nodes, frame.registry, same_nodes)
         st = self.stratifier
         cand = st.candidate_design_ if st.fitted else None
@@ -256,7 +260,15 @@ class StratifiedPolicy:
         """Strata of the present nodes, ``m_h``, ``sigma_h`` and the predicted variance; None
         (uniform this round) when the present strata cannot each get ``min_per_stratum``."""
         o, m, sizes = self.options, frame.m, frame.sizes
-        present, local = np.unique(self._labels(frame.nodes), return_inverse=True)
+        labels = self._labels(frame.nodes)
+        c = self._strata_cache
+        if c is None or c[0] is not labels or c[1] is not sizes:
+            present, local = np.unique(labels, return_inverse=True)
+            strata = Strata(local.reshape(-1))
+            p = sizes / sizes.sum()
+            c = self._strata_cache = (labels, sizes, present, strata, strata.masses(sizes),
+                np.bincount(strata.labels, weights=p * p, minlength=len(present)))
+        present, strata, masses0, p2 = c[2], c[3], c[4], c[5]
         if len(present) * max(o.min_per_stratum, 1) > m:
             log(
                 WARNING,
@@ -265,7 +277,6 @@ class StratifiedPolicy:
                 m,
             )
             return None
-        strata = Strata(local.reshape(-1))
         resid = self._residual_plan(frame, design, strata, present)
         if resid is not None:
             return resid
@@ -281,10 +292,8 @@ class StratifiedPolicy:
             o.min_per_stratum,
         )
         counts = strata.sizes.astype(np.float64)
-        masses = strata.masses(sizes)
+        masses = masses0.copy()
         means = stratum_means(self.stratifier, present, masses, basis)
-        p = sizes / sizes.sum()
-        p2 = np.bincount(strata.labels, weights=p * p, minlength=len(present))
         tracker = self.stratifier.tracker_
         nobs = None
         if basis == "tracked" and tracker is not None:
@@ -358,7 +367,8 @@ class StratifiedPolicy:
 
     def _labels(self, nodes: list[int]) -> np.ndarray | None:
         """Global stratum labels of ``nodes``, cached while nodes and strata are unchanged."""
-        key = (tuple(nodes), self.stratifier.version_)
+        key = (self._last_nodes if nodes is self._frame_nodes else tuple(nodes),
+               self.stratifier.version_)
         if self._labels_cache is None or self._labels_cache[0] != key:
             self._labels_cache = (key, self.stratifier.labels(nodes))
         return self._labels_cache[1]

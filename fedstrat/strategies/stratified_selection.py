@@ -276,7 +276,9 @@ class StratifiedSelection(Strategy):
         """``n_i`` of ``available`` (the waiter's), cached while nodes and sizes are unchanged."""
         key = (self._waiter.revision, id(self.registry), self.registry.version)
         if self._sizes_cache is None or self._sizes_cache[0] != key:
-            self._sizes_cache = (key, self.registry.sizes(available))
+            sizes = self.registry.sizes(available)
+            sizes.flags.writeable = False  # shared by the round's caches: never edited in place
+            self._sizes_cache = (key, sizes)
         return self._sizes_cache[1]
 
     def _keep(self, record: RoundRecord) -> None:
