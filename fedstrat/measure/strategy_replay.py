@@ -31,18 +31,18 @@ from typing import Any
 
 import numpy as np
 
+from .tracking import PolicyReplay, policy_options
+
 #: the replayed selection's name in ``measure-variance``
 LEARNED = "stratified-difference-learned"
 
 
-class DifferenceReplay:
+class DifferenceReplay(PolicyReplay):
     """``on_updates`` hook (see module doc); ``stats[r]`` for each measured round."""
 
     def __init__(self, cfg: Any, rounds: Sequence[int], n_samples: int = 2000) -> None:
         from fedstrat.strategies.control_variates import make_controls
         from fedstrat.strategies.stratified_policy import StratifiedPolicy
-
-        from .tracking import policy_options
 
         self.rounds = sorted(int(r) for r in rounds)
         self.n_samples = int(n_samples)
@@ -59,32 +59,17 @@ class DifferenceReplay:
         self.registry: Any = None
         self.nodes: list[int] = []
 
-    def _start(self, result: dict[str, Any]) -> None:
-        from fedstrat.strategies.node_registry import NodeRegistry
-
-        self.registry = NodeRegistry()
-        sizes = np.asarray(result["sizes"], dtype=np.float64)
-        hist = result.get("histograms")
-        self.nodes = list(range(len(sizes)))
-        for i in self.nodes:
-            h = [] if hist is None else [float(x) for x in hist[i]]
-            self.registry.set_profile(i, float(sizes[i]), h)
-
     def __call__(self, round_: int, updates: np.ndarray, result: dict[str, Any]) -> None:
         from fedstrat.sampling import sketch_update
-        from fedstrat.strategies.plan import Feedback, PopulationFrame
+        from fedstrat.strategies.plan import Feedback
 
-        if self.registry is None:
-            self._start(result)
-        if round_ > self.rounds[-1]:
+        planned = self._plan(round_, result)
+        if planned is None:
             return
+        sizes, draw = planned
         reg, o, mem = self.registry, self.options, self.memory
         upd = np.asarray(updates, dtype=np.float64)
-        sizes = reg.sizes(self.nodes)
         p = sizes / sizes.sum()
-        frame = PopulationFrame(round_, self.nodes, sizes,
-                                min(o.clients_per_round, len(self.nodes)), reg)
-        draw = self.policy.plan(frame, np.random.default_rng([o.seed, round_]))
         labels = None
         if draw.strata is not None:
             labels = {n: int(h) for n, h in zip(self.nodes, draw.strata.strata.labels,

@@ -61,7 +61,48 @@ def policy_options(cfg: Any, **overrides: Any) -> Any:
                             **{**kw, **overrides})
 
 
-class RunReplay:
+def profiled_registry(result: dict[str, Any]) -> tuple[Any, list[int]]:
+    """A node registry in which client i (node id i) is profiled with the measurement's size
+    and label histogram (``result["sizes"]``, ``result["histograms"]``), and the node ids."""
+    from fedstrat.strategies.node_registry import NodeRegistry
+
+    registry = NodeRegistry()
+    sizes = np.asarray(result["sizes"], dtype=np.float64)
+    hist = result.get("histograms")
+    nodes = list(range(len(sizes)))
+    for i in nodes:
+        h = [] if hist is None else [float(x) for x in hist[i]]
+        registry.set_profile(i, float(sizes[i]), h)
+    return registry, nodes
+
+
+class PolicyReplay:
+    """Base of the ``on_updates`` hooks that drive a real ``StratifiedPolicy`` (``self.policy``
+    with ``self.options``, measured ``self.rounds``) along the measured trajectory."""
+
+    rounds: list[int]
+    options: Any
+    policy: Any
+    registry: Any = None
+    nodes: list[int]
+
+    def _plan(self, round_: int, result: dict[str, Any]) -> tuple[np.ndarray, Any] | None:
+        """The population sizes and the policy's draw of ``round_`` (its generator
+        ``default_rng([seed, round_])``, as the strategy's); None after the last measured
+        round. Profiles every client on the first call."""
+        from fedstrat.strategies.plan import PopulationFrame
+
+        if self.registry is None:
+            self.registry, self.nodes = profiled_registry(result)
+        if round_ > self.rounds[-1]:
+            return None
+        sizes = self.registry.sizes(self.nodes)
+        m = min(self.options.clients_per_round, len(self.nodes))
+        frame = PopulationFrame(round_, self.nodes, sizes, m, self.registry)
+        return sizes, self.policy.plan(frame, np.random.default_rng([self.options.seed, round_]))
+
+
+class RunReplay(PolicyReplay):
     """``on_updates`` hook (see module doc); ``predictions[r]`` for each measured round."""
 
     def __init__(self, cfg: Any, rounds: Sequence[int]) -> None:
@@ -74,30 +115,15 @@ class RunReplay:
         self.registry: Any = None
         self.nodes: list[int] = []
 
-    def _start(self, result: dict[str, Any]) -> None:
-        from fedstrat.strategies.node_registry import NodeRegistry
-
-        self.registry = NodeRegistry()
-        sizes = np.asarray(result["sizes"], dtype=np.float64)
-        hist = result.get("histograms")
-        self.nodes = list(range(len(sizes)))
-        for i in self.nodes:
-            h = [] if hist is None else [float(x) for x in hist[i]]
-            self.registry.set_profile(i, float(sizes[i]), h)
-
     def __call__(self, round_: int, updates: np.ndarray, result: dict[str, Any]) -> None:
         from fedstrat.sampling import Strata, sketch_update
-        from fedstrat.strategies.plan import Feedback, PopulationFrame
+        from fedstrat.strategies.plan import Feedback
 
-        if self.registry is None:
-            self._start(result)
-        if round_ > self.rounds[-1]:
+        planned = self._plan(round_, result)
+        if planned is None:
             return
+        sizes, draw = planned
         reg, o = self.registry, self.options
-        sizes = reg.sizes(self.nodes)
-        m = min(o.clients_per_round, len(self.nodes))
-        frame = PopulationFrame(round_, self.nodes, sizes, m, reg)
-        draw = self.policy.plan(frame, np.random.default_rng([o.seed, round_]))
         if round_ in self.rounds:
             d = draw.decision
             sp = self.policy.last_plan
