@@ -60,16 +60,13 @@ class UpdateScan:
 
     ``amax[i, j]``: ``max |x_i - x_g|`` over floating key ``keys[j]`` (float64; ``inf`` if not
     finite); ``sketch``: the count-sketch stream of the rows ``x_i - x_g`` (or None);
-    ``rewritten[i]``: the reply's arrays with floating values ``x_g + big_w (x_i - x_g)``
-    (or None); ``d``: floating coordinates per update; ``work``: :func:`work_dtype` per key.
+    ``d``: floating coordinates per update; ``work``: :func:`work_dtype` per key.
     """
 
     keys: list[str]
     amax: np.ndarray
     d: int
     sketch: CountSketchStream | None = None
-    rewritten: list[dict[str, Array]] | None = None
-    big_w: float | None = None
     work: dict[str, np.dtype] = field(default_factory=dict)
 
     def sketches(self, valid: list[ValidReply], global_np: dict[str, np.ndarray],
@@ -136,7 +133,6 @@ def scan_updates(
     global_np: dict[str, np.ndarray],
     *,
     sketch: tuple[int, int] | None = None,
-    rewrite_w: float | None = None,
 ) -> UpdateScan | None:
     """One pass over every reply's floating arrays, in steps of :data:`CHUNK` coordinates.
 
@@ -146,8 +142,8 @@ def scan_updates(
     peaks are those of the exact update) and, with ``sketch=(dim, seed)``, its count sketch
     (:class:`~fedstrat.sampling.sketch.CountSketchStream`, float32 slot sums when every key
     works in float32: bit for bit :func:`~fedstrat.sampling.count_sketch` of the stacked
-    ``Delta`` rows). With ``rewrite_w = W``: the replies' HT arrays :func:`ht_arrays` (values
-    computed when read). Replies are decoded once (views of their bytes); the sign masks of
+    ``Delta`` rows). The HT arrays are :func:`ht_arrays` (values computed when read, after
+    the screen). Replies are decoded once (views of their bytes); the sign masks of
     the sketch are made once per step for all replies; no ``(R, D)`` matrix. None without
     replies or floating arrays.
     """
@@ -189,8 +185,7 @@ def scan_updates(
                 if x.size:
                     amax[r, j] = max(hi, -lo) if finite else math.inf
                 start += x.size
-    rewritten = None if rewrite_w is None else ht_arrays(valid, global_np, rewrite_w)
-    return UpdateScan(keys, amax, d, stream, rewritten, rewrite_w, work)
+    return UpdateScan(keys, amax, d, stream, work)
 
 
 def rewrite_replies(

@@ -14,7 +14,13 @@ from fedstrat.sampling import count_sketch
 from fedstrat.strategies.array_codec import decode_array
 from fedstrat.strategies.local_grid import ensure_task_identity
 from fedstrat.strategies.reply_validation import ValidReply
-from fedstrat.strategies.rewrite import CHUNK, flat_deltas, rewrite_replies, scan_updates
+from fedstrat.strategies.rewrite import (
+    CHUNK,
+    flat_deltas,
+    ht_arrays,
+    rewrite_replies,
+    scan_updates,
+)
 
 SHAPES = {"w": (3, CHUNK + 123), "b": (7,), "n": (2,), "e": (0,)}
 
@@ -96,7 +102,8 @@ def test_scan_works_in_the_replies_precision(case):
     g, valid = case
     rows = _work_deltas(valid, g)
     big_w = 2.75
-    scan = scan_updates(valid, g, sketch=(16, 7), rewrite_w=big_w)
+    scan = scan_updates(valid, g, sketch=(16, 7))
+    rewritten = ht_arrays(valid, g, big_w)
     assert scan.keys == ["w", "b", "e"] and scan.d == rows.shape[1]
     assert scan.work == {"w": np.float32, "b": np.float64, "e": np.float32}
     # a float64 key makes the slot sums float64: the sketch of the rows, bit for bit
@@ -111,7 +118,7 @@ def test_scan_works_in_the_replies_precision(case):
         assert scan.amax[r, 2] == 0.0  # empty array
     want = _old_ht(valid, g, big_w)
     for r, v in enumerate(valid):
-        got = scan.rewritten[r]
+        got = rewritten[r]
         assert list(got) == list(v.arrays)
         w, b = decode_array(got["w"]), decode_array(got["b"])
         assert w.dtype == np.float32 and b.dtype == v.arrays["b"].dtype
@@ -128,7 +135,8 @@ def test_float32_scan_is_the_count_sketch_of_float32_updates():
                             for k, x in g.items()}) for i in range(3)]
     rows = np.stack([np.concatenate([(v.arrays[k] - g[k]).ravel() for k in g]) for v in valid])
     assert rows.dtype == np.float32
-    scan = scan_updates(valid, g, sketch=(8, 1), rewrite_w=0.5)
+    scan = scan_updates(valid, g, sketch=(8, 1))
+    rewritten = ht_arrays(valid, g, 0.5)
     assert scan.sketch.z.dtype == np.float32  # slot sums in the replies' precision
     assert np.array_equal(scan.sketches(valid, g), count_sketch(rows, 8, 1))
     assert np.allclose(scan.sketches(valid, g), count_sketch(rows.astype(np.float64), 8, 1),
@@ -138,7 +146,7 @@ def test_float32_scan_is_the_count_sketch_of_float32_updates():
     for r in range(3):
         cols = 0
         for k in g:
-            got = decode_array(scan.rewritten[r][k])
+            got = decode_array(rewritten[r][k])
             delta = exact[r, cols:cols + g[k].size].reshape(got.shape)
             assert _close_to_float64(got, want[r][k], g, 0.5, delta)
             cols += g[k].size
@@ -149,7 +157,7 @@ def test_rewrite_replies_ht_paths_agree(case):
     w = np.array([0.5, 1.5, 0.25, 2.0])
     scanned = [rewrite_replies(valid, w, g, "ht", "num-examples"),
                rewrite_replies(valid, w, g, "ht", "num-examples",
-                               prepared=scan_updates(valid, g, rewrite_w=4.25).rewritten)]
+                               prepared=ht_arrays(valid, g, 4.25))]
     matrix = rewrite_replies(valid, w, g, "ht", "num-examples", flat_deltas(valid, g))
     want = _old_ht(valid, g, 4.25)
     exact = _old_flat_deltas(valid, g)
