@@ -122,6 +122,7 @@ class StratifiedPolicy:
         self.controls: ControlVariates | None = None
         #: predicted residual norm of each node of the last plan (the residual tracker's scale)
         self._scale: dict[int, float] = {}
+        self._z: np.ndarray | None = None  # the round's z_i (:meth:`_size_measure`)
         #: the sampler of the last draw (its design: strata, allocation, size measure)
         self.last_sampler: Sampler | None = None
 
@@ -157,6 +158,7 @@ class StratifiedPolicy:
         cand = st.candidate_design_ if st.fitted else None
         strata_plan = None
         self._scale = self._residual_scales(frame, cand)
+        self._z = None
         if cand in STRATIFIED_DESIGNS:
             strata_plan = self._strata_plan(frame, cand)
         self.last_plan = strata_plan
@@ -174,11 +176,12 @@ class StratifiedPolicy:
                 allocation=strata_plan.allocation,
                 design=cand,
             )
-            self.last_sampler = self.sampler(spec)
-            if strata_plan.basis == "residuals" and cand == "pps":
-                z = self._size_measure(frame)
-                self.last_sampler = ResidualPPSSampler(frame.sizes, strata_plan.strata,
-                                                       strata_plan.allocation, z)
+            self.last_sampler = (
+                ResidualPPSSampler(frame.sizes, strata_plan.strata, strata_plan.allocation,
+                                   self._size_measure(frame))
+                if strata_plan.basis == "residuals" and cand == "pps"
+                else self.sampler(spec)
+            )
             selection = self.last_sampler.sample(rng)
             return Draw(cand, selection, True, reason=decision.reason, strata=strata_plan,
                         decision=decision)
@@ -350,9 +353,12 @@ class StratifiedPolicy:
         return {int(n): float(v) for n, v in zip(frame.nodes, s, strict=True)}
 
     def _size_measure(self, frame: PopulationFrame) -> np.ndarray:
-        """``z_i = p_i s_i`` over ``frame.nodes`` (``s_i`` of :meth:`_residual_scales`)."""
-        p = frame.sizes / frame.sizes.sum()
-        return p * np.array([self._scale.get(int(n), 1.0) for n in frame.nodes])
+        """``z_i = p_i s_i`` over ``frame.nodes`` (``s_i`` of :meth:`_residual_scales`), made
+        once per :meth:`plan`."""
+        if self._z is None:
+            p = frame.sizes / frame.sizes.sum()
+            self._z = p * np.array([self._scale.get(int(n), 1.0) for n in frame.nodes])
+        return self._z
 
     def _residuals(self) -> StratumVarianceTracker | None:
         """The residual tracker of the current strata (a new one after a refit)."""
