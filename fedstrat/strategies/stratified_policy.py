@@ -24,19 +24,8 @@ allocation uses the residual dispersion and the stratified candidate's predicted
 difference estimator's (the design variance of the residuals; ``basis="residuals"``), so the
 decision compares the estimator actually used with FedAvg (predicted from the update sketches).
 
-Residual size measure (design ``pps``, with the learnt stale-control model of the attached
-:class:`~fedstrat.strategies.control_variates.ControlVariates`): inside strata the draw is πps
-by :math:`z_i = p_i \hat s_i`, :math:`\hat s_i` the predicted residual norm
-(:class:`~fedstrat.sampling.difference.ResidualPPSSampler`, HT weights :math:`p_i / \pi_i`).
-The residual tracker then follows the scaled residuals :math:`v_i = (\Delta_i - c_i) /
-\hat s_i` fed with weight :math:`w_i \hat s_i` (so it estimates their z-weighted mean and
-dispersion :math:`\sigma'_h`), and the one-draw Hansen-Hurwitz variance of stratum h is
-:math:`a_h^2 = Z_h^2 \sigma'^2_h` (:math:`Z_h = \sum_{i \in h} z_i`). Written as a p-pps
-dispersion :math:`\sigma_h = Z_h \sigma'_h / P_h` (the recorded ``S_h``), the Neyman
-allocation :math:`m_h \propto P_h \sigma_h = a_h` and the predicted MSE
-:math:`\sum_h P_h^2 \sigma_h^2 / m_h` are those of the design drawn. Without the model
-(``cv_decay < 1``, before it has learnt, or design ``srswor``) :math:`\hat s_i = 1`: πps by
-size.
+Residual sketches, the residual size measure and the residual plan:
+:mod:`fedstrat.strategies.residual_evidence`.
 """
 
 from __future__ import annotations
@@ -55,16 +44,16 @@ from fedstrat.sampling import (
     StratifiedSampler,
     StratumVarianceTracker,
     UniformSampler,
-    VariancePrediction,
     predicted_variance,
     satterthwaite_band,
 )
 from fedstrat.sampling.baseline import fedavg_from_strata
-from fedstrat.sampling.difference import ResidualPPSSampler, residual_pps_stds
+from fedstrat.sampling.difference import ResidualPPSSampler
 
-from .allocation_rule import allocate, round_allocation, stratum_costs, stratum_means
+from .allocation_rule import round_allocation, stratum_means
 from .node_registry import NodeRegistry
 from .plan import DesignDecision, Draw, Feedback, PopulationFrame, SamplerSpec, StrataPlan
+from .residual_evidence import ResidualEvidence
 from .stratifier import Stratifier, feature_nodes
 
 if TYPE_CHECKING:
@@ -115,20 +104,14 @@ class StratifiedPolicy:
         self._labels_cache: tuple[Any, np.ndarray | None] | None = None
         self._frame_nodes: Any = None
         self._strata_cache: Any = None
-        #: per-stratum tracker of residual sketches (estimator="difference"; reset on a refit)
-        self.residual_tracker: StratumVarianceTracker | None = None
-        self._residual_of: Any = None
-        #: the difference estimator's control memory (:meth:`attach_controls`), or None
-        self.controls: ControlVariates | None = None
-        #: predicted residual norm of each node of the last plan (the residual tracker's scale)
-        self._scale: dict[int, float] = {}
-        self._z: np.ndarray | None = None  # the round's z_i (:meth:`_size_measure`)
+        #: estimator="difference": residual tracker, size measure, residual plan
+        self.residual = ResidualEvidence(options)
         #: the sampler of the last draw (its design: strata, allocation, size measure)
         self.last_sampler: Sampler | None = None
 
     def attach_controls(self, memory: ControlVariates) -> None:
         """Use ``memory``'s predicted residual norms as the pps size measure (module doc)."""
-        self.controls = memory
+        self.residual.attach(memory)
 
     @staticmethod
     def sampler(spec: SamplerSpec) -> Sampler:
@@ -157,8 +140,7 @@ class StratifiedPolicy:
         st = self.stratifier
         cand = st.candidate_design_ if st.fitted else None
         strata_plan = None
-        self._scale = self._residual_scales(frame, cand)
-        self._z = None
+        self.residual.start_round(frame, cand)
         if cand in STRATIFIED_DESIGNS:
             strata_plan = self._strata_plan(frame, cand)
         self.last_plan = strata_plan
@@ -178,7 +160,7 @@ class StratifiedPolicy:
             )
             self.last_sampler = (
                 ResidualPPSSampler(frame.sizes, strata_plan.strata, strata_plan.allocation,
-                                   self._size_measure(frame))
+                                   self.residual.size_measure(frame))
                 if strata_plan.basis == "residuals" and cand == "pps"
                 else self.sampler(spec)
             )
@@ -225,7 +207,7 @@ class StratifiedPolicy:
         verdict = "above" if new == "stratified" else "not above"
         est = "" if sp.basis != "residuals" else (
             " with the difference estimator (residual sketches" + (
-                ", pps by predicted residual norm)" if candidate == "pps" and self._scale
+                ", pps by predicted residual norm)" if candidate == "pps" and self.residual.scale
                 else ")"))
         reason = (
             f"tracked ({n_min}+ updates per stratum): {candidate}{est} predicted MSE "
@@ -280,7 +262,8 @@ class StratifiedPolicy:
                 m,
             )
             return None
-        resid = self._residual_plan(frame, design, strata, present)
+        resid = self.residual.plan(frame, design, strata, present, self.stratifier,
+                                   MIN_TRACKED, BAND_LEVEL)
         if resid is not None:
             return resid
         alloc, stds, basis = round_allocation(
@@ -306,70 +289,6 @@ class StratifiedPolicy:
             level=BAND_LEVEL,
         )
         return StrataPlan(strata, present, alloc, stds, basis, counts, masses, prediction)
-
-    def _residual_plan(
-        self, frame: PopulationFrame, design: str, strata: Strata, present: np.ndarray
-    ) -> StrataPlan | None:
-        """estimator="difference" with :data:`MIN_TRACKED` residual sketches in every present
-        stratum: ``m_h`` from the residual dispersion, the predicted MSE of the difference
-        estimator (residual stats) against FedAvg's (update stats); None otherwise."""
-        o, rt, tracker = self.options, self._residuals(), self.stratifier.tracker_
-        if rt is None or tracker is None or o.estimator != "difference":
-            return None
-        if rt.counts()[present].min() < MIN_TRACKED:
-            return None
-        counts, masses = strata.sizes.astype(np.float64), strata.masses(frame.sizes)
-        stds = rt.stds()[present]
-        if design == "pps" and self._scale:  # sigma_h = Z_h sigma'_h / P_h (module doc)
-            stds = residual_pps_stds(stds, self._size_measure(frame), frame.sizes,
-                                     strata.labels)
-        costs = (stratum_costs(self.stratifier.node_stratum_, frame.registry, present)
-                 if o.allocation == "cost" else None)
-        alloc = allocate(o.allocation, design, counts, masses, stds, frame.m,
-                         o.min_per_stratum, costs)
-        p = frame.sizes / frame.sizes.sum()
-        p2 = np.bincount(strata.labels, weights=p * p, minlength=len(present))
-        kw = {"m": frame.m, "p2": p2, "level": BAND_LEVEL}
-        res = predicted_variance(counts, masses, stds, alloc, design,
-                                 means=rt.means()[present],
-                                 mean_counts=rt.effective_counts()[present], **kw)
-        upd = predicted_variance(counts, masses, tracker.stds()[present], alloc, design,
-                                 means=stratum_means(self.stratifier, present, masses, "tracked"),
-                                 mean_counts=tracker.effective_counts()[present], **kw)
-        gain_se = float(np.hypot(_band_se(res.stratified_band), _band_se(upd.fedavg_band)))
-        pred = VariancePrediction(res.stratified, upd.uniform, upd.fedavg,
-                                  res.stratified_band, upd.fedavg_band, gain_se)
-        return StrataPlan(strata, present, alloc, stds, "residuals", counts, masses, pred)
-
-    def _residual_scales(self, frame: PopulationFrame, design: str | None) -> dict[int, float]:
-        """``{node: s_i}`` predicted residual norms of the population (empty: ``s_i = 1``)
-        for the pps design with the difference estimator and an attached memory."""
-        if (self.controls is None or self.options.estimator != "difference"
-                or design != "pps"):
-            return {}
-        s = self.controls.residual_scales(frame.round, list(frame.nodes))
-        if np.all(s == 1.0):
-            return {}
-        return {int(n): float(v) for n, v in zip(frame.nodes, s, strict=True)}
-
-    def _size_measure(self, frame: PopulationFrame) -> np.ndarray:
-        """``z_i = p_i s_i`` over ``frame.nodes`` (``s_i`` of :meth:`_residual_scales`), made
-        once per :meth:`plan`."""
-        if self._z is None:
-            p = frame.sizes / frame.sizes.sum()
-            self._z = p * np.array([self._scale.get(int(n), 1.0) for n in frame.nodes])
-        return self._z
-
-    def _residuals(self) -> StratumVarianceTracker | None:
-        """The residual tracker of the current strata (a new one after a refit)."""
-        base = self.stratifier.tracker_
-        if base is None:
-            return None
-        if self._residual_of is not base:
-            self._residual_of = base
-            self.residual_tracker = StratumVarianceTracker(
-                base.n_strata, base.dim, prior_std=base.prior_std, ema=base.ema)
-        return self.residual_tracker
 
     def _labels(self, nodes: list[int]) -> np.ndarray | None:
         """Global stratum labels of ``nodes``, cached while nodes and strata are unchanged."""
@@ -434,12 +353,8 @@ class StratifiedPolicy:
         feed each responder's residual sketch ``sketch(Delta_i) - sketch(c_i)`` (``c_i`` the
         control it was aggregated with) with its aggregation weight; with a residual size
         measure the scaled residual ``v_i = e_i / s_i`` with weight ``w_i s_i`` (module doc)."""
-        if self._scale and feedback.sketches is not None:
-            s = np.array([self._scale.get(int(n), 1.0) for n in feedback.nodes])
-            feedback = Feedback(list(feedback.nodes),
-                                np.asarray(feedback.sketches, np.float64) / s[:, None],
-                                np.asarray(feedback.weights, np.float64) * s)
-        self._feed(self._residuals(), feedback)
+        self._feed(self.residual.tracker_for(self.stratifier.tracker_),
+                   self.residual.scaled(feedback))
 
     def _feed(self, tracker: StratumVarianceTracker | None, feedback: Feedback) -> None:
         """Decay ``tracker`` by :data:`ROUND_DECAY` and add each weighted responder's sketch
@@ -457,11 +372,9 @@ class StratifiedPolicy:
         """The stratifier's state, the fallback flag and the decision mode."""
         mode = self.mode if self._mode_of is not None else None  # None: not decided yet
         out = {**self.stratifier.state_dict(), "fallback": self.fallback, "mode": mode}
-        if self.residual_tracker is not None and self._residual_of is self.stratifier.tracker_:
-            out["residual_tracker"] = {
-                k: v.tolist() if isinstance(v, np.ndarray) else v
-                for k, v in self.residual_tracker.state_dict().items()
-            }
+        rt = self.residual.state_dict(self.stratifier.tracker_)
+        if rt is not None:
+            out["residual_tracker"] = rt
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -477,16 +390,7 @@ class StratifiedPolicy:
             self.mode = str(state["mode"])
         self._last_nodes = None
         self._labels_cache = None
-        self.residual_tracker, self._residual_of = None, None
-        self._scale, self.last_sampler = {}, None
-        rt = state.get("residual_tracker") if state else None
-        if rt is not None and self._residuals() is not None:
-            assert self.residual_tracker is not None
-            self.residual_tracker.load_state_dict(rt)
+        self.last_sampler = None
+        self.residual.load_state_dict(state.get("residual_tracker") if state else None,
+                                      self.stratifier.tracker_)
 
-
-def _band_se(band: Band | None) -> float:
-    """Standard error of a band's value (a Satterthwaite chi-square: ``value sqrt(2 / df)``)."""
-    if band is None or not np.isfinite(band.df) or band.df <= 0:
-        return 0.0
-    return float(band.value * np.sqrt(2.0 / band.df))

@@ -1,0 +1,162 @@
+r"""The difference estimator's evidence for the stratified policy: residual sketches.
+
+With ``estimator="difference"`` the variance that matters is that of the residuals
+``Delta_i - c_i``. :class:`ResidualEvidence` keeps a per-stratum tracker of the residual
+sketches (``sketch(Delta_i) - sketch(c_i)``: sketches are linear), reset whenever the strata are
+refitted, and builds the round's residual :class:`~fedstrat.strategies.plan.StrataPlan` once
+every present stratum has ``min_tracked`` of them: ``m_h`` from the residual dispersion and the
+difference estimator's predicted MSE against FedAvg's (from the update tracker).
+
+Residual size measure (design ``pps``, with the learnt stale-control model of the attached
+:class:`~fedstrat.strategies.control_variates.ControlVariates`): inside strata the draw is πps
+by :math:`z_i = p_i \hat s_i`, :math:`\hat s_i` the predicted residual norm. The tracker then
+follows the scaled residuals :math:`v_i = (\Delta_i - c_i) / \hat s_i` fed with weight
+:math:`w_i \hat s_i` (their z-weighted mean and dispersion :math:`\sigma'_h`); written as a
+p-pps dispersion :math:`\sigma_h = Z_h \sigma'_h / P_h` (:math:`Z_h = \sum_{i \in h} z_i`), the
+Neyman allocation :math:`m_h \propto P_h \sigma_h` and the predicted MSE
+:math:`\sum_h P_h^2 \sigma_h^2 / m_h` are those of the design drawn. Without the model
+(``cv_decay < 1``, before it has learnt, or design ``srswor``) :math:`\hat s_i = 1`: πps by size.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedstrat.sampling import (
+    Band,
+    Strata,
+    StratumVarianceTracker,
+    VariancePrediction,
+    predicted_variance,
+)
+from fedstrat.sampling.difference import residual_pps_stds
+
+from .allocation_rule import allocate, stratum_costs, stratum_means
+from .plan import Feedback, PopulationFrame, StrataPlan
+
+if TYPE_CHECKING:
+    from .control_variates import ControlVariates
+    from .options import SelectionOptions
+    from .stratifier import Stratifier
+
+
+class ResidualEvidence:
+    """Residual tracker, residual size measure and residual strata plan (module doc)."""
+
+    def __init__(self, options: SelectionOptions) -> None:
+        self.options = options
+        #: per-stratum tracker of residual sketches (reset on a refit of the strata)
+        self.tracker: StratumVarianceTracker | None = None
+        self._of: Any = None  # the update tracker ``tracker`` belongs to
+        #: the difference estimator's control memory (:meth:`attach`), or None
+        self.controls: ControlVariates | None = None
+        #: predicted residual norm of each node of the last plan (empty: ``s_i = 1``)
+        self.scale: dict[int, float] = {}
+        self._z: np.ndarray | None = None
+
+    def attach(self, memory: ControlVariates) -> None:
+        """Use ``memory``'s predicted residual norms as the pps size measure."""
+        self.controls = memory
+
+    def start_round(self, frame: PopulationFrame, design: str | None) -> None:
+        """``{node: s_i}`` predicted residual norms of the population for the pps design with
+        the difference estimator and an attached memory (else empty: ``s_i = 1``)."""
+        self._z = None
+        self.scale = {}
+        if self.controls is None or self.options.estimator != "difference" or design != "pps":
+            return
+        s = self.controls.residual_scales(frame.round, list(frame.nodes))
+        if not np.all(s == 1.0):
+            self.scale = {int(n): float(v) for n, v in zip(frame.nodes, s, strict=True)}
+
+    def size_measure(self, frame: PopulationFrame) -> np.ndarray:
+        """``z_i = p_i s_i`` over ``frame.nodes``, made once per round."""
+        if self._z is None:
+            p = frame.sizes / frame.sizes.sum()
+            self._z = p * np.array([self.scale.get(int(n), 1.0) for n in frame.nodes])
+        return self._z
+
+    def tracker_for(self, base: StratumVarianceTracker | None) -> StratumVarianceTracker | None:
+        """The residual tracker of the strata of the update tracker ``base`` (a new one after
+        a refit; None without strata)."""
+        if base is None:
+            return None
+        if self._of is not base:
+            self._of = base
+            self.tracker = StratumVarianceTracker(
+                base.n_strata, base.dim, prior_std=base.prior_std, ema=base.ema)
+        return self.tracker
+
+    def scaled(self, feedback: Feedback) -> Feedback:
+        """``feedback`` with the residual sketches ``e_i / s_i`` and weights ``w_i s_i`` when a
+        residual size measure was used this round (unchanged otherwise)."""
+        if not self.scale or feedback.sketches is None:
+            return feedback
+        s = np.array([self.scale.get(int(n), 1.0) for n in feedback.nodes])
+        return Feedback(list(feedback.nodes),
+                        np.asarray(feedback.sketches, np.float64) / s[:, None],
+                        np.asarray(feedback.weights, np.float64) * s)
+
+    def plan(
+        self,
+        frame: PopulationFrame,
+        design: str,
+        strata: Strata,
+        present: np.ndarray,
+        stratifier: Stratifier,
+        min_tracked: int,
+        level: float,
+    ) -> StrataPlan | None:
+        """``m_h`` from the residual dispersion and the predicted MSE of the difference
+        estimator (residual stats) against FedAvg's (update stats), once every present stratum
+        has ``min_tracked`` residual sketches; None otherwise."""
+        o, base = self.options, stratifier.tracker_
+        rt = self.tracker_for(base)
+        if rt is None or base is None or o.estimator != "difference":
+            return None
+        if rt.counts()[present].min() < min_tracked:
+            return None
+        counts, masses = strata.sizes.astype(np.float64), strata.masses(frame.sizes)
+        stds = rt.stds()[present]
+        if design == "pps" and self.scale:  # sigma_h = Z_h sigma'_h / P_h (module doc)
+            stds = residual_pps_stds(stds, self.size_measure(frame), frame.sizes, strata.labels)
+        costs = (stratum_costs(stratifier.node_stratum_, frame.registry, present)
+                 if o.allocation == "cost" else None)
+        alloc = allocate(o.allocation, design, counts, masses, stds, frame.m,
+                         o.min_per_stratum, costs)
+        p = frame.sizes / frame.sizes.sum()
+        p2 = np.bincount(strata.labels, weights=p * p, minlength=len(present))
+        kw = {"m": frame.m, "p2": p2, "level": level}
+        res = predicted_variance(counts, masses, stds, alloc, design, means=rt.means()[present],
+                                 mean_counts=rt.effective_counts()[present], **kw)
+        upd = predicted_variance(counts, masses, base.stds()[present], alloc, design,
+                                 means=stratum_means(stratifier, present, masses, "tracked"),
+                                 mean_counts=base.effective_counts()[present], **kw)
+        gain_se = float(np.hypot(band_se(res.stratified_band), band_se(upd.fedavg_band)))
+        pred = VariancePrediction(res.stratified, upd.uniform, upd.fedavg,
+                                  res.stratified_band, upd.fedavg_band, gain_se)
+        return StrataPlan(strata, present, alloc, stds, "residuals", counts, masses, pred)
+
+    def state_dict(self, base: StratumVarianceTracker | None) -> dict[str, Any] | None:
+        """The residual tracker's state when it belongs to ``base`` (else None)."""
+        if self.tracker is None or self._of is not base:
+            return None
+        return {k: v.tolist() if isinstance(v, np.ndarray) else v
+                for k, v in self.tracker.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Any] | None,
+                        base: StratumVarianceTracker | None) -> None:
+        """Restore :meth:`state_dict` for the strata of ``base`` (None: start afresh)."""
+        self.tracker, self._of, self.scale, self._z = None, None, {}, None
+        rt = self.tracker_for(base) if state is not None else None
+        if rt is not None:
+            rt.load_state_dict(state)
+
+
+def band_se(band: Band | None) -> float:
+    """Standard error of a band's value (a Satterthwaite chi-square: ``value sqrt(2 / df)``)."""
+    if band is None or not np.isfinite(band.df) or band.df <= 0:
+        return 0.0
+    return float(band.value * np.sqrt(2.0 / band.df))
