@@ -79,7 +79,7 @@ class UpdateScan:
         stream = self.sketch
         idx = list(range(len(valid))) if rows is None else list(rows)
         with np.errstate(all="ignore"):
-            out = stream.result(idx, check=False)
+            out = stream.result(None if rows is None else idx, check=False)
         for i in np.flatnonzero(~np.isfinite(out).all(axis=1)):
             v = valid[idx[i]]
             delta = np.concatenate([v.arrays[k].ravel().astype(np.float64)
