@@ -159,22 +159,39 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """While inside, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main
-    thread, so a run stops exactly as after Ctrl-C. No-op outside the main thread."""
+    """While inside, SIGTERM raises :class:`Terminated` and SIGINT (Ctrl-C) raises
+    KeyboardInterrupt in the main thread, so a run stops and unwinds (every ``finally``) with
+    one line. Both previous handlers are put back on the way out. No-op outside the main thread.
+
+    SIGINT: a handler a library installed earlier in the process (Flower's and Ray's graceful
+    exit handlers, ``SIG_DFL``, which would kill the process without any clean-up) is replaced
+    for the duration by Python's ``default_int_handler``. ``SIG_IGN`` is kept: Python starts
+    with SIGINT ignored only when the parent said so (a shell's background job, ``nohup``-style
+    launchers, CI runners), and such a process must not stop on a Ctrl-C typed for the
+    foreground job; it still stops with one line on SIGTERM (exit 143). SIGTERM is always
+    taken (a supervisor's stop request)."""
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread
         yield
         return
+    previous_int = signal.getsignal(signal.SIGINT)
+    take_int = previous_int is not signal.SIG_IGN
+    if take_int:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if take_int and previous_int is not None:  # None: set outside Python, cannot restore
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def handle(fn: Any, hint: str = "") -> Any:
     """Run ``fn()`` turning UsageFailure into exit 2, runtime failures into exit 1, Ctrl-C into
-    130 and SIGTERM into 143 (one ``Error:`` line each; ``hint`` ends the interrupt line)."""
+    130 and SIGTERM into 143 (one ``Error:`` line each; ``hint`` ends the interrupt line).
+    Signals as :func:`sigterm_as_interrupt`: Ctrl-C unwinds even when a library replaced the
+    SIGINT handler earlier in the process; an inherited ``SIG_IGN`` for SIGINT is respected."""
     stopped = "every process it started was stopped" + (f"; {hint}" if hint else "")
     try:
         with sigterm_as_interrupt():

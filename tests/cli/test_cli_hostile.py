@@ -14,6 +14,7 @@ import re
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -234,8 +235,9 @@ def test_report_only_on_directories_fedstrat_wrote(tmp_path: Path) -> None:
     [(signal.SIGTERM, EXIT_TERMINATED, "terminated (SIGTERM)"), (signal.SIGINT, 130, "interr")],
 )
 def test_sigterm_and_sigint_unwind_with_one_line(
-    sig: int, code: int, word: str, capsys: pytest.CaptureFixture[str]
+    sig: int, code: int, word: str, capsys: pytest.CaptureFixture[str], sigint: Any
 ) -> None:
+    sigint(signal.default_int_handler)  # a foreground process, even when pytest runs with `&`
     cleaned: list[bool] = []
     before = signal.getsignal(signal.SIGTERM)
 
@@ -254,3 +256,63 @@ def test_sigterm_and_sigint_unwind_with_one_line(
     assert len(err) == 1 and err[0].startswith(f"Error: {word}") and "resume hint" in err[0]
     assert cleaned == [True]  # every finally ran
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.fixture
+def sigint() -> Any:
+    """Set this process's SIGINT handler for one test; the one pytest started with comes back
+    afterwards (a background ``pytest ... &`` inherits SIG_IGN from its shell)."""
+    start = signal.getsignal(signal.SIGINT)
+    yield lambda handler: signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, start)
+
+
+def _interrupted_body(cleaned: list[bool], seconds: float) -> Any:
+    def body() -> str:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(seconds)
+            return "finished"
+        finally:
+            cleaned.append(True)
+
+    return body
+
+
+def test_ctrl_c_unwinds_after_a_library_replaced_the_sigint_handler(
+    capsys: pytest.CaptureFixture[str], sigint: Any
+) -> None:
+    # what Flower's / Ray's graceful-exit handlers do: note the signal, do not raise
+    seen: list[int] = []
+
+    def library_handler(signum: int, frame: Any) -> None:
+        seen.append(signum)
+
+    sigint(library_handler)
+    cleaned: list[bool] = []
+    with pytest.raises(click.exceptions.Exit) as info:
+        handle(_interrupted_body(cleaned, 10.0), hint="resume hint")
+    assert info.value.exit_code == EXIT_INTERRUPTED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Error: interrupted") and "resume hint" in err[0]
+    assert cleaned == [True] and seen == []  # the run unwound; the library never saw it
+    assert signal.getsignal(signal.SIGINT) is library_handler  # put back afterwards
+
+
+def test_an_inherited_ignored_sigint_is_respected_and_sigterm_still_stops(
+    capsys: pytest.CaptureFixture[str], sigint: Any
+) -> None:
+    sigint(signal.SIG_IGN)  # as a shell's background job starts
+    cleaned: list[bool] = []
+    assert handle(_interrupted_body(cleaned, 0.2)) == "finished"  # Ctrl-C was not for us
+    assert cleaned == [True] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+    def terminated() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+
+    with pytest.raises(click.exceptions.Exit) as info:
+        handle(terminated)
+    assert info.value.exit_code == EXIT_TERMINATED
+    assert capsys.readouterr().err.strip().startswith("Error: terminated (SIGTERM)")
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
