@@ -88,6 +88,8 @@ def screen_magnitudes(
     ``x_g + W Delta_i`` (or raw value, ratio) and every partial sum of a weighted average with
     weights summing to 1 are then finite. Also ``sqrt(D) max|Delta_i| <= STAT_LIMIT`` (update
     sketches). Rejecting a reply changes ``W``, so this repeats until nothing is rejected.
+    A reply whose own values hold NaN or Inf (``UpdateScan.nonfinite``) is rejected first, with
+    that reason (the triage leaves this check to the scan, ``check_finite=False``).
     The returned ``deltas`` are the kept rows of a matrix ``deltas`` (None for a scan).
     """
     weights, notes = reply_weights(plan, valid)
@@ -95,8 +97,9 @@ def screen_magnitudes(
     matrix = deltas if isinstance(deltas, np.ndarray) else None
     if deltas is None or not keys or not valid:
         return Screened(valid, [], weights, notes, matrix)
+    nonfinite: dict[int, str] = {}
     if isinstance(deltas, UpdateScan):
-        amax, n_coords = deltas.amax, deltas.d
+        amax, n_coords, nonfinite = deltas.amax, deltas.d, deltas.nonfinite
     else:
         amax, n_coords = _peaks(deltas, [global_np[k].size for k in keys]), deltas.shape[1]
     gmax = np.array([max(float(global_np[k].max()), -float(global_np[k].min()))
@@ -113,7 +116,9 @@ def screen_magnitudes(
     root_d = math.sqrt(float(n_coords))
     for r in list(rows):
         peak = float(amax[r].max())
-        if not math.isfinite(peak) or peak * root_d > STAT_LIMIT:
+        if r in nonfinite:
+            drop(r, f"array '{nonfinite[r]}' contains NaN or Inf")
+        elif not math.isfinite(peak) or peak * root_d > STAT_LIMIT:
             drop(r, f"update too large for the server's statistics (max |x_i - x_g| = {peak:.3g})")
     while rows:
         if len(rows) < len(valid):

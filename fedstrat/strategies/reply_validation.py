@@ -99,6 +99,7 @@ def validate_train_reply(
     selected: set[int],
     num_examples_key: str = NUM_EXAMPLES,
     base: ArrayRecord | None = None,
+    check_finite: bool = True,
 ) -> ValidReply | str:
     """Check one training reply; return the decoded reply or the reason to reject it.
 
@@ -108,6 +109,8 @@ def validate_train_reply(
     not :func:`compatible_dtype`; NaN or Inf in any array. With ``base`` (the global arrays
     sent), a sparse-uplink reply is first densified against it
     (:func:`~fedstrat.strategies.sparse_uplink.densify_reply`); a malformed one is rejected.
+    ``check_finite=False``: real floating arrays are not checked for NaN / Inf here (the
+    caller's pass over the update does it, :func:`.rewrite.scan_updates`); complex ones are.
     """
     node = int(reply.metadata.src_node_id)
     if reply.has_error():
@@ -144,7 +147,8 @@ def validate_train_reply(
     arrays: dict[str, np.ndarray] = {}
     for key, arr in record.items():
         value = decode_array(arr)
-        if value.dtype.kind in "fc" and not all_finite(value):
+        kind = value.dtype.kind
+        if (kind == "c" or (kind == "f" and check_finite)) and not all_finite(value):
             return f"array '{key}' contains NaN or Inf"
         arrays[key] = value
     return ValidReply(

@@ -16,7 +16,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from fedstrat.sampling.sketch import CountSketchStream, count_sketch
 
 from .array_codec import DeferredArray, encode_like
-from .reply_validation import ValidReply
+from .reply_validation import ValidReply, all_finite
 
 #: coordinates per step of :func:`scan_updates` (float32: 256 KB work buffers, near L2 size);
 #: large steps keep the per-step Python overhead small next to the arithmetic
@@ -60,7 +60,9 @@ class UpdateScan:
 
     ``amax[i, j]``: ``max |x_i - x_g|`` over floating key ``keys[j]`` (float64; ``inf`` if not
     finite); ``sketch``: the count-sketch stream of the rows ``x_i - x_g`` (or None);
-    ``d``: floating coordinates per update; ``work``: :func:`work_dtype` per key.
+    ``d``: floating coordinates per update; ``work``: :func:`work_dtype` per key;
+    ``nonfinite``: reply ``i`` -> the first key (in ``keys`` order) whose reply array ``x_i``
+    itself holds NaN or Inf (checked only where ``x_i - x_g`` was not finite).
     """
 
     keys: list[str]
@@ -68,6 +70,7 @@ class UpdateScan:
     d: int
     sketch: CountSketchStream | None = None
     work: dict[str, np.dtype] = field(default_factory=dict)
+    nonfinite: dict[int, str] = field(default_factory=dict)
 
     def sketches(self, valid: list[ValidReply], global_np: dict[str, np.ndarray],
                  rows: list[int] | None = None) -> np.ndarray:
@@ -145,7 +148,10 @@ def scan_updates(
     ``Delta`` rows). The HT arrays are :func:`ht_arrays` (values computed when read, after
     the screen). Replies are decoded once (views of their bytes); the sign masks of
     the sketch are made once per step for all replies; no ``(R, D)`` matrix. None without
-    replies or floating arrays.
+    replies or floating arrays. A piece whose peaks are not finite even in float64 is checked
+    for NaN / Inf in the reply's own values (``UpdateScan.nonfinite``): finite peaks of
+    ``x_i - x_g`` imply a finite ``x_i`` when ``x_g`` is finite, so the replies need no
+    separate finiteness pass (``check_finite=False`` of :func:`.triage.triage_replies`).
     """
     keys = float_keys(global_np)
     if not valid or not keys:
@@ -160,6 +166,7 @@ def scan_updates(
     amax = np.zeros((len(valid), len(keys)))
     masks: dict[int, np.ndarray] = {}  # sign masks per step, shared by the replies
     bufs = {w: np.empty(CHUNK, dtype=w) for w in set(work.values())}
+    nonfinite: dict[int, str] = {}
     with np.errstate(all="ignore"):
         for r, v in enumerate(valid):
             start = 0
@@ -177,6 +184,8 @@ def scan_updates(
                         hi, lo = max(hi, top), min(lo, bottom)
                     else:
                         finite = False
+                        if r not in nonfinite and not all_finite(xc):
+                            nonfinite[r] = k
                     if stream is not None:
                         m = masks.get(start + a)
                         if m is None:
@@ -185,7 +194,7 @@ def scan_updates(
                 if x.size:
                     amax[r, j] = max(hi, -lo) if finite else math.inf
                 start += x.size
-    return UpdateScan(keys, amax, d, stream, work)
+    return UpdateScan(keys, amax, d, stream, work, nonfinite)
 
 
 def rewrite_replies(

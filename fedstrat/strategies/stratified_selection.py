@@ -217,7 +217,8 @@ class StratifiedSelection(Strategy):
             raise RuntimeError(
                 f"aggregate_train(round {server_round}) without configure_train for that round"
             )
-        triage = triage_replies(replies, plan, self.weighted_by_key, self.registry)
+        triage = triage_replies(replies, plan, self.weighted_by_key, self.registry,
+                                check_finite=False)  # NaN / Inf: in screen_triage's pass
         global_np = align_global_dtypes(
             {k: decode_array(a) for k, a in plan.global_arrays.items()}, triage.valid
         )

@@ -14,7 +14,7 @@ from flwr.app import Message
 
 from .node_registry import NodeRegistry
 from .plan import RoundPlan
-from .reply_validation import ValidReply, validate_train_reply
+from .reply_validation import ValidReply, all_finite, validate_train_reply
 from .responder_weights import responder_weights
 
 log = logging.getLogger("flwr").log
@@ -47,6 +47,7 @@ def triage_replies(
     plan: RoundPlan,
     weighted_by_key: str,
     registry: NodeRegistry | None = None,
+    check_finite: bool = True,
 ) -> Triage:
     """Sort the round's replies (see :func:`validate_train_reply` for the checks).
 
@@ -56,6 +57,8 @@ def triage_replies(
     An error reply is blamed on the node its instruction was sent to (``reply_to``): a
     SuperLink answers for an unreachable node with an error whose sender is itself. A selected
     node with neither an accepted nor a problem entry failed with "no reply".
+    ``check_finite=False``: real floating arrays are left to the caller's NaN / Inf check
+    (:func:`.reply_screen.screen_triage`, in its one pass over the updates).
     """
     valid: list[ValidReply] = []
     rejected: list[ReplyProblem] = []
@@ -69,7 +72,8 @@ def triage_replies(
     }
     for reply in replies:
         result = validate_train_reply(
-            reply, plan.signature, selected, weighted_by_key, base=plan.global_arrays
+            reply, plan.signature, selected, weighted_by_key, base=plan.global_arrays,
+            check_finite=check_finite,
         )
         node = int(reply.metadata.src_node_id)
         if reply.has_error():
@@ -78,14 +82,27 @@ def triage_replies(
             (failures if reply.has_error() else rejected).append(ReplyProblem(node, result))
             log(WARNING, "aggregate_train: rejected reply of node %d: %s", node, result)
             continue
+        if node in seen and not check_finite:  # NaN / Inf named first; an earlier one drops
+            if (bad := _nonfinite(result)) is not None:
+                _reject(rejected, node, bad)
+                continue
+            k = next((i for i, v in enumerate(valid) if v.node_id == node), None)
+            if k is not None and (bad := _nonfinite(valid[k])) is not None:
+                _reject(rejected, node, bad)
+                seen.discard(node)
+                del valid[k]
         if node in seen:
             rejected.append(ReplyProblem(node, "duplicate reply"))
             log(WARNING, "aggregate_train: rejected duplicate reply of node %d", node)
             continue
-        seen.add(node)
         claim = None if registry is None else registry.claim_problem(
             node, result.num_examples, weighted_by_key
         )
+        if claim is not None and not check_finite:  # NaN / Inf is named before the claim
+            if (bad := _nonfinite(result)) is not None:
+                _reject(rejected, node, bad)
+                continue
+        seen.add(node)
         if claim is not None:
             rejected.append(ReplyProblem(node, claim))
             log(WARNING, "aggregate_train: rejected reply of node %d: %s", node, claim)
@@ -95,6 +112,19 @@ def triage_replies(
         if node not in seen and not any(f.node == node for f in failures + rejected):
             failures.append(ReplyProblem(node, "no reply"))
     return Triage(valid, rejected, failures)
+
+
+def _reject(rejected: list[ReplyProblem], node: int, reason: str) -> None:
+    rejected.append(ReplyProblem(node, reason))
+    log(WARNING, "aggregate_train: rejected reply of node %d: %s", node, reason)
+
+
+def _nonfinite(reply: ValidReply) -> str | None:
+    """The reason :func:`validate_train_reply` gives for the reply's first real floating array
+    with NaN or Inf, or None."""
+    bad = next((k for k, a in reply.arrays.items() if a.dtype.kind == "f" and not all_finite(a)),
+               None)
+    return None if bad is None else f"array '{bad}' contains NaN or Inf"
 
 
 def reply_weights(plan: RoundPlan, valid: list[ValidReply]) -> tuple[np.ndarray, list[str]]:
