@@ -54,6 +54,7 @@ from .allocation_rule import round_allocation, stratum_means
 from .node_registry import NodeRegistry
 from .plan import DesignDecision, Draw, Feedback, PopulationFrame, SamplerSpec, StrataPlan
 from .residual_evidence import ResidualEvidence
+from .size_strata import SizeStrata
 from .stratifier import Stratifier, feature_nodes
 
 if TYPE_CHECKING:
@@ -106,6 +107,11 @@ class StratifiedPolicy:
         self._strata_cache: Any = None
         #: estimator="difference": residual tracker, size measure, residual plan
         self.residual = ResidualEvidence(options)
+        #: the second candidate: equal-mass size bins with their own tracker
+        self.size_strata = SizeStrata(options)
+        self._size_of: Any = None  # the label tracker the size strata were fitted with
+        #: the candidate ("strata" | "size") that lost to FedAvg (return needs the margin)
+        self.lost: str | None = None
         #: the sampler of the last draw (its design: strata, allocation, size measure)
         self.last_sampler: Sampler | None = None
 
@@ -143,8 +149,16 @@ class StratifiedPolicy:
         self.residual.start_round(frame, cand)
         if cand in STRATIFIED_DESIGNS:
             strata_plan = self._strata_plan(frame, cand)
+        size_plan = self._size_plan(frame, same_nodes)
+        n_min = None
+        if size_plan is not None and (
+            strata_plan is None or strata_plan.basis != "tracked"
+            or self._tracked_min(strata_plan) < MIN_TRACKED
+            or size_plan.prediction.stratified < strata_plan.prediction.stratified
+        ):
+            strata_plan, cand, n_min = size_plan, "pps", self.size_strata.min_count(size_plan)
         self.last_plan = strata_plan
-        decision = self.decide(strata_plan, cand)
+        decision = self.decide(strata_plan, cand, n_min)
         if strata_plan is None and st.fitted:
             band = self._fedavg_band(frame)
             if band is not None:
@@ -176,12 +190,18 @@ class StratifiedPolicy:
         return Draw(design, fedavg_selection(selection, p), True, reason=decision.reason,
                     estimator="ratio", decision=decision)
 
-    def decide(self, sp: StrataPlan | None, candidate: str | None) -> DesignDecision:
-        """Stratified or FedAvg this round, and why (module doc); updates :attr:`mode`."""
+    def decide(
+        self, sp: StrataPlan | None, candidate: str | None, n_min: int | None = None
+    ) -> DesignDecision:
+        """Stratified or FedAvg this round, and why (module doc); updates :attr:`mode`.
+        ``n_min``: the fewest tracked updates in a stratum of ``sp`` (given for size strata;
+        else from the label strata's tracker)."""
+        size = n_min is not None
         st = self.stratifier
         if st.tracker_ is not self._mode_of:  # (re)fitted: start from the fit-time choice
             self._mode_of = st.tracker_
             self.mode = "stratified" if st.design_ in STRATIFIED_DESIGNS else "fedavg"
+            self.lost = None if self.mode == "stratified" else "strata"
         if sp is None:
             why = (
                 "no strata yet" if not st.fitted
@@ -191,21 +211,22 @@ class StratifiedPolicy:
             return DesignDecision("fedavg", "none", candidate, None, None, f"FedAvg: {why}")
         pred = sp.prediction
         s_band, f_band = pred.stratified_band, pred.fedavg_band
-        assert st.tracker_ is not None
-        n_min = int(st.tracker_.counts()[sp.present].min())
+        if n_min is None:
+            n_min = self._tracked_min(sp)
         tracked = sp.basis in ("tracked", "residuals")
         if not tracked or n_min < MIN_TRACKED or s_band is None or f_band is None:
             reason = (f"{st.design_reason_} (evidence: {st.features_kind_}; {n_min} tracked "
                       f"updates in a stratum, {MIN_TRACKED} needed)")
             if st.features_kind_ == "sketches":  # one warm-up round: no evidence vs FedAvg
-                self.mode = "fedavg"
+                self.mode, self.lost = "fedavg", "strata"
                 reason = f"FedAvg until tracked evidence (strata from sketches): {reason}"
             return DesignDecision(self.mode, "proxy", candidate, s_band, f_band, reason)
-        margin = 0.0 if self.mode == "stratified" else RETURN_MARGIN
+        kind = "size" if size else "strata"
+        margin = 0.0 if self.mode == "stratified" or self.lost != kind else RETURN_MARGIN
         low = pred.gain_lower(GAIN_Z)
         new = "stratified" if low > margin * f_band.value else "fedavg"
         verdict = "above" if new == "stratified" else "not above"
-        est = "" if sp.basis != "residuals" else (
+        est = " in equal-mass size strata" if size else "" if sp.basis != "residuals" else (
             " with the difference estimator (residual sketches" + (
                 ", pps by predicted residual norm)" if candidate == "pps" and self.residual.scale
                 else ")"))
@@ -217,8 +238,26 @@ class StratifiedPolicy:
         )
         if new != self.mode:
             log(INFO, "stratified policy: switching %s -> %s: %s", self.mode, new, reason)
+            self.lost = kind if new == "fedavg" else None
         self.mode = new
         return DesignDecision(new, "tracked", candidate, s_band, f_band, reason)
+
+    def _tracked_min(self, sp: StrataPlan) -> int:
+        """Fewest tracked updates in a present label stratum of ``sp``."""
+        assert self.stratifier.tracker_ is not None
+        return int(self.stratifier.tracker_.counts()[sp.present].min())
+
+    def _size_plan(self, frame: PopulationFrame, same_nodes: bool) -> StrataPlan | None:
+        """The size-strata candidate (:mod:`~fedstrat.strategies.size_strata`), refitted with
+        the label strata; None where it does not apply or lacks tracked evidence."""
+        st = self.stratifier
+        if not st.fitted or not SizeStrata.applies(self.options, frame.sizes):
+            return None
+        if self._size_of is not st.tracker_:
+            self._size_of = st.tracker_
+            self.size_strata.fit(frame, frame.registry.sketches)
+            same_nodes = False
+        return self.size_strata.plan(frame, same_nodes, MIN_TRACKED, BAND_LEVEL)
 
     def _fedavg_band(self, frame: PopulationFrame) -> Band | None:
         """FedAvg's predicted MSE with its band from the tracker alone (rounds without a
@@ -347,6 +386,8 @@ class StratifiedPolicy:
         """Decay the tracker by :data:`ROUND_DECAY`, then feed each responder's sketch, with
         its aggregation weight, to its stratum's tracker."""
         self._feed(self.stratifier.tracker_, feedback)
+        if self._size_of is self.stratifier.tracker_:
+            self.size_strata.observe(feedback, ROUND_DECAY)
 
     def observe_residuals(self, feedback: Feedback) -> None:
         """estimator="difference": decay the residual tracker by :data:`ROUND_DECAY`, then
@@ -371,10 +412,14 @@ class StratifiedPolicy:
     def state_dict(self) -> dict[str, Any]:
         """The stratifier's state, the fallback flag and the decision mode."""
         mode = self.mode if self._mode_of is not None else None  # None: not decided yet
-        out = {**self.stratifier.state_dict(), "fallback": self.fallback, "mode": mode}
+        out = {**self.stratifier.state_dict(), "fallback": self.fallback, "mode": mode,
+               "lost": self.lost}
         rt = self.residual.state_dict(self.stratifier.tracker_)
         if rt is not None:
             out["residual_tracker"] = rt
+        size = self.size_strata.state_dict() if self._size_of is self.stratifier.tracker_ else None
+        if size is not None:
+            out["size_strata"] = size
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -388,9 +433,14 @@ class StratifiedPolicy:
         if state and state.get("mode") is not None:
             self._mode_of = self.stratifier.tracker_
             self.mode = str(state["mode"])
+        old = "strata" if self.mode == "fedavg" else None  # state from before "lost"
+        self.lost = state.get("lost", old) if state else None
         self._last_nodes = None
         self._labels_cache = None
         self.last_sampler = None
+        self.size_strata.load_state_dict(state.get("size_strata") if state else None)
+        self._size_of = (self.stratifier.tracker_ if self.size_strata.tracker_ is not None
+                         else None)
         self.residual.load_state_dict(state.get("residual_tracker") if state else None,
                                       self.stratifier.tracker_)
 

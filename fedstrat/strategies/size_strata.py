@@ -1,0 +1,157 @@
+r"""Strata by client size: the stratified policy's second candidate design.
+
+The full-participation target :math:`T = \sum_i p_i \Delta_i` weighs clients by size, and
+updates often change with size (more local steps, larger norms). Clustered Sampling's Alg. 1
+(Fraboni et al., ICML 2021) exploits this alone: clients sorted by size, cut into ``m`` bins of
+equal mass, one drawn per bin ∝ size. :class:`SizeStrata` is that design as strata the policy
+can track and predict: nodes sorted by :math:`n_i` are cut into ``H`` bins of about equal mass
+:math:`1/H` (ties stay together; the cut points ``thresholds_`` are sizes, so a node that joins
+later goes to the bin of its size), drawn πps by size inside each bin (HT weights
+:math:`p_i / \pi_i`) with the policy's allocation. Its own
+:class:`~fedstrat.sampling.StratumVarianceTracker` follows the update sketches per bin, so its
+predicted MSE (:math:`\sum_h P_h^2 \sigma_h^2 / m_h` plus nothing between bins) is evidence
+of the same kind as the label strata's, and the policy keeps whichever predicts the lower MSE
+(and only while that beats FedAvg, see :mod:`~fedstrat.strategies.stratified_policy`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedstrat.sampling import Strata, StratumVarianceTracker, predicted_variance
+
+from .allocation_rule import allocate
+from .plan import Feedback, PopulationFrame, StrataPlan
+
+if TYPE_CHECKING:
+    from .options import SelectionOptions
+
+
+def equal_mass_thresholds(sizes: np.ndarray, n_bins: int) -> np.ndarray:
+    r"""Ascending cut sizes of ``n_bins`` bins of about equal mass: node i (sorted by size) falls
+    in bin :math:`\lfloor H (C_i - p_i / 2) \rfloor` (:math:`C_i` its cumulative mass), and
+    each bin after the first starts at its smallest size (equal sizes share a bin)."""
+    s = np.sort(np.asarray(sizes, dtype=np.float64))
+    p = s / s.sum()
+    mid = np.cumsum(p) - p / 2.0
+    bins = np.minimum((mid * n_bins).astype(np.int64), n_bins - 1)
+    starts = [s[bins == b].min() for b in range(1, n_bins) if (bins == b).any()]
+    return np.unique(np.asarray(starts, dtype=np.float64))
+
+
+class SizeStrata:
+    """Equal-mass size bins with their own update tracker (module doc).
+
+    Fitted attributes: ``thresholds_`` (cut sizes; bin of ``n`` = number of cuts ``<= n``),
+    ``tracker_`` (over ``len(thresholds_) + 1`` bins)."""
+
+    def __init__(self, options: SelectionOptions) -> None:
+        self.options = options
+        self.thresholds_: np.ndarray | None = None
+        self.tracker_: StratumVarianceTracker | None = None
+        #: (node ids, sizes, present bins, strata, bin of each node) of the last plan
+        self._cache: tuple[np.ndarray, Any, np.ndarray, Strata, np.ndarray] | None = None
+
+    @staticmethod
+    def applies(options: SelectionOptions, sizes: np.ndarray) -> bool:
+        """Size strata are a candidate in the default configuration only (design and number
+        of strata chosen automatically, estimator ``ht`` or ``ratio``, allocation not
+        ``cost``) and when sizes differ."""
+        return (options.design == "auto" and options.n_strata is None
+                and options.estimator != "difference" and options.allocation != "cost"
+                and options.stratify_by == "histograms" and bool(np.ptp(sizes) > 0))
+
+    def fit(self, frame: PopulationFrame, sketches: dict[int, Any]) -> SizeStrata:
+        """Bins over ``frame``'s sizes (``H = frame.m``), a fresh tracker seeded with the
+        known ``sketches`` (node -> sketch) with weights ``p_i``."""
+        o = self.options
+        self.thresholds_ = equal_mass_thresholds(frame.sizes, max(frame.m, 2))
+        self.tracker_ = StratumVarianceTracker(
+            len(self.thresholds_) + 1, o.sketch_dim, prior_std=o.prior_std, ema=o.variance_ema)
+        self._cache = None
+        p = frame.sizes / frame.sizes.sum()
+        bins = self.bins(frame.sizes)
+        for i, n in enumerate(frame.nodes):
+            if n in sketches:
+                self.tracker_.update(int(bins[i]), np.asarray(sketches[n]), float(p[i]))
+        return self
+
+    def bins(self, sizes: np.ndarray) -> np.ndarray:
+        """Bin of each size (int64)."""
+        assert self.thresholds_ is not None
+        return np.searchsorted(self.thresholds_, sizes, side="right").astype(np.int64)
+
+    def _strata(self, frame: PopulationFrame, same_nodes: bool) -> tuple[np.ndarray, Strata]:
+        """``(present bins, strata)`` of ``frame``; recomputed unless ``same_nodes`` (the
+        population's nodes are those of the last call) and the sizes are the same array."""
+        c = self._cache
+        if c is None or not same_nodes or c[1] is not frame.sizes:
+            labels = self.bins(frame.sizes)
+            present, local = np.unique(labels, return_inverse=True)
+            c = self._cache = (np.asarray(frame.nodes, dtype=np.uint64), frame.sizes, present,
+                               Strata(local.reshape(-1)), labels)
+        return c[2], c[3]
+
+    def plan(
+        self, frame: PopulationFrame, same_nodes: bool, min_tracked: int, level: float
+    ) -> StrataPlan | None:
+        """The size-strata pps plan (Neyman or proportional ``m_h``, tracked ``sigma_h``,
+        predicted MSE vs FedAvg), once every present bin has ``min_tracked`` tracked updates
+        and can get ``min_per_stratum`` clients; None otherwise."""
+        t, o = self.tracker_, self.options
+        if t is None:
+            return None
+        present, strata = self._strata(frame, same_nodes)
+        lo = max(o.min_per_stratum, 1)
+        if len(present) < 2 or len(present) * lo > frame.m:
+            return None
+        if t.counts()[present].min() < min_tracked:
+            return None
+        counts, masses = strata.sizes.astype(np.float64), strata.masses(frame.sizes)
+        stds = t.stds()[present]
+        alloc = allocate(o.allocation, "pps", counts, masses, stds, frame.m, lo)
+        p = frame.sizes / frame.sizes.sum()
+        p2 = np.bincount(strata.labels, weights=p * p, minlength=len(present))
+        pred = predicted_variance(counts, masses, stds, alloc, "pps", means=t.means()[present],
+                                  m=frame.m, p2=p2, mean_counts=t.effective_counts()[present],
+                                  level=level)
+        return StrataPlan(strata, present, alloc, stds, "tracked", counts, masses, pred)
+
+    def min_count(self, plan: StrataPlan) -> int:
+        """Fewest tracked updates in a bin of ``plan``."""
+        assert self.tracker_ is not None
+        return int(self.tracker_.counts()[plan.present].min())
+
+    def observe(self, feedback: Feedback, decay: float) -> None:
+        """Decay the tracker by ``decay``, then feed each weighted responder's sketch to the
+        bin of its size in the population of the last :meth:`plan`."""
+        if self.tracker_ is None or self._cache is None or feedback.sketches is None:
+            return
+        nodes, labels = self._cache[0], self._cache[4]
+        self.tracker_.decay(decay)
+        idx = np.searchsorted(nodes, np.asarray(feedback.nodes, dtype=np.uint64))
+        for r, i in enumerate(idx):
+            if (feedback.weights[r] > 0 and i < len(nodes)
+                    and nodes[i] == feedback.nodes[r]):
+                self.tracker_.update(int(labels[i]), feedback.sketches[r], feedback.weights[r])
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """JSON-serialisable state (None before :meth:`fit`)."""
+        if self.thresholds_ is None or self.tracker_ is None:
+            return None
+        return {"thresholds": self.thresholds_.tolist(),
+                "tracker": {k: v.tolist() if isinstance(v, np.ndarray) else v
+                            for k, v in self.tracker_.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore :meth:`state_dict` (None: unfitted)."""
+        self.thresholds_, self.tracker_, self._cache = None, None, None
+        if state is None:
+            return
+        self.thresholds_ = np.asarray(state["thresholds"], dtype=np.float64)
+        t = state["tracker"]
+        self.tracker_ = StratumVarianceTracker(int(t["n_strata"]), int(t["dim"]),
+                                               prior_std=t["prior_std"], ema=t["ema"])
+        self.tracker_.load_state_dict(t)
