@@ -244,3 +244,23 @@ def test_screened_ht_arrays_use_the_kept_replies_weight():
             delta = x.astype(np.float64) - g[k]
             want = (g[k] + big_w * delta).astype(np.float32)
             assert _close_to_float64(new[k].numpy(), want, g, big_w, delta)
+
+
+def test_ht_arrays_are_the_three_step_values_exactly():
+    """``x_g + W (x_i - x_g)`` as subtract, multiply, add in the work dtype, over a key longer
+    than a scan step (the values are computed step by step) and one of mixed widths."""
+    rng = np.random.default_rng(8)
+    g = {"w": rng.normal(size=(3, CHUNK + 5)).astype(np.float32),
+         "b": rng.normal(size=11)}  # float64 global, float32 replies: work in float64
+    valid = [_reply(i + 1, {k: (x + rng.normal(size=x.shape)).astype(np.float32)
+                            for k, x in g.items()}) for i in range(2)]
+    rewritten = ht_arrays(valid, g, 1.75)
+    for r, v in enumerate(valid):
+        for k, x in v.arrays.items():
+            work = np.result_type(np.float32, x.dtype, g[k].dtype)
+            y = np.subtract(x, g[k], dtype=work)
+            y *= 1.75
+            want = np.add(y, g[k], dtype=work).astype(x.dtype)
+            got = decode_array(rewritten[r][k])
+            assert got.dtype == x.dtype and got.shape == x.shape
+            assert np.array_equal(got, want), k
