@@ -104,7 +104,7 @@ def _sketch_slots(z: np.ndarray, mp: _CountSketchMap, dim: int, check: bool = Tr
     out = np.empty((len(picked), dim))
     buf = np.empty(mp.width, dtype=z.dtype)
     for i, r in enumerate(picked):
-        np.take(flat[r], mp.order, out=buf)
+        np.take(flat[r], mp.order, out=buf, mode="wrap")  # valid indices; "raise" buffers out
         buf.reshape(mp.width // dim, dim).sum(axis=0, dtype=np.float64, out=out[i])
     out = out.reshape(lead + (dim,))
     if check and not np.all(np.isfinite(out)):

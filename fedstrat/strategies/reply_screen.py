@@ -18,7 +18,7 @@ from logging import WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from .plan import RoundPlan
 from .reply_validation import ValidReply
@@ -192,6 +192,21 @@ def _kind(value: object) -> tuple[str, int]:
     return ("list", len(value)) if isinstance(value, list) else ("scalar", 0)
 
 
+def _first_records(content: RecordDict) -> tuple[str, str, MetricRecord]:
+    """Name of the first ArrayRecord ("" if none), name and record of the first MetricRecord,
+    in one pass over ``content`` (Flower's ``array_records`` / ``metric_records`` build and
+    check a new mapping on every access)."""
+    arr, met, rec = "", "", None
+    for key, value in content.items():
+        if not arr and isinstance(value, ArrayRecord):
+            arr = key
+        elif rec is None and isinstance(value, MetricRecord):
+            met, rec = key, value
+    if rec is None:
+        raise ValueError("reply without a MetricRecord")
+    return arr, met, rec
+
+
 def consistent_replies(
     replies: list[Message], weighted_by_key: str
 ) -> tuple[list[Message], list[str]]:
@@ -205,11 +220,10 @@ def consistent_replies(
     """
     if len(replies) < 2:
         return replies, []
-    arr_names = [next(iter(m.content.array_records), "") for m in replies]
-    met_names = [next(iter(m.content.metric_records)) for m in replies]
+    arr_names, met_names, metrics = zip(*(_first_records(m.content) for m in replies),
+                                        strict=True)
     arr_name = _majority([a for a in arr_names if a] or [""])
-    met_name = _majority(met_names)
-    metrics = [next(iter(m.content.metric_records.values())) for m in replies]
+    met_name = _majority(list(met_names))
     common = set(metrics[0])
     for rec in metrics[1:]:
         common &= set(rec)
