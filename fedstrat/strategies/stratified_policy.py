@@ -151,11 +151,7 @@ class StratifiedPolicy:
             strata_plan = self._strata_plan(frame, cand)
         size_plan = self._size_plan(frame, same_nodes)
         n_min = None
-        if size_plan is not None and (
-            strata_plan is None or strata_plan.basis != "tracked"
-            or self._tracked_min(strata_plan) < MIN_TRACKED
-            or size_plan.prediction.stratified < strata_plan.prediction.stratified
-        ):
+        if size_plan is not None and self._size_wins(size_plan, strata_plan):
             strata_plan, cand, n_min = size_plan, "pps", self.size_strata.min_count(size_plan)
         self.last_plan = strata_plan
         decision = self.decide(strata_plan, cand, n_min)
@@ -246,6 +242,17 @@ class StratifiedPolicy:
         """Fewest tracked updates in a present label stratum of ``sp``."""
         assert self.stratifier.tracker_ is not None
         return int(self.stratifier.tracker_.counts()[sp.present].min())
+
+    def _size_wins(self, size: StrataPlan, strata: StrataPlan | None) -> bool:
+        """Size strata are the candidate: without label strata; over label strata with only
+        proxy evidence when their own saving over FedAvg is credible (lower bound > 0); over
+        tracked label strata when their saving's lower bound is the larger."""
+        low = size.prediction.gain_lower(GAIN_Z)
+        if strata is None:
+            return True
+        if strata.basis != "tracked" or self._tracked_min(strata) < MIN_TRACKED:
+            return low > 0
+        return low > strata.prediction.gain_lower(GAIN_Z)
 
     def _size_plan(self, frame: PopulationFrame, same_nodes: bool) -> StrataPlan | None:
         """The size-strata candidate (:mod:`~fedstrat.strategies.size_strata`), refitted with
