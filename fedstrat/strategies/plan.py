@@ -23,13 +23,16 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class PopulationFrame:
     """The round's population: ``nodes`` (sorted node ids), their sizes ``n_i``, the number
-    ``m`` to select, and the server's knowledge of each node."""
+    ``m`` to select, the server's knowledge of each node, and a population ``key``."""
 
     round: int
     nodes: list[int]
     sizes: np.ndarray
     m: int
     registry: NodeRegistry
+    #: changes whenever ``nodes`` may differ from the last frame's (e.g. the node waiter's
+    #: revision), so a policy need not compare N ids each round; None: compare the nodes
+    key: int | None = None
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,8 @@ class SizeStrata:
         self.options = options
         self.thresholds_: np.ndarray | None = None
         self.tracker_: StratumVarianceTracker | None = None
-        #: (node ids, sizes, present bins, strata, bin of each node) of the last plan
-        self._cache: tuple[np.ndarray, Any, np.ndarray, Strata, np.ndarray] | None = None
+        #: (node ids, sizes, present bins, strata, bin of each node, P_h, p2_h) of the last plan
+        self._cache: tuple[Any, ...] | None = None
 
     @staticmethod
     def applies(options: SelectionOptions, sizes: np.ndarray) -> bool:
@@ -83,16 +83,19 @@ class SizeStrata:
         assert self.thresholds_ is not None
         return np.searchsorted(self.thresholds_, sizes, side="right").astype(np.int64)
 
-    def _strata(self, frame: PopulationFrame, same_nodes: bool) -> tuple[np.ndarray, Strata]:
-        """``(present bins, strata)`` of ``frame``; recomputed unless ``same_nodes`` (the
-        population's nodes are those of the last call) and the sizes are the same array."""
+    def _strata(self, frame: PopulationFrame, same_nodes: bool) -> tuple[Any, ...]:
+        """``(present bins, strata, P_h, sum_{i in h} p_i^2)`` of ``frame``; recomputed unless
+        ``same_nodes`` (the nodes are those of the last call) and the sizes are the same array."""
         c = self._cache
         if c is None or not same_nodes or c[1] is not frame.sizes:
             labels = self.bins(frame.sizes)
             present, local = np.unique(labels, return_inverse=True)
+            strata = Strata(local.reshape(-1))
+            p = frame.sizes / frame.sizes.sum()
+            p2 = np.bincount(strata.labels, weights=p * p, minlength=len(present))
             c = self._cache = (np.asarray(frame.nodes, dtype=np.uint64), frame.sizes, present,
-                               Strata(local.reshape(-1)), labels)
-        return c[2], c[3]
+                               strata, labels, strata.masses(frame.sizes), p2)
+        return c[2], c[3], c[5], c[6]
 
     def plan(
         self, frame: PopulationFrame, same_nodes: bool, min_tracked: int, level: float
@@ -103,17 +106,16 @@ class SizeStrata:
         t, o = self.tracker_, self.options
         if t is None:
             return None
-        present, strata = self._strata(frame, same_nodes)
+        present, strata, masses0, p2 = self._strata(frame, same_nodes)
+        masses = masses0.copy()  # the plan is handed out: keep the cache intact
         lo = max(o.min_per_stratum, 1)
         if len(present) < 2 or len(present) * lo > frame.m:
             return None
         if t.counts()[present].min() < min_tracked:
             return None
-        counts, masses = strata.sizes.astype(np.float64), strata.masses(frame.sizes)
+        counts = strata.sizes.astype(np.float64)
         stds = t.stds()[present]
         alloc = allocate(o.allocation, "pps", counts, masses, stds, frame.m, lo)
-        p = frame.sizes / frame.sizes.sum()
-        p2 = np.bincount(strata.labels, weights=p * p, minlength=len(present))
         pred = predicted_variance(counts, masses, stds, alloc, "pps", means=t.means()[present],
                                   m=frame.m, p2=p2, mean_counts=t.effective_counts()[present],
                                   level=level)

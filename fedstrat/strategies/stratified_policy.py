@@ -101,7 +101,8 @@ class StratifiedPolicy:
         #: the strata plan of the candidate design at the last :meth:`plan` (also in FedAvg
         #: rounds; None without strata)
         self.last_plan: StrataPlan | None = None
-        self._last_nodes: tuple[int, ...] | None = None
+        #: the last population's identity: ``frame.key`` when given, else the node tuple
+        self._last_nodes: object = None
         self._labels_cache: tuple[Any, np.ndarray | None] | None = None
         self._frame_nodes: Any = None
         self._strata_cache: Any = None
@@ -138,7 +139,7 @@ class StratifiedPolicy:
     # ------------------------------------------------------------------ plan
     def plan(self, frame: PopulationFrame, rng: np.random.Generator) -> Draw:
         """Refresh the strata, decide stratified vs FedAvg, draw ``frame.m`` nodes."""
-        nodes_key = tuple(frame.nodes)
+        nodes_key = ("key", frame.key) if frame.key is not None else tuple(frame.nodes)
         same_nodes = nodes_key == self._last_nodes
         self._last_nodes = nodes_key
         self._frame_nodes = frame.nodes

@@ -191,18 +191,18 @@ class StratifiedSelection(Strategy):
         self._avail_key = self._waiter.revision
         sizes = self._population_sizes(available)
         frame = PopulationFrame(server_round, available, sizes,
-                                min(o.clients_per_round, len(available)), self.registry)
+                                min(o.clients_per_round, len(available)), self.registry,
+                                key=self._waiter.revision)
         draw = self.policy.plan(frame, np.random.default_rng([o.seed, server_round]))
         selected = [available[i] for i in draw.selection.ids]
         with quiet_inner_sampling():
             payload = inner_payload(self.strategy, server_round, arrays, config, grid, selected)
         messages = fan_out(payload, selected, server_round)
         self._pending = RoundPlan(
-            round=server_round, population=available, sizes=sizes, draw=draw,
-            selected=selected, messages=messages,
-            sent_at={m.metadata.dst_node_id: m.metadata.created_at for m in messages},
-            signature=array_signature(arrays), global_arrays=arrays,
-            size_cap=self.registry.cap_effect(available),
+            round=server_round, population=available, sizes=sizes, draw=draw, selected=selected,
+            messages=messages, sent_at={m.metadata.dst_node_id: m.metadata.created_at
+                                        for m in messages}, signature=array_signature(arrays),
+            global_arrays=arrays, size_cap=self.registry.cap_effect(available),
         )
         log(INFO, "configure_train: %s", round_line(server_round, o.selection, draw,
                                                     len(selected), len(available), self.policy))

@@ -149,3 +149,26 @@ def test_fedavg_rounds_without_strata_still_predict_fedavg_from_the_tracker():
     truth = n * n * (1 - m / n) / (m * (n - 1)) * float(p @ p) * 8
     assert truth / 1.5 < d.predicted_fedavg.value < 1.5 * truth
     assert d.predicted_fedavg.lo < d.predicted_fedavg.value < d.predicted_fedavg.hi
+
+
+def test_a_population_key_gives_the_draws_of_comparing_the_nodes():
+    pop = make_population(n=40, classes=3, dim=6, alpha=0.05, seed=9)
+    reg = profiled(pop)
+    everyone = sorted(pop.node_ids)
+    with_key = make_policy(SelectionOptions(clients_per_round=6, sketch_dim=8))
+    without = make_policy(SelectionOptions(clients_per_round=6, sketch_dim=8))
+    rng = np.random.default_rng(3)
+    for r in range(1, 13):
+        nodes = everyone if r < 5 or r > 8 else everyone[: 30 + r]  # nodes leave and return
+        key = 0 if r < 5 else r if r <= 9 else 9
+        draws = []
+        for policy, k in ((with_key, key), (without, None)):
+            frame = PopulationFrame(r, list(nodes), reg.sizes(nodes), 6, reg, key=k)
+            draws.append(policy.plan(frame, np.random.default_rng([0, r])))
+        a, b = draws
+        assert a.reason == b.reason and np.array_equal(a.selection.ids, b.selection.ids)
+        assert np.array_equal(a.selection.weights, b.selection.weights)
+        chosen = [nodes[i] for i in a.selection.ids]
+        sk = rng.normal(size=(len(chosen), 8))
+        for policy in (with_key, without):
+            policy.observe(Feedback(chosen, sk, np.asarray(a.selection.weights)))
