@@ -63,18 +63,42 @@ def test_pytorch_task_trains_and_profiles(monkeypatch):
     del sys.modules["pytorch_app.task"], sys.modules["pytorch_app"]
 
 
-@pytest.mark.deploy
-@pytest.mark.parametrize("app", EXAMPLES, ids=lambda p: p.name)
-def test_example_runs_with_flwr_run_installation_off(app, tmp_path):
-    """``flwr run <app>`` on a local SuperLink (insecure, runtime dependency installation off)
-    with 6 SuperNodes: the run completes; neither its log nor any SuperNode's has an ERROR
-    line (the sklearn app's ClientApp has no query handler and is never queried)."""
+_log_checked: dict[int, int] = {}  # SuperNode index -> bytes of its log already checked
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    """ONE local SuperLink (insecure, runtime dependency installation off) with 6 SuperNodes
+    for every example run: starting and stopping one costs ~15 s on 2 cores. Each example is
+    its own Flower run (its own FAB, ServerApp and ClientApp processes); each SuperNode log is
+    checked in pieces: every test reads what was logged since the previous test read it (the
+    first test also reads the start-up)."""
     from fedstrat.deploy.local import LocalFederation
 
-    with LocalFederation(6, tls=False, auth=False, workdir=tmp_path / "fed") as fed:
-        result = fed.run(app, {"num-server-rounds": 2, "clients-per-round": 3}, timeout=600)
-        log = fed.cli.logs(result.run_id) if result.run_id is not None else ""
-        node_logs = [p.log_path.read_text() for p in fed.supernodes.values()]
+    # SuperExecs poll for new ServerApp/ClientApp tasks every 0.1 s instead of Flower's 1 s
+    fast = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
+    with LocalFederation(6, tls=False, auth=False, workdir=tmp_path_factory.mktemp("fed"),
+                         env=fast) as fed:
+        _log_checked.clear()
+        _log_checked.update(dict.fromkeys(range(6), 0))
+        yield fed
+
+
+@pytest.mark.deploy
+@pytest.mark.parametrize("app", EXAMPLES, ids=lambda p: p.name)
+def test_example_runs_with_flwr_run_installation_off(app, federation):
+    """``flwr run <app>`` on a local SuperLink (insecure, runtime dependency installation off)
+    with 6 SuperNodes: the run completes; neither its log nor any SuperNode's log of this run
+    has an ERROR line (the sklearn app's ClientApp has no query handler and is never queried)."""
+    fed = federation
+    assert len(fed.supernodes) == 6 and all(p.alive() for p in fed.supernodes.values())
+    result = fed.run(app, {"num-server-rounds": 2, "clients-per-round": 3}, timeout=600)
+    log = fed.cli.logs(result.run_id) if result.run_id is not None else ""
+    node_logs = []
+    for i, p in fed.supernodes.items():
+        text = p.log_path.read_bytes()
+        node_logs.append(text[_log_checked[i] :].decode(errors="replace"))
+        _log_checked[i] = len(text)
     assert result.ok, (result.status, result.details, log[-3000:])
     assert not [t for t in node_logs if "ERROR" in t or "No query function" in t]
     assert "StratifiedSelection" in log and "chose 3 of 6 nodes" in log
