@@ -27,7 +27,7 @@ from fedstrat.deploy.local import FederationError, LocalFederation, find_marked_
 
 pytestmark = pytest.mark.deploy
 
-RUN_TIMEOUT = 300.0  # seconds, per run (a healthy 3-round run takes ~40-60 s on 2 idle cores)
+RUN_TIMEOUT = 300.0  # seconds, per run (a healthy 2-round run takes ~30-50 s on 2 idle cores)
 
 #: A small, fast job on real data: sklearn digits (8x8) in 3 Dirichlet(1.0) partitions, one per
 #: SuperNode; an MLP learns visibly in a few rounds with lr 0.2.
@@ -52,7 +52,12 @@ _shared: dict[str, Path] = {}
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Any:
     workdir = tmp_path_factory.mktemp("federation")
-    fed = LocalFederation(3, tls=True, auth=True, workdir=workdir, startup_timeout=120.0)
+    # The SuperExecs (SuperLink's and each SuperNode's) poll for new ServerApp / ClientApp
+    # tasks every 0.1 s instead of Flower's 1 s: every round starts its ClientApps sooner.
+    fast = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
+    fed = LocalFederation(
+        3, tls=True, auth=True, workdir=workdir, startup_timeout=120.0, env=fast
+    )
     with fed:
         yield fed
 
@@ -81,9 +86,9 @@ def _model(run_dir: Path) -> dict[str, np.ndarray]:
 
 
 def _reference(fed: LocalFederation, tmp: Path) -> Path:
-    """The uninterrupted 3-round run (made by the integration test, or here if run alone)."""
+    """The uninterrupted 2-round run (made by the integration test, or here if run alone)."""
     if "reference" not in _shared:
-        _run(fed, tmp / "reference", rounds=3)
+        _run(fed, tmp / "reference", rounds=2)
         _shared["reference"] = tmp / "reference"
     return _shared["reference"]
 
@@ -113,12 +118,12 @@ def test_integration_stratified_fedavg_improves(
     ):
         assert (run_dir / name).is_file(), name
     rows = _metrics(run_dir)
-    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert [r["round"] for r in rows] == [0, 1, 2]
     acc0, acc_end = rows[0]["accuracy"], rows[-1]["accuracy"]
     assert acc_end >= acc0 + 0.2, (acc0, acc_end)
     assert rows[-1]["loss"] < rows[0]["loss"]
     records = _records(run_dir)
-    assert [r["round"] for r in records] == [1, 2, 3]
+    assert [r["round"] for r in records] == [1, 2]
     for rec in records:
         assert rec["selection"] == "stratified"
         assert len(rec["selected"]) == 2  # clients-per-round of 3 SuperNodes
@@ -136,8 +141,10 @@ def test_resume_through_deployment_matches_uninterrupted(
     part = tmp / "interrupted"
     _run(federation, part, rounds=1)
     assert [r["round"] for r in _metrics(part)] == [0, 1]
-    _run(federation, part, rounds=3, resume=str(part))
-    assert [r["round"] for r in _metrics(part)] == [0, 1, 2, 3]
+    # one round after the resume: its selection, model and metrics all depend on what the
+    # checkpoint restored (model, strategy state, generators)
+    _run(federation, part, rounds=2, resume=str(part))
+    assert [r["round"] for r in _metrics(part)] == [0, 1, 2]
     ref_records, part_records = _records(reference), _records(part)
     assert [r["selected"] for r in part_records] == [r["selected"] for r in ref_records]
     ref_model, resumed = _model(reference), _model(part)
@@ -192,7 +199,7 @@ def _wait_for(cond: Any, timeout: float, what: str) -> None:
     while time.monotonic() < deadline:
         if cond():
             return
-        time.sleep(0.5)
+        time.sleep(0.1)
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
