@@ -115,6 +115,7 @@ class StratifiedPolicy:
         self.lost: str | None = None
         #: the sampler of the last draw (its design: strata, allocation, size measure)
         self.last_sampler: Sampler | None = None
+        self._sampler_cache: tuple[Any, ...] | None = None
 
     def attach_controls(self, memory: ControlVariates) -> None:
         """Use ``memory``'s predicted residual norms as the pps size measure (module doc)."""
@@ -129,6 +130,18 @@ class StratifiedPolicy:
         return StratifiedSampler(
             spec.sizes, spec.strata, spec.allocation, spec.design, seed=spec.seed
         )
+
+    def _stratified_sampler(self, frame: PopulationFrame, sp: StrataPlan, design: str) -> Sampler:
+        """The stratified sampler of ``sp``, reused while its strata, the sizes (same objects),
+        the design and the allocation are those of the last round (its inclusion
+        probabilities are an O(N) computation; sampling takes the round's generator)."""
+        key = (sp.strata, frame.sizes, design, sp.allocation.tobytes())
+        c = self._sampler_cache
+        if c is None or c[0] is not key[0] or c[1] is not key[1] or c[2:4] != key[2:]:
+            spec = SamplerSpec(frame.sizes, frame.m, strata=sp.strata, allocation=sp.allocation,
+                               design=design)
+            c = self._sampler_cache = (*key, self.sampler(spec))
+        return c[4]
 
     @property
     def design(self) -> str:
@@ -162,18 +175,11 @@ class StratifiedPolicy:
                 decision = DesignDecision("fedavg", "tracked", cand, None, band,
                                           decision.reason)
         if decision.mode == "stratified" and strata_plan is not None and cand is not None:
-            spec = SamplerSpec(
-                frame.sizes,
-                frame.m,
-                strata=strata_plan.strata,
-                allocation=strata_plan.allocation,
-                design=cand,
-            )
             self.last_sampler = (
                 ResidualPPSSampler(frame.sizes, strata_plan.strata, strata_plan.allocation,
                                    self.residual.size_measure(frame))
                 if strata_plan.basis == "residuals" and cand == "pps"
-                else self.sampler(spec)
+                else self._stratified_sampler(frame, strata_plan, cand)
             )
             selection = self.last_sampler.sample(rng)
             return Draw(cand, selection, True, reason=decision.reason, strata=strata_plan,
@@ -445,7 +451,7 @@ class StratifiedPolicy:
         self.lost = state.get("lost", old) if state else None
         self._last_nodes = None
         self._labels_cache = None
-        self.last_sampler = None
+        self.last_sampler, self._sampler_cache = None, None
         self.size_strata.load_state_dict(state.get("size_strata") if state else None)
         self._size_of = (self.stratifier.tracker_ if self.size_strata.tracker_ is not None
                          else None)
