@@ -19,7 +19,8 @@ bytes of its checkpoint ``state_dict()`` as JSON.
 Run: ``python benchmarks/strategy_overhead.py`` (full grid, ~5 min on 2 loaded cores),
 ``--sizes 40k --nodes 100 10000 --rounds 10`` for a part. Rounds are capped by d x N (fewer
 rounds where one round is long): see ``rounds_for``. Writes
-``benchmarks/results/strategy_overhead.json``.
+``benchmarks/results/strategy_overhead.json``. ``--steps --sizes 1M --nodes 100``: the
+wrapper's per-step CPU at one cell instead (printed, no JSON).
 """
 
 from __future__ import annotations
@@ -262,6 +263,67 @@ def print_table(rows: list[dict], mem: list[dict]) -> None:
         )
 
 
+#: the steps ``--steps`` times: names in the modules that call them, so that patching the name
+#: there replaces the call (module, attribute, label)
+STEP_NAMES = [
+    ("fedstrat.strategies.stratified_selection", n, n) for n in (
+        "triage_replies", "screen_triage", "observe_replies", "rewrite_replies",
+        "consistent_replies", "inner_payload", "fan_out", "round_line")
+] + [("fedstrat.strategies.reply_screen", n, n) for n in ("scan_updates", "screen_magnitudes",
+                                                          "ht_arrays")]
+
+
+def step_profile(d: int, n_nodes: int, rounds: int) -> dict[str, float]:
+    """Median CPU ms per round of the wrapper's steps (rounds 3..), by patching the names in
+    :data:`STEP_NAMES`, the policy's ``plan``/``observe``, the node waiter, the count-sketch
+    stream and the wrapped FedAvg with timers (nested steps count in both)."""
+    import collections
+    import importlib
+
+    acc: dict[str, float] = collections.defaultdict(float)
+    undo: list[tuple[object, str, object]] = []
+
+    def timed(obj, name: str, label: str) -> None:
+        f = getattr(obj, name)
+        undo.append((obj, name, obj.__dict__.get(name, f)))
+
+        def wrapper(*a, **k):
+            t = time.process_time()
+            try:
+                return f(*a, **k)
+            finally:
+                acc[label] += time.process_time() - t
+        setattr(obj, name, wrapper)
+
+    for mod, name, label in STEP_NAMES:
+        timed(importlib.import_module(mod), name, label)
+    stream = importlib.import_module("fedstrat.sampling.sketch").CountSketchStream
+    timed(stream, "add", "sketch add")
+    timed(stream, "result", "sketch bucket sums")
+    try:
+        shapes = shapes_for(d)
+        clients = FakeClients(n_nodes, shapes)
+        strat = make_stratified()
+        timed(strat.policy, "plan", "policy plan")
+        timed(strat.policy, "observe", "policy observe")
+        timed(strat._waiter, "available", "node waiter")
+        timed(strat.strategy, "aggregate_train", "FedAvg aggregate_train")
+        grid = LocalGrid(clients.node_ids, clients)
+        state = {"arrays": initial_arrays(shapes)}
+        per: dict[str, list[float]] = collections.defaultdict(list)
+        for r in range(1, rounds + 3):
+            before = dict(acc)
+            cpu = run_round(strat, grid, clients, r, state)["server_cpu"]
+            if r > 2:
+                per["total"].append(cpu)
+                for k, v in acc.items():
+                    per[k].append(v - before.get(k, 0.0))
+    finally:
+        for obj, name, original in reversed(undo):  # the module functions and the stream's
+            setattr(obj, name, original)
+    return {k: 1e3 * statistics.median(v) for k, v in per.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
@@ -271,8 +333,16 @@ def main() -> None:
     ap.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "strategy_overhead.json")
     )
+    ap.add_argument("--steps", action="store_true",
+                    help="per-step CPU of the wrapper at the first --sizes / --nodes (no JSON)")
     args = ap.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
+    if args.steps:
+        steps = step_profile(SIZES[args.sizes[0]], args.nodes[0], args.rounds)
+        print(f"d={args.sizes[0]} N={args.nodes[0]:,}: median CPU ms per round, rounds 3..")
+        for k, v in sorted(steps.items(), key=lambda kv: -kv[1]):
+            print(f"  {k:26s} {v:7.3f}")
+        return
     t0 = time.perf_counter()
     rows = []
     for size in args.sizes:
