@@ -11,11 +11,16 @@ Residual size measure (design ``pps``, with the learnt stale-control model of th
 :class:`~fedstrat.strategies.control_variates.ControlVariates`): inside strata the draw is πps
 by :math:`z_i = p_i \hat s_i`, :math:`\hat s_i` the predicted residual norm. The tracker then
 follows the scaled residuals :math:`v_i = (\Delta_i - c_i) / \hat s_i` fed with weight
-:math:`w_i \hat s_i` (their z-weighted mean and dispersion :math:`\sigma'_h`); written as a
+:math:`w_i \hat s_i / Z_h` (their z-weighted mean and dispersion :math:`\sigma'_h`; dividing by
+the round's stratum mass gives every round the expected weight 1 per stratum, so the tracker
+forgets by ``ROUND_DECAY`` alone: :math:`Z_h` falls with the residual norms, ~10% a round on
+MNIST, and the older, larger-:math:`Z_h` rounds outweighed the recent ones); written as a
 p-pps dispersion :math:`\sigma_h = Z_h \sigma'_h / P_h` (:math:`Z_h = \sum_{i \in h} z_i`), the
 Neyman allocation :math:`m_h \propto P_h \sigma_h` and the predicted MSE
 :math:`\sum_h P_h^2 \sigma_h^2 / m_h` are those of the design drawn. Without the model
-(``cv_decay < 1``, before it has learnt, or design ``srswor``) :math:`\hat s_i = 1`: πps by size.
+(``cv_decay < 1``, before it has learnt, or design ``srswor``) :math:`\hat s_i = 1`: πps by size,
+weights :math:`w_i / P_h` (the same per-round normalisation, so rounds before and after the size
+measure is learnt weigh alike).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class ResidualEvidence:
         #: predicted residual norm of each node of the last plan (empty: ``s_i = 1``)
         self.scale: dict[int, float] = {}
         self._z: np.ndarray | None = None
+        self._frame: PopulationFrame | None = None
 
     def attach(self, memory: ControlVariates) -> None:
         """Use ``memory``'s predicted residual norms as the pps size measure."""
@@ -65,6 +71,7 @@ class ResidualEvidence:
         the difference estimator and an attached memory (else empty: ``s_i = 1``)."""
         self._z = None
         self.scale = {}
+        self._frame = frame
         if self.controls is None or self.options.estimator != "difference" or design != "pps":
             return
         s = self.controls.residual_scales(frame.round, list(frame.nodes))
@@ -89,15 +96,29 @@ class ResidualEvidence:
                 base.n_strata, base.dim, prior_std=base.prior_std, ema=base.ema)
         return self.tracker
 
-    def scaled(self, feedback: Feedback) -> Feedback:
-        """``feedback`` with the residual sketches ``e_i / s_i`` and weights ``w_i s_i`` when a
-        residual size measure was used this round (unchanged otherwise)."""
-        if not self.scale or feedback.sketches is None:
+    def scaled(self, feedback: Feedback, where: dict[int, int] | None = None) -> Feedback:
+        """``feedback`` with the residual sketches ``v_i = e_i / s_i`` and weights
+        ``w_i s_i / Z_h`` (``Z_h = sum_{j in h} z_j`` over this round's frame, ``h`` the node's
+        stratum in ``where``; ``s_i = 1``, ``Z_h = P_h`` without a residual size measure):
+        ``E[sum_{s in h} w_i s_i / Z_h] = 1`` every round (module doc). Without ``where`` or a
+        round started, the weights are not normalised."""
+        if feedback.sketches is None:
             return feedback
         s = np.array([self.scale.get(int(n), 1.0) for n in feedback.nodes])
+        w = np.asarray(feedback.weights, np.float64) * s
+        frame = self._frame
+        if where and frame is not None:
+            h = np.array([where.get(int(n), -1) for n in feedback.nodes])
+            lab = np.array([where.get(int(n), -1) for n in frame.nodes])
+            z, inside = self.size_measure(frame), lab >= 0
+            mass = np.bincount(lab[inside], weights=z[inside],
+                               minlength=int(max(h.max(), lab.max(), 0)) + 1)
+            zh = np.where(h >= 0, mass[np.maximum(h, 0)], 0.0)
+            w = np.where(zh > 0, w / np.where(zh > 0, zh, 1.0), w)
+        elif not self.scale:
+            return feedback
         return Feedback(list(feedback.nodes),
-                        np.asarray(feedback.sketches, np.float64) / s[:, None],
-                        np.asarray(feedback.weights, np.float64) * s)
+                        np.asarray(feedback.sketches, np.float64) / s[:, None], w)
 
     def plan(
         self,
@@ -150,6 +171,7 @@ class ResidualEvidence:
                         base: StratumVarianceTracker | None) -> None:
         """Restore :meth:`state_dict` for the strata of ``base`` (None: start afresh)."""
         self.tracker, self._of, self.scale, self._z = None, None, {}, None
+        self._frame = None
         rt = self.tracker_for(base) if state is not None else None
         if rt is not None:
             rt.load_state_dict(state)

@@ -407,9 +407,10 @@ class StratifiedPolicy:
         """estimator="difference": decay the residual tracker by :data:`ROUND_DECAY`, then
         feed each responder's residual sketch ``sketch(Delta_i) - sketch(c_i)`` (``c_i`` the
         control it was aggregated with) with its aggregation weight; with a residual size
-        measure the scaled residual ``v_i = e_i / s_i`` with weight ``w_i s_i`` (module doc)."""
+        measure the scaled residual ``v_i = e_i / s_i`` with weight ``w_i s_i``; both weights
+        divided by the round's stratum mass ``Z_h`` (``P_h``), see residual_evidence."""
         self._feed(self.residual.tracker_for(self.stratifier.tracker_),
-                   self.residual.scaled(feedback))
+                   self.residual.scaled(feedback, self.stratifier.node_stratum_))
 
     def _feed(self, tracker: StratumVarianceTracker | None, feedback: Feedback) -> None:
         """Decay ``tracker`` by :data:`ROUND_DECAY` and add each weighted responder's sketch

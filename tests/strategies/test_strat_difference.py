@@ -324,3 +324,59 @@ def test_the_measured_replay_draws_what_the_strategy_draws():
     st = replay.stats[12]
     assert st.info["size_measure"] == "predicted residual norm"
     assert st.bias_z < 4  # the difference estimator under the replayed design is unbiased
+
+
+class _Scales:
+    """A control memory stand-in: the predicted residual norms of each round."""
+
+    def __init__(self, by_round):
+        self.by_round = by_round
+
+    def residual_scales(self, round_, nodes):
+        return np.asarray(self.by_round[round_], dtype=np.float64)[: len(nodes)]
+
+
+def test_residual_tracker_forgets_by_the_round_decay_alone():
+    """The residual tracker gets v_i = e_i / s_i with weight w_i s_i / Z_h: under pps by
+    z_i = p_i s_i with one draw per stratum that weight is exactly 1, whatever the residual
+    norms, so a round whose residual norms (and Z_h) halved weighs as much as the one before
+    and the tracker's mean is the ROUND_DECAY-weighted mean of the rounds. Without a size
+    measure (design srswor) the weight is w_i / P_h."""
+    from fedstrat.sampling import StratumVarianceTracker
+    from fedstrat.strategies.options import SelectionOptions
+    from fedstrat.strategies.plan import Feedback, PopulationFrame
+    from fedstrat.strategies.residual_evidence import ResidualEvidence
+    from fedstrat.strategies.stratified_policy import ROUND_DECAY
+
+    nodes, sizes = [10, 11, 12, 13], np.array([1.0, 3.0, 2.0, 2.0])
+    where = {10: 0, 11: 0, 12: 1, 13: 1}
+    p = sizes / sizes.sum()
+    s1 = np.array([2.0, 1.0, 4.0, 1.0])
+    ev = ResidualEvidence(SelectionOptions(2, estimator="difference", design="pps"))
+    ev.attach(_Scales({1: s1, 2: s1 / 2}))
+    tracker = StratumVarianceTracker(2, 1)
+    v = {1: np.array([[1.0], [3.0]]), 2: np.array([[5.0], [-1.0]])}
+    for r in (1, 2):
+        frame = PopulationFrame(r, nodes, sizes, 2, None)
+        ev.start_round(frame, "pps")
+        z = ev.size_measure(frame)
+        s = s1 if r == 1 else s1 / 2
+        np.testing.assert_allclose(z, p * s)
+        drawn = [0, 2]  # one per stratum, pi_i = z_i / Z_h
+        pi = np.array([z[0] / z[:2].sum(), z[2] / z[2:].sum()])
+        w = p[drawn] / pi
+        e = v[r] * s[drawn][:, None]
+        fb = ev.scaled(Feedback([nodes[k] for k in drawn], e, w), where)
+        np.testing.assert_allclose(fb.weights, [1.0, 1.0], rtol=1e-12)
+        np.testing.assert_allclose(fb.sketches, v[r], rtol=1e-12)
+        tracker.decay(ROUND_DECAY)
+        for k, n in enumerate(fb.nodes):
+            tracker.update(where[n], fb.sketches[k], fb.weights[k])
+    expect = (ROUND_DECAY * v[1] + v[2]) / (ROUND_DECAY + 1.0)
+    np.testing.assert_allclose(tracker.means(), expect, rtol=1e-12)
+    # design srswor: no size measure, the weights are divided by P_h
+    frame = PopulationFrame(3, nodes, sizes, 2, None)
+    ev.start_round(frame, "srswor")
+    fb = ev.scaled(Feedback([10, 13], np.ones((2, 1)), np.array([0.5, 0.25])), where)
+    np.testing.assert_allclose(fb.weights, [0.5 / p[:2].sum(), 0.25 / p[2:].sum()])
+    np.testing.assert_allclose(fb.sketches, np.ones((2, 1)))
