@@ -59,7 +59,9 @@ class UpdateScan:
     """What :func:`scan_updates` learned of each reply ``i`` (rows aligned with the replies).
 
     ``amax[i, j]``: ``max |x_i - x_g|`` over floating key ``keys[j]`` (float64; ``inf`` if not
-    finite); ``sketch``: the count-sketch stream of the rows ``x_i - x_g`` (or None);
+    finite); ``sketch``: the one-row count-sketch stream the updates ``x_i - x_g`` were
+    accumulated in, one after the other (or None); ``sums``: their ``(R, dim)`` float64 bucket
+    sums as accumulated (not finite where float32 slot sums overflowed; see :meth:`sketches`);
     ``d``: floating coordinates per update; ``work``: :func:`work_dtype` per key;
     ``nonfinite``: reply ``i`` -> the first key (in ``keys`` order) whose reply array ``x_i``
     itself holds NaN or Inf (checked only where ``x_i - x_g`` was not finite).
@@ -71,18 +73,18 @@ class UpdateScan:
     sketch: CountSketchStream | None = None
     work: dict[str, np.dtype] = field(default_factory=dict)
     nonfinite: dict[int, str] = field(default_factory=dict)
+    sums: np.ndarray | None = None
 
     def sketches(self, valid: list[ValidReply], global_np: dict[str, np.ndarray],
                  rows: list[int] | None = None) -> np.ndarray:
         """Float64 count sketches of ``rows`` (indices into the scanned ``valid``; all by
         default). A row whose float32 slot sums overflowed is sketched again from its float64
         update (:func:`~fedstrat.sampling.sketch.count_sketch` with the stream's map)."""
-        if self.sketch is None:
+        if self.sketch is None or self.sums is None:
             raise ValueError("the scan made no sketches")
         stream = self.sketch
         idx = list(range(len(valid))) if rows is None else list(rows)
-        with np.errstate(all="ignore"):
-            out = stream.result(None if rows is None else idx, check=False)
+        out = self.sums.copy() if rows is None else self.sums[idx]
         for i in np.flatnonzero(~np.isfinite(out).all(axis=1)):
             v = valid[idx[i]]
             delta = np.concatenate([v.arrays[k].ravel().astype(np.float64)
@@ -150,9 +152,10 @@ def scan_updates(
     peaks are those of the exact update) and, with ``sketch=(dim, seed)``, its count sketch
     (:class:`~fedstrat.sampling.sketch.CountSketchStream`, float32 slot sums when every key
     works in float32: bit for bit :func:`~fedstrat.sampling.count_sketch` of the stacked
-    ``Delta`` rows). The HT arrays are :func:`ht_arrays` (values computed when read, after
-    the screen). Replies are decoded once (views of their bytes); the sign masks of
-    the sketch are made once per step for all replies; no ``(R, D)`` matrix. None without
+    ``Delta`` rows; one length-``B`` slot accumulator, summed into buckets after each reply and
+    cleared: no fresh ``(R, B)`` buffer). The HT arrays are :func:`ht_arrays` (values computed
+    when read, after the screen). Replies are decoded once (views of their bytes); the sign
+    masks of the sketch are made once per step for all replies; no ``(R, D)`` matrix. None without
     replies or floating arrays. A piece whose peaks are not finite even in float64 is checked
     for NaN / Inf in the reply's own values (``UpdateScan.nonfinite``): finite peaks of
     ``x_i - x_g`` imply a finite ``x_i`` when ``x_g`` is finite, so the replies need no
@@ -166,8 +169,9 @@ def scan_updates(
     narrow = all(w == np.float32 for w in work.values())
     stream = None
     if sketch is not None:
-        stream = CountSketchStream(d, sketch[0], sketch[1], len(valid),
+        stream = CountSketchStream(d, sketch[0], sketch[1], 1,
                                    dtype=np.float32 if narrow else np.float64)
+    sums = None if stream is None else np.empty((len(valid), stream.dim))
     amax = np.zeros((len(valid), len(keys)))
     masks: dict[int, np.ndarray] = {}  # sign masks per step, shared by the replies
     bufs = {w: np.empty(CHUNK, dtype=w) for w in set(work.values())}
@@ -175,6 +179,8 @@ def scan_updates(
     with np.errstate(all="ignore"):
         for r, v in enumerate(valid):
             start = 0
+            if stream is not None and r:
+                stream.z.fill(0)
             for j, k in enumerate(keys):
                 flat_g, x, wd = global_np[k].ravel(), v.arrays[k].ravel(), work[k]
                 hi, lo, finite = -math.inf, math.inf, True
@@ -195,11 +201,13 @@ def scan_updates(
                         m = masks.get(start + a)
                         if m is None:
                             m = masks[start + a] = stream.mask(start + a, b - a)
-                        stream.add(r, start + a, dc, m)
+                        stream.add(0, start + a, dc, m)
                 if x.size:
                     amax[r, j] = max(hi, -lo) if finite else math.inf
                 start += x.size
-    return UpdateScan(keys, amax, d, stream, work, nonfinite)
+            if stream is not None and sums is not None:
+                sums[r] = stream.result(check=False)[0]
+    return UpdateScan(keys, amax, d, stream, work, nonfinite, sums)
 
 
 def rewrite_replies(

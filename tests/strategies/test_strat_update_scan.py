@@ -107,7 +107,7 @@ def test_scan_works_in_the_replies_precision(case):
     assert scan.keys == ["w", "b", "e"] and scan.d == rows.shape[1]
     assert scan.work == {"w": np.float32, "b": np.float64, "e": np.float32}
     # a float64 key makes the slot sums float64: the sketch of the rows, bit for bit
-    assert np.array_equal(scan.sketch.result(), count_sketch(rows, 16, 7))
+    assert np.array_equal(scan.sums, count_sketch(rows, 16, 7))
     assert np.array_equal(scan.sketches(valid, g, [2, 0]), count_sketch(rows[[2, 0]], 16, 7))
     exact = _old_flat_deltas(valid, g)
     w_cols = g["w"].size
@@ -197,7 +197,7 @@ def test_overflowing_float32_slot_sums_are_sketched_again_in_float64():
     big = _reply(1, {"w": np.full(d, 3e38, dtype=np.float32)})
     scan = scan_updates([big], g, sketch=(4, 0))
     with np.errstate(all="ignore"):
-        assert not np.all(np.isfinite(scan.sketch.result(check=False)))  # float32 slots overflow
+        assert not np.all(np.isfinite(scan.sums))  # float32 slot sums overflow
     got = scan.sketches([big], g)
     assert np.all(np.isfinite(got))
     want = count_sketch(np.full(d, np.float32(3e38), dtype=np.float64), 4, 0)
