@@ -31,7 +31,14 @@ import numpy as np
 
 from ._validate import as_count, as_sizes, as_updates
 
-__all__ = ["Band", "fedavg_factor", "fedavg_from_strata", "fedavg_variance", "satterthwaite_band"]
+__all__ = [
+    "Band",
+    "fedavg_factor",
+    "fedavg_from_strata",
+    "fedavg_variance",
+    "satterthwaite_band",
+    "uniform_ht_from_strata",
+]
 
 
 def fedavg_factor(n: int, m: int) -> float:
@@ -82,6 +89,31 @@ def fedavg_from_strata(
             dist = dist - var_in / np.maximum(np.asarray(mean_counts, dtype=np.float64), 1.0)
         between = c * p2 * np.maximum(dist, 0.0)
     return within, between
+
+
+def uniform_ht_from_strata(
+    n_total: int,
+    m: int,
+    masses: np.ndarray,
+    q2: np.ndarray,
+    stds: np.ndarray,
+    means: np.ndarray,
+) -> float:
+    r"""Variance of the HT total ``(N/m) sum_{i in s} y_i`` under uniform SRSWOR (``m`` of
+    ``N``), ``y_i = z_i v_i``, from per-stratum statistics of ``v``: z-masses ``Z_h = sum_{i in
+    h} z_i``, ``q2_h = sum_{i in h} z_i^2``, the z-weighted std ``sigma_h`` and mean ``mu_h`` of
+    ``v``. ``N^2 (1 - m/N) / m * S_y^2`` with ``(N - 1) S_y^2 = sum_i ||y_i||^2 - ||sum_i y_i||^2
+    / N``, ``sum_{i in h} ||y_i||^2 ≈ q2_h (sigma_h^2 + ||mu_h||^2)`` (exact when ``z`` is
+    constant in each stratum or ``||v_i||^2`` uncorrelated with it) and ``sum_i y_i = sum_h Z_h
+    mu_h``. With the difference estimator ``y_i = p_i e_i`` (``z_i = p_i s_i``, ``v_i = e_i /
+    s_i``; ``s_i = 1``: ``z = p``) this is its MSE in a FedAvg round with HT weights."""
+    c = fedavg_factor(int(n_total), int(m))
+    mu = np.asarray(means, dtype=np.float64)
+    mu = mu[:, None] if mu.ndim == 1 else mu
+    sq = np.asarray(q2, dtype=np.float64) * (np.asarray(stds, dtype=np.float64) ** 2
+                                              + np.sum(mu * mu, axis=1))
+    tot = np.asarray(masses, dtype=np.float64) @ mu
+    return max(c * (float(sq.sum()) - float(tot @ tot) / int(n_total)), 0.0)
 
 
 @dataclass(frozen=True)

@@ -255,3 +255,29 @@ def test_control_offset_and_fill():
     np.testing.assert_array_equal(fill_controls(c, known, mode="zero")[1], [0.0, 0.0])
     np.testing.assert_array_equal(fill_controls(c, np.zeros(4, bool))[2], [0.0, 0.0])
     assert math.isclose(float(fill_controls(c, known)[1, 0]), 2.0)
+
+
+@pytest.mark.parametrize("equal_z", [True, False])
+def test_uniform_ht_from_strata_is_the_enumerated_srswor_variance(equal_z):
+    """FedAvg rounds with estimator="difference" keep HT weights N/m: the variance of
+    (N/m) sum_s y_i over every m-subset equals uniform_ht_from_strata from the strata's
+    z-weighted mean and std of v = y / z, exactly when z is constant in each stratum, and for
+    any z with one node per stratum."""
+    from fedstrat.sampling.baseline import uniform_ht_from_strata
+
+    rng = np.random.default_rng(5)
+    n, m, d = 7, 3, 2
+    labels = np.array([0, 0, 0, 1, 1, 2, 2]) if equal_z else np.arange(n)
+    h_count = int(labels.max()) + 1
+    z = (np.array([0.1, 0.2, 0.3])[labels] if equal_z else rng.uniform(0.05, 0.4, size=n))
+    v = rng.normal(size=(n, d)) + 0.7
+    y = z[:, None] * v
+    est = np.array([(n / m) * y[list(s)].sum(axis=0) for s in itertools.combinations(range(n), m)])
+    exact = float(np.mean(np.sum((est - y.sum(axis=0)) ** 2, axis=1)))
+    masses = np.bincount(labels, weights=z, minlength=h_count)
+    q2 = np.bincount(labels, weights=z * z, minlength=h_count)
+    means = np.stack([z[labels == h] @ v[labels == h] / masses[h] for h in range(h_count)])
+    stds = np.sqrt([z[labels == h] @ np.sum((v[labels == h] - means[h]) ** 2, axis=1)
+                    / masses[h] for h in range(h_count)])
+    assert uniform_ht_from_strata(n, m, masses, q2, stds, means) == pytest.approx(exact,
+                                                                                  rel=1e-12)
