@@ -20,7 +20,8 @@ At a measured round r the MSE of the difference estimator under the design the p
 with (``policy.last_sampler``: residual pps, pps by size, or uniform in a FedAvg round) is
 measured by Monte Carlo on the residuals :math:`\Delta_i - c_i` of round r (the difference
 estimator's error is the design's HT error on the residuals), next to what the policy
-predicted for it (the decision's ``pred_var``; NaN in a FedAvg round, which has none).
+predicted for it (the decision's ``pred_var``; in a FedAvg round its
+``pred_var_uniform_difference``, NaN before the residual tracker has evidence).
 """
 
 from __future__ import annotations
@@ -118,6 +119,9 @@ class DifferenceReplay(PolicyReplay):
         }
         pred = (d.predicted.value if stratified and d is not None and d.predicted is not None
                 else math.nan)
+        uni = None if d is None or stratified else d.predicted_uniform_difference
+        if uni is not None:  # a FedAvg round: the difference estimator on the uniform draw
+            pred, info["band"] = uni.value, uni.to_json()
         seed = int(np.random.SeedSequence([self.options.seed, 2000 + round_]).generate_state(1)[0])
         return monte_carlo(Population(resid, sizes), smp, self.n_samples, seed=seed,
                            name=LEARNED, predicted=pred, info=info)

@@ -66,10 +66,13 @@ class DesignDecision:
     predicted: Band | None
     predicted_fedavg: Band | None
     reason: str
+    #: estimator="difference", FedAvg round: predicted MSE of the difference estimator on the
+    #: round's uniform draw (HT weights), from the residual tracker; JSON only when set
+    predicted_uniform_difference: Band | None = None
 
     def to_json(self) -> dict[str, object]:
         """JSON object (bands as ``[value, lo, hi]``)."""
-        return {
+        out: dict[str, object] = {
             "mode": self.mode,
             "evidence": self.evidence,
             "candidate": self.candidate,
@@ -79,6 +82,9 @@ class DesignDecision:
             ),
             "reason": self.reason,
         }
+        if self.predicted_uniform_difference is not None:
+            out["pred_var_uniform_difference"] = self.predicted_uniform_difference.to_json()
+        return out
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,9 @@ from fedstrat.sampling import (
     StratumVarianceTracker,
     VariancePrediction,
     predicted_variance,
+    satterthwaite_band,
 )
+from fedstrat.sampling.baseline import fedavg_factor, uniform_ht_from_strata
 from fedstrat.sampling.difference import residual_pps_stds
 
 from .allocation_rule import allocate, stratum_costs, stratum_means
@@ -159,6 +161,43 @@ class ResidualEvidence:
         pred = VariancePrediction(res.stratified, upd.uniform, upd.fedavg,
                                   res.stratified_band, upd.fedavg_band, gain_se)
         return StrataPlan(strata, present, alloc, stds, "residuals", counts, masses, pred)
+
+    def uniform_prediction(
+        self,
+        frame: PopulationFrame,
+        where: dict[int, int],
+        base: StratumVarianceTracker | None,
+        min_tracked: int,
+        level: float,
+    ) -> Band | None:
+        """Predicted MSE of the difference estimator on this round's uniform draw with HT
+        weights ``N p_i / m`` (a FedAvg round): :func:`~fedstrat.sampling.baseline.
+        uniform_ht_from_strata` of ``y_i = p_i e_i = z_i v_i`` with the tracked z-weighted mean
+        and std of ``v`` per stratum and the round's ``Z_h``, ``sum z_i^2``; band from each
+        stratum's effective count. None without ``min_tracked`` residual sketches in every
+        stratum of the frame's nodes (or a node without a stratum)."""
+        rt = self.tracker_for(base)
+        if rt is None or self.options.estimator != "difference":
+            return None
+        lab = np.array([where.get(int(n), -1) for n in frame.nodes], dtype=np.int64)
+        if len(lab) == 0 or lab.min() < 0:
+            return None
+        present, local = np.unique(lab, return_inverse=True)
+        if rt.counts()[present].min() < min_tracked:
+            return None
+        z = self.size_measure(frame)
+        masses = np.bincount(local, weights=z, minlength=len(present))
+        q2 = np.bincount(local, weights=z * z, minlength=len(present))
+        stds, means = rt.stds()[present], rt.means()[present]
+        n, m = len(frame.nodes), int(frame.m)
+        value = uniform_ht_from_strata(n, m, masses, q2, stds, means)
+        terms = fedavg_factor(n, m) * q2 * (stds**2 + np.sum(means * means, axis=1))
+        band = satterthwaite_band(terms, np.maximum(rt.effective_counts()[present] - 1.0, 1.0),
+                                  level)
+        if band.value <= 0:
+            return Band(value, value, value, band.df)
+        k = value / band.value
+        return Band(value, band.lo * k, band.hi * k, band.df)
 
     def state_dict(self, base: StratumVarianceTracker | None) -> dict[str, Any] | None:
         """The residual tracker's state when it belongs to ``base`` (else None)."""

@@ -31,6 +31,7 @@ Residual sketches, the residual size measure and the residual plan:
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from logging import INFO, WARNING
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -174,6 +175,10 @@ class StratifiedPolicy:
             if band is not None:
                 decision = DesignDecision("fedavg", "tracked", cand, None, band,
                                           decision.reason)
+        if decision.mode == "fedavg" and self.options.estimator == "difference":
+            decision = replace(decision, predicted_uniform_difference=self.residual.
+                               uniform_prediction(frame, st.node_stratum_, st.tracker_,
+                                                  MIN_TRACKED, BAND_LEVEL))
         if decision.mode == "stratified" and strata_plan is not None and cand is not None:
             self.last_sampler = (
                 ResidualPPSSampler(frame.sizes, strata_plan.strata, strata_plan.allocation,

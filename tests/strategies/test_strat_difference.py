@@ -380,3 +380,52 @@ def test_residual_tracker_forgets_by_the_round_decay_alone():
     fb = ev.scaled(Feedback([10, 13], np.ones((2, 1)), np.array([0.5, 0.25])), where)
     np.testing.assert_allclose(fb.weights, [0.5 / p[:2].sum(), 0.25 / p[2:].sum()])
     np.testing.assert_allclose(fb.sketches, np.ones((2, 1)))
+
+
+def test_fedavg_rounds_predict_the_difference_estimator_on_the_uniform_draw():
+    """estimator="difference": a FedAvg round (updates look IID) draws uniformly with HT
+    weights; its decision carries pred_var_uniform_difference, the SRSWOR HT variance of
+    p_i e_i from the residual tracker. Residuals e_i ~ N(0, I_8) fresh each round: the
+    expected MSE is N^2 (1 - m/N) / (m (N - 1)) * 8 sum p_i^2 (1 - 1/N); the prediction is
+    within 25% of it with a band around it (seeded). The HT policy never sets it."""
+    from fedstrat.strategies import SelectionOptions, make_policy
+    from fedstrat.strategies.node_registry import NodeRegistry
+    from fedstrat.strategies.plan import Feedback, PopulationFrame
+
+    pop = make_population(n=40, classes=3, dim=6, alpha=0.05, seed=9)
+    reg = NodeRegistry()
+    for n in pop.node_ids:
+        reg.set_profile(n, float(pop.sizes[pop.index[n]]), pop.histogram(n))
+    nodes, m = sorted(pop.node_ids), 6
+    sizes = reg.sizes(nodes)
+    p = sizes / sizes.sum()
+    n_all = len(nodes)
+    expect = (n_all**2 * (1 - m / n_all) / (m * (n_all - 1)) * 8 * float(p @ p)
+              * (1 - 1 / n_all))
+    for est in ("ht", "difference"):
+        policy = make_policy(SelectionOptions(clients_per_round=m, sketch_dim=8, estimator=est))
+        rng = np.random.default_rng(42)
+        uniform = []
+        for r in range(1, 31):
+            draw = policy.plan(PopulationFrame(r, nodes, sizes, m, reg),
+                               np.random.default_rng([0, r]))
+            chosen = [nodes[i] for i in draw.selection.ids]
+            w = np.asarray(draw.selection.weights)
+            policy.observe(Feedback(chosen, rng.normal(size=(m, 8)), w))
+            if est == "difference":
+                policy.observe_residuals(Feedback(chosen, rng.normal(size=(m, 8)), w))
+            d = draw.decision
+            if d.mode == "fedavg" and d.evidence == "tracked":
+                uniform.append(d.predicted_uniform_difference)
+                assert ("pred_var_uniform_difference" in d.to_json()) == (
+                    d.predicted_uniform_difference is not None)
+        assert uniform, "never fell back to FedAvg"
+        if est == "ht":
+            assert all(u is None for u in uniform)
+            continue
+        assert draw.estimator is None  # HT weights kept
+        last = uniform[-1]
+        assert last is not None
+        assert last.lo < last.value < last.hi
+        assert last.value == pytest.approx(expect, rel=0.25)
+        assert last.lo < expect < last.hi
