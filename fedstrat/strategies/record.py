@@ -15,6 +15,9 @@ from .plan import DesignDecision, RoundPlan
 from .triage import ReplyProblem, Triage
 from .weight_cap import CapEffect
 
+#: ``S_h`` bases whose predicted MSE is in update units (tracked update or residual sketches)
+TRACKED_BASES = ("tracked", "residuals")
+
 
 @dataclass(frozen=True)
 class RoundRecord:
@@ -29,6 +32,11 @@ class RoundRecord:
     fell back to FedAvg). ``size_cap``: what the size cap did to the round's population
     (:class:`~.weight_cap.CapEffect`); in ``to_json()`` only when it cut a node, in
     ``metrics()`` every round (``fedstrat-n-capped``, ``fedstrat-cap-removed``).
+
+    Predicted MSEs from the strata's features (``S_h_basis`` "prior" or "flat": label
+    proportions, not update units) stay in ``to_json()`` but give no ``var_ratio`` and no
+    ``fedstrat-pred-var*`` / ``fedstrat-var-ratio`` metrics, so a run's metrics, plots and
+    summary hold only predictions from tracked updates (:data:`TRACKED_BASES`).
 
     ``S_h_basis="residuals"`` (estimator="difference" once the residual sketches are tracked):
     ``S_h`` are the per-stratum dispersions of the residuals ``Delta_i - c_i``, and ``pred_var``
@@ -90,8 +98,9 @@ class RoundRecord:
                 "S_h": [float(x) for x in sp.stds],
                 "pred_var": float(pred.stratified),
                 "pred_var_uniform": float(pred.uniform),
-                "var_ratio": (
-                    float(pred.uniform / pred.stratified) if pred.stratified > 0 else None
+                "var_ratio": (  # a ratio only from tracked evidence (module doc)
+                    float(pred.uniform / pred.stratified)
+                    if pred.stratified > 0 and sp.basis in TRACKED_BASES else None
                 ),
                 "S_h_basis": sp.basis,
             }
@@ -148,12 +157,13 @@ class RoundRecord:
             "fedstrat-n-capped": float(len(self.size_cap.nodes)) if self.size_cap else 0.0,
             "fedstrat-cap-removed": float(self.size_cap.removed) if self.size_cap else 0.0,
         }
-        if self.pred_var is not None:
+        if self.m_h is not None:
+            out["fedstrat-n-strata"] = float(len(self.m_h))
+        if self.pred_var is not None and self.S_h_basis in TRACKED_BASES:
             out["fedstrat-pred-var"] = self.pred_var
             out["fedstrat-pred-var-uniform"] = float(self.pred_var_uniform or 0.0)
             if self.var_ratio is not None:
                 out["fedstrat-var-ratio"] = self.var_ratio
-            out["fedstrat-n-strata"] = float(len(self.m_h or []))
         d = self.decision
         if d is not None:
             out["fedstrat-stratified"] = 1.0 if d.mode == "stratified" else 0.0

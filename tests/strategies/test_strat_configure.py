@@ -142,9 +142,13 @@ def test_records_and_metrics(pop, tmp_path):
         assert len(rec["N_h"]) == len(rec["P_h"]) == len(rec["S_h"]) == len(rec["m_h"])
         assert sum(rec["N_h"]) == len(pop.node_ids)
         assert sum(rec["P_h"]) == pytest.approx(1.0)
-        assert rec["var_ratio"] == pytest.approx(rec["pred_var_uniform"] / rec["pred_var"])
-        assert metrics["fedstrat-pred-var"] == pytest.approx(rec["pred_var"])
-        assert metrics["fedstrat-var-ratio"] == pytest.approx(rec["var_ratio"])
+        if rec["S_h_basis"] == "tracked":
+            assert rec["var_ratio"] == pytest.approx(rec["pred_var_uniform"] / rec["pred_var"])
+            assert metrics["fedstrat-pred-var"] == pytest.approx(rec["pred_var"])
+            assert metrics["fedstrat-var-ratio"] == pytest.approx(rec["var_ratio"])
+        else:  # feature-proxy predictions (label-proportion units): recorded, no ratio/metric
+            assert rec["pred_var"] > 0 and rec["var_ratio"] is None
+            assert "fedstrat-pred-var" not in metrics and "fedstrat-var-ratio" not in metrics
     assert lines[0]["S_h_basis"] == "prior" and lines[2]["S_h_basis"] == "tracked"
 
 

@@ -153,7 +153,10 @@ def test_record_metrics_summarise_the_round():
     assert m["fedstrat-n-selected"] == 6 and m["fedstrat-n-responders"] == 5
     assert m["fedstrat-n-failed"] == 1 and m["fedstrat-n-rejected"] == 0
     assert m["fedstrat-weight-sum"] == pytest.approx(sum(rec.weights))
-    assert m["fedstrat-pred-var"] == rec.pred_var and m["fedstrat-n-strata"] == len(rec.m_h)
+    assert m["fedstrat-n-strata"] == len(rec.m_h)
+    # round 1 predicts from label proportions: recorded, but no MSE metric or ratio
+    assert rec.S_h_basis == "prior" and rec.pred_var is not None and rec.var_ratio is None
+    assert "fedstrat-pred-var" not in m and "fedstrat-var-ratio" not in m
     assert all(metrics[k] == v for k, v in m.items())
 
 
