@@ -82,6 +82,7 @@ class RunConfig:
     max_strata: int = 0  # upper bound of the automatic number of strata; 0 = no bound
     warmup_rounds: int = 1  # uniform rounds before stratifying on update sketches
     min_per_stratum: int = 1  # lower bound of m_h
+    size_strata: bool = True  # equal-mass size strata as a second candidate design
     sketch_dim: int = 64  # dimension of the update sketches
     sketch_seed: int = 0  # seed of the sketch map
     sketch_method: str = "countsketch"  # countsketch (O(D)) or gaussian

@@ -63,6 +63,8 @@ HELP: dict[str, str] = {
     "max_strata": "Upper bound of the automatic number of strata (0 = no bound).",
     "warmup_rounds": "Uniform rounds before stratifying on update sketches.",
     "min_per_stratum": "Lower bound of the clients drawn from each stratum, m_h.",
+    "size_strata": "Track equal-mass size strata (clients sorted by size, pps inside) as a "
+    "second candidate design, chosen only on tracked evidence (default configuration).",
     "sketch_dim": "Dimension of the random sketches of client updates.",
     "sketch_seed": "Seed of the sketch map (the same map at every call site).",
     "sketch_method": "Update sketch: countsketch (O(D)) or gaussian (dense projection).",
@@ -132,7 +134,9 @@ def run_options(exclude: Iterable[str] = ()) -> Callable[[Callable[..., Any]], C
                 inspect.Parameter(
                     name,
                     inspect.Parameter.KEYWORD_ONLY,
-                    default=typer.Option(None, flag(name), help=help_text, show_default=False),
+                    default=typer.Option(None, flag(name) if typ is not bool  # --x/--no-x
+                                         else f"{flag(name)}/--no-{flag(name)[2:]}",
+                                         help=help_text, show_default=False),
                     annotation=typ | None,
                 )
             )

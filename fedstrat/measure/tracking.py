@@ -48,7 +48,7 @@ def policy_options(cfg: Any, **overrides: Any) -> Any:
     kw = {
         k: getattr(cfg, k)
         for k in ("design", "allocation", "stratify_by", "restratify_every",
-                  "warmup_rounds", "min_per_stratum", "sketch_dim", "sketch_seed",
+                  "warmup_rounds", "min_per_stratum", "size_strata", "sketch_dim", "sketch_seed",
                   "sketch_method", "variance_ema", "prior_std", "max_strata")
         if k in names and hasattr(cfg, k)
     }

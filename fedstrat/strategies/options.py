@@ -55,6 +55,7 @@ Check = Callable[[Any, "SelectionOptions"], bool]
 #: ``(option, check(value, options), message)``, applied in order after :data:`CHOICES`; the
 #: message is formatted with ``name`` and ``value``. The first failing rule raises ValueError.
 RULES: tuple[tuple[str, Check, str], ...] = (
+    ("size_strata", lambda v, o: isinstance(v, bool), "{name} must be True or False"),
     ("clients_per_round", lambda v, o: _is_int(v), "{name} must be an integer"),
     ("clients_per_round", lambda v, o: v >= 1, "{name} must be >= 1, got {value}"),
     ("n_strata", lambda v, o: v is None or v >= 1, "{name} must be >= 1 or None, got {value}"),
@@ -134,6 +135,9 @@ class SelectionOptions:
         profiling failed).
     min_per_stratum : int
         Lower bound of ``m_h``.
+    size_strata : bool
+        Track equal-mass size strata as a second candidate design (default configuration
+        only; :mod:`.size_strata`); False: label (or sketch) strata only.
     node_wait_timeout, profile_timeout, poll_interval : float
         Seconds to wait for ``clients_per_round`` nodes, for the profile round trip, and
         between node-count polls.
@@ -183,6 +187,7 @@ class SelectionOptions:
     restratify_every: int = 0
     warmup_rounds: int = 1
     min_per_stratum: int = 1
+    size_strata: bool = True
     node_wait_timeout: float = 60.0
     profile_timeout: float = 60.0
     profile_epsilon: float = 0.0

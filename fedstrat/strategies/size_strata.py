@@ -56,10 +56,10 @@ class SizeStrata:
 
     @staticmethod
     def applies(options: SelectionOptions, sizes: np.ndarray) -> bool:
-        """Size strata are a candidate in the default configuration only (design and number
-        of strata chosen automatically, estimator ``ht`` or ``ratio``, allocation not
-        ``cost``) and when sizes differ."""
-        return (options.design == "auto" and options.n_strata is None
+        """Size strata are a candidate in the default configuration only (``size_strata``
+        on, design and number of strata chosen automatically, estimator ``ht`` or ``ratio``,
+        allocation not ``cost``) and when sizes differ."""
+        return (options.size_strata and options.design == "auto" and options.n_strata is None
                 and options.estimator != "difference" and options.allocation != "cost"
                 and options.stratify_by == "histograms" and bool(np.ptp(sizes) > 0))
 

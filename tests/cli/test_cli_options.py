@@ -188,3 +188,10 @@ def test_deploy_sub_app_is_registered_when_present() -> None:
         assert cmd in text
     if importlib.util.find_spec("fedstrat.cli.deploy") is not None:
         assert "deploy" in text
+
+
+def test_boolean_options_take_a_no_form() -> None:
+    assert _dry([])["size-strata"] is True and _dry([])["sparse-uplink"] is False
+    assert _dry(["--no-size-strata"])["size-strata"] is False
+    assert _dry(["--sparse-uplink"])["sparse-uplink"] is True
+    assert _dry(["--set", "size-strata=false"])["size-strata"] is False

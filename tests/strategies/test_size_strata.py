@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from strathelpers import make_population
 from test_strat_decision import iid_noise, profiled, run_rounds
 
@@ -133,3 +134,11 @@ def test_equal_sizes_or_a_chosen_number_of_strata_leave_size_strata_out():
     pop = make_population(n=60, classes=4, dim=6, alpha=1000.0, seed=5)
     _, draws = run_rounds(pop, grows_with_size(pop), rounds=12, m=8, n_strata=3)
     assert not any("size strata" in d.decision.reason for d in draws if d.decision)
+
+
+def test_size_strata_off_leaves_them_out_and_the_option_is_checked():
+    pop = make_population(n=60, classes=4, dim=6, alpha=1000.0, seed=5)
+    _, draws = run_rounds(pop, grows_with_size(pop), rounds=14, m=8, size_strata=False)
+    assert all(d.design == "fedavg" for d in draws)  # IID labels, no second candidate
+    with pytest.raises(ValueError, match="size_strata"):
+        SelectionOptions(clients_per_round=8, size_strata="yes")
