@@ -400,6 +400,19 @@ class StratumVarianceTracker:
             "w2": self._w2.copy(),
         }
 
+    def to_json(self) -> dict[str, Any]:
+        """:meth:`state_dict` with arrays as lists (the checkpoint form)."""
+        return {k: v.tolist() if isinstance(v, np.ndarray) else v
+                for k, v in self.state_dict().items()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> StratumVarianceTracker:
+        """A tracker restored from :meth:`state_dict` or :meth:`to_json`."""
+        out = cls(int(state["n_strata"]), int(state["dim"]), prior_std=state["prior_std"],
+                  ema=state["ema"])
+        out.load_state_dict(state)
+        return out
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state produced by :meth:`state_dict`."""
         if int(state["n_strata"]) != self.n_strata or int(state["dim"]) != self.dim:

@@ -77,6 +77,19 @@ def stratum_means(
     return means
 
 
+def present_strata(
+    labels: np.ndarray, sizes: np.ndarray
+) -> tuple[np.ndarray, Strata, np.ndarray, np.ndarray]:
+    """``(present, strata, P_h, p2_h)`` of a population whose nodes carry the global stratum
+    ``labels``: the present labels, the strata relabelled 0..H-1 in that order, their masses
+    ``P_h = sum_{i in h} p_i`` and ``p2_h = sum_{i in h} p_i^2`` (``p_i = n_i / sum n``)."""
+    present, local = np.unique(labels, return_inverse=True)
+    strata = Strata(local.reshape(-1))
+    p = sizes / sizes.sum()
+    p2 = np.bincount(strata.labels, weights=p * p, minlength=len(present))
+    return present, strata, strata.masses(sizes), p2
+
+
 def allocate(
     rule: str,
     design: str,

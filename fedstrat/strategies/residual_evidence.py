@@ -128,20 +128,23 @@ class ResidualEvidence:
         design: str,
         strata: Strata,
         present: np.ndarray,
+        masses: np.ndarray,
+        p2: np.ndarray,
         stratifier: Stratifier,
         min_tracked: int,
         level: float,
     ) -> StrataPlan | None:
         """``m_h`` from the residual dispersion and the predicted MSE of the difference
         estimator (residual stats) against FedAvg's (update stats), once every present stratum
-        has ``min_tracked`` residual sketches; None otherwise."""
+        has ``min_tracked`` residual sketches; None otherwise. ``masses``, ``p2``: ``P_h`` and
+        ``sum_{i in h} p_i^2`` of ``strata`` (the plan keeps ``masses``)."""
         o, base = self.options, stratifier.tracker_
         rt = self.tracker_for(base)
         if rt is None or base is None or o.estimator != "difference":
             return None
         if rt.counts()[present].min() < min_tracked:
             return None
-        counts, masses = strata.sizes.astype(np.float64), strata.masses(frame.sizes)
+        counts = strata.sizes.astype(np.float64)
         stds = rt.stds()[present]
         if design == "pps" and self.scale:  # sigma_h = Z_h sigma'_h / P_h (module doc)
             stds = residual_pps_stds(stds, self.size_measure(frame), frame.sizes, strata.labels)
@@ -149,8 +152,6 @@ class ResidualEvidence:
                  if o.allocation == "cost" else None)
         alloc = allocate(o.allocation, design, counts, masses, stds, frame.m,
                          o.min_per_stratum, costs)
-        p = frame.sizes / frame.sizes.sum()
-        p2 = np.bincount(strata.labels, weights=p * p, minlength=len(present))
         kw = {"m": frame.m, "p2": p2, "level": level}
         res = predicted_variance(counts, masses, stds, alloc, design, means=rt.means()[present],
                                  mean_counts=rt.effective_counts()[present], **kw)
@@ -203,8 +204,7 @@ class ResidualEvidence:
         """The residual tracker's state when it belongs to ``base`` (else None)."""
         if self.tracker is None or self._of is not base:
             return None
-        return {k: v.tolist() if isinstance(v, np.ndarray) else v
-                for k, v in self.tracker.state_dict().items()}
+        return self.tracker.to_json()
 
     def load_state_dict(self, state: dict[str, Any] | None,
                         base: StratumVarianceTracker | None) -> None:

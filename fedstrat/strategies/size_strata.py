@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedstrat.sampling import Strata, StratumVarianceTracker, predicted_variance
+from fedstrat.sampling import StratumVarianceTracker, predicted_variance
 
-from .allocation_rule import allocate
+from .allocation_rule import allocate, present_strata
 from .plan import Feedback, PopulationFrame, StrataPlan
 
 if TYPE_CHECKING:
@@ -89,12 +89,9 @@ class SizeStrata:
         c = self._cache
         if c is None or not same_nodes or c[1] is not frame.sizes:
             labels = self.bins(frame.sizes)
-            present, local = np.unique(labels, return_inverse=True)
-            strata = Strata(local.reshape(-1))
-            p = frame.sizes / frame.sizes.sum()
-            p2 = np.bincount(strata.labels, weights=p * p, minlength=len(present))
+            present, strata, masses, p2 = present_strata(labels, frame.sizes)
             c = self._cache = (np.asarray(frame.nodes, dtype=np.uint64), frame.sizes, present,
-                               strata, labels, strata.masses(frame.sizes), p2)
+                               strata, labels, masses, p2)
         return c[2], c[3], c[5], c[6]
 
     def plan(
@@ -143,9 +140,7 @@ class SizeStrata:
         """JSON-serialisable state (None before :meth:`fit`)."""
         if self.thresholds_ is None or self.tracker_ is None:
             return None
-        return {"thresholds": self.thresholds_.tolist(),
-                "tracker": {k: v.tolist() if isinstance(v, np.ndarray) else v
-                            for k, v in self.tracker_.state_dict().items()}}
+        return {"thresholds": self.thresholds_.tolist(), "tracker": self.tracker_.to_json()}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Restore :meth:`state_dict` (None: unfitted)."""
@@ -153,7 +148,4 @@ class SizeStrata:
         if state is None:
             return
         self.thresholds_ = np.asarray(state["thresholds"], dtype=np.float64)
-        t = state["tracker"]
-        self.tracker_ = StratumVarianceTracker(int(t["n_strata"]), int(t["dim"]),
-                                               prior_std=t["prior_std"], ema=t["ema"])
-        self.tracker_.load_state_dict(t)
+        self.tracker_ = StratumVarianceTracker.from_state(state["tracker"])

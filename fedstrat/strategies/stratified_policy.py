@@ -41,7 +41,6 @@ from fedstrat.sampling import (
     Band,
     Sampler,
     Selection,
-    Strata,
     StratifiedSampler,
     StratumVarianceTracker,
     UniformSampler,
@@ -51,7 +50,7 @@ from fedstrat.sampling import (
 from fedstrat.sampling.baseline import fedavg_from_strata
 from fedstrat.sampling.difference import ResidualPPSSampler
 
-from .allocation_rule import round_allocation, stratum_means
+from .allocation_rule import present_strata, round_allocation, stratum_means
 from .node_registry import NodeRegistry
 from .plan import DesignDecision, Draw, Feedback, PopulationFrame, SamplerSpec, StrataPlan
 from .residual_evidence import ResidualEvidence
@@ -306,11 +305,7 @@ class StratifiedPolicy:
         labels = self._labels(frame.nodes)
         c = self._strata_cache
         if c is None or c[0] is not labels or c[1] is not sizes:
-            present, local = np.unique(labels, return_inverse=True)
-            strata = Strata(local.reshape(-1))
-            p = sizes / sizes.sum()
-            c = self._strata_cache = (labels, sizes, present, strata, strata.masses(sizes),
-                np.bincount(strata.labels, weights=p * p, minlength=len(present)))
+            c = self._strata_cache = (labels, sizes, *present_strata(labels, sizes))
         present, strata, masses0, p2 = c[2], c[3], c[4], c[5]
         if len(present) * max(o.min_per_stratum, 1) > m:
             log(
@@ -320,8 +315,8 @@ class StratifiedPolicy:
                 m,
             )
             return None
-        resid = self.residual.plan(frame, design, strata, present, self.stratifier,
-                                   MIN_TRACKED, BAND_LEVEL)
+        resid = self.residual.plan(frame, design, strata, present, masses0.copy(), p2,
+                                   self.stratifier, MIN_TRACKED, BAND_LEVEL)
         if resid is not None:
             return resid
         alloc, stds, basis = round_allocation(

@@ -239,12 +239,7 @@ class Stratifier:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable fitted state (the keys of the version-1 strategy state)."""
-        tracker = None
-        if self.tracker_ is not None:
-            tracker = {
-                k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                for k, v in self.tracker_.state_dict().items()
-            }
+        tracker = None if self.tracker_ is None else self.tracker_.to_json()
         pm = self.prior_means_
         return {
             "node_stratum": {str(k): v for k, v in self.node_stratum_.items()},
@@ -281,10 +276,5 @@ class Stratifier:
         )
         self.fitted_round_ = int(state["stratified_round"])
         t = state["tracker"]
-        self.tracker_ = None
-        if t is not None:
-            self.tracker_ = StratumVarianceTracker(
-                int(t["n_strata"]), int(t["dim"]), prior_std=t["prior_std"], ema=t["ema"]
-            )
-            self.tracker_.load_state_dict(t)
+        self.tracker_ = None if t is None else StratumVarianceTracker.from_state(t)
         self.version_ += 1
