@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from .plan import RoundPlan
-from .reply_validation import ValidReply
+from .reply_validation import ValidReply, nonfinite_reason
 from .rewrite import UpdateScan, flat_deltas, float_keys, ht_arrays, scan_updates
 from .triage import ReplyProblem, Triage, reply_weights
 
@@ -117,7 +117,7 @@ def screen_magnitudes(
     for r in list(rows):
         peak = float(amax[r].max())
         if r in nonfinite:
-            drop(r, f"array '{nonfinite[r]}' contains NaN or Inf")
+            drop(r, nonfinite_reason(nonfinite[r]))
         elif not math.isfinite(peak) or peak * root_d > STAT_LIMIT:
             drop(r, f"update too large for the server's statistics (max |x_i - x_g| = {peak:.3g})")
     while rows:

@@ -93,6 +93,12 @@ def _records(
     return arrays, metrics
 
 
+def nonfinite_reason(key: str) -> str:
+    """The rejection reason of a reply whose array ``key`` holds NaN or Inf (one wording for
+    the triage and the update scan that takes the check over)."""
+    return f"array '{key}' contains NaN or Inf"
+
+
 def validate_train_reply(
     reply: Message,
     expected: dict[str, tuple[tuple[int, ...], str]],
@@ -149,7 +155,7 @@ def validate_train_reply(
         value = decode_array(arr)
         kind = value.dtype.kind
         if (kind == "c" or (kind == "f" and check_finite)) and not all_finite(value):
-            return f"array '{key}' contains NaN or Inf"
+            return nonfinite_reason(key)
         arrays[key] = value
     return ValidReply(
         node_id=node,

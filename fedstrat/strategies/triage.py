@@ -14,7 +14,7 @@ from flwr.app import Message
 
 from .node_registry import NodeRegistry
 from .plan import RoundPlan
-from .reply_validation import ValidReply, all_finite, validate_train_reply
+from .reply_validation import ValidReply, all_finite, nonfinite_reason, validate_train_reply
 from .responder_weights import responder_weights
 
 log = logging.getLogger("flwr").log
@@ -104,8 +104,7 @@ def triage_replies(
                 continue
         seen.add(node)
         if claim is not None:
-            rejected.append(ReplyProblem(node, claim))
-            log(WARNING, "aggregate_train: rejected reply of node %d: %s", node, claim)
+            _reject(rejected, node, claim)
             continue
         valid.append(result)
     for node in plan.selected:
@@ -124,7 +123,7 @@ def _nonfinite(reply: ValidReply) -> str | None:
     with NaN or Inf, or None."""
     bad = next((k for k, a in reply.arrays.items() if a.dtype.kind == "f" and not all_finite(a)),
                None)
-    return None if bad is None else f"array '{bad}' contains NaN or Inf"
+    return None if bad is None else nonfinite_reason(bad)
 
 
 def reply_weights(plan: RoundPlan, valid: list[ValidReply]) -> tuple[np.ndarray, list[str]]:
