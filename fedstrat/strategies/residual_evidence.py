@@ -98,12 +98,18 @@ class ResidualEvidence:
                 base.n_strata, base.dim, prior_std=base.prior_std, ema=base.ema)
         return self.tracker
 
-    def scaled(self, feedback: Feedback, where: dict[int, int] | None = None) -> Feedback:
+    def scaled(
+        self,
+        feedback: Feedback,
+        where: dict[int, int] | None = None,
+        labels: np.ndarray | None = None,
+    ) -> Feedback:
         """``feedback`` with the residual sketches ``v_i = e_i / s_i`` and weights
         ``w_i s_i / Z_h`` (``Z_h = sum_{j in h} z_j`` over this round's frame, ``h`` the node's
         stratum in ``where``; ``s_i = 1``, ``Z_h = P_h`` without a residual size measure):
-        ``E[sum_{s in h} w_i s_i / Z_h] = 1`` every round (module doc). Without ``where`` or a
-        round started, the weights are not normalised."""
+        ``E[sum_{s in h} w_i s_i / Z_h] = 1`` every round (module doc). ``labels``: the stratum
+        of every frame node when all have one (the policy's cached labels; else looked up in
+        ``where``). Without ``where`` or a round started, the weights are not normalised."""
         if feedback.sketches is None:
             return feedback
         s = np.array([self.scale.get(int(n), 1.0) for n in feedback.nodes])
@@ -111,7 +117,8 @@ class ResidualEvidence:
         frame = self._frame
         if where and frame is not None:
             h = np.array([where.get(int(n), -1) for n in feedback.nodes])
-            lab = np.array([where.get(int(n), -1) for n in frame.nodes])
+            lab = labels if labels is not None else np.array(
+                [where.get(int(n), -1) for n in frame.nodes])
             z, inside = self.size_measure(frame), lab >= 0
             mass = np.bincount(lab[inside], weights=z[inside],
                                minlength=int(max(h.max(), lab.max(), 0)) + 1)
@@ -166,7 +173,7 @@ class ResidualEvidence:
     def uniform_prediction(
         self,
         frame: PopulationFrame,
-        where: dict[int, int],
+        labels: np.ndarray | None,
         base: StratumVarianceTracker | None,
         min_tracked: int,
         level: float,
@@ -180,9 +187,9 @@ class ResidualEvidence:
         rt = self.tracker_for(base)
         if rt is None or self.options.estimator != "difference":
             return None
-        lab = np.array([where.get(int(n), -1) for n in frame.nodes], dtype=np.int64)
-        if len(lab) == 0 or lab.min() < 0:
+        if labels is None or len(labels) == 0:
             return None
+        lab = np.asarray(labels, dtype=np.int64)
         present, local = np.unique(lab, return_inverse=True)
         if rt.counts()[present].min() < min_tracked:
             return None

@@ -176,8 +176,8 @@ class StratifiedPolicy:
                                           decision.reason)
         if decision.mode == "fedavg" and self.options.estimator == "difference":
             decision = replace(decision, predicted_uniform_difference=self.residual.
-                               uniform_prediction(frame, st.node_stratum_, st.tracker_,
-                                                  MIN_TRACKED, BAND_LEVEL))
+                               uniform_prediction(frame, self._labels(frame.nodes),
+                                                  st.tracker_, MIN_TRACKED, BAND_LEVEL))
         if decision.mode == "stratified" and strata_plan is not None and cand is not None:
             self.last_sampler = (
                 ResidualPPSSampler(frame.sizes, strata_plan.strata, strata_plan.allocation,
@@ -409,8 +409,9 @@ class StratifiedPolicy:
         control it was aggregated with) with its aggregation weight; with a residual size
         measure the scaled residual ``v_i = e_i / s_i`` with weight ``w_i s_i``; both weights
         divided by the round's stratum mass ``Z_h`` (``P_h``), see residual_evidence."""
+        labels = None if self._frame_nodes is None else self._labels(self._frame_nodes)
         self._feed(self.residual.tracker_for(self.stratifier.tracker_),
-                   self.residual.scaled(feedback, self.stratifier.node_stratum_))
+                   self.residual.scaled(feedback, self.stratifier.node_stratum_, labels))
 
     def _feed(self, tracker: StratumVarianceTracker | None, feedback: Feedback) -> None:
         """Decay ``tracker`` by :data:`ROUND_DECAY` and add each weighted responder's sketch
