@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedstrat.app.fileio import write_bytes_atomic
-from fedstrat.app.rundir import MetricsRow
+from fedstrat.app.rundir import MetricsRow, band_columns
 
 VARIANCE_PNG = "variance.png"
 
@@ -51,12 +51,31 @@ def _series(rows: Sequence[MetricsRow], column: str) -> tuple[list[int], list[fl
     return [x for x, y in pts if y is not None], [y for _, y in pts if y is not None]
 
 
+def _band_series(rows: Sequence[MetricsRow], what: str) -> tuple[list[Any], ...]:
+    """Rounds, values, lower and upper ends of the predicted MSE ``what`` with its band
+    (:func:`~fedstrat.app.rundir.band_columns`), over the rounds that have all three."""
+    pts = [(r.round, *(r.value(c) for c in band_columns(what))) for r in rows]
+    pts = [p for p in pts if None not in p]
+    return tuple(list(col) for col in zip(*pts, strict=True)) if pts else ([], [], [], [])
+
+
+#: (band columns, legend) of the run plot's predicted MSEs with band
+_RUN_BANDS = (
+    ("chosen", "design used"),
+    ("fedavg", "FedAvg"),
+    ("uniform_difference", "uniform + difference estimator"),
+)
+
+
 # ---------------------------------------------------------------------------- one run
 def plot_run(
     out_dir: Path, rows: Sequence[MetricsRow], metric: str, loss_metric: str, title: str = ""
 ) -> list[Path]:
-    """``<metric>.png`` (score and loss per round) and ``variance.png`` (predicted variance
-    of the selection and of uniform sampling per round, log scale when all positive)."""
+    """``<metric>.png`` (score and loss per round) and ``variance.png``: per round, the
+    predicted MSE with its 80% band (tracked evidence) of the design used, of FedAvg and of
+    the difference estimator on a FedAvg round's uniform draw, and the predicted variance of
+    uniform sampling with HT weights (and, for a run directory without the bands, of the
+    selection); log scale when all positive."""
     plt = _pyplot()
     out_dir = Path(out_dir)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -71,15 +90,27 @@ def plot_run(
     written = [save_figure(fig, out_dir / metric_png(metric))]
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for col, label in (("pred_var", "selection"), ("pred_var_uniform", "uniform")):
+    lows: list[float] = []
+    for what, label in _RUN_BANDS:
+        xs, mid, lo, hi = _band_series(rows, what)
+        if xs:
+            style = {"ls": ":", "marker": "x"} if what == "uniform_difference" else {}
+            (line,) = ax.plot(xs, mid, ms=3, label=f"{label} (predicted, band)",
+                              **({"marker": "o"} | style))
+            ax.fill_between(xs, lo, hi, alpha=0.15, color=line.get_color())
+            lows += lo
+    old = [] if lows else [("pred_var", "selection")]
+    for col, label in (*old, ("pred_var_uniform", "uniform, HT weights")):
         xs, ys = _series(rows, col)
         if xs:
-            ax.plot(xs, ys, marker="o", ms=3, label=f"{label} (predicted)")
-    if ax.lines and all(v > 0 for line in ax.lines for v in line.get_ydata()):
+            ax.plot(xs, ys, marker="o", ms=3, ls="--", label=f"{label} (predicted)")
+    if ax.lines and all(v > 0 for line in ax.lines for v in line.get_ydata()) and all(
+        v > 0 for v in lows
+    ):
         ax.set_yscale("log")
     ax.set_xlabel("round")
-    ax.set_ylabel("predicted variance of the aggregate")
-    ax.set_title("predicted estimator variance per round")
+    ax.set_ylabel("predicted MSE of the aggregate")
+    ax.set_title("predicted MSE per round (band: 80%, tracked evidence)")
     if ax.lines:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -110,7 +141,9 @@ def plot_comparison(
     out_dir: Path,
 ) -> list[Path]:
     """``<metric>.png`` and ``variance.png``: per selection (``groups``: selection -> the
-    metrics rows of its runs) the mean over seeds and the min-max band, per round."""
+    metrics rows of its runs) the mean over seeds and the min-max band, per round; in
+    ``variance.png`` the predicted MSE of the design used (``pred_var`` for runs without it)
+    and, dashed, of FedAvg (their mean over seeds)."""
     plt = _pyplot()
     out_dir = Path(out_dir)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -130,18 +163,23 @@ def plot_comparison(
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     drew = False
+    chosen, fedavg = band_columns("chosen")[0], band_columns("fedavg")[0]
     for sel, curves in groups.items():
-        xs, mean, lo, hi = _band(curves, "pred_var")
+        col = chosen if _band(curves, chosen)[0] else "pred_var"
+        xs, mean, lo, hi = _band(curves, col)
         if xs and all(v > 0 for v in lo):
-            (line,) = ax.plot(xs, mean, label=sel)
+            (line,) = ax.plot(xs, mean, label=sel if col == "pred_var" else f"{sel}: design used")
             ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
             drew = True
+            fx, fmean, _, _ = _band(curves, fedavg)
+            if fx and all(v > 0 for v in fmean):
+                ax.plot(fx, fmean, ls="--", color=line.get_color(), label=f"{sel}: FedAvg")
     if drew:
         ax.set_yscale("log")
         ax.legend(fontsize=8)
     ax.set_xlabel("round")
-    ax.set_ylabel("predicted variance of the aggregate")
-    ax.set_title("predicted estimator variance: mean and min-max over seeds")
+    ax.set_ylabel("predicted MSE of the aggregate")
+    ax.set_title("predicted MSE (tracked): mean and min-max over seeds; FedAvg dashed")
     ax.grid(alpha=0.3)
     written.append(save_figure(fig, out_dir / VARIANCE_PNG))
     return written

@@ -74,8 +74,12 @@ class MetricsRow:
     ``accuracy``/``loss`` are filled for classification, ``auc``/``logloss`` for CTR; a cell
     that was not measured (round 0's selection columns, rounds without evaluation) is None.
     ``var_ratio`` = ``pred_var_uniform / pred_var`` (predicted variance of uniform sampling
-    over that of the selection); ``seconds`` = the round's wall time, ``elapsed`` = since the
-    first round (across resumes).
+    with Horvitz-Thompson weights over that of the selection); ``pred_var_<what>`` with
+    ``_lo`` / ``_hi`` (:func:`band_columns`): the stratified policy's predicted MSE, from
+    tracked evidence, of the design used this round (``chosen``), of FedAvg (``fedavg``) and,
+    in an ``estimator="difference"`` FedAvg round, of the difference estimator on the uniform
+    draw (``uniform_difference``), each with its 80% band (empty without tracked evidence);
+    ``seconds`` = the round's wall time, ``elapsed`` = since the first round (across resumes).
     """
 
     round: int
@@ -87,6 +91,15 @@ class MetricsRow:
     pred_var: float | None = None
     pred_var_uniform: float | None = None
     var_ratio: float | None = None
+    pred_var_chosen: float | None = None
+    pred_var_chosen_lo: float | None = None
+    pred_var_chosen_hi: float | None = None
+    pred_var_fedavg: float | None = None
+    pred_var_fedavg_lo: float | None = None
+    pred_var_fedavg_hi: float | None = None
+    pred_var_uniform_difference: float | None = None
+    pred_var_uniform_difference_lo: float | None = None
+    pred_var_uniform_difference_hi: float | None = None
     n_selected: int | None = None
     n_failed: int | None = None
     n_rejected: int | None = None
@@ -119,17 +132,31 @@ class MetricsRow:
 #: Columns of metrics.csv / keys of metrics.json rows, in file order.
 METRIC_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MetricsRow))
 
+#: The predicted MSEs that metrics.csv holds with their band (:func:`band_columns`).
+BAND_COLUMNS = ("chosen", "fedavg", "uniform_difference")
+
+
+def band_columns(what: str) -> tuple[str, str, str]:
+    """(value, lower, upper) columns of the predicted MSE ``what`` (:data:`BAND_COLUMNS`)."""
+    return f"pred_var_{what}", f"pred_var_{what}_lo", f"pred_var_{what}_hi"
+
+
+#: Columns added after the first run directories were written: a file without them is read
+#: with them empty (the older files stay readable).
+ADDED_COLUMNS = frozenset(c for what in BAND_COLUMNS for c in band_columns(what))
+
 
 def check_columns(names: Iterable[str], *, where: str, partial: bool = False) -> None:
     """:class:`RunDirError` naming ``where`` if ``names`` has a column not in
-    :data:`METRIC_COLUMNS` or (unless ``partial``) lacks one."""
+    :data:`METRIC_COLUMNS` or (unless ``partial``) lacks one (other than
+    :data:`ADDED_COLUMNS`)."""
     names = list(names)
     unknown = [k for k in names if k not in METRIC_COLUMNS]
     if unknown:
         raise RunDirError(
             f"{where}: unknown column {unknown[0]!r} (columns: {', '.join(METRIC_COLUMNS)})"
         )
-    missing = [c for c in METRIC_COLUMNS if c not in names]
+    missing = [c for c in METRIC_COLUMNS if c not in names and c not in ADDED_COLUMNS]
     if missing and not partial:
         raise RunDirError(f"{where}: missing column {missing[0]!r}")
 

@@ -38,6 +38,7 @@ from fedstrat.app.config import RunConfig
 from fedstrat.app.grid import StableNodeGrid
 from fedstrat.app.plots import plot_run
 from fedstrat.app.rundir import (
+    BAND_COLUMNS,
     LOGS_DIR,
     MODEL_FILE,
     PLOTS_DIR,
@@ -46,6 +47,7 @@ from fedstrat.app.rundir import (
     MetricsRow,
     RunSummary,
     append_jsonl,
+    band_columns,
     default_run_dir,
     primary_metric,
     read_jsonl,
@@ -56,6 +58,7 @@ from fedstrat.app.rundir import (
     write_metrics,
     write_summary,
 )
+from fedstrat.strategies.record import PRED_VAR_METRICS, band_metric_names
 
 log = logging.getLogger("fedstrat.app")
 
@@ -220,6 +223,12 @@ TRAIN_METRIC_KEYS: dict[str, str] = {
     "n_selected": "fedstrat-n-selected",
     "n_failed": "fedstrat-n-failed",
     "n_rejected": "fedstrat-n-rejected",
+    **{  # predicted MSEs with their band: record.PRED_VAR_METRICS -> rundir.band_columns
+        col: key
+        for what in BAND_COLUMNS
+        for col, key in zip(band_columns(what), band_metric_names(PRED_VAR_METRICS[what]),
+                            strict=True)
+    },
 }
 #: Columns the CentralEvaluator's MetricRecord fills (its keys are the column names).
 EVAL_COLUMNS = ("accuracy", "loss", "auc", "logloss")

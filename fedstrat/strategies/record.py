@@ -11,12 +11,41 @@ from typing import Any
 
 import numpy as np
 
+from fedstrat.sampling import Band
+
 from .plan import DesignDecision, RoundPlan
 from .triage import ReplyProblem, Triage
 from .weight_cap import CapEffect
 
 #: ``S_h`` bases whose predicted MSE is in update units (tracked update or residual sketches)
 TRACKED_BASES = ("tracked", "residuals")
+
+#: The predicted MSEs a round reports with their band (80%, :class:`~fedstrat.sampling.Band`),
+#: from tracked evidence only: each is three metrics, the value under its name and the band
+#: under name + ``-lo`` / ``-hi`` (:func:`band_metric_names`). ``chosen``: the design this
+#: round used (the stratified design; FedAvg's own band in a FedAvg round; the uniform draw
+#: with the difference estimator in an ``estimator="difference"`` FedAvg round);
+#: ``fedavg``: FedAvg (uniform draw, self-normalised weights); ``design``: the stratified
+#: candidate the policy weighed against FedAvg (also when it lost); ``uniform_difference``:
+#: the difference estimator on a FedAvg round's uniform draw (``decision``'s
+#: ``pred_var_uniform_difference``).
+PRED_VAR_METRICS: dict[str, str] = {
+    "chosen": "fedstrat-pred-var-chosen",
+    "fedavg": "fedstrat-pred-var-fedavg",
+    "design": "fedstrat-pred-var-design",
+    "uniform_difference": "fedstrat-pred-var-uniform-difference",
+}
+
+
+def band_metric_names(name: str) -> tuple[str, str, str]:
+    """(value, lower, upper) metric names of the band metric ``name``."""
+    return name, f"{name}-lo", f"{name}-hi"
+
+
+def _band_metrics(name: str, band: Band | None) -> dict[str, float]:
+    if band is None:
+        return {}
+    return dict(zip(band_metric_names(name), map(float, band.to_json()), strict=True))
 
 
 @dataclass(frozen=True)
@@ -32,6 +61,11 @@ class RoundRecord:
     fell back to FedAvg). ``size_cap``: what the size cap did to the round's population
     (:class:`~.weight_cap.CapEffect`); in ``to_json()`` only when it cut a node, in
     ``metrics()`` every round (``fedstrat-n-capped``, ``fedstrat-cap-removed``).
+
+    With a ``decision`` from tracked evidence, ``metrics()`` also reports the predicted MSE
+    with band (:data:`PRED_VAR_METRICS`) of the design used (:meth:`chosen_bands`), of FedAvg,
+    of the stratified candidate and, in an ``estimator="difference"`` FedAvg round, of the
+    difference estimator on the uniform draw.
 
     Predicted MSEs from the strata's features (``S_h_basis`` "prior" or "flat": label
     proportions, not update units) stay in ``to_json()`` but give no ``var_ratio`` and no
@@ -167,14 +201,33 @@ class RoundRecord:
         d = self.decision
         if d is not None:
             out["fedstrat-stratified"] = 1.0 if d.mode == "stratified" else 0.0
-            if d.predicted is not None and d.predicted_fedavg is not None:
-                out["fedstrat-pred-var-design"] = float(d.predicted.value)
-                out["fedstrat-pred-var-fedavg"] = float(d.predicted_fedavg.value)
-                if d.predicted.value > 0:
-                    out["fedstrat-var-ratio-fedavg"] = float(
-                        d.predicted_fedavg.value / d.predicted.value
-                    )
+            names = PRED_VAR_METRICS
+            chosen, fedavg = self.chosen_bands()
+            out |= _band_metrics(names["chosen"], chosen)
+            out |= _band_metrics(names["fedavg"], fedavg)
+            out |= _band_metrics(names["uniform_difference"], d.predicted_uniform_difference)
+            if d.evidence == "tracked":
+                out |= _band_metrics(names["design"], d.predicted)
+                if d.predicted is not None and fedavg is not None and d.predicted.value > 0:
+                    out["fedstrat-var-ratio-fedavg"] = float(fedavg.value / d.predicted.value)
         return out
+
+    def chosen_bands(self) -> tuple[Band | None, Band | None]:
+        """(predicted MSE of the design this round used, of FedAvg), each with its band, from
+        tracked evidence (None where there is none): a stratified round's stratified band; in
+        a FedAvg round aggregated as FedAvg (``estimator`` "ratio") FedAvg's band itself; in an
+        ``estimator="difference"`` FedAvg round (uniform draw, HT weights) the difference
+        estimator's band on that draw (``decision.predicted_uniform_difference``)."""
+        d = self.decision
+        if d is None:
+            return None, None
+        tracked = d.evidence == "tracked"
+        fedavg = d.predicted_fedavg if tracked else None
+        if d.mode == "stratified":
+            return (d.predicted if tracked else None), fedavg
+        if self.estimator == "difference":
+            return d.predicted_uniform_difference, fedavg
+        return fedavg, fedavg
 
 
 _JSON_KEYS = tuple(

@@ -22,6 +22,15 @@ def test_known_keys_fill_their_columns() -> None:
             "fedstrat-n-failed": 1.0,
             "fedstrat-n-rejected": 0.0,
             "fedstrat-weight-sum": 1.0,  # not a column
+            "fedstrat-pred-var-chosen": 1.0,
+            "fedstrat-pred-var-chosen-lo": 0.8,
+            "fedstrat-pred-var-chosen-hi": 1.4,
+            "fedstrat-pred-var-fedavg": 4.0,
+            "fedstrat-pred-var-fedavg-lo": 3.0,
+            "fedstrat-pred-var-fedavg-hi": 5.5,
+            "fedstrat-pred-var-uniform-difference": 0.5,
+            "fedstrat-pred-var-uniform-difference-lo": 0.3,
+            "fedstrat-pred-var-uniform-difference-hi": 0.9,
         }
     )
     row = round_row(3, train, MetricRecord({"accuracy": 0.9, "loss": 0.3}), 1.5, 7.0)
@@ -33,6 +42,15 @@ def test_known_keys_fill_their_columns() -> None:
         pred_var=2.0,
         pred_var_uniform=5.0,
         var_ratio=2.5,
+        pred_var_chosen=1.0,
+        pred_var_chosen_lo=0.8,
+        pred_var_chosen_hi=1.4,
+        pred_var_fedavg=4.0,
+        pred_var_fedavg_lo=3.0,
+        pred_var_fedavg_hi=5.5,
+        pred_var_uniform_difference=0.5,
+        pred_var_uniform_difference_lo=0.3,
+        pred_var_uniform_difference_hi=0.9,
         n_selected=10,
         n_failed=1,
         n_rejected=0,

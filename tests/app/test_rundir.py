@@ -15,6 +15,7 @@ from fedstrat.app.checkpoint import find_checkpoint_dir, load_checkpoint, save_c
 from fedstrat.app.config import ConfigError, RunConfig
 from fedstrat.app.plots import plot_run
 from fedstrat.app.rundir import (
+    ADDED_COLUMNS,
     METRIC_COLUMNS,
     MetricsRow,
     RunDirError,
@@ -48,6 +49,12 @@ ROWS = [
         pred_var=2.0,
         pred_var_uniform=6.0,
         var_ratio=3.0,
+        pred_var_chosen=2.0,
+        pred_var_chosen_lo=1.5,
+        pred_var_chosen_hi=2.8,
+        pred_var_fedavg=5.0,
+        pred_var_fedavg_lo=4.0,
+        pred_var_fedavg_hi=6.5,
         train_loss=1.9,
         n_selected=10,
         n_failed=0,
@@ -62,10 +69,23 @@ ROWS = [
         pred_var=1.0,
         pred_var_uniform=1.0,
         var_ratio=1.0,
+        pred_var_chosen=1.0,
+        pred_var_chosen_lo=0.8,
+        pred_var_chosen_hi=1.3,
+        pred_var_fedavg=3.0,
+        pred_var_fedavg_lo=2.5,
+        pred_var_fedavg_hi=3.8,
         train_loss=float("nan"),
     ),
-    MetricsRow(round=3, accuracy=0.85, loss=0.6),
+    # a FedAvg round aggregated as FedAvg: the design used is FedAvg; an
+    # estimator="difference" FedAvg round's prediction of the uniform draw
+    MetricsRow(round=3, accuracy=0.85, loss=0.6, pred_var_chosen=2.0, pred_var_chosen_lo=1.6,
+               pred_var_chosen_hi=2.6, pred_var_fedavg=2.0, pred_var_fedavg_lo=1.6,
+               pred_var_fedavg_hi=2.6, pred_var_uniform_difference=0.5,
+               pred_var_uniform_difference_lo=0.4, pred_var_uniform_difference_hi=0.7),
 ]
+#: pred_var_fedavg / pred_var_chosen of ROWS' rounds 1..3
+ROW_RATIOS = [2.5, 3.0, 1.0]
 
 
 def test_config_toml_roundtrip(tmp_path: Path) -> None:
@@ -260,3 +280,22 @@ def test_flower_app_config_lists_every_option_with_its_default(path: Path) -> No
     }
     assert flwr["config"] == RunConfig().to_flower()
     assert "federations" not in data["tool"]["flwr"]  # legacy; `flwr run` would rewrite it
+
+
+def test_metrics_written_before_the_band_columns_read_back(tmp_path: Path) -> None:
+    """An older run directory's metrics.json / metrics.csv lack the band columns."""
+    _finished_run(tmp_path, ROWS, RunConfig(dataset="digits"))
+    rows = json.loads((tmp_path / "metrics.json").read_text())
+    rows = [{k: v for k, v in r.items() if k not in ADDED_COLUMNS} for r in rows]
+    (tmp_path / "metrics.json").write_text(json.dumps(rows))
+    run = load_run(tmp_path)
+    assert run.rows[1].pred_var == 2.0 and run.rows[1].pred_var_chosen is None
+    (tmp_path / "metrics.json").unlink()
+    csv_path = tmp_path / "metrics.csv"
+    header, *lines = csv_path.read_text().splitlines()
+    keep = [i for i, c in enumerate(header.split(",")) if c not in ADDED_COLUMNS]
+    csv_path.write_text("\n".join(
+        ",".join(line.split(",")[i] for i in keep) for line in [header, *lines]) + "\n")
+    assert len(keep) < len(METRIC_COLUMNS)
+    run = load_run(tmp_path)
+    assert run.rows[1].pred_var == 2.0 and run.rows[1].pred_var_fedavg is None
