@@ -25,8 +25,8 @@ from typing import Any
 
 from fedstrat.app.fileio import write_json_atomic, write_text_atomic
 from fedstrat.app.plots import plot_comparison
-from fedstrat.app.rundir import RunData, RunDirError, is_run_dir
-from fedstrat.app.tables import fmt, markdown_table, write_csv
+from fedstrat.app.rundir import MIN_RATIO_ROUNDS, RunData, RunDirError, is_run_dir
+from fedstrat.app.tables import fmt, fmt_ratio, markdown_table, write_csv
 
 COMPARE_DIR = "compare"
 VARIANCE_DIR = "variance"
@@ -49,8 +49,11 @@ class RunOverview:
     """One run as the comparison lists it (``runs`` of compare.json, runs.csv).
 
     ``final_score``/``best_score``/``rounds_to_target``/``target``/``rounds`` come from the
-    run's summary, ``mean_ratio`` is its ``mean_var_ratio``, ``seconds`` its
-    ``wall_seconds``; ``mean_pred_var`` is the mean predicted variance over its rounds.
+    run's summary, ``seconds`` is its ``wall_seconds`` and ``pred_ratio_fedavg`` /
+    ``pred_ratio_fedavg_se`` / ``pred_ratio_rounds`` its predicted MSE ratio FedAvg / design
+    used (mean and standard error over its tracked rounds, and their number; see
+    :class:`~fedstrat.app.rundir.RunSummary`); ``mean_pred_var`` is the mean predicted
+    variance over its rounds.
     """
 
     run_dir: str
@@ -64,8 +67,10 @@ class RunOverview:
     target: float
     rounds_to_target: int | None
     mean_pred_var: float | None
-    mean_ratio: float | None
     seconds: float
+    pred_ratio_fedavg: float | None = None
+    pred_ratio_fedavg_se: float | None = None
+    pred_ratio_rounds: int | None = None
 
     @classmethod
     def of(cls, run: RunData) -> RunOverview:
@@ -83,8 +88,10 @@ class RunOverview:
             target=s.target,
             rounds_to_target=s.rounds_to_target,
             mean_pred_var=run.mean_pred_var,
-            mean_ratio=s.mean_var_ratio,
             seconds=s.wall_seconds,
+            pred_ratio_fedavg=s.pred_ratio_fedavg,
+            pred_ratio_fedavg_se=s.pred_ratio_fedavg_se,
+            pred_ratio_rounds=s.pred_ratio_rounds,
         )
 
 
@@ -93,7 +100,11 @@ class CompareRow:
     """One selection over its seeds. NaN = not available; ``rounds_to_target_median`` is
     +inf when fewer than half the seeds reach the target; ``speedup_vs_uniform`` = uniform's
     median rounds to target / this one's; ``measured_ratio_uniform_over`` = measured variance
-    of uniform / of this selection."""
+    of uniform / of this selection; ``pred_ratio_fedavg`` / ``pred_ratio_fedavg_se`` the
+    predicted MSE ratio FedAvg / design used, mean over the tracked rounds of the runs that
+    have one (each run's mean weighted by its rounds) and its standard error (the runs'
+    errors combined), ``pred_ratio_rounds`` the number of tracked rounds of all its runs
+    (None when no run recorded it)."""
 
     selection: str
     seeds: str
@@ -107,10 +118,12 @@ class CompareRow:
     rounds_to_target: list[int | None]
     reached: int
     mean_pred_var: float
-    mean_pred_ratio: float
     measured_var: float
     speedup_vs_uniform: float = math.nan
     measured_ratio_uniform_over: float = math.nan
+    pred_ratio_fedavg: float = math.nan
+    pred_ratio_fedavg_se: float = math.nan
+    pred_ratio_rounds: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """``{field: value}`` in file order."""
@@ -120,6 +133,23 @@ class CompareRow:
 def _mean(values: Iterable[float | None]) -> float:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.fmean(vals) if vals else math.nan
+
+
+def _pooled_ratio(runs: Sequence[RunOverview]) -> dict[str, Any]:
+    """The CompareRow's ``pred_ratio_*`` fields of ``runs`` (see :class:`CompareRow`)."""
+    counts = [r.pred_ratio_rounds for r in runs if r.pred_ratio_rounds is not None]
+    out: dict[str, Any] = {"pred_ratio_rounds": sum(counts) if counts else None}
+    have = [
+        (float(r.pred_ratio_rounds), r.pred_ratio_fedavg, r.pred_ratio_fedavg_se)
+        for r in runs
+        if r.pred_ratio_rounds and r.pred_ratio_fedavg is not None
+        and r.pred_ratio_fedavg_se is not None
+    ]
+    if have:
+        n = sum(k for k, _, _ in have)
+        out["pred_ratio_fedavg"] = sum(k * mean for k, mean, _ in have) / n
+        out["pred_ratio_fedavg_se"] = math.hypot(*(k * se for k, _, se in have)) / n
+    return out
 
 
 def _median_rounds(values: Sequence[int | None]) -> float:
@@ -154,8 +184,8 @@ def compare_rows(
                 rounds_to_target=rtt,
                 reached=sum(v is not None for v in rtt),
                 mean_pred_var=_mean(r.mean_pred_var for r in rs),
-                mean_pred_ratio=_mean(r.mean_ratio for r in rs),
                 measured_var=(measured or {}).get(sel, math.nan),
+                **_pooled_ratio(rs),
             )
         )
     rows.sort(key=lambda r: (_ORDER.get(r.selection, 9), r.selection))
@@ -186,7 +216,7 @@ COMPARE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("reached", "reached"),
     ("speedup_vs_uniform", "speed-up vs uniform"),
     ("mean_pred_var", "mean predicted var"),
-    ("mean_pred_ratio", "pred. ratio uniform/this"),
+    ("pred_ratio_fedavg", "pred. MSE FedAvg/this (mean ± s.e. over tracked rounds)"),
     ("measured_var", "measured var"),
     ("measured_ratio_uniform_over", "measured uniform/this"),
 )
@@ -197,7 +227,16 @@ def compare_table(rows: Sequence[CompareRow]) -> tuple[list[str], list[list[str]
     metric = rows[0].metric if rows else "accuracy"
     target = fmt(rows[0].target) if rows else "-"
     heads = [h.format(metric=metric, target=target) for _, h in COMPARE_COLUMNS]
-    return heads, [[fmt(getattr(r, k)) for k, _ in COMPARE_COLUMNS] for r in rows]
+    return heads, [[_cell(r, k) for k, _ in COMPARE_COLUMNS] for r in rows]
+
+
+def _cell(row: CompareRow, key: str) -> str:
+    """A formatted cell; the predicted ratio with its standard error, or "-" and why."""
+    if key == "pred_ratio_fedavg":
+        mean = row.pred_ratio_fedavg if math.isfinite(row.pred_ratio_fedavg) else None
+        return fmt_ratio(mean, row.pred_ratio_fedavg_se, row.pred_ratio_rounds,
+                         MIN_RATIO_ROUNDS)
+    return fmt(getattr(row, key))
 
 
 def compare_markdown(rows: Sequence[CompareRow]) -> str:
@@ -258,19 +297,30 @@ def _number(value: Any) -> float:
     return float(value)
 
 
+#: compare.json keys of older comparisons, read and dropped (the mean predicted ratio
+#: against uniform Horvitz-Thompson, without its uncertainty), and keys added since that an
+#: older comparison lacks (read as not available)
+_RETIRED_KEYS = frozenset({"mean_pred_ratio", "mean_ratio"})
+_ADDED_KEYS = frozenset({"pred_ratio_fedavg", "pred_ratio_fedavg_se", "pred_ratio_rounds"})
+
+
 def load_comparison(out_dir: Path) -> tuple[list[CompareRow], list[RunOverview]]:
-    """Read ``compare.json`` of ``out_dir`` (a ``compare/`` folder) back."""
+    """Read ``compare.json`` of ``out_dir`` (a ``compare/`` folder) back (also one written
+    before the predicted ratio against FedAvg existed: its ``pred_ratio_*`` are then not
+    available)."""
     path = Path(out_dir) / COMPARE_JSON
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         row_fields = {f.name: f.type for f in dataclasses.fields(CompareRow)}
         rows = []
         for r in data["rows"]:
-            if set(r) != set(row_fields):
+            r = {k: v for k, v in r.items() if k not in _RETIRED_KEYS}
+            if set(r) - set(row_fields) or set(row_fields) - set(r) - _ADDED_KEYS:
                 raise RunDirError(f"{path}: row keys {sorted(r)} != {sorted(row_fields)}")
             vals = {k: (_number(v) if row_fields[k] == "float" else v) for k, v in r.items()}
             rows.append(CompareRow(**vals))
-        runs = [RunOverview(**r) for r in data["runs"]]
+        runs = [RunOverview(**{k: v for k, v in r.items() if k not in _RETIRED_KEYS})
+                for r in data["runs"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         if isinstance(exc, RunDirError):
             raise

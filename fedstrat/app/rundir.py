@@ -35,8 +35,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fedstrat.app.config import ConfigError, RunConfig
 
 # The run directory's writers; importable from here for the modules that write run files.
@@ -171,8 +169,13 @@ class RunSummary:
     ``metric``/``loss_metric`` are ("accuracy", "loss") or ("auc", "logloss") for CTR;
     ``final``/``final_loss`` come from the last evaluated round, ``best`` from the best one;
     ``rounds_to_target`` is the first round r >= 1 whose score reaches ``target`` (None if
-    never); ``mean_var_ratio`` the mean of ``var_ratio`` over rounds r >= 1 (None if no round
-    has one). ``runner`` holds the simulation runner's timings (absent when not simulated).
+    never). ``pred_ratio_fedavg`` is the predicted MSE of FedAvg over that of the design used,
+    ``pred_var_fedavg / pred_var_chosen``, averaged over the rounds r >= 1 that have both
+    (tracked evidence only; their number is ``pred_ratio_rounds``), with
+    ``pred_ratio_fedavg_se`` the standard error of that mean over the rounds; both None with
+    fewer than :data:`MIN_RATIO_ROUNDS` such rounds (``pred_ratio_rounds`` None: a summary
+    written before these keys existed). ``runner`` holds the simulation runner's timings
+    (absent when not simulated).
     """
 
     dataset: str
@@ -188,13 +191,15 @@ class RunSummary:
     best_round: int | None
     target: float
     rounds_to_target: int | None
-    mean_var_ratio: float | None
     wall_seconds: float
     finished_at: str
     model: str | None = None
     resumed_from: int | None = None
     unstable_nodes: int | None = None
     nodes: int | None = None
+    pred_ratio_fedavg: float | None = None
+    pred_ratio_fedavg_se: float | None = None
+    pred_ratio_rounds: int | None = None
     runner: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,15 +211,30 @@ class RunSummary:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = SUMMARY_FILE) -> RunSummary:
-        """The summary in ``data``; an unknown or missing key raises :class:`RunDirError`."""
+        """The summary in ``data``; an unknown or missing key raises :class:`RunDirError`
+        (keys of older summaries, :data:`RETIRED_SUMMARY_KEYS`, are dropped; keys added
+        since, :data:`ADDED_SUMMARY_KEYS`, may be missing)."""
         keys = [f.name for f in dataclasses.fields(cls)]
+        data = {k: v for k, v in data.items() if k not in RETIRED_SUMMARY_KEYS}
         unknown = [k for k in data if k not in keys]
         if unknown:
             raise RunDirError(f"{where}: unknown key {unknown[0]!r} (keys: {', '.join(keys)})")
-        missing = [k for k in keys if k != "runner" and k not in data]
+        missing = [k for k in keys if k not in ADDED_SUMMARY_KEYS and k not in data]
         if missing:
             raise RunDirError(f"{where}: missing key {missing[0]!r}")
         return cls(**data)
+
+
+#: summary.json keys that a run directory may lack (``runner``: not simulated; the others
+#: were added after the first run directories were written).
+ADDED_SUMMARY_KEYS = frozenset(
+    {"runner", "pred_ratio_fedavg", "pred_ratio_fedavg_se", "pred_ratio_rounds"}
+)
+#: summary.json keys of older run directories, read and dropped: ``mean_var_ratio`` (the mean
+#: predicted ratio against uniform Horvitz-Thompson, without its uncertainty).
+RETIRED_SUMMARY_KEYS = frozenset({"mean_var_ratio"})
+#: fewest rounds with a tracked predicted ratio for the summary to give one
+MIN_RATIO_ROUNDS = 3
 
 
 def primary_metric(task: str) -> tuple[str, str]:
@@ -298,10 +318,6 @@ def row_from_event(event: Mapping[str, Any]) -> MetricsRow:
 
 
 # ---------------------------------------------------------------------------- summary
-def _finite(values: Iterable[float | None]) -> list[float]:
-    return [v for v in values if v is not None]
-
-
 def rounds_to_target(rows: Sequence[MetricsRow], metric: str, target: float) -> int | None:
     """First round r >= 1 whose ``metric`` reaches ``target`` (None if never)."""
     for r in rows:
@@ -321,7 +337,7 @@ def summarize(
     target = target_for(cfg)
     final = evaluated[-1] if evaluated else None
     best = max(evaluated, key=lambda r: getattr(r, score_col)) if evaluated else None
-    ratios = _finite(r.value("var_ratio") for r in rows if r.round > 0)
+    ratio, ratio_se, n_ratio = predicted_ratio_fedavg(rows)
     return RunSummary(
         dataset=cfg.dataset,
         selection=cfg.selection,
@@ -336,11 +352,27 @@ def summarize(
         best_round=best.round if best else None,
         target=target,
         rounds_to_target=rounds_to_target(evaluated, score_col, target),
-        mean_var_ratio=float(np.mean(ratios)) if ratios else None,
         wall_seconds=wall_seconds,
         finished_at=datetime.now(timezone.utc).isoformat(),
+        pred_ratio_fedavg=ratio,
+        pred_ratio_fedavg_se=ratio_se,
+        pred_ratio_rounds=n_ratio,
         **extra,
     )
+
+
+def predicted_ratio_fedavg(rows: Sequence[MetricsRow]) -> tuple[float | None, float | None, int]:
+    """(mean, standard error of the mean, number of rounds) of ``pred_var_fedavg /
+    pred_var_chosen`` over the rounds r >= 1 that have both (> 0); mean and error None with
+    fewer than :data:`MIN_RATIO_ROUNDS` rounds."""
+    ratios = []
+    for r in rows:
+        fedavg, chosen = r.value("pred_var_fedavg"), r.value("pred_var_chosen")
+        if r.round > 0 and fedavg is not None and chosen is not None and chosen > 0:
+            ratios.append(fedavg / chosen)
+    if len(ratios) < MIN_RATIO_ROUNDS:
+        return None, None, len(ratios)
+    return statistics.fmean(ratios), statistics.stdev(ratios) / math.sqrt(len(ratios)), len(ratios)
 
 
 # ---------------------------------------------------------------------------- reading

@@ -29,6 +29,26 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def fmt_ratio(mean: float | None, se: float | None, rounds: int | None, needed: int) -> str:
+    """A ratio averaged over rounds with its standard error: ``"1.82 ± 0.07 (9 rounds)"``;
+    ``"-"`` with the reason when there is no mean: ``rounds`` None (not recorded: a run
+    directory written before the ratio existed) or fewer than ``needed`` rounds."""
+    if rounds is None:
+        return "- (not recorded)"
+    if mean is None or se is None or not math.isfinite(mean) or not math.isfinite(se):
+        return f"- ({rounds} tracked round{'s' if rounds != 1 else ''}, {needed} needed)"
+    return f"{fmt(mean, 3)} ± {fmt(se, 2)} ({rounds} rounds)"
+
+
+def fmt_band(value: float | None, lo: float | None, hi: float | None) -> str:
+    """A predicted value with its band: ``"0.0123 [0.011, 0.014]"`` (``"-"`` without value)."""
+    if value is None:
+        return "-"
+    if lo is None or hi is None:
+        return fmt(value, 3)
+    return f"{fmt(value, 3)} [{fmt(lo, 2)}, {fmt(hi, 2)}]"
+
+
 def markdown_table(heads: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A markdown table of already formatted cells."""
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]

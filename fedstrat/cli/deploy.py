@@ -270,7 +270,8 @@ def local_cmd(
     typer.echo(f"run directory: {cfg.out}")
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        keys = ("metric", "final", "best", "rounds", "mean_var_ratio", "wall_seconds")
+        keys = ("metric", "final", "best", "rounds", "pred_ratio_fedavg", "pred_ratio_fedavg_se",
+                "pred_ratio_rounds", "wall_seconds")
         shown = {k: summary[k] for k in keys if k in summary}
         if shown:
             typer.echo("summary: " + json.dumps(shown))

@@ -16,15 +16,18 @@ from fedstrat.app.comparedir import CompareRow, compare_table
 from fedstrat.app.plots import plot_run
 from fedstrat.app.rundir import (
     CONFIG_FILE,
+    MIN_RATIO_ROUNDS,
     PLOTS_DIR,
     PROGRESS_FILE,
     SUMMARY_FILE,
     MetricsRow,
     RunData,
     RunDirError,
+    RunSummary,
+    band_columns,
     load_run,
 )
-from fedstrat.app.tables import fmt
+from fedstrat.app.tables import fmt, fmt_band, fmt_ratio
 from fedstrat.measure.output import VARIANCE_JSON, load_measured
 
 
@@ -99,9 +102,20 @@ def _reached(run: RunData) -> str:
     return f"not reached ({fmt(s.target)})"
 
 
+#: heading of the summary's predicted ratio (:func:`ratio_text`)
+RATIO_HEAD = "pred. MSE FedAvg/this (mean ± s.e. over tracked rounds)"
+
+
+def ratio_text(s: RunSummary) -> str:
+    """The summary's predicted MSE of FedAvg over that of the design used, with its standard
+    error over the tracked rounds, or "-" and why (too few tracked rounds, not recorded)."""
+    return fmt_ratio(s.pred_ratio_fedavg, s.pred_ratio_fedavg_se, s.pred_ratio_rounds,
+                     MIN_RATIO_ROUNDS)
+
+
 def rich_run_table(runs: Sequence[RunData], title: str = "runs") -> Any:
-    """One line per run: final and best score, rounds to target, mean predicted variance
-    ratio (uniform/selection), wall seconds; an unfinished run is marked."""
+    """One line per run: final and best score, rounds to target, predicted MSE ratio
+    FedAvg / design used (:func:`ratio_text`), wall seconds; an unfinished run is marked."""
     from rich.table import Table
 
     table = Table(title=title)
@@ -112,7 +126,7 @@ def rich_run_table(runs: Sequence[RunData], title: str = "runs") -> Any:
         "final",
         "best",
         "rounds to target",
-        "mean var ratio (uniform/this)",
+        RATIO_HEAD,
         "seconds",
     )
     for h in heads:
@@ -126,7 +140,7 @@ def rich_run_table(runs: Sequence[RunData], title: str = "runs") -> Any:
             f"{fmt(s.final)} {s.metric}",
             fmt(s.best),
             _reached(r),
-            fmt(s.mean_var_ratio),
+            ratio_text(s),
             fmt(s.wall_seconds, 3),
         )
     return table
@@ -147,7 +161,7 @@ def rich_summary_table(run: RunData, title: str = "fedstrat simulate") -> Any:
         f"rounds to {fmt(s.target)}",
         str(reached) if reached is not None else f"not reached in {s.rounds}",
     )
-    table.add_row("mean predicted variance ratio (uniform/selection)", fmt(s.mean_var_ratio, 3))
+    table.add_row(RATIO_HEAD, ratio_text(s))
     table.add_row("mean predicted variance", fmt(run.mean_pred_var))
     table.add_row("seconds", fmt(s.wall_seconds, 3))
     table.add_row("run dir", str(run.path))
@@ -155,12 +169,17 @@ def rich_summary_table(run: RunData, title: str = "fedstrat simulate") -> Any:
 
 
 def progress_text(row: MetricsRow, metric: str, loss_metric: str) -> str:
-    """One line for a progress bar: score, loss and the predicted variance ratio."""
+    """One line for a progress bar: score, loss and, from tracked evidence, the predicted MSE
+    of the design used and of FedAvg with their bands (one value in a FedAvg round)."""
     parts = [
         f"{'acc' if metric == 'accuracy' else metric} {fmt(row.value(metric))}",
         f"{loss_metric} {fmt(row.value(loss_metric))}",
     ]
-    ratio = row.value("var_ratio")
-    if ratio is not None:
-        parts.append(f"var ratio u/s {fmt(ratio, 3)}")
+    chosen, fedavg = ([row.value(c) for c in band_columns(w)] for w in ("chosen", "fedavg"))
+    if chosen[0] is not None and chosen == fedavg:
+        parts.append(f"pred MSE FedAvg {fmt_band(*fedavg)}")
+    elif chosen[0] is not None:
+        parts.append(f"pred MSE {fmt_band(*chosen)}")
+        if fedavg[0] is not None:
+            parts.append(f"FedAvg {fmt_band(*fedavg)}")
     return "  ".join(parts)

@@ -40,6 +40,13 @@ def _run(root: Path, selection: str, seed: int, accs: list[float], pv: float) ->
             pred_var=pv if r else None,
             pred_var_uniform=0.04 if r else None,
             var_ratio=0.04 / pv if r else None,
+            # FedAvg predicted 0.04 [0.03, 0.05]; the design used pv [pv/2, 2 pv]
+            pred_var_chosen=pv if r else None,
+            pred_var_chosen_lo=pv / 2 if r else None,
+            pred_var_chosen_hi=2 * pv if r else None,
+            pred_var_fedavg=0.04 if r else None,
+            pred_var_fedavg_lo=0.03 if r else None,
+            pred_var_fedavg_hi=0.05 if r else None,
         )
         for r, a in enumerate(accs)
     ]
@@ -52,7 +59,7 @@ def _run(root: Path, selection: str, seed: int, accs: list[float], pv: float) ->
 
 def test_write_and_load_comparison_round_trip(tmp_path: Path) -> None:
     _run(tmp_path, "uniform", 0, [0.1, 0.2, 0.3], 0.04)
-    _run(tmp_path, "stratified", 0, [0.1, 0.6, 0.7], 0.01)
+    _run(tmp_path, "stratified", 0, [0.1, 0.6, 0.7, 0.7, 0.7], 0.01)
     _run(tmp_path, "stratified", 1, [0.1, 0.4, 0.6], 0.02)
     paths, compares = find_runs([tmp_path])
     assert compares == [tmp_path] and [p.name for p in paths] == [
@@ -69,7 +76,8 @@ def test_write_and_load_comparison_round_trip(tmp_path: Path) -> None:
     assert [r.selection for r in rows] == ["stratified", "uniform"]
     strat, uni = rows
     assert (strat.seeds, strat.n_runs, strat.rounds_to_target) == ("0,1", 2, [1, 2])
-    assert strat.final_mean == pytest.approx(0.65) and strat.mean_pred_var == pytest.approx(0.015)
+    assert strat.final_mean == pytest.approx(0.65)
+    assert strat.mean_pred_var == pytest.approx(0.015)
     assert uni.rounds_to_target_median == math.inf and math.isnan(uni.speedup_vs_uniform)
     assert strat.measured_ratio_uniform_over == pytest.approx(4.0)
     # infinities are kept as "inf" in compare.json and read back
@@ -83,7 +91,7 @@ def test_write_and_load_comparison_round_trip(tmp_path: Path) -> None:
     ]
     assert back_rows[1].rounds_to_target_median == math.inf
     assert [r.run_dir for r in back_runs] == [str(p) for p in paths]
-    assert back_runs[0].final_score == 0.7 and back_runs[0].mean_ratio == pytest.approx(4.0)
+    assert back_runs[0].final_score == 0.7 and back_runs[0].pred_ratio_fedavg == pytest.approx(4.0)
     table = (out / "table.md").read_text()
     assert table == compare_markdown(rows) and "| stratified | 2 |" in table
     assert len(table.splitlines()[0].split("|")) == len(COMPARE_COLUMNS) + 2
@@ -99,3 +107,42 @@ def test_compare_row_fields_and_errors(tmp_path: Path) -> None:
     (tmp_path / "compare" / "compare.json").write_text('{"rows": [{"selection": "x"}], "runs": []}')
     with pytest.raises(RunDirError, match="compare.json"):
         load_comparison(tmp_path / "compare")
+
+
+def test_compare_ratio_pools_the_runs_with_enough_tracked_rounds(tmp_path: Path) -> None:
+    """stratified-s0: 4 tracked rounds of FedAvg/this = 4.0 (s.e. 0); stratified-s1: 2
+    rounds (too few: no ratio of its own, counted in the rounds); uniform: 2 rounds."""
+    _run(tmp_path, "stratified", 0, [0.1, 0.6, 0.7, 0.7, 0.7], 0.01)
+    _run(tmp_path, "stratified", 1, [0.1, 0.4, 0.6], 0.02)
+    _run(tmp_path, "uniform", 0, [0.1, 0.2, 0.3], 0.04)
+    runs = [load_run(p) for p in find_runs([tmp_path])[0]]
+    rows, _ = write_comparison(runs, tmp_path / "compare")
+    strat, uni = rows
+    assert (strat.pred_ratio_fedavg, strat.pred_ratio_fedavg_se) == (pytest.approx(4.0), 0.0)
+    assert strat.pred_ratio_rounds == 6
+    assert math.isnan(uni.pred_ratio_fedavg) and uni.pred_ratio_rounds == 2
+    table = compare_markdown(rows)
+    assert "pred. MSE FedAvg/this (mean ± s.e. over tracked rounds)" in table
+    assert "| 4 ± 0 (6 rounds) |" in table
+    assert "| - (2 tracked rounds, 3 needed) |" in table
+    assert "inf" not in table.replace("not reached", "")
+
+
+def test_comparison_written_before_the_fedavg_ratio_reads_back(tmp_path: Path) -> None:
+    _run(tmp_path, "stratified", 0, [0.1, 0.6, 0.7, 0.7], 0.01)
+    out = tmp_path / "compare"
+    write_comparison([load_run(p) for p in find_runs([tmp_path])[0]], out)
+    data = json.loads((out / "compare.json").read_text())
+    for row in data["rows"]:
+        row["mean_pred_ratio"] = 4.0
+        for key in ("pred_ratio_fedavg", "pred_ratio_fedavg_se", "pred_ratio_rounds"):
+            del row[key]
+    for run in data["runs"]:
+        run["mean_ratio"] = 4.0
+        for key in ("pred_ratio_fedavg", "pred_ratio_fedavg_se", "pred_ratio_rounds"):
+            del run[key]
+    (out / "compare.json").write_text(json.dumps(data))
+    rows, runs = load_comparison(out)
+    assert math.isnan(rows[0].pred_ratio_fedavg) and rows[0].pred_ratio_rounds is None
+    assert runs[0].pred_ratio_fedavg is None
+    assert "| - (not recorded) |" in compare_markdown(rows)

@@ -17,6 +17,7 @@ from fedstrat.app.plots import plot_run
 from fedstrat.app.rundir import (
     ADDED_COLUMNS,
     METRIC_COLUMNS,
+    MIN_RATIO_ROUNDS,
     MetricsRow,
     RunDirError,
     RunSummary,
@@ -212,7 +213,6 @@ def test_summary_and_plots(tmp_path: Path) -> None:
     assert (s.metric, s.loss_metric) == ("accuracy", "loss")
     assert (s.final, s.best, s.best_round) == (0.85, 0.9, 2)
     assert s.rounds_to_target == 2 and s.target == 0.8
-    assert s.mean_var_ratio == pytest.approx(2.0)
     s = summarize(ROWS, dataclasses.replace(cfg, target_accuracy=0.95), 1.0)
     assert s.rounds_to_target is None
     assert summarize(ROWS, dataclasses.replace(cfg, target_accuracy=0.0), 1.0).target == 0.85
@@ -282,6 +282,32 @@ def test_flower_app_config_lists_every_option_with_its_default(path: Path) -> No
     assert "federations" not in data["tool"]["flwr"]  # legacy; `flwr run` would rewrite it
 
 
+def test_summary_ratio_is_fedavg_over_the_design_used_with_its_standard_error() -> None:
+    s = summarize(ROWS, RunConfig(dataset="digits"), wall_seconds=1.0)
+    mean = sum(ROW_RATIOS) / 3
+    se = math.sqrt(sum((r - mean) ** 2 for r in ROW_RATIOS) / 2 / 3)
+    assert s.pred_ratio_rounds == 3
+    assert s.pred_ratio_fedavg == pytest.approx(mean)
+    assert s.pred_ratio_fedavg_se == pytest.approx(se)
+    # the ratio against uniform HT (var_ratio) is not what the summary reports
+    assert s.pred_ratio_fedavg != pytest.approx(2.0)
+    assert "mean_var_ratio" not in s.to_dict()
+
+
+def test_summary_gives_no_ratio_from_too_few_tracked_rounds() -> None:
+    cfg = RunConfig(dataset="digits")
+    assert MIN_RATIO_ROUNDS == 3
+    s = summarize(ROWS[:3], cfg, wall_seconds=1.0)  # rounds 1 and 2 only
+    assert (s.pred_ratio_fedavg, s.pred_ratio_fedavg_se, s.pred_ratio_rounds) == (None, None, 2)
+    # rounds with only the HT prediction, or only FedAvg's, are not tracked ratio rounds
+    rows = [dataclasses.replace(r, pred_var_chosen=None) for r in ROWS]
+    s = summarize(rows, cfg, wall_seconds=1.0)
+    assert (s.pred_ratio_fedavg, s.pred_ratio_rounds) == (None, 0)
+    # round 0 never counts
+    rows = [dataclasses.replace(ROWS[1], round=0), *ROWS[1:3]]
+    assert summarize(rows, cfg, wall_seconds=1.0).pred_ratio_rounds == 2
+
+
 def test_metrics_written_before_the_band_columns_read_back(tmp_path: Path) -> None:
     """An older run directory's metrics.json / metrics.csv lack the band columns."""
     _finished_run(tmp_path, ROWS, RunConfig(dataset="digits"))
@@ -299,3 +325,16 @@ def test_metrics_written_before_the_band_columns_read_back(tmp_path: Path) -> No
     assert len(keep) < len(METRIC_COLUMNS)
     run = load_run(tmp_path)
     assert run.rows[1].pred_var == 2.0 and run.rows[1].pred_var_fedavg is None
+
+
+def test_summary_written_before_the_fedavg_ratio_reads_back(tmp_path: Path) -> None:
+    """An older summary.json: the retired ``mean_var_ratio``, no ``pred_ratio_*`` keys."""
+    _finished_run(tmp_path, ROWS, RunConfig(dataset="digits"))
+    data = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("pred_ratio_fedavg", "pred_ratio_fedavg_se", "pred_ratio_rounds"):
+        del data[key]
+    data["mean_var_ratio"] = 2.0
+    (tmp_path / "summary.json").write_text(json.dumps(data))
+    s = load_run(tmp_path).summary
+    assert (s.pred_ratio_fedavg, s.pred_ratio_fedavg_se, s.pred_ratio_rounds) == (None, None, None)
+    assert "mean_var_ratio" not in s.to_dict()

@@ -4,6 +4,7 @@ documented layout (docs/design.md, fedstrat.app)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,6 +37,12 @@ def _write_run(d: Path, selection: str, seed: int, accs: list[float], pv: float)
             pred_var=None if r == 0 else pv,
             pred_var_uniform=None if r == 0 else 0.04,
             var_ratio=None if r == 0 else 0.04 / pv,
+            pred_var_chosen=None if r == 0 else pv,
+            pred_var_chosen_lo=None if r == 0 else pv / 2,
+            pred_var_chosen_hi=None if r == 0 else 2 * pv,
+            pred_var_fedavg=None if r == 0 else 0.04,
+            pred_var_fedavg_lo=None if r == 0 else 0.03,
+            pred_var_fedavg_hi=None if r == 0 else 0.05,
             seconds=0.5,
         )
         for r, acc in enumerate(accs)
@@ -58,7 +65,7 @@ def test_load_run_and_rounds_to_target(tmp_path: Path) -> None:
     assert (s.selection, s.seed, s.metric) == ("stratified", 0, "accuracy")
     assert s.final == 0.6 and s.best == 0.6
     assert s.rounds_to_target == 2  # target 0.5 from summary.json
-    assert s.mean_var_ratio == pytest.approx(4.0)
+    assert s.pred_ratio_fedavg == pytest.approx(4.0) and s.pred_ratio_rounds == 3
     assert load_run(tmp_path / "a", target=0.99).summary.rounds_to_target is None
     assert load_run(tmp_path / "a", target=0.2).summary.rounds_to_target == 1
 
@@ -192,3 +199,37 @@ def test_report_names_an_unknown_column(tmp_path: Path) -> None:
     res = runner.invoke(app, ["report", str(d)])
     assert res.exit_code == 2
     assert "unknown column 'eval_acc'" in res.stderr and "metrics.json row 1" in res.stderr
+
+
+def test_report_prints_the_fedavg_ratio_with_its_error_or_why_not(tmp_path: Path) -> None:
+    _write_run(tmp_path / "long", "stratified", 0, [0.1, 0.3, 0.55, 0.6], 0.01)
+    _write_run(tmp_path / "short", "stratified", 1, [0.1, 0.3], 0.01)
+    res = runner.invoke(app, ["report", str(tmp_path / "long"), "--no-plots"],
+                        env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    assert "FedAvg/this (mean ± s.e. over tracked rounds)" in res.stdout
+    assert "4 ± 0 (3 rounds)" in res.stdout
+    assert "uniform/this" not in res.stdout and "inf" not in res.stdout
+    res = runner.invoke(app, ["report", str(tmp_path / "short"), "--no-plots"],
+                        env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    assert "- (1 tracked round, 3 needed)" in res.stdout
+    assert not re.search(r"\d ± ", res.stdout)  # no number with an error: no ratio
+
+
+def test_report_on_a_run_dir_written_before_the_fedavg_ratio(tmp_path: Path) -> None:
+    """metrics without the band columns, summary.json with mean_var_ratio: readable, the
+    ratio is "not recorded" (the retired ratio against uniform HT is not printed)."""
+    d = tmp_path / "old"
+    _write_run(d, "stratified", 0, [0.1, 0.3, 0.55, 0.6], 0.01)
+    rows = json.loads((d / "metrics.json").read_text())
+    rows = [{k: v for k, v in r.items() if not k.startswith(("pred_var_chosen",
+             "pred_var_fedavg", "pred_var_uniform_difference"))} for r in rows]
+    (d / "metrics.json").write_text(json.dumps(rows))
+    summary = json.loads((d / "summary.json").read_text())
+    summary = {k: v for k, v in summary.items() if not k.startswith("pred_ratio")}
+    (d / "summary.json").write_text(json.dumps({**summary, "mean_var_ratio": 4.0}))
+    res = runner.invoke(app, ["report", str(d)], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    assert "- (not recorded)" in res.stdout
+    assert (d / "plots" / "variance.png").is_file()
