@@ -17,6 +17,7 @@ from .samplers import (
     systematic_pps,
 )
 from .selection import Sampler, Selection
+from .size_trend import SizeTrend
 from .sketch import count_sketch
 from .strata import (
     SKETCH_METHODS,
@@ -49,6 +50,7 @@ __all__ = [
     "SKETCH_METHODS",
     "Sampler",
     "Selection",
+    "SizeTrend",
     "StratifiedSampler",
     "Strata",
     "StratumVarianceTracker",

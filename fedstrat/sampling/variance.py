@@ -126,10 +126,16 @@ class VariancePrediction:
     stratified_band: Band | None = None
     fedavg_band: Band | None = None
     gain_se: float = math.nan
+    #: a lower bound of the saving found otherwise (e.g. the pooled size trend,
+    #: :class:`~fedstrat.sampling.size_trend.SizeTrend`); used by :meth:`gain_lower` when finite
+    gain_bound: float = math.nan
 
     def gain_lower(self, z: float = 1.2816) -> float:
         """Lower confidence bound ``(fedavg - stratified) - z * gain_se`` of what the
-        stratified design saves over FedAvg (NaN without a standard error)."""
+        stratified design saves over FedAvg (NaN without a standard error), or
+        ``gain_bound`` when that is given."""
+        if math.isfinite(self.gain_bound):
+            return float(self.gain_bound)
         return float(self.fedavg - self.stratified - z * self.gain_se)
 
 
