@@ -12,21 +12,36 @@ later goes to the bin of its size), drawn πps by size inside each bin (HT weigh
 predicted MSE (:math:`\sum_h P_h^2 \sigma_h^2 / m_h` plus nothing between bins) is evidence
 of the same kind as the label strata's, and the policy keeps whichever predicts the lower MSE
 (and only while that beats FedAvg, see :mod:`~fedstrat.strategies.stratified_policy`).
+
+The saving's lower bound comes from every drawn client at once, not bin by bin: a
+:class:`~fedstrat.sampling.SizeTrend` fits how the dispersion :math:`\|\Delta_i - \hat T\|^2`
+of the drawn clients' sketches about their round's weighted mean grows with size (one slope,
+a level per round), and the bound is FedAvg's predicted MSE times the trend's scale-free lower
+bound :math:`R` on the relative saving (``VariancePrediction.gain_bound``). The bins of the few
+large clients, which FedAvg's uniform draws rarely reach, no longer hold the bound down; before
+the trend has enough observations the per-bin bound applies. With both, each is taken at 95%
+and the larger is used (Bonferroni: a 90% bound): the per-bin bound sees what the trend does
+not (bins whose means differ, which the bound :math:`R` leaves out).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedstrat.sampling import StratumVarianceTracker, predicted_variance
+from fedstrat.sampling import SizeTrend, StratumVarianceTracker, predicted_variance
 
 from .allocation_rule import allocate, present_strata
 from .plan import Feedback, PopulationFrame, StrataPlan
 
 if TYPE_CHECKING:
     from .options import SelectionOptions
+
+#: one-sided 95% normal quantile: the per-bin bound and the trend's bound are each at 95%, so
+#: the larger of the two is a 90% lower bound (Bonferroni), like the label strata's
+BOUND_Z = 1.6449
 
 
 def equal_mass_thresholds(sizes: np.ndarray, n_bins: int) -> np.ndarray:
@@ -51,6 +66,7 @@ class SizeStrata:
         self.options = options
         self.thresholds_: np.ndarray | None = None
         self.tracker_: StratumVarianceTracker | None = None
+        self.trend_: SizeTrend | None = None
         #: (node ids, sizes, present bins, strata, bin of each node, P_h, p2_h) of the last plan
         self._cache: tuple[Any, ...] | None = None
 
@@ -70,6 +86,7 @@ class SizeStrata:
         self.thresholds_ = equal_mass_thresholds(frame.sizes, max(frame.m, 2))
         self.tracker_ = StratumVarianceTracker(
             len(self.thresholds_) + 1, o.sketch_dim, prior_std=o.prior_std, ema=o.variance_ema)
+        self.trend_ = SizeTrend()
         self._cache = None
         p = frame.sizes / frame.sizes.sum()
         bins = self.bins(frame.sizes)
@@ -98,7 +115,7 @@ class SizeStrata:
         self, frame: PopulationFrame, same_nodes: bool, min_tracked: int, level: float
     ) -> StrataPlan | None:
         """The size-strata pps plan (Neyman or proportional ``m_h``, tracked ``sigma_h``,
-        predicted MSE vs FedAvg), once every present bin has ``min_tracked`` tracked updates
+        predicted MSE vs FedAvg), once every present bin has :meth:`min_needed` tracked updates
         and can get ``min_per_stratum`` clients; None otherwise."""
         t, o = self.tracker_, self.options
         if t is None:
@@ -108,7 +125,7 @@ class SizeStrata:
         lo = max(o.min_per_stratum, 1)
         if len(present) < 2 or len(present) * lo > frame.m:
             return None
-        if t.counts()[present].min() < min_tracked:
+        if t.counts()[present].min() < self.min_needed(min_tracked):
             return None
         counts = strata.sizes.astype(np.float64)
         stds = t.stds()[present]
@@ -116,7 +133,20 @@ class SizeStrata:
         pred = predicted_variance(counts, masses, stds, alloc, "pps", means=t.means()[present],
                                   m=frame.m, p2=p2, mean_counts=t.effective_counts()[present],
                                   level=level)
+        if self.trend_ is not None:
+            share = (masses / alloc)[strata.labels]
+            p = frame.sizes / frame.sizes.sum()
+            r_lo = self.trend_.saving_lower(p, frame.sizes, share, frame.m, BOUND_Z)
+            if r_lo is not None:
+                pred = replace(pred, gain_bound=max(r_lo * pred.fedavg,
+                                                    pred.gain_lower(BOUND_Z)))
         return StrataPlan(strata, present, alloc, stds, "tracked", counts, masses, pred)
+
+    def min_needed(self, min_tracked: int) -> int:
+        """Tracked updates each bin needs: ``min_tracked``, or 2 (a spread of its own) once
+        the trend has the evidence for the saving's bound."""
+        ready = self.trend_ is not None and self.trend_.slope_band() is not None
+        return min(min_tracked, 2) if ready else min_tracked
 
     def min_count(self, plan: StrataPlan) -> int:
         """Fewest tracked updates in a bin of ``plan``."""
@@ -128,24 +158,37 @@ class SizeStrata:
         bin of its size in the population of the last :meth:`plan`."""
         if self.tracker_ is None or self._cache is None or feedback.sketches is None:
             return
-        nodes, labels = self._cache[0], self._cache[4]
+        nodes, sizes, labels = self._cache[0], self._cache[1], self._cache[4]
         self.tracker_.decay(decay)
         idx = np.searchsorted(nodes, np.asarray(feedback.nodes, dtype=np.uint64))
+        rows, found = [], []
         for r, i in enumerate(idx):
             if (feedback.weights[r] > 0 and i < len(nodes)
                     and nodes[i] == feedback.nodes[r]):
                 self.tracker_.update(int(labels[i]), feedback.sketches[r], feedback.weights[r])
+                rows.append(r)
+                found.append(i)
+        if self.trend_ is not None:
+            self.trend_.decay(decay)
+            if len(rows) >= 2:
+                sk = np.asarray(feedback.sketches, dtype=np.float64)[rows]
+                w = np.asarray(feedback.weights, dtype=np.float64)[rows]
+                dev = sk - (w @ sk) / w.sum()  # about the round's weighted mean
+                self.trend_.add_round(sizes[found], np.einsum("ij,ij->i", dev, dev))
 
     def state_dict(self) -> dict[str, Any] | None:
         """JSON-serialisable state (None before :meth:`fit`)."""
         if self.thresholds_ is None or self.tracker_ is None:
             return None
-        return {"thresholds": self.thresholds_.tolist(), "tracker": self.tracker_.to_json()}
+        return {"thresholds": self.thresholds_.tolist(), "tracker": self.tracker_.to_json(),
+                "trend": None if self.trend_ is None else self.trend_.to_json()}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Restore :meth:`state_dict` (None: unfitted)."""
-        self.thresholds_, self.tracker_, self._cache = None, None, None
+        self.thresholds_, self.tracker_, self.trend_, self._cache = None, None, None, None
         if state is None:
             return
         self.thresholds_ = np.asarray(state["thresholds"], dtype=np.float64)
         self.tracker_ = StratumVarianceTracker.from_state(state["tracker"])
+        trend = state.get("trend")  # checkpoints before the trend have none: start afresh
+        self.trend_ = SizeTrend() if trend is None else SizeTrend.from_state(trend)

@@ -31,6 +31,7 @@ Residual sketches, the residual size measure and the residual plan:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 from logging import INFO, WARNING
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -221,9 +222,10 @@ class StratifiedPolicy:
         if n_min is None:
             n_min = self._tracked_min(sp)
         tracked = sp.basis in ("tracked", "residuals")
-        if not tracked or n_min < MIN_TRACKED or s_band is None or f_band is None:
+        need = self.size_strata.min_needed(MIN_TRACKED) if size else MIN_TRACKED
+        if not tracked or n_min < need or s_band is None or f_band is None:
             reason = (f"{st.design_reason_} (evidence: {st.features_kind_}; {n_min} tracked "
-                      f"updates in a stratum, {MIN_TRACKED} needed)")
+                      f"updates in a stratum, {need} needed)")
             if st.features_kind_ == "sketches":  # one warm-up round: no evidence vs FedAvg
                 self.mode, self.lost = "fedavg", "strata"
                 reason = f"FedAvg until tracked evidence (strata from sketches): {reason}"
@@ -233,7 +235,8 @@ class StratifiedPolicy:
         low = pred.gain_lower(GAIN_Z)
         new = "stratified" if low > margin * f_band.value else "fedavg"
         verdict = "above" if new == "stratified" else "not above"
-        est = " in equal-mass size strata" if size else "" if sp.basis != "residuals" else (
+        est = (" in equal-mass size strata" + (" (bound: the size trend)" if math.isfinite(
+            pred.gain_bound) else "")) if size else "" if sp.basis != "residuals" else (
             " with the difference estimator (residual sketches" + (
                 ", pps by predicted residual norm)" if candidate == "pps" and self.residual.scale
                 else ")"))
