@@ -41,12 +41,13 @@ def fmt_ratio(mean: float | None, se: float | None, rounds: int | None, needed: 
 
 
 def fmt_band(value: float | None, lo: float | None, hi: float | None) -> str:
-    """A predicted value with its band: ``"0.0123 [0.011, 0.014]"`` (``"-"`` without value)."""
+    """A predicted value with its band, 3 and 2 significant digits: ``"0.000372 [0.00028,
+    0.00054]"`` (``"-"`` without a value, the value alone without a band)."""
     if value is None:
         return "-"
     if lo is None or hi is None:
-        return fmt(value, 3)
-    return f"{fmt(value, 3)} [{fmt(lo, 2)}, {fmt(hi, 2)}]"
+        return f"{value:.3g}"
+    return f"{value:.3g} [{lo:.2g}, {hi:.2g}]"
 
 
 def markdown_table(heads: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -23,6 +23,7 @@ from fedstrat.app.rundir import (
 )
 from fedstrat.cli import main as cli_main
 from fedstrat.cli.main import app
+from fedstrat.cli.report import progress_text
 
 runner = CliRunner()
 
@@ -233,3 +234,19 @@ def test_report_on_a_run_dir_written_before_the_fedavg_ratio(tmp_path: Path) -> 
     assert res.exit_code == 0, res.output
     assert "- (not recorded)" in res.stdout
     assert (d / "plots" / "variance.png").is_file()
+
+
+def test_progress_line_shows_the_predicted_mse_with_bands_and_no_ratio() -> None:
+    row = MetricsRow(round=4, accuracy=0.5, loss=1.0, pred_var=0.01, pred_var_uniform=0.04,
+                     var_ratio=4.0, pred_var_chosen=0.000372, pred_var_chosen_lo=0.000279,
+                     pred_var_chosen_hi=0.000536, pred_var_fedavg=0.0021,
+                     pred_var_fedavg_lo=0.0015, pred_var_fedavg_hi=0.0032)
+    text = progress_text(row, "accuracy", "loss")
+    assert "pred MSE 0.000372 [0.00028, 0.00054]  FedAvg 0.0021 [0.0015, 0.0032]" in text
+    assert "ratio" not in text  # not the uncertainty-free ratio against uniform HT
+    fedavg_round = MetricsRow(round=5, pred_var_chosen=0.002, pred_var_chosen_lo=0.001,
+                              pred_var_chosen_hi=0.003, pred_var_fedavg=0.002,
+                              pred_var_fedavg_lo=0.001, pred_var_fedavg_hi=0.003)
+    assert progress_text(fedavg_round, "accuracy", "loss").endswith(
+        "pred MSE FedAvg 0.002 [0.001, 0.003]")
+    assert "pred" not in progress_text(MetricsRow(round=0, accuracy=0.1), "accuracy", "loss")
