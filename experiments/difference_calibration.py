@@ -4,15 +4,15 @@ residual dispersion compared on recorded replays (a diagnostic; nothing here is 
     python experiments/difference_calibration.py \
         --config experiments/configs/mnist5k_dirichlet.toml --seeds 0,1,2 --last 30
 
-Records, along ``stratified-difference-learned`` (:class:`fedstrat.measure.strategy_replay.
-DifferenceReplay`: the strategy's policy and control memory replayed on the measurement's
-trajectory), every round ``r``: the round's size measure :math:`z_j = p_j \hat s_j`, the
-sketches of the scaled residuals :math:`v_j = (\Delta_j - c_j) / \hat s_j` of EVERY node, what
-the residual tracker was fed (the drawn :math:`v_i` with weights :math:`w_i \hat s_i / Z_h`),
-the allocation, the in-run prediction and the exact Hansen-Hurwitz variance of the design drawn
-(:func:`fedstrat.sampling.difference.residual_pps_variance`). With :math:`q_j = z_j / Z_h`
-inside stratum h and one draw (:math:`m_h = 1`), the design variance of the stratum is
-:math:`Z_h^2 \sigma'^2_h` with
+(~30 s of CPU per seed for 30 rounds.) Records, along ``stratified-difference-learned``
+(:class:`fedstrat.measure.strategy_replay.DifferenceReplay`: the strategy's policy and control
+memory replayed on the measurement's trajectory), every round ``r``: the round's size measure
+:math:`z_j = p_j \hat s_j`, the sketches of the scaled residuals :math:`v_j = (\Delta_j - c_j) /
+\hat s_j` of EVERY node, what the residual tracker was fed (the drawn :math:`v_i` with weights
+:math:`w_i \hat s_i / Z_h`), the allocation, the in-run prediction and the exact Hansen-Hurwitz
+variance of the design drawn (:func:`fedstrat.sampling.difference.residual_pps_variance`).
+With :math:`q_j = z_j / Z_h` inside stratum h and one draw (:math:`m_h = 1`), the design
+variance of the stratum is :math:`Z_h^2 \sigma'^2_h` with
 
 .. math:: \sigma'^2_h = \sum_j q_j \|v_j - \bar v_h\|^2 = D_h - C_h, \quad
     D_h = \sum_j q_j (1 - q_j) \|v_j\|^2, \quad C_h = \sum_{j \ne k} q_j q_k \langle v_j, v_k
@@ -22,7 +22,7 @@ Every estimator predicts round r's :math:`\sum_h Z_h(r)^2 \hat\sigma'^2_h / m_h`
 < r, each round weighted by 0.7 to the power of its age (the strategy's ``ROUND_DECAY``):
 
 - ``tracked``: the strategy's :class:`~fedstrat.sampling.StratumVarianceTracker` (weighted
-  Welford about its running mean; reproduces the in-run prediction, column ``replay/in-run``);
+  Welford about its running mean; reproduces the in-run prediction, printed first);
 - ``oracle-dispersion`` / ``oracle-D`` / ``oracle-m2``: the EXACT :math:`\sigma'^2_h`, :math:`D_h`
   or second moment :math:`\sum_j q_j \|v_j\|^2` of the past rounds (what perfect knowledge of
   the past gives; ``oracle-dispersion`` is the ceiling of any estimator built from past rounds);
