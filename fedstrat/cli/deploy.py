@@ -114,6 +114,27 @@ def _default_out(cfg: RunConfig) -> Path:
     return Path("runs") / f"{stamp}-deploy-{cfg.selection}-s{cfg.seed}"
 
 
+def round_line(event: dict[str, Any]) -> str:
+    """The line ``deploy local`` prints for a ``progress.jsonl`` round event: the round, then
+    what ``simulate``'s progress bar shows (score, loss and, from tracked evidence, the
+    predicted MSE of the design used and of FedAvg with their 80% bands; no ratio), the
+    training loss and failed / rejected replies. Keys the event lacks are left out; a key
+    this version does not know is ignored (an event of another fedstrat version)."""
+    from fedstrat.app.rundir import METRIC_COLUMNS, MetricsRow, primary_metric
+    from fedstrat.cli.report import progress_text
+
+    parts = [f"round {event.get('round')}/{event.get('rounds')}"]
+    row = MetricsRow(**{"round": 0, **{k: event[k] for k in METRIC_COLUMNS if k in event}})
+    ctr = row.value("auc") is not None or row.value("logloss") is not None
+    parts.append(progress_text(row, *primary_metric("ctr" if ctr else "classification")))
+    if row.value("train_loss") is not None:
+        parts.append(f"train_loss {row.train_loss:.4g}")
+    for key in ("n_failed", "n_rejected"):
+        if event.get(key):
+            parts.append(f"{key} {event[key]}")
+    return "  ".join(parts)
+
+
 class _ProgressTail:
     """Print new rounds from ``<run dir>/progress.jsonl`` while the run is going."""
 
@@ -139,14 +160,7 @@ class _ProgressTail:
                 continue
             kind = ev.get("event")
             if kind == "round":
-                parts = [f"round {ev.get('round')}/{ev.get('rounds')}"]
-                for key in ("accuracy", "auc", "loss", "train_loss", "var_ratio"):
-                    if isinstance(ev.get(key), int | float):
-                        parts.append(f"{key} {ev[key]:.4g}")
-                for key in ("n_failed", "n_rejected"):
-                    if ev.get(key):
-                        parts.append(f"{key} {ev[key]}")
-                typer.echo("  " + "  ".join(parts))
+                typer.echo("  " + round_line(ev))
             elif kind == "start":
                 typer.echo(f"  run started at round {ev.get('first_round')}")
             elif kind == "error":
