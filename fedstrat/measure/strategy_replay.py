@@ -21,7 +21,11 @@ with (``policy.last_sampler``: residual pps, pps by size, or uniform in a FedAvg
 measured by Monte Carlo on the residuals :math:`\Delta_i - c_i` of round r (the difference
 estimator's error is the design's HT error on the residuals), next to what the policy
 predicted for it (the decision's ``pred_var``; in a FedAvg round its
-``pred_var_uniform_difference``, NaN before the residual tracker has evidence).
+``pred_var_uniform_difference``, NaN before the residual tracker has evidence). A FedAvg round
+the policy aggregated as FedAvg (``draw.estimator == "ratio"``: the difference estimator was not
+credibly better, :func:`~fedstrat.strategies.stratified_policy.difference_beats_fedavg`) is
+measured as FedAvg: the self-normalised uniform draw on the updates, next to FedAvg's
+prediction.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ class DifferenceReplay(PolicyReplay):
         controls = mem.controls(round_, self.nodes, sizes, upd.shape[1], labels)
         c_all = controls.matrix(self.nodes)
         if round_ in self.rounds:
-            self.stats[round_] = self._measure(round_, upd - c_all, sizes, draw)
+            self.stats[round_] = self._measure(round_, upd, upd - c_all, sizes, draw)
         ids = np.asarray(draw.selection.ids, dtype=np.int64)
         nodes = [int(i) for i in ids]
         self.drawn[round_] = nodes
@@ -94,9 +98,12 @@ class DifferenceReplay(PolicyReplay):
         res = sk - sketch_update(used, *sketch, method=o.sketch_method)
         self.policy.observe_residuals(Feedback(nodes, res, w))
 
-    def _measure(self, round_: int, resid: np.ndarray, sizes: np.ndarray, draw: Any) -> Any:
+    def _measure(
+        self, round_: int, upd: np.ndarray, resid: np.ndarray, sizes: np.ndarray, draw: Any
+    ) -> Any:
         from fedstrat.sampling.difference import ResidualPPSSampler
 
+        from .samplers import SelfNormalisedSampler
         from .variance import Population, monte_carlo
 
         d = draw.decision
@@ -123,5 +130,12 @@ class DifferenceReplay(PolicyReplay):
         if uni is not None:  # a FedAvg round: the difference estimator on the uniform draw
             pred, info["band"] = uni.value, uni.to_json()
         seed = int(np.random.SeedSequence([self.options.seed, 2000 + round_]).generate_state(1)[0])
+        info["estimator"] = draw.estimator or "difference"
+        if draw.estimator == "ratio":  # the round was aggregated as FedAvg
+            fed = None if d is None else d.predicted_fedavg
+            pred = math.nan if fed is None else fed.value
+            info["band"] = None if fed is None else fed.to_json()
+            return monte_carlo(Population(upd, sizes), SelfNormalisedSampler(smp),
+                               self.n_samples, seed=seed, name=LEARNED, predicted=pred, info=info)
         return monte_carlo(Population(resid, sizes), smp, self.n_samples, seed=seed,
                            name=LEARNED, predicted=pred, info=info)

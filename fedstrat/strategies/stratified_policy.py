@@ -87,6 +87,22 @@ def fedavg_selection(selection: Selection, p: np.ndarray) -> Selection:
     return Selection(ids=selection.ids, inclusion=selection.inclusion, weights=w / w.sum())
 
 
+def difference_beats_fedavg(decision: DesignDecision) -> tuple[bool, str]:
+    """In a FedAvg round with ``estimator="difference"``: aggregate with the difference
+    estimator (uniform draw, HT weights) only while the upper end of its predicted MSE's band
+    (a 90% upper bound) is below FedAvg's predicted MSE; otherwise, and before the residual
+    tracker has evidence, as FedAvg (ratio estimator). The control-variate memory and the
+    residual tracker are fed either way. Returns (keep, why)."""
+    uni, fed = decision.predicted_uniform_difference, decision.predicted_fedavg
+    if uni is None or fed is None:
+        return False, "aggregated as FedAvg: no tracked evidence for the difference estimator"
+    if uni.hi < fed.value:
+        return True, (f"difference estimator kept: predicted MSE {uni.value:.3g} [{uni.lo:.3g},"
+                      f" {uni.hi:.3g}] below FedAvg's {fed.value:.3g}")
+    return False, (f"aggregated as FedAvg: difference estimator's predicted MSE {uni.value:.3g}"
+                   f" [{uni.lo:.3g}, {uni.hi:.3g}] not below FedAvg's {fed.value:.3g}")
+
+
 class StratifiedPolicy:
     """Stratified selection (see module doc); ``stratifier`` holds the fitted strata."""
 
@@ -192,8 +208,11 @@ class StratifiedPolicy:
         self.last_sampler = self.sampler(SamplerSpec(frame.sizes, frame.m))
         selection = self.last_sampler.sample(rng)
         design = "uniform-warmup" if not st.fitted else "fedavg"
-        if self.options.estimator == "difference":  # keeps its unbiased HT weights
-            return Draw(design, selection, True, reason=decision.reason, decision=decision)
+        if self.options.estimator == "difference":
+            keep, why = difference_beats_fedavg(decision)
+            decision = replace(decision, reason=f"{decision.reason}; {why}")
+            if keep:  # keeps its unbiased HT weights
+                return Draw(design, selection, True, reason=decision.reason, decision=decision)
         p = frame.sizes / frame.sizes.sum()
         return Draw(design, fedavg_selection(selection, p), True, reason=decision.reason,
                     estimator="ratio", decision=decision)
@@ -260,13 +279,15 @@ class StratifiedPolicy:
     def _size_wins(self, size: StrataPlan, strata: StrataPlan | None) -> bool:
         """Size strata are the candidate: without label strata; over label strata with only
         proxy evidence when their own saving over FedAvg is credible (lower bound > 0); over
-        tracked label strata when their saving's lower bound is the larger."""
+        tracked label strata when their saving's lower bound is the larger and their predicted
+        MSE the lower (a tight bound on a smaller saving does not displace a larger one)."""
         low = size.prediction.gain_lower(GAIN_Z)
         if strata is None:
             return True
         if strata.basis != "tracked" or self._tracked_min(strata) < MIN_TRACKED:
             return low > 0
-        return low > strata.prediction.gain_lower(GAIN_Z)
+        return (low > strata.prediction.gain_lower(GAIN_Z)
+                and size.prediction.stratified < strata.prediction.stratified)
 
     def _size_plan(self, frame: PopulationFrame, same_nodes: bool) -> StrataPlan | None:
         """The size-strata candidate (:mod:`~fedstrat.strategies.size_strata`), refitted with

@@ -423,9 +423,46 @@ def test_fedavg_rounds_predict_the_difference_estimator_on_the_uniform_draw():
         if est == "ht":
             assert all(u is None for u in uniform)
             continue
-        assert draw.estimator is None  # HT weights kept
+        # residuals as spread as the updates: the difference estimator on the uniform draw
+        # (HT weights) is not below FedAvg, so the round is aggregated as FedAvg
+        assert draw.estimator == "ratio" and "not below FedAvg" in draw.reason
         last = uniform[-1]
         assert last is not None
         assert last.lo < last.value < last.hi
         assert last.value == pytest.approx(expect, rel=0.25)
         assert last.lo < expect < last.hi
+
+
+def test_fedavg_rounds_keep_the_difference_estimator_only_where_it_is_credibly_better():
+    """estimator="difference" in FedAvg rounds: HT weights with controls while the difference
+    estimator's 90% upper bound is below FedAvg's predicted MSE (residuals 10x smaller than the
+    updates: good controls), FedAvg's ratio estimator otherwise (before evidence, and with
+    residuals 3x larger than the updates: stale controls that hurt)."""
+    from fedstrat.strategies import SelectionOptions, make_policy
+    from fedstrat.strategies.node_registry import NodeRegistry
+    from fedstrat.strategies.plan import Feedback, PopulationFrame
+
+    pop = make_population(n=40, classes=3, dim=6, alpha=1000.0, seed=9)  # IID labels: FedAvg
+    reg = NodeRegistry()
+    for n in pop.node_ids:
+        reg.set_profile(n, float(pop.sizes[pop.index[n]]), pop.histogram(n))
+    nodes, m = sorted(pop.node_ids), 6
+    sizes = reg.sizes(nodes)
+    for scale, kept in ((0.1, True), (3.0, False)):
+        policy = make_policy(SelectionOptions(clients_per_round=m, sketch_dim=8,
+                                              estimator="difference"))
+        rng = np.random.default_rng(7)
+        ests = []
+        for r in range(1, 25):
+            draw = policy.plan(PopulationFrame(r, nodes, sizes, m, reg),
+                               np.random.default_rng([0, r]))
+            chosen = [nodes[i] for i in draw.selection.ids]
+            w = np.asarray(draw.selection.weights)
+            policy.observe(Feedback(chosen, rng.normal(size=(m, 8)), w))
+            policy.observe_residuals(Feedback(chosen, scale * rng.normal(size=(m, 8)), w))
+            if draw.decision.mode == "fedavg":
+                ests.append((draw.estimator, draw.decision.predicted_uniform_difference))
+        assert ests, "never fell back to FedAvg"
+        assert all(e == "ratio" for e, u in ests if u is None)  # no evidence: FedAvg
+        late = [e for e, u in ests[-5:]]
+        assert late == ([None] * 5 if kept else ["ratio"] * 5)
