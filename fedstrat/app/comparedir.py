@@ -21,12 +21,15 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedstrat.app.fileio import write_json_atomic, write_text_atomic
 from fedstrat.app.plots import plot_comparison
 from fedstrat.app.rundir import MIN_RATIO_ROUNDS, RunData, RunDirError, is_run_dir
-from fedstrat.app.tables import fmt, fmt_ratio, markdown_table, write_csv
+from fedstrat.app.tables import fmt, fmt_pm, fmt_ratio, markdown_table, write_csv
+
+if TYPE_CHECKING:
+    from fedstrat.measure.output import MeasuredVar
 
 COMPARE_DIR = "compare"
 VARIANCE_DIR = "variance"
@@ -99,11 +102,16 @@ class RunOverview:
 class CompareRow:
     """One selection over its seeds. NaN = not available; ``rounds_to_target_median`` is
     +inf when fewer than half the seeds reach the target; ``speedup_vs_uniform`` = uniform's
-    median rounds to target / this one's; ``measured_ratio_uniform_over`` = measured variance
-    of uniform / of this selection; ``pred_ratio_fedavg`` / ``pred_ratio_fedavg_se`` the
-    predicted MSE ratio FedAvg / design used, mean over the tracked rounds of the runs that
-    have one (each run's mean weighted by its rounds) and its standard error (the runs'
-    errors combined), ``pred_ratio_rounds`` the number of tracked rounds of all its runs
+    median rounds to target / this one's; ``measured_var`` / ``measured_var_se`` the measured
+    MSE (mean over the measured rounds and seeds) and its Monte Carlo standard error;
+    ``measured_ratio_uniform_over`` / ``_se`` = measured MSE of uniform / of this selection,
+    the mean over the ``measured_ratio_pairs`` (round, seed) pairs measured with both and its
+    standard error (:class:`~fedstrat.measure.output.MeasuredVar`; given bare means, the
+    ratio of the means without error and ``measured_ratio_pairs`` None);
+    ``pred_ratio_fedavg`` / ``pred_ratio_fedavg_se`` the predicted MSE ratio FedAvg / design
+    used, mean over the tracked rounds of the runs that have one (each run's mean weighted
+    by its rounds) and its standard error (the runs' errors combined), ``pred_ratio_rounds``
+    the number of tracked rounds of all its runs
     (None when no run recorded it)."""
 
     selection: str
@@ -124,6 +132,9 @@ class CompareRow:
     pred_ratio_fedavg: float = math.nan
     pred_ratio_fedavg_se: float = math.nan
     pred_ratio_rounds: int | None = None
+    measured_var_se: float = math.nan
+    measured_ratio_uniform_over_se: float = math.nan
+    measured_ratio_pairs: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """``{field: value}`` in file order."""
@@ -159,10 +170,27 @@ def _median_rounds(values: Sequence[int | None]) -> float:
     return float(statistics.median([math.inf if v is None else v for v in values]))
 
 
+def _measured(value: Any) -> dict[str, Any]:
+    """The CompareRow ``measured_*`` fields of one selection's measured variance: a
+    :class:`~fedstrat.measure.output.MeasuredVar`, or a bare mean (no standard error)."""
+    if value is None:
+        return {"measured_var": math.nan}
+    if isinstance(value, int | float):
+        return {"measured_var": float(value)}
+    return {
+        "measured_var": value.mean,
+        "measured_var_se": value.se,
+        "measured_ratio_uniform_over": value.ratio_uniform,
+        "measured_ratio_uniform_over_se": value.ratio_uniform_se,
+        "measured_ratio_pairs": value.pairs,
+    }
+
+
 def compare_rows(
-    runs: Sequence[RunOverview], measured: Mapping[str, float] | None = None
+    runs: Sequence[RunOverview], measured: Mapping[str, float | MeasuredVar] | None = None
 ) -> list[CompareRow]:
-    """One :class:`CompareRow` per selection (``measured``: selection -> measured variance)."""
+    """One :class:`CompareRow` per selection (``measured``: selection -> measured variance,
+    :func:`fedstrat.measure.output.load_measured`)."""
     groups: dict[str, list[RunOverview]] = {}
     for r in runs:
         groups.setdefault(r.selection, []).append(r)
@@ -184,7 +212,7 @@ def compare_rows(
                 rounds_to_target=rtt,
                 reached=sum(v is not None for v in rtt),
                 mean_pred_var=_mean(r.mean_pred_var for r in rs),
-                measured_var=(measured or {}).get(sel, math.nan),
+                **_measured((measured or {}).get(sel)),
                 **_pooled_ratio(rs),
             )
         )
@@ -197,8 +225,10 @@ def compare_rows(
             b, x = base.rounds_to_target_median, r.rounds_to_target_median
             if math.isfinite(b) and math.isfinite(x) and x > 0:
                 speed = b / x
-        mv, mb = r.measured_var, base.measured_var if base is not None else math.nan
-        ratio = mb / mv if mv and mv > 0 else math.nan
+        ratio = r.measured_ratio_uniform_over
+        if r.measured_ratio_pairs is None:  # bare means: their ratio, without an error
+            mv, mb = r.measured_var, base.measured_var if base is not None else math.nan
+            ratio = mb / mv if mv and mv > 0 else math.nan
         out.append(
             dataclasses.replace(r, speedup_vs_uniform=speed, measured_ratio_uniform_over=ratio)
         )
@@ -217,8 +247,8 @@ COMPARE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("speedup_vs_uniform", "speed-up vs uniform"),
     ("mean_pred_var", "mean predicted var"),
     ("pred_ratio_fedavg", "pred. MSE FedAvg/this (mean ± s.e. over tracked rounds)"),
-    ("measured_var", "measured var"),
-    ("measured_ratio_uniform_over", "measured uniform/this"),
+    ("measured_var", "measured var (mean ± MC s.e.)"),
+    ("measured_ratio_uniform_over", "measured uniform/this (mean ± s.e. over rounds × seeds)"),
 )
 
 
@@ -231,11 +261,24 @@ def compare_table(rows: Sequence[CompareRow]) -> tuple[list[str], list[list[str]
 
 
 def _cell(row: CompareRow, key: str) -> str:
-    """A formatted cell; the predicted ratio with its standard error, or "-" and why."""
+    """A formatted cell; the predicted and measured ratios (and the measured variance) with
+    their standard errors, or "-" and why."""
     if key == "pred_ratio_fedavg":
         mean = row.pred_ratio_fedavg if math.isfinite(row.pred_ratio_fedavg) else None
         return fmt_ratio(mean, row.pred_ratio_fedavg_se, row.pred_ratio_rounds,
                          MIN_RATIO_ROUNDS)
+    if key == "measured_var" and math.isfinite(row.measured_var_se):
+        return fmt_pm(row.measured_var, row.measured_var_se)
+    if key == "measured_ratio_uniform_over":
+        mean, se = row.measured_ratio_uniform_over, row.measured_ratio_uniform_over_se
+        if math.isfinite(mean) and math.isfinite(se):
+            n = row.measured_ratio_pairs
+            return f"{fmt_pm(mean, se, 3)} ({n} pair{'s' if n != 1 else ''})"
+        if math.isfinite(mean):
+            return "- (no s.e. recorded)"
+        if math.isfinite(row.measured_var):
+            return "- (no uniform measured)" if row.measured_var > 0 else "- (measured 0)"
+        return "-"
     return fmt(getattr(row, key))
 
 
@@ -268,7 +311,9 @@ def find_runs(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
 
 
 def write_comparison(
-    runs: Sequence[RunData], out_dir: Path, measured: Mapping[str, float] | None = None
+    runs: Sequence[RunData],
+    out_dir: Path,
+    measured: Mapping[str, float | MeasuredVar] | None = None,
 ) -> tuple[list[CompareRow], list[Path]]:
     """Write compare.json, compare.csv, runs.csv, table.md and the plots into ``out_dir``."""
     out_dir = Path(out_dir)
@@ -301,7 +346,10 @@ def _number(value: Any) -> float:
 #: against uniform Horvitz-Thompson, without its uncertainty), and keys added since that an
 #: older comparison lacks (read as not available)
 _RETIRED_KEYS = frozenset({"mean_pred_ratio", "mean_ratio"})
-_ADDED_KEYS = frozenset({"pred_ratio_fedavg", "pred_ratio_fedavg_se", "pred_ratio_rounds"})
+_ADDED_KEYS = frozenset({
+    "pred_ratio_fedavg", "pred_ratio_fedavg_se", "pred_ratio_rounds", "measured_var_se",
+    "measured_ratio_uniform_over_se", "measured_ratio_pairs",
+})
 
 
 def load_comparison(out_dir: Path) -> tuple[list[CompareRow], list[RunOverview]]:

@@ -40,6 +40,12 @@ def fmt_ratio(mean: float | None, se: float | None, rounds: int | None, needed: 
     return f"{fmt(mean, 3)} ± {fmt(se, 2)} ({rounds} rounds)"
 
 
+def fmt_pm(mean: float, se: float, digits: int = 4) -> str:
+    """A value with its standard error, ``digits`` and 2 significant digits: ``"3.58 ±
+    0.037"``."""
+    return f"{fmt(mean, digits)} ± {se:.2g}"
+
+
 def fmt_band(value: float | None, lo: float | None, hi: float | None) -> str:
     """A predicted value with its band, 3 and 2 significant digits: ``"0.000372 [0.00028,
     0.00054]"`` (``"-"`` without a value, the value alone without a band)."""

@@ -373,10 +373,9 @@ def measure_variance_cmd(
         preflight(cfg)
         seed_list = int_list(seeds, "--seeds") if seeds.strip() else [cfg.seed]
         res = _measure_into(cfg, seed_list, rounds, samples, out, err_console(), sels)
-        out_console().print(
-            f"uniform/stratified measured variance ratio: {res.ratio():.3g} (mean over rounds); "
-            f"wrote {out}"
-        )
+        from fedstrat.measure.output import ratio_line
+
+        out_console().print(f"{ratio_line(res)}; wrote {out}")
 
     handle(body)
 

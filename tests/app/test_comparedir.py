@@ -28,6 +28,7 @@ from fedstrat.app.rundir import (
     write_metrics,
     write_summary,
 )
+from fedstrat.measure.output import load_measured
 
 
 def _run(root: Path, selection: str, seed: int, accs: list[float], pv: float) -> Path:
@@ -146,3 +147,72 @@ def test_comparison_written_before_the_fedavg_ratio_reads_back(tmp_path: Path) -
     assert math.isnan(rows[0].pred_ratio_fedavg) and rows[0].pred_ratio_rounds is None
     assert runs[0].pred_ratio_fedavg is None
     assert "| - (not recorded) |" in compare_markdown(rows)
+
+
+def _variance_json(path: Path, with_se: bool = True) -> Path:
+    """uniform 0.4 / stratified 0.1 at rounds 1 and 10 of seed 0 (MC s.e. 1%), and at round 1
+    of seed 1 uniform 0.6 / stratified 0.1: per-pair ratios 4, 4, 6."""
+    rows = []
+    for rnd, seed, u, s in ((1, 0, 0.4, 0.1), (10, 0, 0.4, 0.1), (1, 1, 0.6, 0.1)):
+        for sel, mse in (("uniform", u), ("stratified", s)):
+            row = {"round": rnd, "seed": seed, "selection": sel, "measured": mse}
+            rows.append(row | ({"measured_se": mse / 100} if with_se else {}))
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "variance.json").write_text(json.dumps({"meta": {}, "rows": rows}))
+    return path / "variance.json"
+
+
+def test_measured_ratio_carries_its_standard_error_into_the_comparison(tmp_path: Path) -> None:
+    _run(tmp_path, "uniform", 0, [0.1, 0.2, 0.3], 0.04)
+    _run(tmp_path, "stratified", 0, [0.1, 0.6, 0.7], 0.01)
+    measured = load_measured(_variance_json(tmp_path / "variance"))
+    runs = [load_run(p) for p in find_runs([tmp_path])[0]]
+    rows, _ = write_comparison(runs, tmp_path / "compare", measured)
+    strat, uni = rows
+    # mean of the per-(round, seed) ratios 4, 4, 6; the spread over them is the larger error
+    spread = math.sqrt(((4 - 14 / 3) ** 2 * 2 + (6 - 14 / 3) ** 2) / 2) / math.sqrt(3)
+    assert strat.measured_ratio_uniform_over == pytest.approx(14 / 3)
+    assert strat.measured_ratio_uniform_over_se == pytest.approx(spread)
+    assert strat.measured_ratio_pairs == 3
+    assert (uni.measured_ratio_uniform_over, uni.measured_ratio_uniform_over_se) == (1.0, 0.0)
+    assert strat.measured_var == pytest.approx(0.1)
+    assert strat.measured_var_se == pytest.approx(math.sqrt(3 * 0.001**2) / 3)
+    table = compare_markdown(rows)
+    assert "measured uniform/this (mean ± s.e. over rounds × seeds)" in table
+    assert f"| 4.67 ± {spread:.2g} (3 pairs) |" in table
+    back, _ = load_comparison(tmp_path / "compare")
+    assert back[0].measured_ratio_uniform_over_se == pytest.approx(spread)
+
+
+def test_measured_ratio_without_standard_errors_is_not_printed_as_a_number(
+    tmp_path: Path,
+) -> None:
+    """A variance.json written without measured_se, or bare means: the ratio stays in
+    compare.json, the table says why it prints none."""
+    _run(tmp_path, "uniform", 0, [0.1, 0.2, 0.3], 0.04)
+    _run(tmp_path, "stratified", 0, [0.1, 0.6, 0.7], 0.01)
+    runs = [load_run(p) for p in find_runs([tmp_path])[0]]
+    old = load_measured(_variance_json(tmp_path / "variance", with_se=False))
+    for measured in (old, {"uniform": 0.4, "stratified": 0.1}):
+        rows, _ = write_comparison(runs, tmp_path / "compare", measured)
+        assert rows[0].measured_ratio_uniform_over > 3.9
+        assert math.isnan(rows[0].measured_ratio_uniform_over_se)
+        table = compare_markdown(rows)
+        strat_line = next(ln for ln in table.splitlines() if ln.startswith("| stratified |"))
+        assert strat_line.endswith("| - (no s.e. recorded) |") and "±" not in strat_line
+    rows, _ = write_comparison(runs, tmp_path / "compare", {"stratified": 0.1})
+    assert "| - (no uniform measured) |" in compare_markdown(rows)
+
+
+def test_comparison_written_before_the_measured_errors_reads_back(tmp_path: Path) -> None:
+    _run(tmp_path, "stratified", 0, [0.1, 0.6, 0.7, 0.7], 0.01)
+    out = tmp_path / "compare"
+    write_comparison([load_run(p) for p in find_runs([tmp_path])[0]], out, {"stratified": 0.1})
+    data = json.loads((out / "compare.json").read_text())
+    for row in data["rows"]:
+        for key in ("measured_var_se", "measured_ratio_uniform_over_se", "measured_ratio_pairs"):
+            del row[key]
+    (out / "compare.json").write_text(json.dumps(data))
+    rows, _ = load_comparison(out)
+    assert math.isnan(rows[0].measured_var_se) and rows[0].measured_ratio_pairs is None
+    assert "inf" not in compare_markdown(rows).replace("not reached", "")
