@@ -135,6 +135,25 @@ def round_line(event: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """What ``deploy local`` prints of the run's ``summary.json``: its main keys as JSON and
+    the predicted MSE ratio FedAvg / design used with its standard error over the tracked
+    rounds, or "-" and why (too few tracked rounds, or a summary without it)."""
+    from fedstrat.app.rundir import MIN_RATIO_ROUNDS
+    from fedstrat.app.tables import fmt_ratio
+
+    keys = ("metric", "final", "best", "rounds", "pred_ratio_fedavg", "pred_ratio_fedavg_se",
+            "pred_ratio_rounds", "wall_seconds")
+    shown = {k: summary[k] for k in keys if k in summary}
+    if not shown:
+        return []
+    rounds = summary.get("pred_ratio_rounds")
+    ratio = fmt_ratio(summary.get("pred_ratio_fedavg"), summary.get("pred_ratio_fedavg_se"),
+                      rounds if isinstance(rounds, int) else None, MIN_RATIO_ROUNDS)
+    return ["summary: " + json.dumps(shown),
+            f"pred. MSE FedAvg/this (mean ± s.e. over tracked rounds): {ratio}"]
+
+
 class _ProgressTail:
     """Print new rounds from ``<run dir>/progress.jsonl`` while the run is going."""
 
@@ -283,12 +302,8 @@ def local_cmd(
     typer.echo(f"run {result.run_id}: {result.status} in {result.elapsed:.1f} s")
     typer.echo(f"run directory: {cfg.out}")
     if summary_path.is_file():
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        keys = ("metric", "final", "best", "rounds", "pred_ratio_fedavg", "pred_ratio_fedavg_se",
-                "pred_ratio_rounds", "wall_seconds")
-        shown = {k: summary[k] for k in keys if k in summary}
-        if shown:
-            typer.echo("summary: " + json.dumps(shown))
+        for line in summary_lines(json.loads(summary_path.read_text(encoding="utf-8"))):
+            typer.echo(line)
     if not result.ok:
         raise typer.Exit(1)
 

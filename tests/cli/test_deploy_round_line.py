@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from fedstrat.app.rundir import MetricsRow, round_event
-from fedstrat.cli.deploy import round_line
+from fedstrat.cli.deploy import round_line, summary_lines
 from fedstrat.cli.report import progress_text
 
 
@@ -44,3 +44,18 @@ def test_deploy_round_line_reads_ctr_and_unknown_or_missing_keys() -> None:
                        "logloss": 0.52, "a_key_of_a_later_version": 1})
     assert line == "round 2/4  auc 0.71  logloss 0.52"
     assert round_line({"event": "round"}).startswith("round None/None")
+
+
+def test_deploy_summary_prints_the_fedavg_ratio_with_its_error_or_why_not() -> None:
+    s = {"metric": "accuracy", "final": 0.9, "pred_ratio_fedavg": 1.8234,
+         "pred_ratio_fedavg_se": 0.0712, "pred_ratio_rounds": 9, "wall_seconds": 3.0}
+    lines = summary_lines(s)
+    assert lines[0].startswith("summary: {") and '"final": 0.9' in lines[0]
+    assert lines[1] == (
+        "pred. MSE FedAvg/this (mean ± s.e. over tracked rounds): 1.82 ± 0.071 (9 rounds)")
+    few = summary_lines(s | {"pred_ratio_fedavg": None, "pred_ratio_fedavg_se": None,
+                             "pred_ratio_rounds": 2})
+    assert few[1].endswith(": - (2 tracked rounds, 3 needed)")
+    old = summary_lines({"metric": "accuracy", "final": 0.9, "mean_var_ratio": 4.0})
+    assert old[1].endswith(": - (not recorded)") and "4.0" not in "".join(old)
+    assert summary_lines({}) == []
