@@ -27,7 +27,9 @@ against full participation of:
   ``stratified`` row) and ``strategy-run``: what the replayed strategy (the real
   ``StratifiedPolicy`` replayed by measure-variance: its ``stratified-run`` /
   ``fedavg-run`` rows) drew that round: its candidate design's measured MSE when it chose
-  ``stratified``, FedAvg's when it chose ``fedavg``.
+  ``stratified``; when it chose ``fedavg``, the MSE of its own FedAvg-round draw with FedAvg's
+  weights (balanced over blocks of similar clients by default; ``fedavg-run``), or FedAvg's
+  row where no such draw was recorded.
 
 Only the selection history is replayed: the model follows full participation in every column
 (as in measure-variance), not the sampled aggregates of each scheme.
@@ -127,14 +129,20 @@ def measure(cfg: RunConfig, rounds: list[int], n_samples: int, say: Any) -> dict
         run_info = next((rows[k]["info"] for k in ("stratified-run", "fedavg-run") if k in rows),
                         {})
         mode = run_info.get("mode", "none")
-        src = "stratified-run" if mode == "stratified" and "stratified-run" in rows else "fedavg"
+        src = ("stratified-run" if mode == "stratified" and "stratified-run" in rows
+               else "fedavg-run" if "fedavg-run" in rows else "fedavg")  # the policy's own draw
         rows["strategy-run"] = {**rows[src], "selection": "strategy-run",
                                 "info": {"mode": mode, "measured_as": src,
                                          "evidence": run_info.get("evidence")}}
+        # a fedavg-run row is the fedavg row itself unless the policy's own FedAvg-round draw
+        # (balanced) was measured
+        copied = rows.get("fedavg-run", {}).get("info", {}).get("measured") == (
+            "the fedavg row's Monte Carlo MSE")
+        itself = {"fedavg", "fedavg-run"} if copied else {"fedavg"}
         for name, row in rows.items():
             q, q_se = ratio(fed, (row["measured"], row["measured_se"]))
-            same = name in ("fedavg", "fedavg-run") or row.get("info", {}).get(
-                "measured_as") == "fedavg"  # the fedavg row itself: 1 exactly
+            same = name in itself or row.get("info", {}).get(
+                "measured_as") in itself  # the fedavg row itself: 1 exactly
             row["fedavg_over_this"], row["fedavg_over_this_se"] = (1.0, 0.0) if same else (q, q_se)
         out["rounds"][r] = {"global_score": found[0]["global_score"], "rows": rows}
         say(f"round {r}: " + ", ".join(

@@ -83,6 +83,7 @@ class RunConfig:
     warmup_rounds: int = 1  # uniform rounds before stratifying on update sketches
     min_per_stratum: int = 1  # lower bound of m_h
     size_strata: bool = True  # equal-mass size strata as a second candidate design
+    balanced_fedavg: bool = True  # FedAvg rounds drawn one per block of similar nodes
     sketch_dim: int = 64  # dimension of the update sketches
     sketch_seed: int = 0  # seed of the sketch map
     sketch_method: str = "countsketch"  # countsketch (O(D)) or gaussian

@@ -122,6 +122,7 @@ def build_strategy(cfg: RunConfig, base: Strategy, record_path: Path | None) -> 
         warmup_rounds=cfg.warmup_rounds,
         min_per_stratum=cfg.min_per_stratum,
         size_strata=cfg.size_strata,
+        balanced_fedavg=cfg.balanced_fedavg,
         sketch_dim=cfg.sketch_dim,
         sketch_seed=cfg.sketch_seed,
         sketch_method=cfg.sketch_method,

@@ -65,6 +65,8 @@ HELP: dict[str, str] = {
     "min_per_stratum": "Lower bound of the clients drawn from each stratum, m_h.",
     "size_strata": "Track equal-mass size strata (clients sorted by size, pps inside) as a "
     "second candidate design, chosen only on tracked evidence (default configuration).",
+    "balanced_fedavg": "Draw FedAvg rounds balanced: FedAvg's inclusion probabilities, one "
+    "node from each of m blocks of similar nodes (profiled histograms, else last sketches).",
     "sketch_dim": "Dimension of the random sketches of client updates.",
     "sketch_seed": "Seed of the sketch map (the same map at every call site).",
     "sketch_method": "Update sketch: countsketch (O(D)) or gaussian (dense projection).",

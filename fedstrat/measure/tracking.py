@@ -12,7 +12,9 @@ keeps what the policy predicted for round r from rounds < r:
   allocation, and of FedAvg.
 
 The measurement then compares them with the Monte Carlo MSE of that very design (strata and
-``m_h`` as drawn at round r, on the exact updates of round r) and of FedAvg.
+``m_h`` as drawn at round r, on the exact updates of round r) and of FedAvg: in a FedAvg round
+the draw the policy made (balanced or uniform, ``fedavg_sampler``) with FedAvg's weights,
+otherwise measure-variance's ``fedavg`` row.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class RunPrediction:
     allocation: np.ndarray | None
     predicted: list[float] | None  # [value, lo, hi] of the stratified candidate
     predicted_fedavg: list[float] | None  # [value, lo, hi] of FedAvg
+    #: the sampler of a FedAvg round (balanced or uniform), measured with FedAvg's weights
+    fedavg_sampler: Any = None
 
 
 def policy_options(cfg: Any, **overrides: Any) -> Any:
@@ -48,8 +52,9 @@ def policy_options(cfg: Any, **overrides: Any) -> Any:
     kw = {
         k: getattr(cfg, k)
         for k in ("design", "allocation", "stratify_by", "restratify_every",
-                  "warmup_rounds", "min_per_stratum", "size_strata", "sketch_dim", "sketch_seed",
-                  "sketch_method", "variance_ema", "prior_std", "max_strata")
+                  "warmup_rounds", "min_per_stratum", "size_strata", "balanced_fedavg",
+                  "sketch_dim", "sketch_seed", "sketch_method", "variance_ema", "prior_std",
+                  "max_strata")
         if k in names and hasattr(cfg, k)
     }
     for k in ("prior_std", "variance_ema", "max_strata"):
@@ -139,6 +144,8 @@ class RunReplay(PolicyReplay):
                     None if d is None or d.predicted_fedavg is None
                     else d.predicted_fedavg.to_json()
                 ),
+                fedavg_sampler=(self.policy.last_sampler
+                                if d is not None and d.mode == "fedavg" else None),
             )
         ids = np.asarray(draw.selection.ids, dtype=np.int64)
         sketches = sketch_update(np.asarray(updates[ids], dtype=np.float64), o.sketch_dim,
@@ -178,7 +185,18 @@ def run_rows(
                   "band": pr.predicted},
         )
         rows.append(st.to_dict())
-    if fedavg_measured is not None and pr.predicted_fedavg is not None:
+    if pr.fedavg_sampler is not None and pr.predicted_fedavg is not None:
+        from .samplers import SelfNormalisedSampler
+
+        fr = monte_carlo(
+            pop, SelfNormalisedSampler(pr.fedavg_sampler), n_samples,
+            seed=int(np.random.SeedSequence([seed, 3000 + round_]).generate_state(1)[0]),
+            name="fedavg-run", predicted=pr.predicted_fedavg[0],
+            info={**info, "band": pr.predicted_fedavg,
+                  "measured": "the policy's own FedAvg-round draw, FedAvg's weights"},
+        )
+        rows.append(fr.to_dict())
+    elif fedavg_measured is not None and pr.predicted_fedavg is not None:
         mse, se = fedavg_measured
         rows.append({
             "selection": "fedavg-run", "measured": mse, "measured_se": se, "bias": math.nan,

@@ -56,6 +56,7 @@ Check = Callable[[Any, "SelectionOptions"], bool]
 #: message is formatted with ``name`` and ``value``. The first failing rule raises ValueError.
 RULES: tuple[tuple[str, Check, str], ...] = (
     ("size_strata", lambda v, o: isinstance(v, bool), "{name} must be True or False"),
+    ("balanced_fedavg", lambda v, o: isinstance(v, bool), "{name} must be True or False"),
     ("clients_per_round", lambda v, o: _is_int(v), "{name} must be an integer"),
     ("clients_per_round", lambda v, o: v >= 1, "{name} must be >= 1, got {value}"),
     ("n_strata", lambda v, o: v is None or v >= 1, "{name} must be >= 1 or None, got {value}"),
@@ -138,6 +139,10 @@ class SelectionOptions:
     size_strata : bool
         Track equal-mass size strata as a second candidate design (default configuration
         only; :mod:`.size_strata`); False: label (or sketch) strata only.
+    balanced_fedavg : bool
+        Draw FedAvg rounds balanced (uniform inclusion, one node from each of ``m`` blocks of
+        similar nodes by profiled histogram or last sketch; :mod:`.balanced_draw`); False:
+        plain uniform draws.
     node_wait_timeout, profile_timeout, poll_interval : float
         Seconds to wait for ``clients_per_round`` nodes, for the profile round trip, and
         between node-count polls.
@@ -188,6 +193,7 @@ class SelectionOptions:
     warmup_rounds: int = 1
     min_per_stratum: int = 1
     size_strata: bool = True
+    balanced_fedavg: bool = True
     node_wait_timeout: float = 60.0
     profile_timeout: float = 60.0
     profile_epsilon: float = 0.0

@@ -41,7 +41,7 @@ from fedstrat.sampling.baseline import fedavg_factor, uniform_ht_from_strata
 from fedstrat.sampling.difference import residual_pps_stds
 
 from .allocation_rule import allocate, stratum_costs, stratum_means
-from .plan import Feedback, PopulationFrame, StrataPlan
+from .plan import DesignDecision, Feedback, PopulationFrame, StrataPlan
 
 if TYPE_CHECKING:
     from .control_variates import ControlVariates
@@ -228,3 +228,19 @@ def band_se(band: Band | None) -> float:
     if band is None or not np.isfinite(band.df) or band.df <= 0:
         return 0.0
     return float(band.value * np.sqrt(2.0 / band.df))
+
+
+def difference_beats_fedavg(decision: DesignDecision) -> tuple[bool, str]:
+    """In a FedAvg round with ``estimator="difference"``: aggregate with the difference
+    estimator (uniform draw, HT weights) only while the upper end of its predicted MSE's band
+    (a 90% upper bound) is below FedAvg's predicted MSE; otherwise, and before the residual
+    tracker has evidence, as FedAvg (ratio estimator). The control-variate memory and the
+    residual tracker are fed either way. Returns (keep, why)."""
+    uni, fed = decision.predicted_uniform_difference, decision.predicted_fedavg
+    if uni is None or fed is None:
+        return False, "aggregated as FedAvg: no tracked evidence for the difference estimator"
+    if uni.hi < fed.value:
+        return True, (f"difference estimator kept: predicted MSE {uni.value:.3g} [{uni.lo:.3g},"
+                      f" {uni.hi:.3g}] below FedAvg's {fed.value:.3g}")
+    return False, (f"aggregated as FedAvg: difference estimator's predicted MSE {uni.value:.3g}"
+                   f" [{uni.lo:.3g}, {uni.hi:.3g}] not below FedAvg's {fed.value:.3g}")

@@ -52,9 +52,10 @@ from fedstrat.sampling.baseline import fedavg_from_strata
 from fedstrat.sampling.difference import ResidualPPSSampler
 
 from .allocation_rule import present_strata, round_allocation, stratum_means
+from .balanced_draw import BalancedDraw
 from .node_registry import NodeRegistry
 from .plan import DesignDecision, Draw, Feedback, PopulationFrame, SamplerSpec, StrataPlan
-from .residual_evidence import ResidualEvidence
+from .residual_evidence import ResidualEvidence, difference_beats_fedavg
 from .size_strata import SizeStrata
 from .stratifier import Stratifier, feature_nodes
 
@@ -81,26 +82,11 @@ BAND_LEVEL = 0.8
 
 
 def fedavg_selection(selection: Selection, p: np.ndarray) -> Selection:
-    """A uniform SRSWOR selection with self-normalised weights ``p_i / sum_{j in s} p_j``
-    (FedAvg: an HT rewrite with these weights is the ratio estimate)."""
-    w = p[selection.ids]
+    """``selection`` with self-normalised weights ``(p_i / pi_i) / sum_{j in s} p_j / pi_j``
+    (Hajek; for a uniform draw ``p_i / sum_{j in s} p_j``: FedAvg, whose HT rewrite with these
+    weights is the ratio estimate)."""
+    w = p[selection.ids] / np.asarray(selection.inclusion, dtype=np.float64)
     return Selection(ids=selection.ids, inclusion=selection.inclusion, weights=w / w.sum())
-
-
-def difference_beats_fedavg(decision: DesignDecision) -> tuple[bool, str]:
-    """In a FedAvg round with ``estimator="difference"``: aggregate with the difference
-    estimator (uniform draw, HT weights) only while the upper end of its predicted MSE's band
-    (a 90% upper bound) is below FedAvg's predicted MSE; otherwise, and before the residual
-    tracker has evidence, as FedAvg (ratio estimator). The control-variate memory and the
-    residual tracker are fed either way. Returns (keep, why)."""
-    uni, fed = decision.predicted_uniform_difference, decision.predicted_fedavg
-    if uni is None or fed is None:
-        return False, "aggregated as FedAvg: no tracked evidence for the difference estimator"
-    if uni.hi < fed.value:
-        return True, (f"difference estimator kept: predicted MSE {uni.value:.3g} [{uni.lo:.3g},"
-                      f" {uni.hi:.3g}] below FedAvg's {fed.value:.3g}")
-    return False, (f"aggregated as FedAvg: difference estimator's predicted MSE {uni.value:.3g}"
-                   f" [{uni.lo:.3g}, {uni.hi:.3g}] not below FedAvg's {fed.value:.3g}")
 
 
 class StratifiedPolicy:
@@ -133,6 +119,8 @@ class StratifiedPolicy:
         #: the sampler of the last draw (its design: strata, allocation, size measure)
         self.last_sampler: Sampler | None = None
         self._sampler_cache: tuple[Any, ...] | None = None
+        #: FedAvg rounds' balanced uniform draw (``options.balanced_fedavg``)
+        self.balanced = BalancedDraw()
 
     def attach_controls(self, memory: ControlVariates) -> None:
         """Use ``memory``'s predicted residual norms as the pps size measure (module doc)."""
@@ -205,9 +193,14 @@ class StratifiedPolicy:
             selection = self.last_sampler.sample(rng)
             return Draw(cand, selection, True, reason=decision.reason, strata=strata_plan,
                         decision=decision)
-        self.last_sampler = self.sampler(SamplerSpec(frame.sizes, frame.m))
+        balanced = st.fitted and self.options.balanced_fedavg
+        self.last_sampler = (self.balanced.sampler(frame) if balanced
+                             else self.sampler(SamplerSpec(frame.sizes, frame.m)))
         selection = self.last_sampler.sample(rng)
         design = "uniform-warmup" if not st.fitted else "fedavg"
+        if balanced:
+            decision = replace(decision, reason=f"{decision.reason}; drawn balanced: one of "
+                               f"{frame.m} blocks of similar nodes ({self.balanced.basis_})")
         if self.options.estimator == "difference":
             keep, why = difference_beats_fedavg(decision)
             decision = replace(decision, reason=f"{decision.reason}; {why}")

@@ -198,9 +198,12 @@ def test_measure_variance_command(tmp_path) -> None:
     assert "FedAvg/stratified - (no fedavg row)" in text and "nan" not in text
     data = json.loads((out / "variance.json").read_text())
     got = {(r["round"], r["selection"]) for r in data["rows"]}
-    # plus the strategy's in-run prediction of its own design (tracking.run_rows)
-    assert got - {(r, "stratified-run") for r in (1, 2)} == {
-        (r, s) for r in (1, 2) for s in ("uniform", "stratified", "poc")
-    }
+    # plus the strategy's in-run prediction of its own design and, in a FedAvg round, of its
+    # own FedAvg-round draw measured with FedAvg's weights (tracking.run_rows)
+    own = {(r, s) for r in (1, 2) for s in ("stratified-run", "fedavg-run")}
+    assert got - own == {(r, s) for r in (1, 2) for s in ("uniform", "stratified", "poc")}
+    for r in data["rows"]:
+        if r["selection"] == "fedavg-run":  # measured by Monte Carlo next to its prediction
+            assert r["measured"] > 0 and r["predicted"] > 0 and r["measured_se"] > 0
     for name in ("variance.csv", "table.md", "variance.png"):
         assert (out / name).is_file()

@@ -50,7 +50,9 @@ def by_stratum(node, stratum, rng):
 
 def test_starts_stratified_then_falls_back_when_updates_look_iid_and_does_not_flap():
     pop = make_population(n=40, classes=3, dim=6, alpha=0.05, seed=9)
-    policy, draws = run_rounds(pop, iid_noise, rounds=25)
+    # size_strata off: homoscedastic noise on sizes that vary makes pps by size truly better
+    # (test_size_strata covers that); this test is about the label strata and hysteresis
+    policy, draws = run_rounds(pop, iid_noise, rounds=25, size_strata=False)
     first = draws[0].decision
     assert first is not None and first.mode == "stratified" and first.evidence == "proxy"
     assert draws[0].design in ("pps", "srswor") and draws[0].estimator is None
@@ -137,7 +139,7 @@ def test_default_configuration_is_not_worse_than_fedavg_on_an_iid_population():
 def test_fedavg_rounds_without_strata_still_predict_fedavg_from_the_tracker():
     # near-uniform label proportions: the homogeneity test keeps FedAvg, one stratum
     pop = make_population(n=40, classes=4, dim=6, alpha=1000.0, seed=3)
-    _, draws = run_rounds(pop, iid_noise, rounds=12)
+    _, draws = run_rounds(pop, iid_noise, rounds=12, size_strata=False)  # label strata only
     assert all(d.design == "fedavg" and d.estimator == "ratio" for d in draws[1:])
     d = draws[-1].decision
     assert d.evidence == "tracked" and d.predicted_fedavg is not None
