@@ -250,12 +250,14 @@ class MeasureResult:
     meta: dict[str, Any]
 
     def ratio(self, round_: int | None = None, over: str = "stratified") -> float:
-        """Measured uniform / ``over`` at ``round_`` (mean over rounds if None)."""
+        """Measured uniform / ``over`` at ``round_`` (mean over rounds if None), paired by
+        round and seed and averaged over the pairs; NaN without a pair."""
         vals = []
-        for r in {row["round"] for row in self.rows}:
-            if round_ is not None and r != round_:
+        for key in {(row["round"], row.get("seed")) for row in self.rows}:
+            if round_ is not None and key[0] != round_:
                 continue
-            by = {row["selection"]: row["measured"] for row in self.rows if row["round"] == r}
+            by = {row["selection"]: row["measured"] for row in self.rows
+                  if (row["round"], row.get("seed")) == key}
             if by.get(over, 0) > 0 and "uniform" in by:
                 vals.append(by["uniform"] / by[over])
         return float(np.mean(vals)) if vals else math.nan
@@ -272,7 +274,8 @@ def ratio_se(
     f, f_se = fedavg
     t, t_se = float(row["measured"]), float(row["measured_se"])
     ratio = f / t
-    if row["selection"] in ("fedavg", "fedavg-run"):
+    copy = row.get("info", {}).get("measured") == "the fedavg row's Monte Carlo MSE"
+    if row["selection"] == "fedavg" or copy:  # the fedavg row itself
         return ratio, 0.0
     return ratio, ratio * math.sqrt((f_se / f) ** 2 + (t_se / t) ** 2)
 
