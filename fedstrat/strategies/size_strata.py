@@ -143,13 +143,12 @@ class SizeStrata:
         return StrataPlan(strata, present, alloc, stds, "tracked", counts, masses, pred)
 
     def min_needed(self, min_tracked: int) -> int:
-        """Tracked updates each bin needs: ``min_tracked``, or 2 (a spread of its own) once
-        the trend has the evidence for the saving's bound. (1, with the pooled spread for bins
-        seen once, was tried: those predicted MSEs ran low and size strata displaced better
-        label strata at round 5 on MNIST Dirichlet(0.1), MLP 4.17 -> 3.20x, CNN 3.58 -> 3.00x
-        below FedAvg; experiments section 4.)"""
+        """Tracked updates each bin needs: ``min_tracked``, or 1 once the trend has the
+        evidence for the saving's bound (a bin seen once takes the pooled spread of the
+        others for its predicted MSE, ``StratumVarianceTracker.stds``; the policy asks for
+        ``min_tracked`` before such strata displace credible label strata)."""
         ready = self.trend_ is not None and self.trend_.slope_band() is not None
-        return min(min_tracked, 2) if ready else min_tracked
+        return min(min_tracked, 1) if ready else min_tracked
 
     def min_count(self, plan: StrataPlan) -> int:
         """Fewest tracked updates in a bin of ``plan``."""

@@ -271,16 +271,21 @@ class StratifiedPolicy:
 
     def _size_wins(self, size: StrataPlan, strata: StrataPlan | None) -> bool:
         """Size strata are the candidate: without label strata; over label strata with only
-        proxy evidence when their own saving over FedAvg is credible (lower bound > 0); over
-        tracked label strata when their saving's lower bound is the larger and their predicted
-        MSE the lower (a tight bound on a smaller saving does not displace a larger one)."""
+        proxy evidence when their own saving over FedAvg is credible (lower bound > 0) and the
+        proxy did not choose the label strata (those keep the draw until their own tracker has
+        evidence: drawn by size, some label strata would never get it); over tracked label
+        strata when their saving's lower bound is the larger and their predicted MSE the lower
+        (a tight bound on a smaller saving does not displace a larger one), and, over label
+        strata whose saving is credible, only with :data:`MIN_TRACKED` updates in every bin."""
         low = size.prediction.gain_lower(GAIN_Z)
         if strata is None:
             return True
         if strata.basis != "tracked" or self._tracked_min(strata) < MIN_TRACKED:
-            return low > 0
-        return (low > strata.prediction.gain_lower(GAIN_Z)
-                and size.prediction.stratified < strata.prediction.stratified)
+            return low > 0 and self.stratifier.design_ not in STRATIFIED_DESIGNS
+        s_low = strata.prediction.gain_lower(GAIN_Z)
+        if s_low > 0 and self.size_strata.min_count(size) < MIN_TRACKED:
+            return False
+        return low > s_low and size.prediction.stratified < strata.prediction.stratified
 
     def _size_plan(self, frame: PopulationFrame, same_nodes: bool) -> StrataPlan | None:
         """The size-strata candidate (:mod:`~fedstrat.strategies.size_strata`), refitted with

@@ -192,3 +192,28 @@ def test_spread_shrinking_fast_with_size_never_gives_size_strata():
     pop = make_population(n=60, classes=4, dim=6, alpha=1000.0, seed=5)
     _, draws = run_rounds(pop, spread_with_size(pop, -1.5), rounds=14, m=8)
     assert all(d.design == "fedavg" for d in draws)
+
+
+
+def test_label_strata_chosen_by_the_proxy_are_not_displaced_before_they_are_tracked():
+    # updates that follow the label strata, with noise growing with size: the size trend is
+    # credible early; the label strata (chosen by the histogram proxy) keep the draw until
+    # their own tracker has MIN_TRACKED updates in every stratum (drawn by size, some label
+    # strata would never get them); only then may tracked size strata win
+    from fedstrat.strategies.stratified_policy import MIN_TRACKED
+
+    pop = make_population(n=60, classes=6, dim=6, alpha=0.05, seed=1)
+
+    def labels_and_size(node, stratum, rng):
+        v = np.zeros(8)
+        v[stratum % 8] = 3.0
+        return v + (pop.sizes[pop.index[node]] / 30.0) * rng.normal(size=8)
+
+    _, draws = run_rounds(pop, labels_and_size, rounds=10, m=8)
+    assert draws[0].decision.evidence == "proxy" and draws[0].decision.mode == "stratified"
+    size_rounds = [r for r, d in enumerate(draws, 1) if "size strata" in d.decision.reason]
+    assert size_rounds  # the size trend does win here, once the label strata are tracked
+    before, _ = run_rounds(pop, labels_and_size, rounds=size_rounds[0] - 1, m=8)
+    tracker = before.stratifier.tracker_
+    present = np.unique(list(before.stratifier.node_stratum_.values()))
+    assert tracker.counts()[present].min() >= MIN_TRACKED
