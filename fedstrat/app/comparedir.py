@@ -133,6 +133,9 @@ class CompareRow:
     pred_ratio_fedavg_se: float = math.nan
     pred_ratio_rounds: int | None = None
     measured_var_se: float = math.nan
+    #: 80% bootstrap band of ``speedup_vs_uniform`` (seeds of both resampled; +inf: unbounded)
+    speedup_lo: float = math.nan
+    speedup_hi: float = math.nan
     measured_ratio_uniform_over_se: float = math.nan
     measured_ratio_pairs: int | None = None
 
@@ -168,6 +171,36 @@ def _median_rounds(values: Sequence[int | None]) -> float:
     if not values:
         return math.nan
     return float(statistics.median([math.inf if v is None else v for v in values]))
+
+
+#: seeds each side needs before a speed-up is printed
+MIN_SPEEDUP_SEEDS = 3
+
+
+def speedup_band(
+    base: Sequence[int | None], this: Sequence[int | None], level: float = 0.8,
+    n_boot: int = 2000,
+) -> tuple[float, float]:
+    """Percentile bootstrap band of the speed-up ``median(base) / median(this)`` of rounds to
+    target (unreached = +inf), both selections' seeds resampled independently (seeded, so the
+    band is reproducible); ``(nan, nan)`` with fewer than :data:`MIN_SPEEDUP_SEEDS` seeds on
+    either side. An upper end of +inf means unbounded (``this`` reaches the target in a
+    resample where ``base`` does not)."""
+    if min(len(base), len(this)) < MIN_SPEEDUP_SEEDS:
+        return math.nan, math.nan
+    import numpy as np
+
+    b = np.array([math.inf if v is None else v for v in base], dtype=np.float64)
+    t = np.array([math.inf if v is None else v for v in this], dtype=np.float64)
+    rng = np.random.default_rng(0)
+    mb = np.median(rng.choice(b, size=(n_boot, len(b))), axis=1)
+    mt = np.median(rng.choice(t, size=(n_boot, len(t))), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(np.isinf(mt), 0.0, mb / mt)  # this never reaches: no speed-up
+    ratio = np.where(np.isnan(ratio), 1.0, ratio)  # neither reaches: tie
+    tail = (1.0 - level) / 2.0 * 100.0
+    return (float(np.percentile(ratio, tail, method="lower")),
+            float(np.percentile(ratio, 100.0 - tail, method="higher")))
 
 
 def _measured(value: Any) -> dict[str, Any]:
@@ -220,17 +253,19 @@ def compare_rows(
     base = next((r for r in rows if r.selection == "uniform"), None)
     out = []
     for r in rows:
-        speed = math.nan
+        speed, band = math.nan, (math.nan, math.nan)
         if base is not None:
             b, x = base.rounds_to_target_median, r.rounds_to_target_median
             if math.isfinite(b) and math.isfinite(x) and x > 0:
                 speed = b / x
+                band = speedup_band(base.rounds_to_target, r.rounds_to_target)
         ratio = r.measured_ratio_uniform_over
         if r.measured_ratio_pairs is None:  # bare means: their ratio, without an error
             mv, mb = r.measured_var, base.measured_var if base is not None else math.nan
             ratio = mb / mv if mv and mv > 0 else math.nan
         out.append(
-            dataclasses.replace(r, speedup_vs_uniform=speed, measured_ratio_uniform_over=ratio)
+            dataclasses.replace(r, speedup_vs_uniform=speed, measured_ratio_uniform_over=ratio,
+                                speedup_lo=band[0], speedup_hi=band[1])
         )
     return out
 
@@ -244,7 +279,7 @@ COMPARE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("best_mean", "best (mean)"),
     ("rounds_to_target_median", "rounds to {target} (median)"),
     ("reached", "reached"),
-    ("speedup_vs_uniform", "speed-up vs uniform"),
+    ("speedup_vs_uniform", "speed-up vs uniform (median rounds; 80% bootstrap over seeds)"),
     ("mean_pred_var", "mean predicted var"),
     ("pred_ratio_fedavg", "pred. MSE FedAvg/this (mean ± s.e. over tracked rounds)"),
     ("measured_var", "measured var (mean ± MC s.e.)"),
@@ -267,6 +302,8 @@ def _cell(row: CompareRow, key: str) -> str:
         mean = row.pred_ratio_fedavg if math.isfinite(row.pred_ratio_fedavg) else None
         return fmt_ratio(mean, row.pred_ratio_fedavg_se, row.pred_ratio_rounds,
                          MIN_RATIO_ROUNDS)
+    if key == "speedup_vs_uniform":
+        return _speedup_cell(row)
     if key == "measured_var" and math.isfinite(row.measured_var_se):
         return fmt_pm(row.measured_var, row.measured_var_se)
     if key == "measured_ratio_uniform_over":
@@ -280,6 +317,18 @@ def _cell(row: CompareRow, key: str) -> str:
             return "- (no uniform measured)" if row.measured_var > 0 else "- (measured 0)"
         return "-"
     return fmt(getattr(row, key))
+
+
+def _speedup_cell(row: CompareRow) -> str:
+    """``1.87 [1.4, 2.5]``; "-" and why where there is no speed-up or too few seeds."""
+    if row.selection == "uniform":
+        return "1 (the baseline)"
+    if not math.isfinite(row.speedup_vs_uniform):
+        return "- (a median not reached, or no uniform runs)"
+    if not math.isfinite(row.speedup_lo):
+        return f"- (fewer than {MIN_SPEEDUP_SEEDS} seeds on a side)"
+    hi = "unbounded" if math.isinf(row.speedup_hi) else fmt(row.speedup_hi)
+    return f"{fmt(row.speedup_vs_uniform)} [{fmt(row.speedup_lo)}, {hi}]"
 
 
 def compare_markdown(rows: Sequence[CompareRow]) -> str:
@@ -348,7 +397,7 @@ def _number(value: Any) -> float:
 _RETIRED_KEYS = frozenset({"mean_pred_ratio", "mean_ratio"})
 _ADDED_KEYS = frozenset({
     "pred_ratio_fedavg", "pred_ratio_fedavg_se", "pred_ratio_rounds", "measured_var_se",
-    "measured_ratio_uniform_over_se", "measured_ratio_pairs",
+    "measured_ratio_uniform_over_se", "measured_ratio_pairs", "speedup_lo", "speedup_hi",
 })
 
 

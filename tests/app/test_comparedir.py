@@ -216,3 +216,34 @@ def test_comparison_written_before_the_measured_errors_reads_back(tmp_path: Path
     rows, _ = load_comparison(out)
     assert math.isnan(rows[0].measured_var_se) and rows[0].measured_ratio_pairs is None
     assert "inf" not in compare_markdown(rows).replace("not reached", "")
+
+
+def test_speedup_band_brackets_the_ratio_of_medians_and_needs_three_seeds_a_side():
+    import math
+
+    from fedstrat.app.comparedir import speedup_band
+
+    base, this = [20, 24, 28, 22, 26], [10, 12, 14, 11, 13]
+    lo, hi = speedup_band(base, this)
+    assert lo <= 24 / 12 <= hi and 1.0 < lo and hi < 3.0
+    assert speedup_band(base, this) == (lo, hi)  # seeded: reproducible
+    assert all(math.isnan(v) for v in speedup_band(base, [10, 12]))
+    # uniform reaching the target in only some seeds: the band's top is unbounded
+    lo, hi = speedup_band([20, None, None, 30, None], [10, 12, 14])
+    assert math.isinf(hi) and lo >= 0
+
+
+def test_speedup_cell_prints_the_band_or_why_not():
+    import dataclasses
+
+    from fedstrat.app.comparedir import CompareRow, compare_table
+
+    row = CompareRow("stratified", "0-4", 5, "accuracy", 0.9, 0.01, 0.9, 0.85, 12.0,
+                     [10, 12, 14, 11, 13], 5, math.nan, math.nan, speedup_vs_uniform=2.0,
+                     speedup_lo=1.6, speedup_hi=math.inf)
+    heads, cells = compare_table([row, dataclasses.replace(row, speedup_lo=math.nan),
+                                  dataclasses.replace(row, speedup_vs_uniform=math.nan)])
+    col = [h.startswith("speed-up") for h in heads].index(True)
+    assert cells[0][col].endswith("unbounded]") and "inf" not in cells[0][col]
+    assert cells[1][col] == "- (fewer than 3 seeds on a side)"
+    assert cells[2][col].startswith("- (")
