@@ -85,11 +85,13 @@ class FakeClients:
     ``spent``/``spent_cpu``: wall / CPU seconds inside the handler (subtracted from the
     strategies' times, so that only server work is counted)."""
 
-    def __init__(self, n_nodes: int, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> None:
+    def __init__(
+        self, n_nodes: int, shapes: dict[str, tuple[int, ...]], seed: int = 0, alpha: float = 0.1
+    ) -> None:
         rng = np.random.default_rng(seed)
         self.node_ids = [int(v) for v in rng.choice(2**62, size=n_nodes, replace=False) + 1]
         self.index = {n: i for i, n in enumerate(self.node_ids)}
-        self.props = rng.dirichlet(np.full(CLASSES, 0.1), size=n_nodes)
+        self.props = rng.dirichlet(np.full(CLASSES, alpha), size=n_nodes)
         self.sizes = rng.integers(20, 500, size=n_nodes)
         alpha, beta = rng.normal(size=CLASSES), rng.normal(size=CLASSES)
         self.coef = np.stack([self.props @ alpha, self.props @ beta], axis=1).astype(np.float32)
@@ -170,9 +172,9 @@ def iqr(values: list[float]) -> tuple[float, float]:
     return float(q[0]), float(q[1])
 
 
-def bench(d: int, n_nodes: int, rounds: int) -> dict:
+def bench(d: int, n_nodes: int, rounds: int, alpha: float = 0.1) -> dict:
     shapes = shapes_for(d)
-    clients = FakeClients(n_nodes, shapes)
+    clients = FakeClients(n_nodes, shapes, alpha=alpha)
     fedavg = FedAvg(
         fraction_train=M / n_nodes, fraction_evaluate=0.0, min_train_nodes=M, min_available_nodes=M
     )
@@ -216,10 +218,10 @@ def bench(d: int, n_nodes: int, rounds: int) -> dict:
     }
 
 
-def memory_per_node(n_nodes: int) -> dict:
+def memory_per_node(n_nodes: int, alpha: float = 0.1) -> dict:
     """Traced memory the wrapper keeps after its setup round at ``n_nodes`` (d = 40k)."""
     shapes = shapes_for(SIZES["40k"])
-    clients = FakeClients(n_nodes, shapes)
+    clients = FakeClients(n_nodes, shapes, alpha=alpha)
     grid = LocalGrid(clients.node_ids, clients)
     state = {"arrays": initial_arrays(shapes)}
     gc.collect()
@@ -273,7 +275,7 @@ STEP_NAMES = [
                                                           "ht_arrays")]
 
 
-def step_profile(d: int, n_nodes: int, rounds: int) -> dict[str, float]:
+def step_profile(d: int, n_nodes: int, rounds: int, alpha: float = 0.1) -> dict[str, float]:
     """Median CPU ms per round of the wrapper's steps (rounds 3..), by patching the names in
     :data:`STEP_NAMES`, the policy's ``plan``/``observe``, the node waiter, the count-sketch
     stream and the wrapped FedAvg with timers (nested steps count in both)."""
@@ -302,7 +304,7 @@ def step_profile(d: int, n_nodes: int, rounds: int) -> dict[str, float]:
     timed(stream, "result", "sketch bucket sums")
     try:
         shapes = shapes_for(d)
-        clients = FakeClients(n_nodes, shapes)
+        clients = FakeClients(n_nodes, shapes, alpha=alpha)
         strat = make_stratified()
         timed(strat.policy, "plan", "policy plan")
         timed(strat.policy, "observe", "policy observe")
@@ -333,12 +335,15 @@ def main() -> None:
     ap.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "strategy_overhead.json")
     )
+    ap.add_argument("--alpha", type=float, default=0.1,
+                    help="Dirichlet concentration of the nodes' label mix (1000: IID labels, "
+                    "so the wrapper runs FedAvg rounds, drawn balanced)")
     ap.add_argument("--steps", action="store_true",
                     help="per-step CPU of the wrapper at the first --sizes / --nodes (no JSON)")
     args = ap.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
     if args.steps:
-        steps = step_profile(SIZES[args.sizes[0]], args.nodes[0], args.rounds)
+        steps = step_profile(SIZES[args.sizes[0]], args.nodes[0], args.rounds, args.alpha)
         print(f"d={args.sizes[0]} N={args.nodes[0]:,}: median CPU ms per round, rounds 3..")
         for k, v in sorted(steps.items(), key=lambda kv: -kv[1]):
             print(f"  {k:26s} {v:7.3f}")
@@ -347,12 +352,12 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         for n in args.nodes:
-            rows.append(bench(SIZES[size], n, args.rounds))
+            rows.append(bench(SIZES[size], n, args.rounds, args.alpha))
             r = rows[-1]
             print(f"d={size} N={n:,}: ratio {r['cpu_ratio']:.2f}x, setup {r['setup_cpu_s']:.2f}"
                   f" s CPU ({time.perf_counter() - t0:.0f} s so far)", flush=True)
             gc.collect()
-    mem = [memory_per_node(n) for n in args.memory_nodes]
+    mem = [memory_per_node(n, args.alpha) for n in args.memory_nodes]
     print_table(rows, mem)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -362,7 +367,7 @@ def main() -> None:
         + " ".join(
             f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in (("sizes", args.sizes), ("nodes", args.nodes), ("rounds", args.rounds),
-                         ("memory-nodes", args.memory_nodes))
+                         ("memory-nodes", args.memory_nodes), ("alpha", args.alpha))
         ),
         "machine": {
             "platform": platform.platform(),
