@@ -58,6 +58,7 @@ import numpy as np
 
 from fedstrat.app.config import RunConfig
 from fedstrat.measure import Population, measure_variance, monte_carlo
+from fedstrat.measure.variance import ratio_and_se
 from fedstrat.sampling import ClusteredSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,9 +108,7 @@ class StaleAlg2:
 
 def ratio(f: tuple[float, float], t: tuple[float, float]) -> tuple[float, float]:
     """FedAvg MSE / this MSE and its s.e. (delta method, independent Monte Carlo draws)."""
-    (a, sa), (b, sb) = f, t
-    q = a / b
-    return q, q * math.sqrt((sa / a) ** 2 + (sb / b) ** 2)
+    return ratio_and_se(*f, *t)
 
 
 def measure(cfg: RunConfig, rounds: list[int], n_samples: int, say: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 from fedstrat.app import tables
 from fedstrat.app.fileio import write_json_atomic, write_text_atomic
 from fedstrat.app.plots import VarianceBar, plot_measured_variance
-from fedstrat.measure.variance import MeasureResult
+from fedstrat.measure.variance import MeasureResult, ratio_and_se
 
 VARIANCE_JSON = "variance.json"
 VARIANCE_CSV = "variance.csv"
@@ -116,16 +116,6 @@ def mean_se(values: Sequence[float], ses: Sequence[float]) -> tuple[float, float
     if n > 1:
         se = max(se, statistics.stdev(values) / math.sqrt(n))
     return mean, se
-
-
-def ratio_and_se(num: float, num_se: float, den: float, den_se: float) -> tuple[float, float]:
-    """``num / den`` and its delta-method standard error for independent Monte Carlo means,
-    ``r sqrt((se_n/n)^2 + (se_d/d)^2)`` (a missing error is NaN); NaN when either is not
-    > 0."""
-    if not (num > 0 and den > 0):
-        return math.nan, math.nan
-    r = num / den
-    return r, r * math.hypot(num_se / num, den_se / den)
 
 
 def _why(rs: list[dict[str, Any]], vals: list[float], ses: list[float], no_base: str) -> str:

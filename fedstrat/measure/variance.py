@@ -263,21 +263,30 @@ class MeasureResult:
         return float(np.mean(vals)) if vals else math.nan
 
 
+def ratio_and_se(num: float, num_se: float, den: float, den_se: float) -> tuple[float, float]:
+    """``num / den`` and its delta-method standard error for independent Monte Carlo means,
+    ``r sqrt((se_n/n)^2 + (se_d/d)^2)`` (a missing error is NaN); NaN when either is not
+    > 0."""
+    if not (num > 0 and den > 0):
+        return math.nan, math.nan
+    r = num / den
+    return r, r * math.hypot(num_se / num, den_se / den)
+
+
 def ratio_se(
     fedavg: tuple[float, float] | None, row: Mapping[str, Any]
 ) -> tuple[float, float]:
     """``(FedAvg MSE / this MSE, its standard error)`` from two Monte Carlo means with their
     standard errors (independent generators: ``se = r sqrt((se_f/f)^2 + (se_t/t)^2)``; 0 for
     the FedAvg row itself); NaN without a FedAvg row."""
-    if fedavg is None or not row["measured"] > 0 or not fedavg[0] > 0:
+    if fedavg is None:
         return math.nan, math.nan
-    f, f_se = fedavg
-    t, t_se = float(row["measured"]), float(row["measured_se"])
-    ratio = f / t
+    ratio, se = ratio_and_se(fedavg[0], fedavg[1], float(row["measured"]),
+                             float(row["measured_se"]))
     copy = row.get("info", {}).get("measured") == "the fedavg row's Monte Carlo MSE"
-    if row["selection"] == "fedavg" or copy:  # the fedavg row itself
+    if math.isfinite(ratio) and (row["selection"] == "fedavg" or copy):  # the fedavg row
         return ratio, 0.0
-    return ratio, ratio * math.sqrt((f_se / f) ** 2 + (t_se / t) ** 2)
+    return ratio, se
 
 
 def measure_variance(
