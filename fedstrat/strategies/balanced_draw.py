@@ -63,11 +63,11 @@ class BalancedDraw:
         rest = [i for i, n in enumerate(nodes) if n not in hist and n not in sk]
         parts: list[np.ndarray] = []
         if pos_h:
-            h = np.asarray([hist[nodes[i]] for i in pos_h], dtype=np.float64)
+            h = reg.histogram_matrix([nodes[i] for i in pos_h])
             h = h / np.maximum(h.sum(axis=1, keepdims=True), 1e-300)
             parts.append(np.asarray(pos_h)[similarity_order(h, m)])
         if pos_s:
-            s = np.asarray([sk[nodes[i]] for i in pos_s], dtype=np.float64)
+            s = reg.sketch_matrix([nodes[i] for i in pos_s])
             parts.append(np.asarray(pos_s)[similarity_order(s, m)])
         parts.append(np.asarray(rest, dtype=np.int64))
         basis = ("histograms" if pos_h and not pos_s else "sketches" if pos_s and not pos_h
