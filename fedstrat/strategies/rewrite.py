@@ -15,7 +15,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from fedstrat.sampling.sketch import CountSketchStream, count_sketch
 
-from .array_codec import DeferredArray, encode_like
+from .array_codec import DeferredArray, decode_array, encode_like
 from .reply_validation import ValidReply, all_finite
 
 #: coordinates per step of :func:`scan_updates` (float32: 256 KB work buffers, near L2 size);
@@ -135,6 +135,24 @@ def ht_arrays(
             else:
                 new[k] = record[k]
         out.append(new)
+    return out
+
+
+def affine_ht(mean: ArrayRecord, global_np: dict[str, np.ndarray], big_w: float) -> ArrayRecord:
+    """The HT estimate from the normalised weighted mean ``a = sum_i w_i x_i / W`` of the
+    unchanged replies: ``x_g + W (a - x_g) = x_g + sum_i w_i (x_i - x_g)`` on the floating
+    keys of ``global_np`` (work dtype of ``a`` and ``x_g``, at least float32; in steps of
+    :data:`CHUNK`); other keys as they are. One pass over the aggregate instead of one
+    :func:`ht_arrays` pass per reply."""
+    out = ArrayRecord()
+    for k, arr in mean.items():
+        g = global_np.get(k)
+        a = decode_array(arr) if g is not None and g.dtype.kind == "f" else None
+        if a is None or a.dtype.kind != "f" or a.shape != g.shape:
+            out[k] = arr
+            continue
+        work = np.dtype(np.result_type(np.float32, a.dtype, g.dtype))
+        out[k] = encode_like(arr, _ht_values(a, g, float(big_w), work))
     return out
 
 

@@ -26,6 +26,7 @@ from fedstrat.wire import NUM_EXAMPLES
 from .array_codec import decode_array
 from .control_variates import difference_controls, make_controls
 from .discovery import NodeWaiter, profile_nodes
+from .inner_aggregate import aggregate_inner, mean_aggregate
 from .inner_strategy import (
     check_wrapped,
     hooked_view,
@@ -42,9 +43,8 @@ from .payload_grid import fan_out, find_attr, inner_payload
 from .plan import Feedback, PopulationFrame, RoundPlan
 from .policies import SelectionPolicy, make_policy
 from .record import RoundRecord, jsonl_appender
-from .reply_screen import consistent_replies, screen_evaluate_replies, screen_triage
+from .reply_screen import screen_evaluate_replies, screen_triage
 from .reply_validation import align_global_dtypes, array_signature
-from .rewrite import rewrite_replies
 from .round_log import round_line
 from .triage import triage_replies
 from .weight_cap import SizeRules
@@ -224,9 +224,11 @@ class StratifiedSelection(Strategy):
         )
         estimator = plan.draw.estimator or o.estimator  # "ratio": the policy chose FedAvg
         counts = self.sketch_method == "countsketch"  # sketched in the screen's pass
+        affine = estimator == "ht" and mean_aggregate(self.strategy)  # HT from FedAvg's mean
         triage, screen = screen_triage(  # one pass per reply; (R, D) matrix only if needed
             plan, triage, global_np, sketch=(o.sketch_dim, o.sketch_seed) if counts else None,
-            matrix=self.controls is not None or not counts, rewrite=estimator == "ht")
+            matrix=self.controls is not None or not counts,
+            rewrite=estimator == "ht" and not affine)
         valid, weights, notes, deltas = triage.valid, screen.weights, screen.notes, screen.deltas
         sketches = observe_replies(self.registry, valid, deltas, plan.sent_at, o.sketch_dim,
                                    o.sketch_seed, o.cost_key, self.sketch_method,
@@ -239,19 +241,17 @@ class StratifiedSelection(Strategy):
             self.policy.observe_residuals(Feedback([v.node_id for v in valid], res, weights))
         arrays, metrics = None, None
         if valid:
-            new_replies = rewrite_replies(valid, weights, global_np, estimator,
-                                          self.weighted_by_key, deltas, *cv,
-                                          prepared=screen.rewritten)
-            new_replies, fixed = consistent_replies(new_replies, self.weighted_by_key)
+            arrays, metrics, fixed = aggregate_inner(
+                self.strategy, server_round, valid, weights, global_np, estimator,
+                self.weighted_by_key, deltas=deltas, controls=cv, prepared=screen.rewritten,
+                affine=affine)
             notes = notes + fixed
-            arrays, metrics = self.strategy.aggregate_train(server_round, new_replies)
         else:
             log(WARNING, "aggregate_train: no valid reply in round %d", server_round)
         record = RoundRecord.from_round(plan, triage, weights, notes, selection=o.selection,
                                         estimator=o.estimator, allocation_rule=o.allocation)
         self._keep(record)
-        if metrics is None:
-            metrics = MetricRecord()
+        metrics = MetricRecord() if metrics is None else metrics
         for key, value in record.metrics().items():
             metrics[key] = value
         self._pending = None

@@ -63,8 +63,10 @@ def test_version1_checkpoint_continues_with_the_old_selections(name):
         for key, value in want.items():
             if key not in predicted:
                 assert got[key] == value, (name, key)
+    # the HT estimate through FedAvg is now x_g + W (mean - x_g) (one affine pass over the
+    # mean): the same value up to float64 rounding, not the same bits as the fixture's
     for got, want in zip(arrays, d["next_arrays"], strict=True):
-        np.testing.assert_array_equal(got, np.array(want))
+        np.testing.assert_allclose(got, np.array(want), rtol=1e-13, atol=1e-15)
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
