@@ -6,8 +6,10 @@ subclasses that keep it), its arrays are the normalised weighted mean
 ``a = sum_i w_i x_i / W`` of the replies (Flower's ``aggregate_arrayrecords``), so the HT
 estimate ``x_g + sum_i w_i (x_i - x_g) = x_g + W (a - x_g)`` is one affine pass over ``a``
 (:func:`.rewrite.affine_ht`): the replies go on unchanged with weights ``w_i``, and no pass
-per reply makes ``x_g + W (x_i - x_g)``. Server optimizers (FedAdam, FedYogi, ...) and
-wrappers (DP) act on the mean itself, so they keep the rewritten replies.
+per reply makes ``x_g + W (x_i - x_g)``. FedAvg reads unchanged replies (this path and
+``"ratio"`` rounds) as views of their bytes (:func:`.rewrite.view_arrays`). Server optimizers
+(FedAdam, FedYogi, ...) and wrappers (DP) act on the mean itself, so they keep the rewritten
+replies.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from .reply_screen import consistent_replies
 from .reply_validation import ValidReply
-from .rewrite import affine_ht, rewrite_replies
+from .rewrite import affine_ht, rewrite_replies, view_arrays
 
 
 def mean_aggregate(strategy: Any) -> bool:
@@ -52,10 +54,14 @@ def aggregate_inner(
     replies' arrays are passed unchanged and the mean is made the HT estimate by
     :func:`.rewrite.affine_ht` with ``W = sum_i w_i``. ``controls``: ``(c_i rows, offset)``
     of the difference estimator; ``prepared``: HT arrays made by the reply screen."""
-    if affine and (estimator != "ht" or not mean_aggregate(strategy)):
+    mean = mean_aggregate(strategy)
+    if affine and (estimator != "ht" or not mean):
         raise ValueError("the affine HT path needs estimator 'ht' and FedAvg's aggregate")
-    replies = rewrite_replies(valid, weights, global_np, "ratio" if affine else estimator,
-                              weighted_by_key, deltas, *controls, prepared=prepared)
+    passed = "ratio" if affine else estimator
+    if passed == "ratio" and mean:  # FedAvg reads the replies' own values, without copies
+        prepared = view_arrays(valid)
+    replies = rewrite_replies(valid, weights, global_np, passed, weighted_by_key, deltas,
+                              *controls, prepared=prepared)
     replies, notes = consistent_replies(replies, weighted_by_key)
     arrays, metrics = strategy.aggregate_train(server_round, replies)
     if affine and arrays is not None:

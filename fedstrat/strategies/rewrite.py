@@ -138,6 +138,22 @@ def ht_arrays(
     return out
 
 
+def view_arrays(valid: list[ValidReply]) -> list[dict[str, Array]]:
+    """Per reply, its arrays as :class:`~.array_codec.DeferredArray` whose ``numpy()`` is the
+    read-only view of the reply's own values (``ValidReply.arrays``, decoded once): no
+    ``.npy`` parse and copy per read. Only for a reader that does not write into the arrays
+    (FedAvg's weighted mean, :func:`.inner_aggregate.mean_aggregate`)."""
+    out = []
+    for v in valid:
+        record = v.message.content[v.array_key]
+        out.append({k: DeferredArray(record[k], partial(_same, x)) for k, x in v.arrays.items()})
+    return out
+
+
+def _same(x: np.ndarray) -> np.ndarray:
+    return x
+
+
 def affine_ht(mean: ArrayRecord, global_np: dict[str, np.ndarray], big_w: float) -> ArrayRecord:
     """The HT estimate from the normalised weighted mean ``a = sum_i w_i x_i / W`` of the
     unchanged replies: ``x_g + W (a - x_g) = x_g + sum_i w_i (x_i - x_g)`` on the floating
@@ -247,7 +263,8 @@ def rewrite_replies(
     :func:`work_dtype`, computed when read; with ``deltas`` and no ``prepared``: float64 from
     the matrix rows, cast back to each array's dtype), so that a normalised weighted average returns
     ``x_g + sum_i w_i (x_i - x_g)`` (up to the rounding of the arrays' dtype). With
-    ``"ratio"`` the arrays are kept: the average is ``sum_i w_i x_i / sum_i w_i``. With
+    ``"ratio"`` the arrays are kept (``prepared``: :func:`view_arrays` of them): the average
+    is ``sum_i w_i x_i / sum_i w_i``. With
     ``"difference"`` the arrays become
     ``x_g + A + W (Delta_i - c_i)`` (``deltas`` the :func:`flat_deltas` rows, ``controls`` the
     ``(R, D)`` rows ``c_i`` of the replies, ``offset`` ``A = sum_{i in U} p_i c_i``), so the
@@ -262,6 +279,8 @@ def rewrite_replies(
             arrays = _from_rows(valid, global_np, keys, deltas, big_w)
         if arrays is None:
             arrays = ht_arrays(valid, global_np, big_w)
+    elif estimator == "ratio":
+        arrays = prepared  # None: the replies' own arrays
     elif estimator == "difference" and keys and valid:
         if controls is None or offset is None:
             raise ValueError("estimator 'difference' needs controls and offset")
