@@ -45,6 +45,7 @@ from fedstrat.app.fileio import (  # noqa: F401
     write_json_atomic,
     write_text_atomic,
 )
+from fedstrat.app.stats import series_mean_se
 from fedstrat.app.tomlwrite import flat_toml
 from fedstrat.data.info import dataset_info
 
@@ -364,7 +365,9 @@ def summarize(
 def predicted_ratio_fedavg(rows: Sequence[MetricsRow]) -> tuple[float | None, float | None, int]:
     """(mean, standard error of the mean, number of rounds) of ``pred_var_fedavg /
     pred_var_chosen`` over the rounds r >= 1 that have both (> 0); mean and error None with
-    fewer than :data:`MIN_RATIO_ROUNDS` rounds."""
+    fewer than :data:`MIN_RATIO_ROUNDS` rounds. Successive rounds' predictions share tracked
+    evidence, so the error allows for their correlation
+    (:func:`fedstrat.app.stats.series_mean_se`)."""
     ratios = []
     for r in rows:
         fedavg, chosen = r.value("pred_var_fedavg"), r.value("pred_var_chosen")
@@ -372,7 +375,7 @@ def predicted_ratio_fedavg(rows: Sequence[MetricsRow]) -> tuple[float | None, fl
             ratios.append(fedavg / chosen)
     if len(ratios) < MIN_RATIO_ROUNDS:
         return None, None, len(ratios)
-    return statistics.fmean(ratios), statistics.stdev(ratios) / math.sqrt(len(ratios)), len(ratios)
+    return (*series_mean_se(ratios), len(ratios))
 
 
 # ---------------------------------------------------------------------------- reading

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -292,6 +293,18 @@ def test_summary_ratio_is_fedavg_over_the_design_used_with_its_standard_error() 
     # the ratio against uniform HT (var_ratio) is not what the summary reports
     assert s.pred_ratio_fedavg != pytest.approx(2.0)
     assert "mean_var_ratio" not in s.to_dict()
+
+
+def test_summary_error_allows_for_correlated_rounds() -> None:
+    """Ratios drifting round to round (lag-1 correlation > 0) get a wider error than
+    sd / sqrt(n); the mean is unchanged."""
+    ratios = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
+    rows = [dataclasses.replace(ROWS[1], round=k + 1, pred_var_fedavg=r, pred_var_chosen=1.0)
+            for k, r in enumerate(ratios)]
+    s = summarize(rows, RunConfig(dataset="digits"), wall_seconds=1.0)
+    naive = statistics.stdev(ratios) / math.sqrt(len(ratios))
+    assert s.pred_ratio_fedavg == pytest.approx(2.25) and s.pred_ratio_rounds == 6
+    assert s.pred_ratio_fedavg_se > 1.3 * naive
 
 
 def test_summary_gives_no_ratio_from_too_few_tracked_rounds() -> None:
