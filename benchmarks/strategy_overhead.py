@@ -269,10 +269,12 @@ def print_table(rows: list[dict], mem: list[dict]) -> None:
 #: there replaces the call (module, attribute, label)
 STEP_NAMES = [
     ("fedstrat.strategies.stratified_selection", n, n) for n in (
-        "triage_replies", "screen_triage", "observe_replies", "rewrite_replies",
-        "consistent_replies", "inner_payload", "fan_out", "round_line")
+        "triage_replies", "screen_triage", "observe_replies", "aggregate_inner",
+        "inner_payload", "fan_out", "round_line")
 ] + [("fedstrat.strategies.reply_screen", n, n) for n in ("scan_updates", "screen_magnitudes",
-                                                          "ht_arrays")]
+                                                          "ht_arrays")
+] + [("fedstrat.strategies.inner_aggregate", n, n) for n in (
+    "rewrite_replies", "consistent_replies", "view_arrays", "affine_ht")]
 
 
 def step_profile(d: int, n_nodes: int, rounds: int, alpha: float = 0.1) -> dict[str, float]:
