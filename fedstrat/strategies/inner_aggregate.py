@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, MetricRecord
+from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from .reply_screen import consistent_replies
@@ -42,26 +42,24 @@ def aggregate_inner(
     estimator: str,
     weighted_by_key: str,
     *,
-    deltas: np.ndarray | None = None,
-    controls: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
-    prepared: list[dict[str, Array]] | None = None,
     affine: bool = False,
+    **rewrite: Any,
 ) -> tuple[ArrayRecord | None, MetricRecord | None, list[str]]:
     """``strategy.aggregate_train`` of the ``valid`` replies weighted ``weights`` as
-    ``estimator``; also the notes of what :func:`.reply_screen.consistent_replies` changed.
+    ``estimator`` (``rewrite``: the other keywords of :func:`.rewrite.rewrite_replies`:
+    ``deltas``, ``controls``, ``offset``, ``prepared``); also the notes of what
+    :func:`.reply_screen.consistent_replies` changed.
 
     ``affine`` (only for ``estimator="ht"`` and a :func:`mean_aggregate` strategy): the
     replies' arrays are passed unchanged and the mean is made the HT estimate by
-    :func:`.rewrite.affine_ht` with ``W = sum_i w_i``. ``controls``: ``(c_i rows, offset)``
-    of the difference estimator; ``prepared``: HT arrays made by the reply screen."""
+    :func:`.rewrite.affine_ht` with ``W = sum_i w_i``."""
     mean = mean_aggregate(strategy)
     if affine and (estimator != "ht" or not mean):
         raise ValueError("the affine HT path needs estimator 'ht' and FedAvg's aggregate")
     passed = "ratio" if affine else estimator
     if passed == "ratio" and mean:  # FedAvg reads the replies' own values, without copies
-        prepared = view_arrays(valid)
-    replies = rewrite_replies(valid, weights, global_np, passed, weighted_by_key, deltas,
-                              *controls, prepared=prepared)
+        rewrite["prepared"] = view_arrays(valid)
+    replies = rewrite_replies(valid, weights, global_np, passed, weighted_by_key, **rewrite)
     replies, notes = consistent_replies(replies, weighted_by_key)
     arrays, metrics = strategy.aggregate_train(server_round, replies)
     if affine and arrays is not None:

@@ -243,8 +243,8 @@ class StratifiedSelection(Strategy):
         if valid:
             arrays, metrics, fixed = aggregate_inner(
                 self.strategy, server_round, valid, weights, global_np, estimator,
-                self.weighted_by_key, deltas=deltas, controls=cv, prepared=screen.rewritten,
-                affine=affine)
+                self.weighted_by_key, affine=affine, deltas=deltas, controls=cv[0],
+                offset=cv[1], prepared=screen.rewritten)
             notes = notes + fixed
         else:
             log(WARNING, "aggregate_train: no valid reply in round %d", server_round)
