@@ -200,7 +200,8 @@ class StratifiedPolicy:
         design = "uniform-warmup" if not st.fitted else "fedavg"
         if balanced:
             decision = replace(decision, reason=f"{decision.reason}; drawn balanced: one of "
-                               f"{frame.m} blocks of similar nodes ({self.balanced.basis_})")
+                               f"{frame.m} blocks of similar nodes ({self.balanced.basis_}; the "
+                               "predicted MSE is the uniform draw's, an upper bound)")
         if self.options.estimator == "difference":
             keep, why = difference_beats_fedavg(decision)
             decision = replace(decision, reason=f"{decision.reason}; {why}")

@@ -31,6 +31,7 @@ def test_fedavg_rounds_draw_one_node_per_block_with_fedavgs_inclusion_and_weight
     for d in draws[1:]:
         assert d.design == "fedavg" and d.estimator == "ratio"
         assert "drawn balanced" in d.reason and "histograms" in d.reason
+        assert "uniform draw's, an upper bound" in d.reason
         assert np.allclose(d.selection.inclusion, 6 / 36)  # m divides N: FedAvg's m/N
         assert d.selection.weights.sum() == pytest.approx(1.0)
     smp = policy.last_sampler
