@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from ._validate import as_count, as_sizes, as_updates
-from .baseline import Band, fedavg_from_strata, satterthwaite_band
+from .baseline import Band, satterthwaite_band
+from .fedavg_sized import SizeWeighted, as_size, fedavg_terms
 from .samplers import pps_inclusion
 from .strata import Strata
 
@@ -198,6 +199,7 @@ def predicted_variance(
     p2: np.ndarray | list | None = None,
     mean_counts: np.ndarray | list | None = None,
     level: float = 0.8,
+    sized: dict[str, np.ndarray] | None = None,
 ) -> VariancePrediction:
     """Predict stratified, uniform-HT and FedAvg MSE from per-stratum statistics.
 
@@ -213,7 +215,9 @@ def predicted_variance(
       ``ybar = sum_h P_h Dbar_h / N``. Without ``means`` the between term is omitted, so the
       uniform prediction is then a lower bound.
     - FedAvg: :func:`fedstrat.sampling.baseline.fedavg_from_strata` with ``p2_h = sum_{i in h}
-      p_i^2`` (default ``P_h^2 / N_h``).
+      p_i^2`` (default ``P_h^2 / N_h``); with ``sized`` (the tracker's
+      :meth:`~StratumVarianceTracker.size_weighted` moments of the present strata) from the
+      ``p_i^2``-weighted moments instead (:func:`fedstrat.sampling.fedavg_sized.fedavg_terms`).
 
     ``mean_counts`` ``n_h`` (observations behind estimated ``sigma_h`` and ``Dbar_h``): between
     terms are corrected for the noise of the estimated means (``- sigma_h^2 / n_h``, clipped at
@@ -253,16 +257,18 @@ def predicted_variance(
         between = float(np.sum(per))
         means = mu
     p2v = mass * mass / cnt if p2 is None else np.asarray(p2, dtype=np.float64)
-    f_in, f_btw = fedavg_from_strata(int(n_total), int(m_u), mass, p2v, sd, means, nobs)
+    f_in, f_btw, f_var, f_obs = fedavg_terms(int(n_total), int(m_u), mass, p2v, sd, means, nobs,
+                                             sized)
     fedavg = float(f_in.sum() + f_btw.sum())
     s_band = f_band = None
     gain_se = math.nan
     if nobs is not None:
         dfs = np.maximum(nobs - 1.0, 1.0)
+        f_dfs = np.maximum(f_obs - 1.0, 1.0)
         s_band = satterthwaite_band(terms, dfs, level)
-        f_band = satterthwaite_band(np.concatenate([f_in, f_btw]), np.concatenate([dfs, dfs]),
-                                    level)
-        gain_se = _gain_se(terms, f_in, f_btw, var_in, dfs, np.maximum(nobs, 1.0))
+        f_band = satterthwaite_band(np.concatenate([f_in, f_btw]),
+                                    np.concatenate([f_dfs, f_dfs]), level)
+        gain_se = _gain_se(terms, f_in, f_btw, f_var, f_dfs, np.maximum(f_obs, 1.0))
     if n_total <= 1:
         return VariancePrediction(strat, 0.0, 0.0, s_band, f_band, gain_se)
     s2 = (within + between) / (n_total - 1.0)
@@ -282,7 +288,8 @@ def _gain_se(
     each ``sigma_h^2`` (estimated with ``df_h`` degrees of freedom: variance ``2 sigma_h^4 /
     df_h``), so the within parts enter with coefficient ``f_in_h - terms_h``; FedAvg's between
     term ``c p2_h B_h`` adds ``(c p2_h)^2 (4 B_h sigma_h^2 / n_h + 2 sigma_h^4 / n_h^2)`` (the
-    noise of an estimated stratum mean)."""
+    noise of an estimated stratum mean). With size-weighted FedAvg moments ``var_in``,
+    ``dfs`` and ``nobs`` are FedAvg's (its sigma_(2),h^2 treated as the same estimate)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         coef = np.where(var_in > 0, f_in / var_in, 0.0)  # c p2_h
         b = np.where(coef > 0, f_btw / coef, 0.0)  # B_h
@@ -322,9 +329,15 @@ class StratumVarianceTracker:
         self._m2 = np.zeros(self.n_strata)
         self._n = np.zeros(self.n_strata, dtype=np.int64)
         self._w2 = np.zeros(self.n_strata)
+        # size-weighted moments (weight x size): W, sum w^2, mean, M2, count
+        self._sw = SizeWeighted(self.n_strata, self.dim)
 
-    def update(self, stratum: int, sketch: np.ndarray, weight: float = 1.0) -> None:
-        """Add one observation ``sketch`` (dim,) of stratum ``stratum`` with weight ``weight``."""
+    def update(
+        self, stratum: int, sketch: np.ndarray, weight: float = 1.0, size: float | None = None
+    ) -> None:
+        """Add one observation ``sketch`` (dim,) of stratum ``stratum`` with weight ``weight``;
+        with the client's ``size`` (any positive scale, e.g. its example count) also to the
+        size-weighted moments (weight ``weight * size``, see :meth:`size_weighted`)."""
         h = int(stratum)
         if not 0 <= h < self.n_strata:
             raise ValueError(f"stratum {stratum} out of range 0..{self.n_strata - 1}")
@@ -346,6 +359,8 @@ class StratumVarianceTracker:
         self._mean[h] += (w / self._w[h]) * delta
         self._m2[h] += w * float(delta @ (x - self._mean[h]))
         self._n[h] += 1
+        if size is not None:
+            self._sw.update(h, x, w * as_size(size), self.ema)
 
     def decay(self, factor: float) -> None:
         """Forget the past of every stratum by ``factor`` in (0, 1]: ``W``, ``M2`` times
@@ -358,6 +373,17 @@ class StratumVarianceTracker:
         self._w *= f
         self._m2 *= f
         self._w2 *= f * f
+        self._sw.decay(f)
+
+    def size_weighted(self, present: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """:class:`SizeWeighted` moments of the updates fed with a ``size`` (weight ``w_i
+        s_i``): with HT weights ``p_i / pi_i`` and ``s_i`` proportional to ``p_i`` they estimate
+        the ``p_i^2``-weighted stratum mean and dispersion that FedAvg's MSE needs
+        (:func:`fedstrat.sampling.fedavg_sized.fedavg_terms`). ``means`` (H, dim),
+        ``variances`` (NaN with < 2 sized updates) and Kish ``effective_counts``; only the
+        strata ``present`` (an index) when given."""
+        out = self._sw.moments()
+        return out if present is None else {k: v[present] for k, v in out.items()}
 
     def counts(self) -> np.ndarray:
         """Number of updates seen per stratum."""
@@ -404,6 +430,7 @@ class StratumVarianceTracker:
             "m2": self._m2.copy(),
             "n": self._n.copy(),
             "w2": self._w2.copy(),
+            **self._sw.state_dict(),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -433,3 +460,4 @@ class StratumVarianceTracker:
         if w2 is None:  # older state: as if equal weights (effective count = count)
             w2 = self._w**2 / np.maximum(self._n, 1)
         self._w2 = np.asarray(w2, dtype=np.float64).copy()
+        self._sw = SizeWeighted.from_state(self.n_strata, self.dim, state)

@@ -132,7 +132,7 @@ class SizeStrata:
         alloc = allocate(o.allocation, "pps", counts, masses, stds, frame.m, lo)
         pred = predicted_variance(counts, masses, stds, alloc, "pps", means=t.means()[present],
                                   m=frame.m, p2=p2, mean_counts=t.effective_counts()[present],
-                                  level=level)
+                                  level=level, sized=t.size_weighted(present))
         if self.trend_ is not None:
             share = (masses / alloc)[strata.labels]
             p = frame.sizes / frame.sizes.sum()
@@ -167,7 +167,8 @@ class SizeStrata:
         for r, i in enumerate(idx):
             if (feedback.weights[r] > 0 and i < len(nodes)
                     and nodes[i] == feedback.nodes[r]):
-                self.tracker_.update(int(labels[i]), feedback.sketches[r], feedback.weights[r])
+                self.tracker_.update(int(labels[i]), feedback.sketches[r], feedback.weights[r],
+                                     size=float(sizes[i]) if sizes[i] > 0 else None)
                 rows.append(r)
                 found.append(i)
         if self.trend_ is not None:

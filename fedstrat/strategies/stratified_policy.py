@@ -48,8 +48,8 @@ from fedstrat.sampling import (
     predicted_variance,
     satterthwaite_band,
 )
-from fedstrat.sampling.baseline import fedavg_from_strata
 from fedstrat.sampling.difference import ResidualPPSSampler
+from fedstrat.sampling.fedavg_sized import fedavg_terms
 
 from .allocation_rule import present_strata, round_allocation, stratum_means
 from .balanced_draw import BalancedDraw
@@ -121,6 +121,7 @@ class StratifiedPolicy:
         self._sampler_cache: tuple[Any, ...] | None = None
         #: FedAvg rounds' balanced uniform draw (``options.balanced_fedavg``)
         self.balanced = BalancedDraw()
+        self._registry: NodeRegistry | None = None  # sizes of responders (sized tracking)
 
     def attach_controls(self, memory: ControlVariates) -> None:
         """Use ``memory``'s predicted residual norms as the pps size measure (module doc)."""
@@ -162,6 +163,7 @@ class StratifiedPolicy:
         self._last_nodes = nodes_key
         self._frame_nodes = frame.nodes
         self.refresh(frame.round, frame.nodes, frame.registry, same_nodes)
+        self._registry = frame.registry
         st = self.stratifier
         cand = st.candidate_design_ if st.fitted else None
         strata_plan = None
@@ -313,10 +315,10 @@ class StratifiedPolicy:
             return None
         p = frame.sizes / frame.sizes.sum()
         nobs = tracker.effective_counts()[present]
-        within, between = fedavg_from_strata(
+        within, between, _, nobs = fedavg_terms(
             len(p), frame.m, np.bincount(local, weights=p), np.bincount(local, weights=p * p),
             tracker.stds()[present], tracker.means()[present], nobs,
-        )
+            tracker.size_weighted(present))
         dfs = np.maximum(nobs - 1.0, 1.0)
         return satterthwaite_band(np.concatenate([within, between]), np.concatenate([dfs, dfs]),
                                   BAND_LEVEL)
@@ -357,12 +359,12 @@ class StratifiedPolicy:
         masses = masses0.copy()
         means = stratum_means(self.stratifier, present, masses, basis)
         tracker = self.stratifier.tracker_
-        nobs = None
+        nobs = sized = None
         if basis == "tracked" and tracker is not None:
-            nobs = tracker.effective_counts()[present]
+            nobs, sized = tracker.effective_counts()[present], tracker.size_weighted(present)
         prediction = predicted_variance(
             counts, masses, stds, alloc, design, means=means, m=m, p2=p2, mean_counts=nobs,
-            level=BAND_LEVEL,
+            level=BAND_LEVEL, sized=sized,
         )
         return StrataPlan(strata, present, alloc, stds, basis, counts, masses, prediction)
 
@@ -441,11 +443,14 @@ class StratifiedPolicy:
         to its stratum (nothing without sketches or a tracker)."""
         if feedback.sketches is None or tracker is None:
             return
-        where = self.stratifier.node_stratum_
+        where, reg = self.stratifier.node_stratum_, self._registry
+        cap, known = (0.0, {}) if reg is None else (reg.size_cap(), reg.num_examples)
         tracker.decay(ROUND_DECAY)
         for r, node in enumerate(feedback.nodes):
             if feedback.weights[r] > 0 and node in where:
-                tracker.update(where[node], feedback.sketches[r], feedback.weights[r])
+                size = min(known.get(node, 0.0), cap)  # FedAvg's moments: weight x size
+                tracker.update(where[node], feedback.sketches[r], feedback.weights[r],
+                               size=size if size > 0 else None)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
