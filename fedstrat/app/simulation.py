@@ -9,7 +9,8 @@ Route (Flower 1.41; ``flwr.simulation.run_simulation`` is deprecated in favour o
 2. submit the Flower App shipped in the package (``fedstrat/app/flwr_app``: a pyproject whose
    components are ``fedstrat.app.server_app:app`` and ``fedstrat.clients.client_app:app``) with
    ``flwr run <app> fedstrat --run-config <toml> --federation-config "num-supernodes=N
-   client-resources-num-cpus=1 init-args-num-cpus=C" --stream``; its output (Flower's logs) goes
+   client-resources-num-cpus=1 [client-resources-num-gpus=G] init-args-num-cpus=C" --stream``
+   (``G``: :func:`client_gpu_share`, for ClientApps on a GPU); its output (Flower's logs) goes
    to ``<run dir>/logs/flower.log``. With ``ray_address`` the processes get ``RAY_ADDRESS``
    and no ``init-args-num-cpus``, so Flower's Ray backend attaches to that cluster;
 3. follow ``<run dir>/progress.jsonl`` (written by the ServerApp after every round) and call
@@ -149,6 +150,9 @@ def prepare_job(cfg: RunConfig) -> RunConfig:
     :class:`ConfigError`.
     """
     cfg = dataclasses.replace(cfg).validate()
+    if cfg.device.startswith("cuda") and not cfg.ray_address and visible_gpus() < 1:
+        raise ConfigError(f"device={cfg.device!r}, but no CUDA device is visible here "
+                          "(device='auto' trains on the GPU where there is one)")
     if cfg.resume:
         ckpt = find_checkpoint_dir(cfg.resume)
         run_dir = ckpt.parent.resolve()
@@ -255,9 +259,7 @@ class _Session:
         """``flwr run <packaged app> fedstrat --run-config ... --federation-config ...``."""
         run_config = self.home / "run-config.toml"
         run_config.write_text(flat_toml(cfg.to_flower()), encoding="utf-8")
-        federation = f"num-supernodes={cfg.num_clients} client-resources-num-cpus=1"
-        if not cfg.ray_address:  # an existing cluster has its own CPUs (ray.init refuses num_cpus)
-            federation += f" init-args-num-cpus={num_cpus}"
+        federation = federation_config(cfg, num_cpus, visible_gpus())
         cmd = [
             self.launcher.executable("flwr"),
             "run",
@@ -277,6 +279,40 @@ class _Session:
             self.launcher.stop()
         finally:
             shutil.rmtree(self.home, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- Ray resources
+def visible_gpus() -> int:
+    """CUDA devices torch sees in this process (0 without CUDA)."""
+    import torch
+
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def client_gpu_share(device: str, concurrency: int, gpus: int) -> float:
+    """Ray GPUs one simulated ClientApp reserves. Ray hides the GPUs from an actor that
+    reserves none (``CUDA_VISIBLE_DEVICES=""``), so a ClientApp on ``"cuda[:k]"``, or on
+    ``"auto"`` where a GPU is visible, gets a share: the ``gpus`` spread over the
+    ``concurrency`` clients that run at once, at most one GPU; 0 for ``"cpu"`` or no GPU."""
+    if gpus < 1 or not (device in ("", "auto") or device.startswith("cuda")):
+        return 0.0
+    return min(1.0, gpus / max(int(concurrency), 1))
+
+
+def federation_config(cfg: RunConfig, num_cpus: int, gpus: int) -> str:
+    """``flwr run --federation-config`` of ``cfg``: one simulated SuperNode per client, one CPU
+    per ClientApp, :func:`client_gpu_share` of the ``gpus`` visible here (with ``ray_address``
+    and no GPU here, a ``cuda`` ClientApp reserves one GPU of the cluster), and ``num_cpus``
+    for Ray unless it attaches to an existing cluster (``ray.init`` refuses ``num_cpus``)."""
+    out = f"num-supernodes={cfg.num_clients} client-resources-num-cpus=1"
+    share = client_gpu_share(cfg.device, min(num_cpus, cfg.num_clients), gpus)
+    if cfg.ray_address and gpus < 1 and cfg.device.startswith("cuda"):
+        share = 1.0
+    if share > 0:
+        out += f" client-resources-num-gpus={share:.6g}"
+    if not cfg.ray_address:
+        out += f" init-args-num-cpus={num_cpus}"
+    return out
 
 
 # ---------------------------------------------------------------------------- runner

@@ -176,6 +176,8 @@ def test_failing_app_raises_and_leaves_nothing(tmp_path: Path) -> None:
         ({"selection": "random"}, "unknown selection"),
         ({"clients_per_round": 50}, "exceeds num-clients"),
         ({"resume": "/nonexistent/run"}, "no checkpoint found"),
+        pytest.param({"device": "cuda"}, "no CUDA device is visible",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
     ],
 )
 def test_bad_config_raises_before_anything_is_written(
