@@ -50,6 +50,7 @@ class NodeRegistry:
         self.cost_sum: dict[int, float] = {}
         self.cost_count: dict[int, int] = {}
         self.version = 0  # bumped whenever a size or a histogram changes
+        self.sketch_updates = 0  # update sketches recorded by this object (not checkpointed)
         self._cut_reported: set[int] = set()  # nodes whose cut by the size cap was logged
         # caches of the O(N) per-round work, valid while the learned sizes are unchanged
         self._cap_cache: tuple[Any, float] | None = None
@@ -167,6 +168,7 @@ class NodeRegistry:
             self.version += 1
         if sketch is not None:
             self.sketches[node_id] = tuple(np.asarray(sketch, dtype=np.float64).ravel().tolist())
+            self.sketch_updates += 1
         if loss is not None and np.isfinite(loss):
             self.losses[node_id] = float(loss)
         if cost is not None and np.isfinite(cost) and cost >= 0:
