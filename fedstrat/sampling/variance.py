@@ -267,8 +267,8 @@ def predicted_variance(
         f_dfs = np.maximum(f_obs - 1.0, 1.0)
         s_band = satterthwaite_band(terms, dfs, level)
         f_band = satterthwaite_band(np.concatenate([f_in, f_btw]),
-                                    np.concatenate([f_dfs, f_dfs]), level)
-        gain_se = _gain_se(terms, f_in, f_btw, f_var, f_dfs, np.maximum(f_obs, 1.0))
+                                    np.concatenate([f_dfs, dfs]), level)
+        gain_se = _gain_se(terms, f_in, f_btw, f_var, f_dfs, np.maximum(nobs, 1.0))
     if n_total <= 1:
         return VariancePrediction(strat, 0.0, 0.0, s_band, f_band, gain_se)
     s2 = (within + between) / (n_total - 1.0)
@@ -288,8 +288,8 @@ def _gain_se(
     each ``sigma_h^2`` (estimated with ``df_h`` degrees of freedom: variance ``2 sigma_h^4 /
     df_h``), so the within parts enter with coefficient ``f_in_h - terms_h``; FedAvg's between
     term ``c p2_h B_h`` adds ``(c p2_h)^2 (4 B_h sigma_h^2 / n_h + 2 sigma_h^4 / n_h^2)`` (the
-    noise of an estimated stratum mean). With size-weighted FedAvg moments ``var_in``,
-    ``dfs`` and ``nobs`` are FedAvg's (its sigma_(2),h^2 treated as the same estimate)."""
+    noise of an estimated stratum mean). With size-weighted FedAvg moments ``var_in`` and
+    ``dfs`` are its within terms' (sigma_(2),h^2 treated as the same estimate)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         coef = np.where(var_in > 0, f_in / var_in, 0.0)  # c p2_h
         b = np.where(coef > 0, f_btw / coef, 0.0)  # B_h
@@ -360,7 +360,7 @@ class StratumVarianceTracker:
         self._m2[h] += w * float(delta @ (x - self._mean[h]))
         self._n[h] += 1
         if size is not None:
-            self._sw.update(h, x, w * as_size(size), self.ema)
+            self._sw.update(h, x, w, as_size(size), self.ema)
 
     def decay(self, factor: float) -> None:
         """Forget the past of every stratum by ``factor`` in (0, 1]: ``W``, ``M2`` times
@@ -382,7 +382,7 @@ class StratumVarianceTracker:
         (:func:`fedstrat.sampling.fedavg_sized.fedavg_terms`). ``means`` (H, dim),
         ``variances`` (NaN with < 2 sized updates) and Kish ``effective_counts``; only the
         strata ``present`` (an index) when given."""
-        out = self._sw.moments()
+        out = self._sw.moments(self._w, self._w2)
         return out if present is None else {k: v[present] for k, v in out.items()}
 
     def counts(self) -> np.ndarray:

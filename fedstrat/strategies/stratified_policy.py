@@ -315,13 +315,12 @@ class StratifiedPolicy:
             return None
         p = frame.sizes / frame.sizes.sum()
         nobs = tracker.effective_counts()[present]
-        within, between, _, nobs = fedavg_terms(
+        within, between, _, n_in = fedavg_terms(
             len(p), frame.m, np.bincount(local, weights=p), np.bincount(local, weights=p * p),
             tracker.stds()[present], tracker.means()[present], nobs,
             tracker.size_weighted(present))
-        dfs = np.maximum(nobs - 1.0, 1.0)
-        return satterthwaite_band(np.concatenate([within, between]), np.concatenate([dfs, dfs]),
-                                  BAND_LEVEL)
+        dfs = np.maximum(np.concatenate([n_in, nobs]) - 1.0, 1.0)
+        return satterthwaite_band(np.concatenate([within, between]), dfs, BAND_LEVEL)
 
     def _strata_plan(self, frame: PopulationFrame, design: str) -> StrataPlan | None:
         """Strata of the present nodes, ``m_h``, ``sigma_h`` and the predicted variance; None
