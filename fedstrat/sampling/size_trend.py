@@ -120,15 +120,24 @@ class SizeTrend:
         self, p: np.ndarray, sizes: np.ndarray, share: np.ndarray, m: int, z: float = 1.2816
     ) -> float | None:
         """Least :math:`R(b)` over the slope's band (module doc); None without enough
-        evidence."""
+        evidence. The grid's :math:`n_i^{b_k}` by one ratio: ``g_{k+1} = g_k n_i^{db}`` (two
+        ``exp`` passes over the clients instead of one per grid point)."""
         band = self.slope_band(z)
         if band is None:
             return None
         x = np.log(np.asarray(sizes, dtype=np.float64))  # once for the whole grid
-        x, p2, sp = x - x.max(), p * p, share * p
+        x -= x.max()
+        w = np.stack([p * p, share * p])  # FedAvg's and the strata's weights, one product
         c = fedavg_factor(len(p), int(m))
-        return min(self._saving(float(b), x, p2, sp, c)
-                   for b in np.linspace(band[1], band[2], _GRID))
+        grid = np.linspace(band[1], band[2], _GRID)
+        g, ratio = np.exp(grid[0] * x), np.exp((grid[1] - grid[0]) * x)
+        least = math.inf
+        for k in range(_GRID):
+            if k:
+                g *= ratio
+            fed, strat = w @ g
+            least = min(least, 1.0 - float(strat) / (c * float(fed)) if fed > 0 else -math.inf)
+        return least
 
     def to_json(self) -> dict[str, Any]:
         """Checkpoint form."""

@@ -105,6 +105,18 @@ def test_a_trend_fitted_on_growing_dispersion_gives_a_positive_bound_and_on_shri
     assert SizeTrend().saving_lower(p, sizes, share, 8) is None
 
 
+def test_the_bound_is_the_least_saving_over_the_slope_band():
+    rng = np.random.default_rng(6)
+    sizes = rng.integers(5, 900, 5000).astype(float)
+    p = sizes / sizes.sum()
+    share = rng.uniform(0.5, 2.0, len(sizes)) / 10
+    t = SizeTrend()
+    feed(t, rng, slope=0.8, rounds=6, sizes=np.sort(sizes[:80]))
+    _, lo, hi = t.slope_band()
+    grid = [SizeTrend.relative_saving(b, p, sizes, share, 10) for b in np.linspace(lo, hi, 9)]
+    assert t.saving_lower(p, sizes, share, 10) == pytest.approx(min(grid), rel=1e-12)
+
+
 def test_checkpoint_round_trip_gives_the_same_band():
     rng = np.random.default_rng(5)
     t = SizeTrend()
