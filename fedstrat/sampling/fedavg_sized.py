@@ -115,13 +115,8 @@ class SizeWeighted:
 
 
 def fedavg_terms(
-    n_total: int,
-    m: int,
-    masses: np.ndarray,
-    p2: np.ndarray,
-    stds: np.ndarray,
-    means: np.ndarray | None,
-    mean_counts: np.ndarray | None = None,
+    n_total: int, m: int, masses: np.ndarray, p2: np.ndarray, stds: np.ndarray,
+    means: np.ndarray | None, mean_counts: np.ndarray | None = None,
     sized: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-stratum FedAvg terms ``(within, between)``, the ``sigma^2`` behind each within term
