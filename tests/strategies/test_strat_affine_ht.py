@@ -68,7 +68,7 @@ def test_a_screened_out_reply_leaves_w_of_the_kept_ones():
     fast = run_rounds(FedAvg(fraction_evaluate=0.0), pop, np.float64, 2, overrides=bad)
     slow = run_rounds(OwnAggregate(fraction_evaluate=0.0), pop, np.float64, 2, overrides=bad)
     assert any(r.rejected for _, r in fast)
-    for (a, ra), (b, _) in zip(fast, slow, strict=True):
+    for (a, _), (b, _) in zip(fast, slow, strict=True):
         np.testing.assert_allclose(flatten(a), flatten(b), rtol=0, atol=1e-12)
         assert np.all(np.abs(flatten(a)) < 1e3)
 
