@@ -107,14 +107,9 @@ class SizeTrend:
         """:math:`R(b)` of the module doc; ``share[i] = P_{h(i)} / m_{h(i)}``, ``p`` the
         size shares, ``m`` the clients per round."""
         x = np.log(np.asarray(sizes, dtype=np.float64))
-        return SizeTrend._saving(b, x - x.max(), p * p, share * p, fedavg_factor(len(p), int(m)))
-
-    @staticmethod
-    def _saving(b: float, x: np.ndarray, p2: np.ndarray, sp: np.ndarray, c: float) -> float:
-        """:math:`R(b)` from ``x = log n_i - max log n``, ``p_i^2``, ``share_i p_i`` and ``c``."""
-        g = np.exp(b * x)  # n_i^b up to a common factor
-        fed = c * float(p2 @ g)
-        return 1.0 - float(sp @ g) / fed if fed > 0 else -math.inf
+        g = np.exp(b * (x - x.max()))  # n_i^b up to a common factor
+        fed = fedavg_factor(len(p), int(m)) * float((p * p) @ g)
+        return 1.0 - float((share * p) @ g) / fed if fed > 0 else -math.inf
 
     def saving_lower(
         self, p: np.ndarray, sizes: np.ndarray, share: np.ndarray, m: int, z: float = 1.2816
