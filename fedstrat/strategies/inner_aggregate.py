@@ -41,8 +41,6 @@ def aggregate_inner(
     global_np: dict[str, np.ndarray],
     estimator: str,
     weighted_by_key: str,
-    *,
-    affine: bool = False,
     **rewrite: Any,
 ) -> tuple[ArrayRecord | None, MetricRecord | None, list[str]]:
     """``strategy.aggregate_train`` of the ``valid`` replies weighted ``weights`` as
@@ -50,12 +48,11 @@ def aggregate_inner(
     ``deltas``, ``controls``, ``offset``, ``prepared``); also the notes of what
     :func:`.reply_screen.consistent_replies` changed.
 
-    ``affine`` (only for ``estimator="ht"`` and a :func:`mean_aggregate` strategy): the
-    replies' arrays are passed unchanged and the mean is made the HT estimate by
-    :func:`.rewrite.affine_ht` with ``W = sum_i w_i``."""
+    ``estimator="ht"`` with a :func:`mean_aggregate` strategy: the replies' arrays are passed
+    unchanged and the mean is made the HT estimate by :func:`.rewrite.affine_ht` with
+    ``W = sum_i w_i`` (no HT arrays are needed: ``prepared`` is not used)."""
     mean = mean_aggregate(strategy)
-    if affine and (estimator != "ht" or not mean):
-        raise ValueError("the affine HT path needs estimator 'ht' and FedAvg's aggregate")
+    affine = mean and estimator == "ht"
     passed = "ratio" if affine else estimator
     if passed == "ratio" and mean:  # FedAvg reads the replies' own values, without copies
         rewrite["prepared"] = view_arrays(valid)
