@@ -259,7 +259,8 @@ class _Session:
         """``flwr run <packaged app> fedstrat --run-config ... --federation-config ...``."""
         run_config = self.home / "run-config.toml"
         run_config.write_text(flat_toml(cfg.to_flower()), encoding="utf-8")
-        federation = federation_config(cfg, num_cpus, visible_gpus())
+        gpus = 0 if cfg.device == "cpu" else visible_gpus()  # cpu: no torch import here
+        federation = federation_config(cfg, num_cpus, gpus)
         cmd = [
             self.launcher.executable("flwr"),
             "run",
