@@ -166,11 +166,16 @@ def _pooled_ratio(runs: Sequence[RunOverview]) -> dict[str, Any]:
     return out
 
 
+def _rounds(values: Sequence[int | None]) -> list[float]:
+    """Rounds to target; a run that never reaches it counts as +inf."""
+    return [math.inf if v is None else float(v) for v in values]
+
+
 def _median_rounds(values: Sequence[int | None]) -> float:
-    """Median of rounds to target; a run that never reaches it counts as +inf."""
+    """Median of rounds to target (:func:`_rounds`)."""
     if not values:
         return math.nan
-    return float(statistics.median([math.inf if v is None else v for v in values]))
+    return float(statistics.median(_rounds(values)))
 
 
 #: seeds each side needs before a speed-up is printed
@@ -190,8 +195,7 @@ def speedup_band(
         return math.nan, math.nan
     import numpy as np
 
-    b = np.array([math.inf if v is None else v for v in base], dtype=np.float64)
-    t = np.array([math.inf if v is None else v for v in this], dtype=np.float64)
+    b, t = np.array(_rounds(base)), np.array(_rounds(this))
     rng = np.random.default_rng(0)
     mb = np.median(rng.choice(b, size=(n_boot, len(b))), axis=1)
     mt = np.median(rng.choice(t, size=(n_boot, len(t))), axis=1)
