@@ -7,9 +7,13 @@ subclasses that keep it), its arrays are the normalised weighted mean
 estimate ``x_g + sum_i w_i (x_i - x_g) = x_g + W (a - x_g)`` is one affine pass over ``a``
 (:func:`.rewrite.affine_ht`): the replies go on unchanged with weights ``w_i``, and no pass
 per reply makes ``x_g + W (x_i - x_g)``. FedAvg reads unchanged replies (this path and
-``"ratio"`` rounds) as views of their bytes (:func:`.rewrite.view_arrays`). Server optimizers
-(FedAdam, FedYogi, ...) and wrappers (DP) act on the mean itself, so they keep the rewritten
-replies.
+``"ratio"`` rounds) as views of their bytes (:func:`.rewrite.view_arrays`). When the reply
+screen's pass already summed ``S = sum_i w_i Delta_i`` per floating key
+(:func:`.reply_screen.screen_triage` with ``sums``), the floating arrays are not read again at
+all: the estimate is ``x_g + S`` (HT) or ``x_g + S / W`` (ratio: FedAvg's mean), and FedAvg gets
+the replies with their other arrays only (integer buffers, if any), for its metrics and the
+mean of those. Server optimizers (FedAdam, FedYogi, ...) and wrappers (DP) act on the mean
+itself, so they keep the rewritten replies.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import FedAvg, Strategy
 
+from .array_codec import encode_like
 from .reply_screen import consistent_replies
 from .reply_validation import ValidReply
 from .rewrite import affine_ht, rewrite_replies, view_arrays
@@ -41,6 +46,7 @@ def aggregate_inner(
     global_np: dict[str, np.ndarray],
     estimator: str,
     weighted_by_key: str,
+    sums: dict[str, np.ndarray] | None = None,
     **rewrite: Any,
 ) -> tuple[ArrayRecord | None, MetricRecord | None, list[str]]:
     """``strategy.aggregate_train`` of the ``valid`` replies weighted ``weights`` as
@@ -50,8 +56,13 @@ def aggregate_inner(
 
     ``estimator="ht"`` with a :func:`mean_aggregate` strategy: the replies' arrays are passed
     unchanged and the mean is made the HT estimate by :func:`.rewrite.affine_ht` with
-    ``W = sum_i w_i`` (no HT arrays are needed: ``prepared`` is not used)."""
+    ``W = sum_i w_i`` (no HT arrays are needed: ``prepared`` is not used). With ``sums``
+    (``sum_i w_i Delta_i`` of these replies and weights per floating key) and estimator
+    ``"ht"`` or ``"ratio"``, FedAvg sees only the other arrays (:func:`_from_sums`)."""
     mean = mean_aggregate(strategy)
+    if mean and sums is not None and estimator in ("ht", "ratio") and valid:
+        return _from_sums(strategy, server_round, valid, weights, global_np, estimator,
+                          weighted_by_key, sums)
     affine = mean and estimator == "ht"
     passed = "ratio" if affine else estimator
     if passed == "ratio" and mean:  # FedAvg reads the replies' own values, without copies
@@ -62,3 +73,39 @@ def aggregate_inner(
     if affine and arrays is not None:
         arrays = affine_ht(arrays, global_np, float(weights.sum()))
     return arrays, metrics, notes
+
+
+def _from_sums(
+    strategy: Strategy,
+    server_round: int,
+    valid: list[ValidReply],
+    weights: np.ndarray,
+    global_np: dict[str, np.ndarray],
+    estimator: str,
+    weighted_by_key: str,
+    sums: dict[str, np.ndarray],
+) -> tuple[ArrayRecord | None, MetricRecord | None, list[str]]:
+    """FedAvg's ``aggregate_train`` of the replies without their floating arrays (the
+    metrics, and the weighted mean of any other array), then each floating key ``k`` set to
+    ``x_g + c S_k`` in the key order of ``global_np``, ``c = 1`` (HT) or ``1 / W`` (ratio)."""
+    rest = [{k: v.message.content[v.array_key][k] for k in v.arrays if k not in sums}
+            for v in valid]
+    replies = rewrite_replies(valid, weights, global_np, "ratio", weighted_by_key, prepared=rest)
+    replies, notes = consistent_replies(replies, weighted_by_key)
+    others, metrics = strategy.aggregate_train(server_round, replies)
+    if others is None:
+        return None, metrics, notes
+    scale = 1.0 if estimator == "ht" else 1.0 / float(weights.sum())
+    record = valid[0].message.content[valid[0].array_key]
+    arrays = ArrayRecord()
+    for k, g in global_np.items():
+        if k in sums:
+            total = sums[k]  # the scan's own buffer: finished in place
+            if scale != 1.0:
+                total *= scale
+            total += g
+            arrays[k] = encode_like(record[k], total)
+        elif k in others:
+            arrays[k] = others[k]
+    return arrays, metrics, notes
+

@@ -38,8 +38,9 @@ class Screened:
     """The replies kept by :func:`screen_magnitudes` (in order), those it rejected, the kept
     replies' responder weights and notes (:func:`.triage.reply_weights`), their rows of the
     update matrix (None without floating-point arrays, or when :func:`screen_triage` was not
-    asked for the matrix), their count sketches and their HT-rewritten arrays when
-    :func:`screen_triage` made them in its pass (else None)."""
+    asked for the matrix), their count sketches, their HT-rewritten arrays and their weighted
+    update sums ``sum_i w_i Delta_i`` per floating key when :func:`screen_triage` made them
+    in its pass (else None)."""
 
     valid: list[ValidReply]
     rejected: list[ReplyProblem]
@@ -48,6 +49,7 @@ class Screened:
     deltas: np.ndarray | None
     sketches: np.ndarray | None = None
     rewritten: list[Any] | None = None
+    sums: dict[str, np.ndarray] | None = None
 
 
 def _float_limit(valid: list[ValidReply], key: str) -> float:
@@ -76,6 +78,7 @@ def screen_magnitudes(
     valid: list[ValidReply],
     global_np: dict[str, np.ndarray],
     deltas: np.ndarray | UpdateScan | None,
+    weights: tuple[np.ndarray, list[str]] | None = None,
 ) -> Screened:
     """Reject replies with finite values too large to aggregate; weight the rest.
 
@@ -91,8 +94,9 @@ def screen_magnitudes(
     A reply whose own values hold NaN or Inf (``UpdateScan.nonfinite``) is rejected first, with
     that reason (the triage leaves this check to the scan, ``check_finite=False``).
     The returned ``deltas`` are the kept rows of a matrix ``deltas`` (None for a scan).
+    ``weights``: :func:`reply_weights` of ``valid`` if already made.
     """
-    weights, notes = reply_weights(plan, valid)
+    weights, notes = reply_weights(plan, valid) if weights is None else weights
     keys = float_keys(global_np)
     matrix = deltas if isinstance(deltas, np.ndarray) else None
     if deltas is None or not keys or not valid:
@@ -150,6 +154,7 @@ def screen_triage(
     sketch: tuple[int, int] | None = None,
     matrix: bool = True,
     rewrite: bool = False,
+    sums: bool = False,
 ) -> tuple[Triage, Screened]:
     """:func:`screen_magnitudes` of the triaged replies: the triage with the screened-out
     replies moved to ``rejected``, and the screen (weights, notes, update rows).
@@ -160,12 +165,17 @@ def screen_triage(
     (``Screened.rewritten``: :func:`.rewrite.ht_arrays`, computed when read). ``matrix``: also
     the ``(R, D)`` float64
     update rows (``Screened.deltas``; the difference estimator and Gaussian sketches need
-    them).
+    them). ``sums``: also ``sum_i w_i Delta_i`` per floating key with the replies' weights
+    (``Screened.sums``, accumulated in the pass), when every reply array has its global
+    array's dtype (float32 or float64) and the screen keeps every reply (else None: a
+    rejection changes the weights).
     """
     valid = triage.valid
-    scan = scan_updates(valid, global_np, sketch=sketch)
+    first = reply_weights(plan, valid) if sums and _summable(valid, global_np) else None
+    scan = scan_updates(valid, global_np, sketch=sketch,
+                        weights=None if first is None else first[0])
     deltas = flat_deltas(valid, global_np) if matrix else None
-    screened = screen_magnitudes(plan, valid, global_np, scan)
+    screened = screen_magnitudes(plan, valid, global_np, scan, weights=first)
     kept = [valid.index(v) for v in screened.valid] if screened.rejected else None
     extra: dict[str, Any] = {}
     if deltas is not None:
@@ -174,11 +184,21 @@ def screen_triage(
         extra["sketches"] = scan.sketches(valid, global_np, kept)
     if rewrite and scan is not None and screened.valid:
         extra["rewritten"] = ht_arrays(screened.valid, global_np, float(screened.weights.sum()))
+    if scan is not None and kept is None and screened.valid:
+        extra["sums"] = scan.weighted
     screened = dataclasses.replace(screened, **extra)
     if not screened.rejected:
         return triage, screened
     return dataclasses.replace(triage, valid=screened.valid,
                                rejected=triage.rejected + screened.rejected), screened
+
+
+def _summable(valid: list[ValidReply], global_np: dict[str, np.ndarray]) -> bool:
+    """Every floating global array is float32 or float64 and every reply's array of that key
+    has its dtype: the weighted sums are then in the dtype FedAvg's mean would have."""
+    keys = float_keys(global_np)
+    return all(global_np[k].dtype in (np.float32, np.float64) for k in keys) and all(
+        v.arrays[k].dtype == global_np[k].dtype for v in valid for k in keys)
 
 
 def _majority(names: list[str]) -> str:

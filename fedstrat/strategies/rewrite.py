@@ -64,7 +64,9 @@ class UpdateScan:
     sums as accumulated (not finite where float32 slot sums overflowed; see :meth:`sketches`);
     ``d``: floating coordinates per update; ``work``: :func:`work_dtype` per key;
     ``nonfinite``: reply ``i`` -> the first key (in ``keys`` order) whose reply array ``x_i``
-    itself holds NaN or Inf (checked only where ``x_i - x_g`` was not finite).
+    itself holds NaN or Inf (checked only where ``x_i - x_g`` was not finite); ``weighted``:
+    per key ``sum_i w_i (x_i - x_g)`` in its work dtype, shaped like ``x_g`` (when asked for
+    with weights ``w``; its values are meaningful only if every ``x_i - x_g`` was finite).
     """
 
     keys: list[str]
@@ -74,6 +76,7 @@ class UpdateScan:
     work: dict[str, np.dtype] = field(default_factory=dict)
     nonfinite: dict[int, str] = field(default_factory=dict)
     sums: np.ndarray | None = None
+    weighted: dict[str, np.ndarray] | None = None
 
     def sketches(self, valid: list[ValidReply], global_np: dict[str, np.ndarray],
                  rows: list[int] | None = None) -> np.ndarray:
@@ -177,6 +180,7 @@ def scan_updates(
     global_np: dict[str, np.ndarray],
     *,
     sketch: tuple[int, int] | None = None,
+    weights: np.ndarray | None = None,
 ) -> UpdateScan | None:
     """One pass over every reply's floating arrays, in steps of :data:`CHUNK` coordinates.
 
@@ -194,6 +198,9 @@ def scan_updates(
     for NaN / Inf in the reply's own values (``UpdateScan.nonfinite``): finite peaks of
     ``x_i - x_g`` imply a finite ``x_i`` when ``x_g`` is finite, so the replies need no
     separate finiteness pass (``check_finite=False`` of :func:`.triage.triage_replies`).
+    With ``weights`` (aligned with ``valid``), also ``UpdateScan.weighted`` =
+    ``sum_i w_i Delta_i`` per key, accumulated in the same step while ``Delta`` is in cache
+    (the weighted mean of FedAvg without another pass over the replies).
     """
     keys = float_keys(global_np)
     if not valid or not keys:
@@ -209,6 +216,8 @@ def scan_updates(
     amax = np.zeros((len(valid), len(keys)))
     masks: dict[int, np.ndarray] = {}  # sign masks per step, shared by the replies
     bufs = {w: np.empty(CHUNK, dtype=w) for w in set(work.values())}
+    acc = None if weights is None else {k: np.zeros(global_np[k].shape, work[k]) for k in keys}
+    spare = {w: np.empty(CHUNK, dtype=w) for w in set(work.values())} if acc else {}
     nonfinite: dict[int, str] = {}
     with np.errstate(all="ignore"):
         for r, v in enumerate(valid):
@@ -222,6 +231,9 @@ def scan_updates(
                     b = min(a + CHUNK, x.size)
                     gc, xc, dc = flat_g[a:b], x[a:b], bufs[wd][: b - a]
                     np.subtract(xc, gc, out=dc, dtype=wd)
+                    if acc is not None and weights is not None:  # sum_i w_i Delta_i
+                        part = acc[k].reshape(-1)[a:b]
+                        part += np.multiply(dc, float(weights[r]), out=spare[wd][: b - a])
                     top, bottom = float(dc.max()), float(dc.min())
                     if not (math.isfinite(top) and math.isfinite(bottom)):
                         top, bottom = _peaks64(xc, gc)  # an overflow measured, NaN stays NaN
@@ -241,7 +253,7 @@ def scan_updates(
                 start += x.size
             if stream is not None and sums is not None:
                 sums[r] = stream.result(check=False)[0]
-    return UpdateScan(keys, amax, d, stream, work, nonfinite, sums)
+    return UpdateScan(keys, amax, d, stream, work, nonfinite, sums, acc)
 
 
 def rewrite_replies(

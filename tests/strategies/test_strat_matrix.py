@@ -174,6 +174,8 @@ def run_matrix_case(outer, strat, below, dtype, rounds, monkeypatch, with_int=Tr
             for key, value in as_np(spy.expected).items():
                 np.testing.assert_array_equal(new_np[key], value)
             check_rewrite(spy.handed, originals, rec, old_np, strat.applied_options.estimator)
+            check_summed(spy.handed, originals, rec, old_np, new_np,
+                         strat.applied_options.estimator)
         else:  # DP outside: its noise comes after; the inner rule was applied to the handed
             assert spy.expected is not None and len(spy.handed) == len(rec.responders)
         arrays = new
@@ -194,6 +196,8 @@ def check_rewrite(handed, replies, rec, global_np, estimator):
             assert got[INT_KEY].dtype == np.int64
             np.testing.assert_array_equal(got[INT_KEY], orig[INT_KEY])
         for key in FLOAT_KEYS:
+            if key not in got:  # summed in the screen's pass (check_summed)
+                continue
             x = orig[key].astype(np.float64)
             assert got[key].dtype == orig[key].dtype
             if estimator == "ratio":
@@ -203,6 +207,25 @@ def check_rewrite(handed, replies, rec, global_np, estimator):
             want = xg + big_w * (x - xg)
             tol = 1e-5 if orig[key].dtype == np.float32 else 1e-12
             np.testing.assert_allclose(got[key], want, rtol=tol, atol=tol)
+
+
+def check_summed(handed, replies, rec, global_np, new_np, estimator):
+    """Floating arrays not handed to the wrapped strategy (FedAvg's own mean): the aggregate
+    is the estimate itself, HT ``x_g + sum_i w_i (x_i - x_g)`` or ratio
+    ``sum_i w_i x_i / sum_i w_i``."""
+    missing = [k for k in FLOAT_KEYS if k not in handed[0].content["arrays"]]
+    if not missing:
+        return
+    by_node = {int(r.metadata.src_node_id): r for r in replies}
+    for key in missing:
+        xs = [by_node[n].content["arrays"][key].numpy().astype(np.float64)
+              for n in rec.responders]
+        xg = global_np[key].astype(np.float64)
+        w = np.asarray(rec.weights)
+        total = sum(wi * (x - xg) for wi, x in zip(w, xs, strict=True))
+        want = xg + (total if estimator == "ht" else total / w.sum())
+        tol = 1e-5 if new_np[key].dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(new_np[key], want, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
