@@ -21,6 +21,9 @@ from .reply_validation import ValidReply, all_finite
 #: coordinates per step of :func:`scan_updates` (float32: 256 KB work buffers, near L2 size);
 #: large steps keep the per-step Python overhead small next to the arithmetic
 CHUNK = 1 << 16
+#: replies whose count-sketch slots :func:`scan_updates` accumulates at once (16 x 256 KB of
+#: float32 slots at most: the replies of a group share each step's masks while in cache)
+GROUP = 16
 
 
 def float_keys(global_np: dict[str, np.ndarray]) -> list[str]:
@@ -185,22 +188,22 @@ def scan_updates(
     """One pass over every reply's floating arrays, in steps of :data:`CHUNK` coordinates.
 
     Per key the arithmetic is in :func:`work_dtype` (float32 for float32 models: the replies'
-    own precision, no float64 round trip). Per step: ``Delta = x_i - x_g``, its largest and
-    smallest value (a float32 difference that overflows is recomputed in float64, so the
-    peaks are those of the exact update) and, with ``sketch=(dim, seed)``, its count sketch
-    (:class:`~fedstrat.sampling.sketch.CountSketchStream`, float32 slot sums when every key
-    works in float32: bit for bit :func:`~fedstrat.sampling.count_sketch` of the stacked
-    ``Delta`` rows; one length-``B`` slot accumulator, summed into buckets after each reply and
-    cleared: no fresh ``(R, B)`` buffer). The HT arrays are :func:`ht_arrays` (values computed
-    when read, after the screen). Replies are decoded once (views of their bytes); the sign
-    masks of the sketch are made once per step for all replies; no ``(R, D)`` matrix. None without
-    replies or floating arrays. A piece whose peaks are not finite even in float64 is checked
-    for NaN / Inf in the reply's own values (``UpdateScan.nonfinite``): finite peaks of
-    ``x_i - x_g`` imply a finite ``x_i`` when ``x_g`` is finite, so the replies need no
-    separate finiteness pass (``check_finite=False`` of :func:`.triage.triage_replies`).
-    With ``weights`` (aligned with ``valid``), also ``UpdateScan.weighted`` =
-    ``sum_i w_i Delta_i`` per key, accumulated in the same step while ``Delta`` is in cache
-    (the weighted mean of FedAvg without another pass over the replies).
+    own precision, no float64 round trip). Per step and reply: ``Delta = x_i - x_g``, its
+    largest and smallest value (a float32 difference that overflows is recomputed in float64,
+    so the peaks are those of the exact update) and, with ``sketch=(dim, seed)``, its count
+    sketch (:class:`~fedstrat.sampling.sketch.CountSketchStream`, float32 slot sums when every
+    key works in float32: bit for bit :func:`~fedstrat.sampling.count_sketch` of the stacked
+    ``Delta`` rows). Step-major: the replies (at most :data:`GROUP` at a time) take their turn
+    on one step, so the step of ``x_g``, its sign masks (made once) and of the weighted sums
+    stay in cache and only the replies' own values are read from memory. The HT arrays are
+    :func:`ht_arrays` (values computed when read, after the screen). Replies are decoded once
+    (views of their bytes); no ``(R, D)`` matrix. None without replies or floating arrays. A
+    piece whose peaks are not finite even in float64 is checked for NaN / Inf in the reply's
+    own values (``UpdateScan.nonfinite``): finite peaks of ``x_i - x_g`` imply a finite
+    ``x_i`` when ``x_g`` is finite, so the replies need no separate finiteness pass
+    (``check_finite=False`` of :func:`.triage.triage_replies`). With ``weights`` (aligned with
+    ``valid``), also ``UpdateScan.weighted`` = ``sum_i w_i Delta_i`` per key, accumulated in
+    the same step (the weighted mean of FedAvg without another pass over the replies).
     """
     keys = float_keys(global_np)
     if not valid or not keys:
@@ -210,50 +213,74 @@ def scan_updates(
     narrow = all(w == np.float32 for w in work.values())
     stream = None
     if sketch is not None:
-        stream = CountSketchStream(d, sketch[0], sketch[1], 1,
+        stream = CountSketchStream(d, sketch[0], sketch[1], min(len(valid), GROUP),
                                    dtype=np.float32 if narrow else np.float64)
     sums = None if stream is None else np.empty((len(valid), stream.dim))
     amax = np.zeros((len(valid), len(keys)))
-    masks: dict[int, np.ndarray] = {}  # sign masks per step, shared by the replies
-    bufs = {w: np.empty(CHUNK, dtype=w) for w in set(work.values())}
-    acc = None if weights is None else {k: np.zeros(global_np[k].shape, work[k]) for k in keys}
-    spare = {w: np.empty(CHUNK, dtype=w) for w in set(work.values())} if acc else {}
+    acc = None if weights is None else {k: np.empty(global_np[k].shape, work[k]) for k in keys}
     nonfinite: dict[int, str] = {}
     with np.errstate(all="ignore"):
-        for r, v in enumerate(valid):
-            start = 0
-            if stream is not None and r:
+        for g0 in range(0, len(valid), GROUP):
+            group = range(g0, min(g0 + GROUP, len(valid)))
+            if stream is not None and g0:
                 stream.z.fill(0)
-            for j, k in enumerate(keys):
-                flat_g, x, wd = global_np[k].ravel(), v.arrays[k].ravel(), work[k]
-                hi, lo, finite = -math.inf, math.inf, True
-                for a in range(0, x.size, CHUNK):
-                    b = min(a + CHUNK, x.size)
-                    gc, xc, dc = flat_g[a:b], x[a:b], bufs[wd][: b - a]
-                    np.subtract(xc, gc, out=dc, dtype=wd)
-                    if acc is not None and weights is not None:  # sum_i w_i Delta_i
-                        part = acc[k].reshape(-1)[a:b]
-                        part += np.multiply(dc, float(weights[r]), out=spare[wd][: b - a])
-                    top, bottom = float(dc.max()), float(dc.min())
-                    if not (math.isfinite(top) and math.isfinite(bottom)):
-                        top, bottom = _peaks64(xc, gc)  # an overflow measured, NaN stays NaN
-                    if math.isfinite(top) and math.isfinite(bottom):
-                        hi, lo = max(hi, top), min(lo, bottom)
-                    else:
-                        finite = False
-                        if r not in nonfinite and not all_finite(xc):
-                            nonfinite[r] = k
-                    if stream is not None:
-                        m = masks.get(start + a)
-                        if m is None:
-                            m = masks[start + a] = stream.mask(start + a, b - a)
-                        stream.add(0, start + a, dc, m)
-                if x.size:
-                    amax[r, j] = max(hi, -lo) if finite else math.inf
-                start += x.size
+            _scan_group(valid, global_np, keys, work, group, amax, nonfinite, stream,
+                        acc, weights)
             if stream is not None and sums is not None:
-                sums[r] = stream.result(check=False)[0]
+                sums[g0 : group.stop] = stream.result(check=False)[: len(group)]
     return UpdateScan(keys, amax, d, stream, work, nonfinite, sums, acc)
+
+
+def _scan_group(
+    valid: list[ValidReply],
+    global_np: dict[str, np.ndarray],
+    keys: list[str],
+    work: dict[str, np.dtype],
+    group: range,
+    amax: np.ndarray,
+    nonfinite: dict[int, str],
+    stream: CountSketchStream | None,
+    acc: dict[str, np.ndarray] | None,
+    weights: np.ndarray | None,
+) -> None:
+    """:func:`scan_updates` of the replies ``group`` (stream row ``r - group.start``): fills
+    their ``amax`` rows and ``nonfinite`` entries, adds to the stream and to ``acc``."""
+    bufs = {w: np.empty(CHUNK, dtype=w) for w in set(work.values())}
+    spare = {w: np.empty(CHUNK, dtype=w) for w in set(work.values())} if acc else {}
+    start = 0
+    for j, k in enumerate(keys):
+        flat_g, wd, size = global_np[k].ravel(), work[k], global_np[k].size
+        xs = [(r, valid[r].arrays[k].ravel()) for r in group]
+        hi, lo = dict.fromkeys(group, -math.inf), dict.fromkeys(group, math.inf)
+        finite = dict.fromkeys(group, True)
+        for a in range(0, size, CHUNK):
+            b = min(a + CHUNK, size)
+            gc, dc = flat_g[a:b], bufs[wd][: b - a]
+            m = None if stream is None else stream.mask(start + a, b - a)
+            part = None if acc is None else acc[k].reshape(-1)[a:b]
+            for r, x in xs:
+                xc = x[a:b]
+                np.subtract(xc, gc, out=dc, dtype=wd)
+                if part is not None and weights is not None:  # sum_i w_i Delta_i
+                    if r == 0:
+                        np.multiply(dc, float(weights[r]), out=part)
+                    else:
+                        part += np.multiply(dc, float(weights[r]), out=spare[wd][: b - a])
+                top, bottom = float(dc.max()), float(dc.min())
+                if not (math.isfinite(top) and math.isfinite(bottom)):
+                    top, bottom = _peaks64(xc, gc)  # an overflow measured, NaN stays NaN
+                if math.isfinite(top) and math.isfinite(bottom):
+                    hi[r], lo[r] = max(hi[r], top), min(lo[r], bottom)
+                else:
+                    finite[r] = False
+                    if r not in nonfinite and not all_finite(xc):
+                        nonfinite[r] = k
+                if stream is not None:
+                    stream.add(r - group.start, start + a, dc, m)
+        if size:
+            for r in group:
+                amax[r, j] = max(hi[r], -lo[r]) if finite[r] else math.inf
+        start += size
 
 
 def rewrite_replies(

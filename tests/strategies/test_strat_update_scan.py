@@ -16,6 +16,7 @@ from fedstrat.strategies.local_grid import ensure_task_identity
 from fedstrat.strategies.reply_validation import ValidReply
 from fedstrat.strategies.rewrite import (
     CHUNK,
+    GROUP,
     flat_deltas,
     ht_arrays,
     rewrite_replies,
@@ -150,6 +151,35 @@ def test_float32_scan_is_the_count_sketch_of_float32_updates():
             delta = exact[r, cols:cols + g[k].size].reshape(got.shape)
             assert _close_to_float64(got, want[r][k], g, 0.5, delta)
             cols += g[k].size
+
+
+def test_more_replies_than_a_group_scan_as_one():
+    """Replies beyond one group of slot accumulators: the same sketches (bit for bit), peaks
+    and weighted sums sum_i w_i Delta_i as each reply alone; a NaN reply in a later group is
+    marked with its key."""
+    rng = np.random.default_rng(8)
+    g = {"w": rng.normal(size=(CHUNK + 5,)).astype(np.float32),
+         "v": rng.normal(size=(4, 3)).astype(np.float32)}
+    n = GROUP + 3
+    valid = [_reply(i + 1, {k: x + rng.normal(scale=0.1, size=x.shape).astype(np.float32)
+                            for k, x in g.items()}) for i in range(n)]
+    bad = {"w": g["w"].copy(), "v": g["v"].copy()}
+    bad["v"][1, 2] = np.nan
+    valid.append(_reply(n + 1, bad))
+    rows = np.stack([np.concatenate([(v.arrays[k] - g[k]).ravel() for k in g]) for v in valid])
+    weights = rng.uniform(0.5, 2.0, size=len(valid))
+    scan = scan_updates(valid, g, sketch=(8, 3), weights=weights)
+    good = list(range(n))
+    assert np.array_equal(scan.sums[good], count_sketch(rows[good], 8, 3))
+    assert scan.nonfinite == {n: "v"} and math.isinf(scan.amax[n, 1])
+    for r in good:
+        assert scan.amax[r, 0] == np.abs(rows[r, : g["w"].size]).max()
+        assert scan.amax[r, 1] == np.abs(rows[r, g["w"].size :]).max()
+    clean = scan_updates(valid[:n], g, weights=weights[:n])
+    want = weights[:n] @ rows[:n].astype(np.float64)
+    got = np.concatenate([clean.weighted[k].ravel() for k in g])
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
 def test_rewrite_replies_ht_paths_agree(case):
