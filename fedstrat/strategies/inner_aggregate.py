@@ -58,54 +58,44 @@ def aggregate_inner(
     unchanged and the mean is made the HT estimate by :func:`.rewrite.affine_ht` with
     ``W = sum_i w_i`` (no HT arrays are needed: ``prepared`` is not used). With ``sums``
     (``sum_i w_i Delta_i`` of these replies and weights per floating key) and estimator
-    ``"ht"`` or ``"ratio"``, FedAvg sees only the other arrays (:func:`_from_sums`)."""
+    ``"ht"`` or ``"ratio"``, FedAvg sees only the other arrays (:func:`_with_sums`)."""
     mean = mean_aggregate(strategy)
-    if mean and sums is not None and estimator in ("ht", "ratio") and valid:
-        return _from_sums(strategy, server_round, valid, weights, global_np, estimator,
-                          weighted_by_key, sums)
-    affine = mean and estimator == "ht"
-    passed = "ratio" if affine else estimator
-    if passed == "ratio" and mean:  # FedAvg reads the replies' own values, without copies
+    summed = mean and sums is not None and estimator in ("ht", "ratio") and bool(valid)
+    affine = mean and estimator == "ht" and not summed
+    passed = "ratio" if affine or summed else estimator
+    if summed and sums is not None:  # FedAvg: metrics and non-floating arrays only
+        rewrite["prepared"] = [{k: v.message.content[v.array_key][k] for k in v.arrays
+                                if k not in sums} for v in valid]
+    elif passed == "ratio" and mean:  # FedAvg reads the replies' own values, without copies
         rewrite["prepared"] = view_arrays(valid)
     replies = rewrite_replies(valid, weights, global_np, passed, weighted_by_key, **rewrite)
     replies, notes = consistent_replies(replies, weighted_by_key)
     arrays, metrics = strategy.aggregate_train(server_round, replies)
-    if affine and arrays is not None:
+    if arrays is not None and summed and sums is not None:
+        scale = 1.0 if estimator == "ht" else 1.0 / float(weights.sum())
+        arrays = _with_sums(arrays, valid[0], global_np, sums, scale)
+    elif affine and arrays is not None:
         arrays = affine_ht(arrays, global_np, float(weights.sum()))
     return arrays, metrics, notes
 
 
-def _from_sums(
-    strategy: Strategy,
-    server_round: int,
-    valid: list[ValidReply],
-    weights: np.ndarray,
-    global_np: dict[str, np.ndarray],
-    estimator: str,
-    weighted_by_key: str,
-    sums: dict[str, np.ndarray],
-) -> tuple[ArrayRecord | None, MetricRecord | None, list[str]]:
-    """FedAvg's ``aggregate_train`` of the replies without their floating arrays (the
-    metrics, and the weighted mean of any other array), then each floating key ``k`` set to
-    ``x_g + c S_k`` in the key order of ``global_np``, ``c = 1`` (HT) or ``1 / W`` (ratio)."""
-    rest = [{k: v.message.content[v.array_key][k] for k in v.arrays if k not in sums}
-            for v in valid]
-    replies = rewrite_replies(valid, weights, global_np, "ratio", weighted_by_key, prepared=rest)
-    replies, notes = consistent_replies(replies, weighted_by_key)
-    others, metrics = strategy.aggregate_train(server_round, replies)
-    if others is None:
-        return None, metrics, notes
-    scale = 1.0 if estimator == "ht" else 1.0 / float(weights.sum())
-    record = valid[0].message.content[valid[0].array_key]
+def _with_sums(
+    others: ArrayRecord, first: ValidReply, global_np: dict[str, np.ndarray],
+    sums: dict[str, np.ndarray], scale: float,
+) -> ArrayRecord:
+    """The arrays in the key order of ``global_np``: floating key ``k`` is ``x_g + c S_k``
+    (``c = 1``: HT; ``1 / W``: ratio, FedAvg's mean), any other key FedAvg's mean
+    (``others``). ``S_k`` is the scan's own buffer, finished in place; encoded with the
+    header of ``first``'s array (same dtype and shape)."""
+    record = first.message.content[first.array_key]
     arrays = ArrayRecord()
     for k, g in global_np.items():
         if k in sums:
-            total = sums[k]  # the scan's own buffer: finished in place
+            total = sums[k]
             if scale != 1.0:
                 total *= scale
             total += g
             arrays[k] = encode_like(record[k], total)
         elif k in others:
             arrays[k] = others[k]
-    return arrays, metrics, notes
-
+    return arrays
