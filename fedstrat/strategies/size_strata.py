@@ -145,8 +145,8 @@ class SizeStrata:
     def min_needed(self, min_tracked: int) -> int:
         """Tracked updates each bin needs: ``min_tracked``, or 1 once the trend has the
         evidence for the saving's bound (a bin seen once takes the pooled spread of the
-        others for its predicted MSE, ``StratumVarianceTracker.stds``; the policy asks for
-        ``min_tracked`` before such strata displace credible label strata)."""
+        others for its predicted MSE, ``StratumVarianceTracker.stds``); also what the policy
+        asks of them before they displace credible label strata."""
         ready = self.trend_ is not None and self.trend_.slope_band() is not None
         return min(min_tracked, 1) if ready else min_tracked
 

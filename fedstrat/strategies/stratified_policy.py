@@ -279,14 +279,16 @@ class StratifiedPolicy:
         evidence: drawn by size, some label strata would never get it); over tracked label
         strata when their saving's lower bound is the larger and their predicted MSE the lower
         (a tight bound on a smaller saving does not displace a larger one), and, over label
-        strata whose saving is credible, only with :data:`MIN_TRACKED` updates in every bin."""
+        strata whose saving is credible, only with the tracked updates per bin that size
+        strata need to be drawn at all (:meth:`.SizeStrata.min_needed`)."""
         low = size.prediction.gain_lower(GAIN_Z)
         if strata is None:
             return True
         if strata.basis != "tracked" or self._tracked_min(strata) < MIN_TRACKED:
             return low > 0 and self.stratifier.design_ not in STRATIFIED_DESIGNS
         s_low = strata.prediction.gain_lower(GAIN_Z)
-        if s_low > 0 and self.size_strata.min_count(size) < MIN_TRACKED:
+        if s_low > 0 and (self.size_strata.min_count(size)
+                          < self.size_strata.min_needed(MIN_TRACKED)):
             return False
         return low > s_low and size.prediction.stratified < strata.prediction.stratified
 

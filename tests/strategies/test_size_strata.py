@@ -217,3 +217,40 @@ def test_label_strata_chosen_by_the_proxy_are_not_displaced_before_they_are_trac
     tracker = before.stratifier.tracker_
     present = np.unique(list(before.stratifier.node_stratum_.values()))
     assert tracker.counts()[present].min() >= MIN_TRACKED
+
+
+def test_tracked_label_strata_give_way_to_size_strata_with_the_evidence_size_strata_need():
+    # label component plus noise growing with size: once the label strata are tracked, size
+    # strata with the size trend's evidence (1 update a bin, as they need to be drawn at
+    # all) take over at once, not after MIN_TRACKED updates in every bin; and their design is
+    # truly the better one (seeded Monte Carlo on one realisation of the updates, 3,000 draws)
+    from fedstrat.strategies.stratified_policy import MIN_TRACKED
+
+    pop = make_population(n=60, classes=6, dim=6, alpha=0.05, seed=0)
+
+    def labels_and_size(node, stratum, rng):
+        v = np.zeros(8)
+        v[stratum % 8] = 3.0
+        return v + (pop.sizes[pop.index[node]] / 30.0) * rng.normal(size=8)
+
+    policy, draws = run_rounds(pop, labels_and_size, rounds=6, m=8)
+    first = next(r for r, d in enumerate(draws) if "size strata" in d.decision.reason)
+    assert draws[first - 1].decision.mode == "stratified"  # label strata until then
+    earlier, _ = run_rounds(pop, labels_and_size, rounds=first, m=8)  # state before `first`
+    tracker = earlier.stratifier.tracker_
+    present = np.unique(list(earlier.stratifier.node_stratum_.values()))
+    assert tracker.counts()[present].min() >= MIN_TRACKED  # the label strata were tracked
+    n_min = int(draws[first].decision.reason.split("tracked (")[1].split("+")[0])
+    assert n_min < MIN_TRACKED  # the previous rule waited for MIN_TRACKED in every bin
+    nodes = sorted(pop.node_ids)
+    sizes = np.array([pop.sizes[pop.index[n]] for n in nodes], dtype=np.float64)
+    where = policy.stratifier.node_stratum_
+    rng = np.random.default_rng(21)
+    updates = np.array([labels_and_size(n, where[n], rng) for n in nodes])
+    p = sizes / sizes.sum()
+    by_size, by_label = draws[first].strata, draws[first - 1].strata
+    ms = mse(StratifiedSampler(sizes, by_size.strata, by_size.allocation, "pps", seed=0),
+             updates, p, rng)
+    ml = mse(StratifiedSampler(sizes, by_label.strata, by_label.allocation, "pps", seed=0),
+             updates, p, rng)
+    assert ms < 0.9 * ml
