@@ -9,7 +9,7 @@ estimate ``x_g + sum_i w_i (x_i - x_g) = x_g + W (a - x_g)`` is one affine pass 
 per reply makes ``x_g + W (x_i - x_g)``. FedAvg reads unchanged replies (this path and
 ``"ratio"`` rounds) as views of their bytes (:func:`.rewrite.view_arrays`). When the reply
 screen's pass already summed ``S = sum_i w_i Delta_i`` per floating key
-(:func:`.reply_screen.screen_triage` with ``sums``), the floating arrays are not read again at
+(:func:`.reply_screen.screen_triage` with ``weighted``), the floating arrays are not read again at
 all: the estimate is ``x_g + S`` (HT) or ``x_g + S / W`` (ratio: FedAvg's mean), and FedAvg gets
 the replies with their other arrays only (integer buffers, if any), for its metrics and the
 mean of those. Server optimizers (FedAdam, FedYogi, ...) and wrappers (DP) act on the mean
@@ -46,7 +46,7 @@ def aggregate_inner(
     global_np: dict[str, np.ndarray],
     estimator: str,
     weighted_by_key: str,
-    sums: dict[str, np.ndarray] | None = None,
+    weighted: dict[str, np.ndarray] | None = None,
     **rewrite: Any,
 ) -> tuple[ArrayRecord | None, MetricRecord | None, list[str]]:
     """``strategy.aggregate_train`` of the ``valid`` replies weighted ``weights`` as
@@ -56,32 +56,32 @@ def aggregate_inner(
 
     ``estimator="ht"`` with a :func:`mean_aggregate` strategy: the replies' arrays are passed
     unchanged and the mean is made the HT estimate by :func:`.rewrite.affine_ht` with
-    ``W = sum_i w_i`` (no HT arrays are needed: ``prepared`` is not used). With ``sums``
+    ``W = sum_i w_i`` (no HT arrays are needed: ``prepared`` is not used). With ``weighted``
     (``sum_i w_i Delta_i`` of these replies and weights per floating key) and estimator
-    ``"ht"`` or ``"ratio"``, FedAvg sees only the other arrays (:func:`_with_sums`)."""
+    ``"ht"`` or ``"ratio"``, FedAvg sees only the other arrays (:func:`_with_weighted`)."""
     mean = mean_aggregate(strategy)
-    summed = mean and sums is not None and estimator in ("ht", "ratio") and bool(valid)
+    summed = mean and weighted is not None and estimator in ("ht", "ratio") and bool(valid)
     affine = mean and estimator == "ht" and not summed
     passed = "ratio" if affine or summed else estimator
-    if summed and sums is not None:  # FedAvg: metrics and non-floating arrays only
+    if summed and weighted is not None:  # FedAvg: metrics and non-floating arrays only
         rewrite["prepared"] = [{k: v.message.content[v.array_key][k] for k in v.arrays
-                                if k not in sums} for v in valid]
+                                if k not in weighted} for v in valid]
     elif passed == "ratio" and mean:  # FedAvg reads the replies' own values, without copies
         rewrite["prepared"] = view_arrays(valid)
     replies = rewrite_replies(valid, weights, global_np, passed, weighted_by_key, **rewrite)
     replies, notes = consistent_replies(replies, weighted_by_key)
     arrays, metrics = strategy.aggregate_train(server_round, replies)
-    if arrays is not None and summed and sums is not None:
+    if arrays is not None and summed and weighted is not None:
         scale = 1.0 if estimator == "ht" else 1.0 / float(weights.sum())
-        arrays = _with_sums(arrays, valid[0], global_np, sums, scale)
+        arrays = _with_weighted(arrays, valid[0], global_np, weighted, scale)
     elif affine and arrays is not None:
         arrays = affine_ht(arrays, global_np, float(weights.sum()))
     return arrays, metrics, notes
 
 
-def _with_sums(
+def _with_weighted(
     others: ArrayRecord, first: ValidReply, global_np: dict[str, np.ndarray],
-    sums: dict[str, np.ndarray], scale: float,
+    weighted: dict[str, np.ndarray], scale: float,
 ) -> ArrayRecord:
     """The arrays in the key order of ``global_np``: floating key ``k`` is ``x_g + c S_k``
     (``c = 1``: HT; ``1 / W``: ratio, FedAvg's mean), any other key FedAvg's mean
@@ -90,8 +90,8 @@ def _with_sums(
     record = first.message.content[first.array_key]
     arrays = ArrayRecord()
     for k, g in global_np.items():
-        if k in sums:
-            total = sums[k]
+        if k in weighted:
+            total = weighted[k]
             if scale != 1.0:
                 total *= scale
             total += g

@@ -49,7 +49,7 @@ class Screened:
     deltas: np.ndarray | None
     sketches: np.ndarray | None = None
     rewritten: list[Any] | None = None
-    sums: dict[str, np.ndarray] | None = None
+    weighted: dict[str, np.ndarray] | None = None
 
 
 def _float_limit(valid: list[ValidReply], key: str) -> float:
@@ -154,7 +154,7 @@ def screen_triage(
     sketch: tuple[int, int] | None = None,
     matrix: bool = True,
     rewrite: bool = False,
-    sums: bool = False,
+    weighted: bool = False,
 ) -> tuple[Triage, Screened]:
     """:func:`screen_magnitudes` of the triaged replies: the triage with the screened-out
     replies moved to ``rejected``, and the screen (weights, notes, update rows).
@@ -165,13 +165,13 @@ def screen_triage(
     (``Screened.rewritten``: :func:`.rewrite.ht_arrays`, computed when read). ``matrix``: also
     the ``(R, D)`` float64
     update rows (``Screened.deltas``; the difference estimator and Gaussian sketches need
-    them). ``sums``: also ``sum_i w_i Delta_i`` per floating key with the replies' weights
-    (``Screened.sums``, accumulated in the pass), when every reply array has its global
+    them). ``weighted``: also ``sum_i w_i Delta_i`` per floating key with the replies' weights
+    (``Screened.weighted``, accumulated in the pass), when every reply array has its global
     array's dtype (float32 or float64) and the screen keeps every reply (else None: a
     rejection changes the weights).
     """
     valid = triage.valid
-    first = reply_weights(plan, valid) if sums and _summable(valid, global_np) else None
+    first = reply_weights(plan, valid) if weighted and _summable(valid, global_np) else None
     scan = scan_updates(valid, global_np, sketch=sketch,
                         weights=None if first is None else first[0])
     deltas = flat_deltas(valid, global_np) if matrix else None
@@ -185,7 +185,7 @@ def screen_triage(
     if rewrite and scan is not None and screened.valid:
         extra["rewritten"] = ht_arrays(screened.valid, global_np, float(screened.weights.sum()))
     if scan is not None and kept is None and screened.valid:
-        extra["sums"] = scan.weighted
+        extra["weighted"] = scan.weighted
     screened = dataclasses.replace(screened, **extra)
     if not screened.rejected:
         return triage, screened

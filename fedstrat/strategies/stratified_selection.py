@@ -228,7 +228,7 @@ class StratifiedSelection(Strategy):
         triage, screen = screen_triage(  # one pass per reply; (R, D) matrix only if needed
             plan, triage, global_np, sketch=(o.sketch_dim, o.sketch_seed) if counts else None,
             matrix=self.controls is not None or not counts, rewrite=estimator == "ht" and not mean,
-            sums=mean and estimator in ("ht", "ratio"))
+            weighted=mean and estimator in ("ht", "ratio"))
         valid, weights, notes, deltas = triage.valid, screen.weights, screen.notes, screen.deltas
         sketches = observe_replies(self.registry, valid, deltas, plan.sent_at, o.sketch_dim,
                                    o.sketch_seed, o.cost_key, self.sketch_method,
@@ -244,7 +244,7 @@ class StratifiedSelection(Strategy):
             arrays, metrics, fixed = aggregate_inner(
                 self.strategy, server_round, valid, weights, global_np, estimator,
                 self.weighted_by_key, deltas=deltas, controls=cv[0], offset=cv[1],
-                prepared=screen.rewritten, sums=screen.sums)
+                prepared=screen.rewritten, weighted=screen.weighted)
             notes = notes + fixed
         else:
             log(WARNING, "aggregate_train: no valid reply in round %d", server_round)
