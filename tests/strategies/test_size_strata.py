@@ -195,6 +195,16 @@ def test_spread_shrinking_fast_with_size_never_gives_size_strata():
 
 
 
+def labels_and_size(pop):
+    """Updates that follow the label strata (3 along the stratum's axis) plus isotropic noise
+    whose std grows with the client's size (size / 30)."""
+    def sketch_of(node, stratum, rng):
+        v = np.zeros(8)
+        v[stratum % 8] = 3.0
+        return v + (pop.sizes[pop.index[node]] / 30.0) * rng.normal(size=8)
+    return sketch_of
+
+
 def test_label_strata_chosen_by_the_proxy_are_not_displaced_before_they_are_tracked():
     # updates that follow the label strata, with noise growing with size: the size trend is
     # credible early; the label strata (chosen by the histogram proxy) keep the draw until
@@ -203,17 +213,11 @@ def test_label_strata_chosen_by_the_proxy_are_not_displaced_before_they_are_trac
     from fedstrat.strategies.stratified_policy import MIN_TRACKED
 
     pop = make_population(n=60, classes=6, dim=6, alpha=0.05, seed=1)
-
-    def labels_and_size(node, stratum, rng):
-        v = np.zeros(8)
-        v[stratum % 8] = 3.0
-        return v + (pop.sizes[pop.index[node]] / 30.0) * rng.normal(size=8)
-
-    _, draws = run_rounds(pop, labels_and_size, rounds=10, m=8)
+    _, draws = run_rounds(pop, labels_and_size(pop), rounds=10, m=8)
     assert draws[0].decision.evidence == "proxy" and draws[0].decision.mode == "stratified"
     size_rounds = [r for r, d in enumerate(draws, 1) if "size strata" in d.decision.reason]
     assert size_rounds  # the size trend does win here, once the label strata are tracked
-    before, _ = run_rounds(pop, labels_and_size, rounds=size_rounds[0] - 1, m=8)
+    before, _ = run_rounds(pop, labels_and_size(pop), rounds=size_rounds[0] - 1, m=8)
     tracker = before.stratifier.tracker_
     present = np.unique(list(before.stratifier.node_stratum_.values()))
     assert tracker.counts()[present].min() >= MIN_TRACKED
@@ -227,16 +231,11 @@ def test_tracked_label_strata_give_way_to_size_strata_with_the_evidence_size_str
     from fedstrat.strategies.stratified_policy import MIN_TRACKED
 
     pop = make_population(n=60, classes=6, dim=6, alpha=0.05, seed=0)
-
-    def labels_and_size(node, stratum, rng):
-        v = np.zeros(8)
-        v[stratum % 8] = 3.0
-        return v + (pop.sizes[pop.index[node]] / 30.0) * rng.normal(size=8)
-
-    policy, draws = run_rounds(pop, labels_and_size, rounds=6, m=8)
+    sketch_of = labels_and_size(pop)
+    policy, draws = run_rounds(pop, sketch_of, rounds=6, m=8)
     first = next(r for r, d in enumerate(draws) if "size strata" in d.decision.reason)
     assert draws[first - 1].decision.mode == "stratified"  # label strata until then
-    earlier, _ = run_rounds(pop, labels_and_size, rounds=first, m=8)  # state before `first`
+    earlier, _ = run_rounds(pop, sketch_of, rounds=first, m=8)  # the state before `first`
     tracker = earlier.stratifier.tracker_
     present = np.unique(list(earlier.stratifier.node_stratum_.values()))
     assert tracker.counts()[present].min() >= MIN_TRACKED  # the label strata were tracked
@@ -246,7 +245,7 @@ def test_tracked_label_strata_give_way_to_size_strata_with_the_evidence_size_str
     sizes = np.array([pop.sizes[pop.index[n]] for n in nodes], dtype=np.float64)
     where = policy.stratifier.node_stratum_
     rng = np.random.default_rng(21)
-    updates = np.array([labels_and_size(n, where[n], rng) for n in nodes])
+    updates = np.array([sketch_of(n, where[n], rng) for n in nodes])
     p = sizes / sizes.sum()
     by_size, by_label = draws[first].strata, draws[first - 1].strata
     ms = mse(StratifiedSampler(sizes, by_size.strata, by_size.allocation, "pps", seed=0),
