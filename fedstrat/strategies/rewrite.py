@@ -62,9 +62,10 @@ class UpdateScan:
     """What :func:`scan_updates` learned of each reply ``i`` (rows aligned with the replies).
 
     ``amax[i, j]``: ``max |x_i - x_g|`` over floating key ``keys[j]`` (float64; ``inf`` if not
-    finite); ``sketch``: the one-row count-sketch stream the updates ``x_i - x_g`` were
-    accumulated in, one after the other (or None); ``sums``: their ``(R, dim)`` float64 bucket
-    sums as accumulated (not finite where float32 slot sums overflowed; see :meth:`sketches`);
+    finite); ``sketch``: the count-sketch stream the updates ``x_i - x_g`` were accumulated in,
+    :data:`GROUP` rows at a time (or None; its map, ``dim`` and ``seed`` serve
+    :meth:`sketches`); ``sums``: their ``(R, dim)`` float64 bucket sums as accumulated (not
+    finite where float32 slot sums overflowed; see :meth:`sketches`);
     ``d``: floating coordinates per update; ``work``: :func:`work_dtype` per key;
     ``nonfinite``: reply ``i`` -> the first key (in ``keys`` order) whose reply array ``x_i``
     itself holds NaN or Inf (checked only where ``x_i - x_g`` was not finite); ``weighted``:
