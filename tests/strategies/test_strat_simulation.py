@@ -174,7 +174,11 @@ def global_loss(arrays: ArrayRecord) -> float:
     return total / count
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam", "fedyogi", "failures"])
+# Not the "failures" scenario: with half of the nodes raising, a round can keep a single
+# Dirichlet(0.1)-skewed responder (P ~ 0.15 a round), whose weights then carry the round's whole
+# total, as FedAvg's would: the global loss after 3 such rounds is a matter of luck (1.61 > log 4
+# was seen in CI). What the failure scenario guarantees is tested below.
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam", "fedyogi"])
 def test_simulation_training_reduces_global_loss(sim, name):
     _, res = _ok(sim, name)
     assert global_loss(res.arrays) < 0.9 * global_loss(initial())  # log(4) at the start
@@ -188,8 +192,9 @@ def test_simulation_failing_nodes_are_reweighted_not_aggregated(sim):
         failed_total += len(failed)
         assert not failed & set(rec.responders)
         assert len(failed) + len(rec.responders) == len(rec.selected)
-        if failed and rec.responders:
-            assert sum(rec.weights) > 0
+        if rec.responders:  # non-response keeps the selection's weight total
+            assert sum(rec.weights) == pytest.approx(sum(rec.selection_weights), rel=1e-9)
+            assert all(w > 0 for w in rec.weights)
     assert failed_total > 0  # 10 of 20 nodes fail: some were selected in 3 rounds
     assert res.arrays is not None and np.all(np.isfinite(res.arrays["w"].numpy()))
 
