@@ -12,9 +12,13 @@ Cases (``--cases``):
   time goes (SuperLink start, app start, round 1 with profiling of every node, later rounds).
 
 Per-round time is the ``seconds`` column of ``metrics.json`` (the ServerApp's wall time of the
-round: selection, training fan-out, aggregation, evaluation). The figure compared is the median
-over rounds 2.. of each run; the ratio stratified / uniform is given per pair with the spread
-over pairs. Same seed and settings in both arms.
+round: selection, training fan-out, aggregation, evaluation). Two figures are compared per pair,
+stratified / uniform: the ratio of the medians over rounds 2.. of each run, and the ratio of the
+means over rounds 2... Flower's simulation polls for replies every 0.1 s, so single rounds come in
+0.1 s steps and a median jumps by a whole step; the mean over many rounds moves smoothly with the
+work done. For the means the pairs are the independent units: the geometric mean of the per-pair
+ratios with a 95% Student-t interval over pairs (on the log ratios). Same seed and settings in
+both arms.
 
 Run: ``python benchmarks/e2e_round_time.py [--cases default 1m n1000 n10000] [--rounds 8]``.
 Writes ``benchmarks/results/e2e_round_time.json`` (one entry per case, updated as cases end).
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
@@ -34,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+from scipy import stats  # noqa: E402
 
 from fedstrat.app.config import RunConfig  # noqa: E402
 from fedstrat.app.simulation import SimulationError, run_simulation_job  # noqa: E402
@@ -68,10 +75,28 @@ def one_run(cfg: RunConfig, root: Path, name: str, timeout: float) -> dict[str, 
         "wall_s": wall,
         "round_seconds": secs,
         "median_after_round1_s": statistics.median(secs[1:]) if len(secs) > 1 else None,
+        "mean_after_round1_s": statistics.fmean(secs[1:]) if len(secs) > 1 else None,
         "round1_s": secs[0] if secs else None,
         "runner_timings": summary.get("runner"),
         "final_accuracy": rows[-1].get("accuracy") if rows else None,
     }
+
+
+def mean_ratios(runs: list[dict[str, Any]], pairs: int) -> dict[str, Any]:
+    """Per pair ``mean_s / mean_u`` of the rounds after the first; their geometric mean and,
+    from two pairs on, the 95% Student-t interval of the mean log ratio (pairs independent)."""
+    logs = []
+    for p in range(pairs):
+        s = next(r for r in runs if r["pair"] == p and r["selection"] == "stratified")
+        u = next(r for r in runs if r["pair"] == p and r["selection"] == "uniform")
+        logs.append(math.log(s["mean_after_round1_s"] / u["mean_after_round1_s"]))
+    out: dict[str, Any] = {"ratio_of_means": [math.exp(v) for v in logs],
+                           "ratio_of_means_geomean": math.exp(statistics.fmean(logs))}
+    if len(logs) > 1:
+        half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+        m = statistics.fmean(logs)
+        out["ratio_of_means_ci95"] = (math.exp(m - half), math.exp(m + half))
+    return out
 
 
 def run_case(
@@ -105,8 +130,15 @@ def run_case(
         entry["ratio_stratified_over_uniform"] = ratios
         entry["ratio_mean"] = statistics.fmean(ratios)
         entry["ratio_spread"] = (min(ratios), max(ratios))
+        entry.update(mean_ratios(runs, pairs))
         print(f"{case}: stratified / uniform per-round time {entry['ratio_mean']:.3f} "
               f"(pairs: {', '.join(f'{r:.3f}' for r in ratios)})", flush=True)
+        ci = entry.get("ratio_of_means_ci95")
+        print(f"{case}: ratio of mean round times, geometric mean over pairs "
+              f"{entry['ratio_of_means_geomean']:.3f}"
+              + (f", 95% CI {ci[0]:.3f}-{ci[1]:.3f}" if ci else " (one pair: no interval)")
+              + f" (pairs: {', '.join(f'{r:.3f}' for r in entry['ratio_of_means'])})",
+              flush=True)
     return entry
 
 
