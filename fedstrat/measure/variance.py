@@ -253,7 +253,7 @@ class MeasureResult:
         """Measured uniform / ``over`` at ``round_`` (mean over rounds if None), paired by
         round and seed and averaged over the pairs; NaN without a pair."""
         vals = []
-        for key in {(row["round"], row.get("seed")) for row in self.rows}:
+        for key in dict.fromkeys((row["round"], row.get("seed")) for row in self.rows):
             if round_ is not None and key[0] != round_:
                 continue
             by = {row["selection"]: row["measured"] for row in self.rows
