@@ -4,6 +4,9 @@ Cases (``--cases``):
 
 * ``default``: the default job (mnist5k, 784-50-10 MLP, 100 clients, 10 a round, 5 local
   epochs), ``--rounds`` rounds, stratified and uniform back to back, ``--pairs`` times.
+* ``steps``: the default job with the same client work in both arms (``--local-steps 10`` for
+  every client instead of 5 epochs: pps draws larger clients, whose epochs cost more): the
+  wrapper's own end-to-end cost.
 * ``1m``: the same pairs with a model of >= 1M parameters: ``--dataset synthetic`` with 20,000
   features (MLP 20000-50-10: 1,000,560 parameters), 3,000 rows, 100 clients, 10 a round,
   1 local epoch.
@@ -53,6 +56,8 @@ def case_config(case: str, rounds: int) -> tuple[RunConfig, bool]:
     """``(config, paired)``: the run of ``case``; paired cases also run ``selection=uniform``."""
     if case == "default":
         return RunConfig(rounds=rounds), True
+    if case == "steps":
+        return RunConfig(rounds=rounds, local_steps=10), True
     if case == "1m":
         return RunConfig(dataset="synthetic", synthetic_samples=3000, synthetic_features=20000,
                          synthetic_classes=10, rounds=rounds, local_epochs=1), True
