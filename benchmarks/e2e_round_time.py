@@ -88,15 +88,21 @@ def one_run(cfg: RunConfig, root: Path, name: str, timeout: float) -> dict[str, 
     }
 
 
-def mean_ratios(runs: list[dict[str, Any]], pairs: int) -> dict[str, Any]:
-    """Per pair ``mean_s / mean_u`` of the rounds after the first; their geometric mean and,
-    from two pairs on, the 95% Student-t interval of the mean log ratio (pairs independent)."""
-    logs = []
+def pair_ratios(runs: list[dict[str, Any]], pairs: int, key: str) -> list[float]:
+    """Per pair, stratified / uniform of the runs' figure ``key``."""
+    out = []
     for p in range(pairs):
         s = next(r for r in runs if r["pair"] == p and r["selection"] == "stratified")
         u = next(r for r in runs if r["pair"] == p and r["selection"] == "uniform")
-        logs.append(math.log(s["mean_after_round1_s"] / u["mean_after_round1_s"]))
-    out: dict[str, Any] = {"ratio_of_means": [math.exp(v) for v in logs],
+        out.append(s[key] / u[key])
+    return out
+
+
+def mean_ratios(ratios: list[float]) -> dict[str, Any]:
+    """The per-pair ratios of mean round times, their geometric mean and, from two pairs on,
+    the 95% Student-t interval of the mean log ratio (pairs independent)."""
+    logs = [math.log(v) for v in ratios]
+    out: dict[str, Any] = {"ratio_of_means": list(ratios),
                            "ratio_of_means_geomean": math.exp(statistics.fmean(logs))}
     if len(logs) > 1:
         half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
@@ -128,15 +134,11 @@ def run_case(
                       flush=True)
     entry: dict[str, Any] = {"case": case, "config": cfg.to_dict(), "runs": runs}
     if paired:
-        ratios = []
-        for p in range(pairs):
-            s = next(r for r in runs if r["pair"] == p and r["selection"] == "stratified")
-            u = next(r for r in runs if r["pair"] == p and r["selection"] == "uniform")
-            ratios.append(s["median_after_round1_s"] / u["median_after_round1_s"])
+        ratios = pair_ratios(runs, pairs, "median_after_round1_s")
         entry["ratio_stratified_over_uniform"] = ratios
         entry["ratio_mean"] = statistics.fmean(ratios)
         entry["ratio_spread"] = (min(ratios), max(ratios))
-        entry.update(mean_ratios(runs, pairs))
+        entry.update(mean_ratios(pair_ratios(runs, pairs, "mean_after_round1_s")))
         print(f"{case}: stratified / uniform per-round time {entry['ratio_mean']:.3f} "
               f"(pairs: {', '.join(f'{r:.3f}' for r in ratios)})", flush=True)
         ci = entry.get("ratio_of_means_ci95")
