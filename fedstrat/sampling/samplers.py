@@ -129,6 +129,14 @@ def systematic_pps(pi: np.ndarray, g: np.random.Generator) -> np.ndarray:
     return perm[idx]
 
 
+def single_pps(cum: np.ndarray, g: np.random.Generator) -> np.ndarray:
+    """One position drawn with ``P(i) = pi_i`` from ``cum = cumsum(pi)`` (``sum pi = 1``, up
+    to rounding): what :func:`systematic_pps` gives for ``k = 1`` (its random order does not
+    change a single draw's distribution), without its ``O(N)`` permutation per call."""
+    u = g.random() * cum[-1]
+    return np.array([min(int(np.searchsorted(cum, u, side="right")), len(cum) - 1)])
+
+
 class StratifiedSampler:
     """Stratified sampling with allocation ``m_h`` (``1 <= m_h <= N_h``) per stratum.
 
@@ -172,6 +180,7 @@ class StratifiedSampler:
         self.inclusion = np.empty(self.n_clients)
         self._certain: list[np.ndarray] = []
         self._random: list[np.ndarray] = []
+        self._single: list[np.ndarray | None] = []  # cumulative pi of a one-draw stratum
         for h in range(self.strata.n_strata):
             mem = self.strata.members(h)
             if design == "srswor":
@@ -181,6 +190,8 @@ class StratifiedSampler:
                 self.inclusion[mem] = pi
                 self._certain.append(mem[pi >= 1.0])
                 self._random.append(mem[pi < 1.0])
+                one = len(self._random[-1]) and len(mem) - len(self._random[-1]) == alloc[h] - 1
+                self._single.append(np.cumsum(pi[pi < 1.0]) if one else None)
         self.weights = self.p / self.inclusion
         self._labels = lab
 
@@ -192,9 +203,11 @@ class StratifiedSampler:
                 mem = self.strata.members(h)
                 parts.append(mem[g.choice(len(mem), size=int(self.allocation[h]), replace=False)])
             else:
-                rnd = self._random[h]
+                rnd, cum = self._random[h], self._single[h]
                 parts.append(self._certain[h])
-                if len(rnd):
+                if cum is not None:  # one random draw: P(i) = pi_i, O(log N_h)
+                    parts.append(rnd[single_pps(cum, g)])
+                elif len(rnd):
                     parts.append(rnd[systematic_pps(self.inclusion[rnd], g)])
         ids = np.sort(np.concatenate(parts)).astype(np.int64)
         return Selection(

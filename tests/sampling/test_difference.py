@@ -118,6 +118,10 @@ def _stratified(sampler, strata, alloc, design):
             per_stratum.append([(1.0, [])])
             continue
         k = int(round(rnd.sum()))
+        if k == 1:  # one random draw: the position under u on the cumulative pi, no order
+            c = np.cumsum(rnd)
+            per_stratum.append([(length, [u]) for u, length in _intervals_midpoints(c / c[-1])])
+            continue
         opts = []
         perms = list(itertools.permutations(range(len(rnd))))
         for perm in perms:
