@@ -112,18 +112,28 @@ class SizeTrend:
         return 1.0 - float((share * p) @ g) / fed if fed > 0 else -math.inf
 
     def saving_lower(
-        self, p: np.ndarray, sizes: np.ndarray, share: np.ndarray, m: int, z: float = 1.2816
+        self, p: np.ndarray, sizes: np.ndarray, share: np.ndarray, m: int, z: float = 1.2816,
+        counts: np.ndarray | None = None,
     ) -> float | None:
         """Least :math:`R(b)` over the slope's band (module doc); None without enough
         evidence. The grid's :math:`n_i^{b_k}` by one ratio: ``g_{k+1} = g_k n_i^{db}`` (two
-        ``exp`` passes over the clients instead of one per grid point)."""
+        ``exp`` passes over the clients instead of one per grid point).
+
+        ``counts``: the entries are classes of ``counts[k]`` clients each with the same
+        ``p``, size and share (e.g. the distinct sizes of a population whose strata are size
+        bins); both sums of :math:`R(b)` are then sums over classes weighted by ``counts``
+        (the same value, in one pass over the classes instead of the clients)."""
         band = self.slope_band(z)
         if band is None:
             return None
         x = np.log(np.asarray(sizes, dtype=np.float64))  # once for the whole grid
         x -= x.max()
         w = np.stack([p * p, share * p])  # FedAvg's and the strata's weights, one product
-        c = fedavg_factor(len(p), int(m))
+        n = len(p)
+        if counts is not None:
+            w *= counts
+            n = int(np.sum(counts))
+        c = fedavg_factor(n, int(m))
         grid = np.linspace(band[1], band[2], _GRID)
         g, ratio = np.exp(grid[0] * x), np.exp((grid[1] - grid[0]) * x)
         least = math.inf

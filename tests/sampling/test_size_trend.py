@@ -117,6 +117,22 @@ def test_the_bound_is_the_least_saving_over_the_slope_band():
     assert t.saving_lower(p, sizes, share, 10) == pytest.approx(min(grid), rel=1e-12)
 
 
+def test_classes_of_equal_clients_with_counts_give_the_same_bound_as_the_clients():
+    rng = np.random.default_rng(7)
+    sizes = rng.integers(5, 60, 4000).astype(float)  # many clients, few distinct sizes
+    p = sizes / sizes.sum()
+    bins = np.searchsorted([15.0, 30.0, 45.0], sizes, side="right")
+    share = rng.uniform(0.5, 2.0, 4)[bins] / 4  # P_h / m_h: one value per size bin
+    t = SizeTrend()
+    feed(t, rng, slope=0.6, rounds=6, sizes=np.sort(sizes[:80]))
+    values, first, counts = np.unique(sizes, return_index=True, return_counts=True)
+    grouped = t.saving_lower(values / sizes.sum(), values, share[first], 10, counts=counts)
+    assert grouped == pytest.approx(t.saving_lower(p, sizes, share, 10), rel=1e-9)
+    # the count of clients enters FedAvg's factor: dropping the counts changes the bound
+    assert t.saving_lower(values / sizes.sum(), values, share[first], 10) != pytest.approx(
+        grouped, rel=1e-3)
+
+
 def test_checkpoint_round_trip_gives_the_same_band():
     rng = np.random.default_rng(5)
     t = SizeTrend()
