@@ -132,15 +132,15 @@ def round_allocation(
     stratifier: Stratifier,
     registry: NodeRegistry,
     strata: Strata,
-    sizes: np.ndarray,
+    masses: np.ndarray,
     present: np.ndarray,
     m: int,
     design: str,
     min_per_stratum: int,
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """``(m_h, sigma_h, basis)`` of the present strata this round (see :func:`allocate`)."""
+    """``(m_h, sigma_h, basis)`` of the present strata this round (see :func:`allocate`);
+    ``masses``: their ``P_h`` (:func:`present_strata`'s, kept with the population)."""
     counts = strata.sizes.astype(np.float64)
-    masses = strata.masses(sizes)
     stds, basis = stratum_sigmas(stratifier, present)
     costs = (
         stratum_costs(stratifier.node_stratum_, registry, present) if rule == "cost" else None

@@ -350,7 +350,7 @@ class StratifiedPolicy:
             self.stratifier,
             frame.registry,
             strata,
-            sizes,
+            masses0.copy(),
             present,
             m,
             design,
