@@ -12,22 +12,29 @@ screen's pass already summed ``S = sum_i w_i Delta_i`` per floating key
 (:func:`.reply_screen.screen_triage` with ``weighted``), the floating arrays are not read again at
 all: the estimate is ``x_g + S`` (HT) or ``x_g + S / W`` (ratio: FedAvg's mean), and FedAvg gets
 the replies with their other arrays only (integer buffers, if any), for its metrics and the
-mean of those. Server optimizers (FedAdam, FedYogi, ...) and wrappers (DP) act on the mean
-itself, so they keep the rewritten replies.
+mean of those; with no other array (the usual float model) its aggregate would average none,
+and the wrapper calls FedAvg's ``train_metrics_aggr_fn`` on the replies itself
+(:func:`_fedavg_without_arrays`; not when ``aggregate_train`` is set on the instance).
+Server optimizers (FedAdam, FedYogi, ...) and wrappers (DP) act on the mean itself, so they
+keep the rewritten replies.
 """
 
 from __future__ import annotations
 
+import logging
+from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, MetricRecord
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from .array_codec import encode_like
 from .reply_screen import consistent_replies
 from .reply_validation import ValidReply
 from .rewrite import affine_ht, rewrite_replies, view_arrays
+
+log = logging.getLogger("flwr").log
 
 
 def mean_aggregate(strategy: Any) -> bool:
@@ -70,13 +77,29 @@ def aggregate_inner(
         rewrite["prepared"] = view_arrays(valid)
     replies = rewrite_replies(valid, weights, global_np, passed, weighted_by_key, **rewrite)
     replies, notes = consistent_replies(replies, weighted_by_key)
-    arrays, metrics = strategy.aggregate_train(server_round, replies)
+    if summed and not any(rewrite["prepared"]) and "aggregate_train" not in vars(strategy):
+        arrays, metrics = _fedavg_without_arrays(strategy, replies, weighted_by_key)
+    else:
+        arrays, metrics = strategy.aggregate_train(server_round, replies)
     if arrays is not None and summed and weighted is not None:
         scale = 1.0 if estimator == "ht" else 1.0 / float(weights.sum())
         arrays = _with_weighted(arrays, valid[0], global_np, weighted, scale)
     elif affine and arrays is not None:
         arrays = affine_ht(arrays, global_np, float(weights.sum()))
     return arrays, metrics, notes
+
+
+def _fedavg_without_arrays(
+    strategy: FedAvg, replies: list[Message], weighted_by_key: str
+) -> tuple[ArrayRecord, MetricRecord]:
+    """What FedAvg's own ``aggregate_train`` returns for replies that carry no array (every
+    floating array summed in the screen's pass, no other key): its log line, an empty
+    ArrayRecord and ``train_metrics_aggr_fn`` of the replies' contents (the metrics' mean with
+    weights ``w_i``), without its checks of replies already screened and made consistent and its
+    pass over their empty ArrayRecords."""
+    log(INFO, "aggregate_train: Received %s results and %s failures", len(replies), 0)
+    metrics = strategy.train_metrics_aggr_fn([m.content for m in replies], weighted_by_key)
+    return ArrayRecord(), metrics
 
 
 def _with_weighted(

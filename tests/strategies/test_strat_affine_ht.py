@@ -15,6 +15,7 @@ from flwr.serverapp.strategy import (
     FedProx,
     FedYogi,
 )
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from strathelpers import flatten, global_arrays, make_population, population_grid, train_reply
 
 from fedstrat.strategies import StratifiedSelection
@@ -123,6 +124,49 @@ def test_fedavg_gets_the_weights_and_other_arrays_not_the_summed_ones():
     expected = sum(w * loss[n] for n, w in zip(rec.responders, rec.weights, strict=True))
     assert metrics["train-loss"] == pytest.approx(expected / sum(rec.weights), rel=1e-12)
     assert list(new.keys()) == ["w", "b", "steps"]
+
+
+def _metrics_of_rounds(inner, pop, rounds=3):
+    grid = population_grid(pop)
+    s = StratifiedSelection(inner, clients_per_round=6, seed=0, profiling="query",
+                            design="srswor")
+    arrays, out = global_arrays(6), []
+    for r in range(1, rounds + 1):
+        msgs = list(s.configure_train(r, arrays, ConfigRecord(), grid))
+        arrays, metrics = s.aggregate_train(r, list(grid.send_and_receive(msgs, timeout=5)))
+        out.append(dict(metrics))
+    return out
+
+
+def test_without_other_arrays_the_metrics_are_fedavgs_own_with_its_aggregation_function():
+    """Every array summed in the screen's pass: FedAvg's aggregate would average no array, so
+    the wrapper calls its ``train_metrics_aggr_fn`` on the replies itself. The metrics equal
+    those of FedAvg's own aggregate of the same replies, a custom aggregation function is the
+    one used, and an ``aggregate_train`` set on the instance still gets the replies."""
+    pop = make_population(n=20, classes=4, dim=6, seed=1)
+    calls = []
+
+    def aggr(records, key):
+        calls.append(len(records))
+        return aggregate_metricrecords(records, key)
+
+    fast = _metrics_of_rounds(FedAvg(fraction_evaluate=0.0, train_metrics_aggr_fn=aggr), pop)
+    slow = _metrics_of_rounds(OwnAggregate(fraction_evaluate=0.0), pop)
+    assert calls == [6, 6, 6]
+    for a, b in zip(fast, slow, strict=True):
+        assert a.keys() == b.keys() and "train-loss" in a
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-12)
+    inner, seen = FedAvg(fraction_evaluate=0.0), []
+
+    def spy(server_round, replies):
+        seen.append(len(replies))
+        return FedAvg.aggregate_train(inner, server_round, replies)
+
+    inner.aggregate_train = spy
+    spied = _metrics_of_rounds(inner, pop)
+    assert seen == [6, 6, 6]
+    assert [m["train-loss"] for m in spied] == pytest.approx([m["train-loss"] for m in slow])
 
 
 def test_only_fedavgs_own_aggregate_takes_the_affine_path():
