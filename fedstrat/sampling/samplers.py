@@ -188,10 +188,11 @@ class StratifiedSampler:
             else:
                 pi = pps_inclusion(self.p[mem], int(alloc[h]))
                 self.inclusion[mem] = pi
-                self._certain.append(mem[pi >= 1.0])
-                self._random.append(mem[pi < 1.0])
-                one = len(self._random[-1]) and len(mem) - len(self._random[-1]) == alloc[h] - 1
-                self._single.append(np.cumsum(pi[pi < 1.0]) if one else None)
+                rnd = pi < 1.0
+                self._certain.append(mem[~rnd])
+                self._random.append(mem[rnd])
+                one = rnd.any() and int((~rnd).sum()) == alloc[h] - 1  # certainties + 1 draw
+                self._single.append(np.cumsum(pi[rnd]) if one else None)
         self.weights = self.p / self.inclusion
         self._labels = lab
 

@@ -69,9 +69,10 @@ class SizeStrata:
         self.trend_: SizeTrend | None = None
         #: (node ids, sizes, present bins, strata, bin of each node, P_h, p2_h) of the last plan
         self._cache: tuple[Any, ...] | None = None
-        #: rounds the cache has served since it was made; its distinct sizes (:meth:`_saving_lower`)
+        #: rounds ``_cache`` has served since it was made and its distinct sizes
+        #: (:meth:`_saving_lower`); reset only where the cache is made (:meth:`_strata`)
         self._reuses = 0
-        self._size_classes: tuple[np.ndarray, ...] | None = None
+        self._size_classes: tuple[Any, ...] | None = None
 
     @staticmethod
     def applies(options: SelectionOptions, sizes: np.ndarray) -> bool:
@@ -90,7 +91,7 @@ class SizeStrata:
         self.tracker_ = StratumVarianceTracker(
             len(self.thresholds_) + 1, o.sketch_dim, prior_std=o.prior_std, ema=o.variance_ema)
         self.trend_ = SizeTrend()
-        self._cache, self._reuses, self._size_classes = None, 0, None
+        self._cache = None
         p = frame.sizes / frame.sizes.sum()
         bins = self.bins(frame.sizes)
         for i, n in enumerate(frame.nodes):
@@ -131,7 +132,7 @@ class SizeStrata:
             return self.trend_.saving_lower(sizes / sizes.sum(), sizes, share, frame.m, BOUND_Z)
         if self._size_classes is None:
             values, first, counts = np.unique(sizes, return_index=True, return_counts=True)
-            self._size_classes = (values, counts, strata.labels[first], np.array(sizes.sum()))
+            self._size_classes = (values, counts, strata.labels[first], float(sizes.sum()))
         values, counts, labels, total = self._size_classes
         return self.trend_.saving_lower(values / total, values, share_h[labels], frame.m,
                                         BOUND_Z, counts=counts)
@@ -212,7 +213,6 @@ class SizeStrata:
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Restore :meth:`state_dict` (None: unfitted)."""
         self.thresholds_, self.tracker_, self.trend_, self._cache = None, None, None, None
-        self._reuses, self._size_classes = 0, None
         if state is None:
             return
         self.thresholds_ = np.asarray(state["thresholds"], dtype=np.float64)
