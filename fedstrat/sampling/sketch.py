@@ -45,6 +45,7 @@ __all__ = ["CountSketchStream", "count_sketch"]
 
 _BLOCK = 1 << 16  # coordinates per block: one block of float32 plus the accumulator fit in L2
 _WORK_ELEMS = 1 << 22  # cap on (batch rows x block) elements of the work buffers
+_FOLD_TO = 16  # bucket terms folded pairwise in the slots' dtype down to this many
 _TAG = 0x5CE7  # separates this map's random stream from the Gaussian projection's
 
 
@@ -95,17 +96,25 @@ def _sketch_slots(z: np.ndarray, mp: _CountSketchMap, dim: int, check: bool = Tr
     """Bucket sums (float64) of the slot accumulators ``z`` (..., B) (of its ``rows`` of a 2-D
     ``z``, if given); ValueError if not finite (unless ``check`` is False).
 
-    Bucket ``b`` is ``sum_t z[order[t dim + b]]`` over ``t = 0 .. B/dim - 1`` in increasing
-    ``t`` (float64). One row at a time through a length-``B`` buffer: no ``(rows, B)``
-    permuted copy (whose fresh pages cost more than the sums at d = 40k)."""
+    Bucket ``b`` sums ``z[order[t dim + b]]`` over ``t = 0 .. B/dim - 1``: the ``B/dim`` terms
+    are folded pairwise in ``z``'s dtype (the last ``h`` terms added onto the first ``h``,
+    ``h = n // 2``, while ``n > 16``), and the at most 16 partial sums added in float64. One
+    row at a time through a length-``B`` buffer: no ``(rows, B)`` permuted copy (whose fresh
+    pages cost more than the sums at d = 40k)."""
     flat = z.reshape(-1, mp.width)
     picked = range(flat.shape[0]) if rows is None else rows
     lead = z.shape[:-1] if rows is None else (len(rows),)
     out = np.empty((len(picked), dim))
     buf = np.empty(mp.width, dtype=z.dtype)
+    terms = buf.reshape(mp.width // dim, dim)
     for i, r in enumerate(picked):
         np.take(flat[r], mp.order, out=buf, mode="wrap")  # valid indices; "raise" buffers out
-        buf.reshape(mp.width // dim, dim).sum(axis=0, dtype=np.float64, out=out[i])
+        n = terms.shape[0]
+        while n > _FOLD_TO:
+            h = n // 2
+            np.add(terms[:h], terms[n - h : n], out=terms[:h])
+            n -= h
+        terms[:n].sum(axis=0, dtype=np.float64, out=out[i])
     out = out.reshape(lead + (dim,))
     if check and not np.all(np.isfinite(out)):
         raise ValueError("vector contains NaN or inf (or its sketch overflows)")
@@ -146,28 +155,53 @@ class CountSketchStream:
     def add(self, row: int, start: int, values: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Add ``values`` (1-D; converted to the stream's dtype if not in it) as coordinates
         ``start ..`` of ``row`` (``mask``: :meth:`mask` of the same coordinates, if made)."""
-        mp, width, z = self.map, self.map.width, self.z[row]
+        z = self.z[row]
         if values.dtype != z.dtype:
             values = values.astype(z.dtype)
         n_all = values.shape[0]
-        if mask is None:
-            mask = self.mask(start, n_all)
-        elif mask.shape[0] != n_all:
-            raise ValueError("mask and values differ in length")
+        mask = self._checked_mask(start, n_all, mask)
         if self._buf.shape[0] < n_all:
             self._buf = np.empty(n_all, dtype=self._uint)
         # s(j) v_j by flipping the sign bit: no float multiply, no upcast, exact.
         f = np.bitwise_xor(values.view(self._uint), mask, out=self._buf[:n_all]).view(z.dtype)
-        a, end = start, start + n_all
+        self._add_slots(z, start, f)
+
+    def add_block(self, start: int, values: np.ndarray, mask: np.ndarray | None = None,
+                  overwrite: bool = False) -> None:
+        """Add row ``i`` of the 2-D ``values`` as coordinates ``start ..`` of stream row ``i``
+        (rows ``0 .. len(values) - 1``), the same sums as :meth:`add` row by row, in one
+        pass per block piece for all rows. ``overwrite``: ``values`` (in the stream's dtype,
+        last axis contiguous) is scratch: its signs are flipped in place instead of in a
+        copy."""
+        rows, n_all = values.shape
+        z = self.z[:rows]
+        if values.dtype != z.dtype:
+            values, overwrite = values.astype(z.dtype), True
+        mask = self._checked_mask(start, n_all, mask)
+        bits = values.view(self._uint)
+        f = np.bitwise_xor(bits, mask, out=bits if overwrite else None).view(z.dtype)
+        self._add_slots(z, start, f)
+
+    def _checked_mask(self, start: int, n: int, mask: np.ndarray | None) -> np.ndarray:
+        if mask is None:
+            return self.mask(start, n)
+        if mask.shape[0] != n:
+            raise ValueError("mask and values differ in length")
+        return mask
+
+    def _add_slots(self, z: np.ndarray, start: int, f: np.ndarray) -> None:
+        """``z[..., (c + o_r) % B] += f[..., j - start]`` for coordinates ``j = r B + c``."""
+        mp, width = self.map, self.map.width
+        a, end = start, start + f.shape[-1]
         while a < end:
             block = a // width
             n = min(end, (block + 1) * width) - a
             o = (a - block * width + int(mp.offsets[block])) % width
             n1 = min(n, width - o)
-            piece = f[a - start : a - start + n]
-            z[o : o + n1] += piece[:n1]
+            piece = f[..., a - start : a - start + n]
+            z[..., o : o + n1] += piece[..., :n1]
             if n > n1:
-                z[: n - n1] += piece[n1:]
+                z[..., : n - n1] += piece[..., n1:]
             a += n
 
     def result(self, rows: list[int] | None = None, check: bool = True) -> np.ndarray:
@@ -183,7 +217,8 @@ def count_sketch(vector: np.ndarray, dim: int = 64, seed: int = 0) -> np.ndarray
     docstring). O(d) time; the map is derived from ``(d, dim, seed)`` (same map on every call
     site). ``vector`` may be 1-D (D,) or a batch (B, D); float32 and float64 inputs are read
     in place (other dtypes are converted to float64) and partial sums are kept in the input's
-    precision, the last ``B / dim`` per bucket in float64. Returns float64 (dim,) or (B, dim).
+    precision down to at most 16 per bucket, added in float64 (:func:`_sketch_slots`).
+    Returns float64 (dim,) or (B, dim).
 
     Raises:
         ValueError: ``dim < 1``, an empty or >2-D ``vector``, NaN or inf in ``vector`` (or a

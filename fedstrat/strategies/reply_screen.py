@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from .plan import RoundPlan
 from .reply_validation import ValidReply, nonfinite_reason
-from .rewrite import UpdateScan, flat_deltas, float_keys, ht_arrays, scan_updates
+from .rewrite import ScanScratch, UpdateScan, flat_deltas, float_keys, ht_arrays, scan_updates
 from .triage import ReplyProblem, Triage, reply_weights
 
 log = logging.getLogger("flwr").log
@@ -155,6 +155,7 @@ def screen_triage(
     matrix: bool = True,
     rewrite: bool = False,
     weighted: bool = False,
+    scratch: ScanScratch | None = None,
 ) -> tuple[Triage, Screened]:
     """:func:`screen_magnitudes` of the triaged replies: the triage with the screened-out
     replies moved to ``rejected``, and the screen (weights, notes, update rows).
@@ -168,12 +169,12 @@ def screen_triage(
     them). ``weighted``: also ``sum_i w_i Delta_i`` per floating key with the replies' weights
     (``Screened.weighted``, accumulated in the pass), when every reply array has its global
     array's dtype (float32 or float64) and the screen keeps every reply (else None: a
-    rejection changes the weights).
+    rejection changes the weights). ``scratch``: the scan's work blocks, kept by the caller.
     """
     valid = triage.valid
     first = reply_weights(plan, valid) if weighted and _summable(valid, global_np) else None
     scan = scan_updates(valid, global_np, sketch=sketch,
-                        weights=None if first is None else first[0])
+                        weights=None if first is None else first[0], scratch=scratch)
     deltas = flat_deltas(valid, global_np) if matrix else None
     screened = screen_magnitudes(plan, valid, global_np, scan, weights=first)
     kept = [valid.index(v) for v in screened.valid] if screened.rejected else None

@@ -179,12 +179,31 @@ def affine_ht(mean: ArrayRecord, global_np: dict[str, np.ndarray], big_w: float)
     return out
 
 
+class ScanScratch:
+    """The work blocks of :func:`scan_updates`, kept between calls: per work dtype one
+    ``(rows, cols)`` block, grown to the largest asked for (at most :data:`GROUP` x
+    :data:`CHUNK` values: 4 MB in float32), so that a round's scan writes into pages already
+    mapped instead of faulting in fresh ones. One per caller (not shared between threads)."""
+
+    def __init__(self) -> None:
+        self._blocks: dict[np.dtype, np.ndarray] = {}
+
+    def block(self, rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
+        """A ``(rows, cols)`` view of the block of ``dtype`` (its values are garbage)."""
+        b = self._blocks.get(np.dtype(dtype))
+        if b is None or b.shape[0] < rows or b.shape[1] < cols:
+            shape = (rows, cols) if b is None else (max(rows, b.shape[0]), max(cols, b.shape[1]))
+            b = self._blocks[np.dtype(dtype)] = np.empty(shape, dtype=dtype)
+        return b[:rows, :cols]
+
+
 def scan_updates(
     valid: list[ValidReply],
     global_np: dict[str, np.ndarray],
     *,
     sketch: tuple[int, int] | None = None,
     weights: np.ndarray | None = None,
+    scratch: ScanScratch | None = None,
 ) -> UpdateScan | None:
     """One pass over every reply's floating arrays, in steps of :data:`CHUNK` coordinates.
 
@@ -194,9 +213,10 @@ def scan_updates(
     so the peaks are those of the exact update) and, with ``sketch=(dim, seed)``, its count
     sketch (:class:`~fedstrat.sampling.sketch.CountSketchStream`, float32 slot sums when every
     key works in float32: bit for bit :func:`~fedstrat.sampling.count_sketch` of the stacked
-    ``Delta`` rows). Step-major: the replies (at most :data:`GROUP` at a time) take their turn
-    on one step, so the step of ``x_g``, its sign masks (made once) and of the weighted sums
-    stay in cache and only the replies' own values are read from memory. The HT arrays are
+    ``Delta`` rows). Step-major: the replies (at most :data:`GROUP` at a time) are the rows of
+    one block per step, so the step of ``x_g``, its sign masks (made once) and of the weighted
+    sums stay in cache, only the replies' own values are read from memory, and the peaks, the
+    weighted sum and the sketch's slot sums are one operation each for the block. The HT arrays are
     :func:`ht_arrays` (values computed when read, after the screen). Replies are decoded once
     (views of their bytes); no ``(R, D)`` matrix. None without replies or floating arrays. A
     piece whose peaks are not finite even in float64 is checked for NaN / Inf in the reply's
@@ -205,6 +225,7 @@ def scan_updates(
     (``check_finite=False`` of :func:`.triage.triage_replies`). With ``weights`` (aligned with
     ``valid``), also ``UpdateScan.weighted`` = ``sum_i w_i Delta_i`` per key, accumulated in
     the same step (the weighted mean of FedAvg without another pass over the replies).
+    ``scratch``: the caller's :class:`ScanScratch` (default: blocks made for this call).
     """
     keys = float_keys(global_np)
     if not valid or not keys:
@@ -220,13 +241,16 @@ def scan_updates(
     amax = np.zeros((len(valid), len(keys)))
     acc = None if weights is None else {k: np.empty(global_np[k].shape, work[k]) for k in keys}
     nonfinite: dict[int, str] = {}
+    scratch = ScanScratch() if scratch is None else scratch
+    cols = min(CHUNK, max(global_np[k].size for k in keys))
+    blocks = {w: scratch.block(min(len(valid), GROUP), cols, w) for w in set(work.values())}
     with np.errstate(all="ignore"):
         for g0 in range(0, len(valid), GROUP):
             group = range(g0, min(g0 + GROUP, len(valid)))
             if stream is not None and g0:
                 stream.z.fill(0)
             _scan_group(valid, global_np, keys, work, group, amax, nonfinite, stream,
-                        acc, weights)
+                        acc, weights, blocks)
             if stream is not None and sums is not None:
                 sums[g0 : group.stop] = stream.result(check=False)[: len(group)]
     return UpdateScan(keys, amax, d, stream, work, nonfinite, sums, acc)
@@ -243,44 +267,52 @@ def _scan_group(
     stream: CountSketchStream | None,
     acc: dict[str, np.ndarray] | None,
     weights: np.ndarray | None,
+    blocks: dict[np.dtype, np.ndarray],
 ) -> None:
     """:func:`scan_updates` of the replies ``group`` (stream row ``r - group.start``): fills
-    their ``amax`` rows and ``nonfinite`` entries, adds to the stream and to ``acc``."""
-    bufs = {w: np.empty(CHUNK, dtype=w) for w in set(work.values())}
-    spare = {w: np.empty(CHUNK, dtype=w) for w in set(work.values())} if acc else {}
+    their ``amax`` rows and ``nonfinite`` entries, adds to the stream and to ``acc``.
+
+    Per step the group's differences are rows of its work dtype's block (``blocks``), so the
+    peaks, the weighted sum (``einsum``: one pass for all rows, no product per reply) and the
+    sketch's sign flip and slot sums are one operation each for the whole group."""
+    n_rows = len(group)
+    summing = acc is not None and weights is not None
+    w_rows = {w: np.asarray(weights[group.start : group.stop], dtype=w)
+              for w in blocks} if summing else {}
+    spare = {w: np.empty(CHUNK, dtype=w) for w in blocks} if summing and group.start else {}
     start = 0
     for j, k in enumerate(keys):
         flat_g, wd, size = global_np[k].ravel(), work[k], global_np[k].size
-        xs = [(r, valid[r].arrays[k].ravel()) for r in group]
-        hi, lo = dict.fromkeys(group, -math.inf), dict.fromkeys(group, math.inf)
-        finite = dict.fromkeys(group, True)
+        xs = [valid[r].arrays[k].ravel() for r in group]
+        hi, lo = np.full(n_rows, -math.inf), np.full(n_rows, math.inf)
+        finite = np.ones(n_rows, dtype=bool)
         for a in range(0, size, CHUNK):
             b = min(a + CHUNK, size)
-            gc, dc = flat_g[a:b], bufs[wd][: b - a]
-            m = None if stream is None else stream.mask(start + a, b - a)
-            part = None if acc is None else acc[k].reshape(-1)[a:b]
-            for r, x in xs:
-                xc = x[a:b]
-                np.subtract(xc, gc, out=dc, dtype=wd)
-                if part is not None and weights is not None:  # sum_i w_i Delta_i
-                    if r == 0:
-                        np.multiply(dc, float(weights[r]), out=part)
-                    else:
-                        part += np.multiply(dc, float(weights[r]), out=spare[wd][: b - a])
-                top, bottom = float(dc.max()), float(dc.min())
-                if not (math.isfinite(top) and math.isfinite(bottom)):
-                    top, bottom = _peaks64(xc, gc)  # an overflow measured, NaN stays NaN
-                if math.isfinite(top) and math.isfinite(bottom):
-                    hi[r], lo[r] = max(hi[r], top), min(lo[r], bottom)
+            gc, dc = flat_g[a:b], blocks[wd][:n_rows, : b - a]
+            for i, x in enumerate(xs):
+                np.subtract(x[a:b], gc, out=dc[i], dtype=wd)
+            if summing and acc is not None:  # sum_i w_i Delta_i
+                part = acc[k].reshape(-1)[a:b]
+                if group.start:
+                    part += np.einsum("r,rc->c", w_rows[wd], dc, out=spare[wd][: b - a])
                 else:
-                    finite[r] = False
-                    if r not in nonfinite and not all_finite(xc):
-                        nonfinite[r] = k
-                if stream is not None:
-                    stream.add(r - group.start, start + a, dc, m)
+                    np.einsum("r,rc->c", w_rows[wd], dc, out=part)
+            top, bottom = dc.max(axis=1).astype(np.float64), dc.min(axis=1).astype(np.float64)
+            ok = np.isfinite(top) & np.isfinite(bottom)
+            for i in np.flatnonzero(~ok):  # an overflow measured in float64, NaN stays NaN
+                xc = xs[i][a:b]
+                top[i], bottom[i] = _peaks64(xc, gc)
+                ok[i] = math.isfinite(top[i]) and math.isfinite(bottom[i])
+                r = group.start + int(i)
+                if not ok[i] and r not in nonfinite and not all_finite(xc):
+                    nonfinite[r] = k
+            finite &= ok
+            np.maximum(hi, top, out=hi, where=ok)
+            np.minimum(lo, bottom, out=lo, where=ok)
+            if stream is not None:  # last: flips the block's signs in place
+                stream.add_block(start + a, dc, stream.mask(start + a, b - a), overwrite=True)
         if size:
-            for r in group:
-                amax[r, j] = max(hi[r], -lo[r]) if finite[r] else math.inf
+            amax[group.start : group.stop, j] = np.where(finite, np.maximum(hi, -lo), math.inf)
         start += size
 
 

@@ -45,6 +45,7 @@ from .policies import SelectionPolicy, make_policy
 from .record import RoundRecord, jsonl_appender
 from .reply_screen import screen_evaluate_replies, screen_triage
 from .reply_validation import align_global_dtypes, array_signature
+from .rewrite import ScanScratch
 from .round_log import round_line
 from .triage import triage_replies
 from .weight_cap import SizeRules
@@ -129,7 +130,7 @@ class StratifiedSelection(Strategy):
         self._pending: RoundPlan | None = None
         self._avail_key: int | None = None  # the waiter's revision whose nodes were profiled
         self._sizes_cache: tuple[Any, np.ndarray] | None = None
-        self._last_round = 0
+        self._last_round, self._scratch = 0, ScanScratch()  # the update scan's work blocks
         self._loop_checked = False  # start() ran, or the bypassed start() was warned about
         self._waiter = NodeWaiter(options.clients_per_round, options.node_wait_timeout,
                                   options.poll_interval)
@@ -228,7 +229,7 @@ class StratifiedSelection(Strategy):
         triage, screen = screen_triage(  # one pass per reply; (R, D) matrix only if needed
             plan, triage, global_np, sketch=(o.sketch_dim, o.sketch_seed) if counts else None,
             matrix=self.controls is not None or not counts, rewrite=estimator == "ht" and not mean,
-            weighted=mean and estimator in ("ht", "ratio"))
+            weighted=mean and estimator in ("ht", "ratio"), scratch=self._scratch)
         valid, weights, notes, deltas = triage.valid, screen.weights, screen.notes, screen.deltas
         sketches = observe_replies(self.registry, valid, deltas, plan.sent_at, o.sketch_dim,
                                    o.sketch_seed, o.cost_key, self.sketch_method,
@@ -328,9 +329,7 @@ class StratifiedSelection(Strategy):
         self.policy.load_state_dict(state["policy"])
         if self.controls is not None:
             self.controls.load_state_dict(state.get("controls", {}))
-        self._pending = None
-        self._avail_key = None
-        self._sizes_cache = None
+        self._pending, self._avail_key, self._sizes_cache = None, None, None
 
 
 def _effective_options(strategy: Strategy, options: SelectionOptions) -> SelectionOptions:

@@ -47,3 +47,24 @@ def test_stream_converts_values_to_its_dtype_and_can_skip_the_check():
     bad = CountSketchStream(4, 2, 0, 1)
     bad.add(0, 0, np.array([np.inf, 0.0, 0.0, 0.0]))
     assert not np.all(np.isfinite(bad.result(check=False)))
+
+
+@pytest.mark.parametrize("d", [7, 2 * 65536 + 17])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_blocks_of_rows_equal_count_sketch_and_leave_input_unless_overwritten(d, dtype):
+    rng = np.random.default_rng(d + 1)
+    x = rng.normal(size=(3, d)).astype(dtype)
+    stream = CountSketchStream(d, 16, 3, 4, dtype=dtype)  # a 4th row stays empty
+    cuts = sorted({0, d, *rng.integers(1, d, size=4).tolist()})
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+        piece = x[:, a:b].copy()
+        stream.add_block(a, piece, stream.mask(a, b - a) if i % 2 else None,
+                         overwrite=bool(i % 2))
+        if i % 2:  # overwritten: s(j) x_j in place
+            assert np.array_equal(np.abs(piece), np.abs(x[:, a:b]))
+        else:
+            assert np.array_equal(piece, x[:, a:b])
+    assert np.array_equal(stream.result([0, 1, 2]), count_sketch(x, 16, 3))
+    assert not stream.result([3]).any()
+    with pytest.raises(ValueError):
+        stream.add_block(0, x[:, :2], stream.mask(0, 3))

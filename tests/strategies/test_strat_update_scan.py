@@ -17,6 +17,7 @@ from fedstrat.strategies.reply_validation import ValidReply
 from fedstrat.strategies.rewrite import (
     CHUNK,
     GROUP,
+    ScanScratch,
     flat_deltas,
     ht_arrays,
     rewrite_replies,
@@ -180,6 +181,25 @@ def test_more_replies_than_a_group_scan_as_one():
     got = np.concatenate([clean.weighted[k].ravel() for k in g])
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_scratch_reused_across_rounds_of_other_shapes_scans_as_a_fresh_one(case):
+    """The caller's work blocks, kept from a larger round and then grown (more replies, longer
+    arrays, other dtypes), leave no trace: each scan equals the scan with fresh blocks."""
+    g, valid = case
+    rng = np.random.default_rng(11)
+    small = {"v": rng.normal(size=(5,)).astype(np.float32)}
+    many = [_reply(i + 1, {"v": small["v"] + rng.normal(size=5).astype(np.float32)})
+            for i in range(GROUP + 2)]
+    scratch = ScanScratch()
+    for replies, glob in ((many, small), (valid[:2], g), (valid, g), (many[:3], small)):
+        w = rng.uniform(0.5, 2.0, size=len(replies))
+        got = scan_updates(replies, glob, sketch=(8, 2), weights=w, scratch=scratch)
+        want = scan_updates(replies, glob, sketch=(8, 2), weights=w)
+        assert np.array_equal(got.sums, want.sums) and np.array_equal(got.amax, want.amax)
+        assert got.nonfinite == want.nonfinite
+        for k, v in want.weighted.items():
+            assert np.array_equal(got.weighted[k], v)
 
 
 def test_rewrite_replies_ht_paths_agree(case):
