@@ -190,10 +190,11 @@ class ScanScratch:
 
     def block(self, rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
         """A ``(rows, cols)`` view of the block of ``dtype`` (its values are garbage)."""
-        b = self._blocks.get(np.dtype(dtype))
+        key = np.dtype(dtype)
+        b = self._blocks.get(key)
         if b is None or b.shape[0] < rows or b.shape[1] < cols:
             shape = (rows, cols) if b is None else (max(rows, b.shape[0]), max(cols, b.shape[1]))
-            b = self._blocks[np.dtype(dtype)] = np.empty(shape, dtype=dtype)
+            b = self._blocks[key] = np.empty(shape, dtype=key)
         return b[:rows, :cols]
 
 
@@ -310,7 +311,7 @@ def _scan_group(
             np.maximum(hi, top, out=hi, where=ok)
             np.minimum(lo, bottom, out=lo, where=ok)
             if stream is not None:  # last: flips the block's signs in place
-                stream.add_block(start + a, dc, stream.mask(start + a, b - a), overwrite=True)
+                stream.add_block(start + a, dc, overwrite=True)
         if size:
             amax[group.start : group.stop, j] = np.where(finite, np.maximum(hi, -lo), math.inf)
         start += size
