@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+_MIN, _MAX = np.minimum.reduce, np.maximum.reduce
+
+
+def all_at_least(arr: np.ndarray, low: float, strict: bool = False) -> bool:
+    """True when every value of ``arr`` is finite and ``>= low`` (``> low`` if ``strict``):
+    one min and one max (NaN fails both comparisons), the fast path before the checks that
+    say which condition failed."""
+    if arr.size == 0:
+        return True
+    lo = _MIN(arr, axis=None)
+    return bool((lo > low if strict else lo >= low) and _MAX(arr, axis=None) < math.inf)
 
 
 def as_sizes(sizes: np.ndarray | list, name: str = "sizes") -> np.ndarray:
@@ -10,6 +24,8 @@ def as_sizes(sizes: np.ndarray | list, name: str = "sizes") -> np.ndarray:
     arr = np.asarray(sizes, dtype=np.float64)
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array, got shape {arr.shape}")
+    if all_at_least(arr, 0.0, strict=True):
+        return arr
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or inf")
     if np.any(arr <= 0):
@@ -22,6 +38,8 @@ def as_nonneg(values: np.ndarray | list, name: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if all_at_least(arr, 0.0):
+        return arr
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or inf")
     if np.any(arr < 0):

@@ -16,16 +16,22 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._validate import as_count, as_nonneg
+from ._validate import all_at_least, as_count, as_nonneg
 
 __all__ = ["proportional_allocation", "neyman_allocation", "design_neyman_allocation"]
+
+
+def _integral(x: np.ndarray) -> bool:
+    """``np.allclose(x, np.round(x))``, with the exact comparison first (the usual case)."""
+    r = np.round(x)
+    return bool((x == r).all()) or np.allclose(x, r)
 
 
 def _bounds(
     sizes: np.ndarray, m: int, min_per_stratum: int, capacity: np.ndarray | list | None
 ) -> tuple[np.ndarray, np.ndarray]:
     if capacity is None:
-        if not np.allclose(sizes, np.round(sizes)):
+        if not _integral(sizes):
             raise ValueError(
                 "capacity (stratum counts N_h) is required when sizes are not integers "
                 "(e.g. masses P_h for the pps design)"
@@ -35,7 +41,7 @@ def _bounds(
         cap = as_nonneg(capacity, "capacity")
         if cap.shape != sizes.shape:
             raise ValueError("capacity must have the same length as sizes")
-        if not np.allclose(cap, np.round(cap)):
+        if not _integral(cap):
             raise ValueError("capacity must contain integers")
         upper = np.round(cap).astype(np.int64)
     min_per_stratum = as_count(min_per_stratum, "min_per_stratum", minimum=0)
@@ -156,7 +162,7 @@ def neyman_allocation(
         ValueError: length mismatch, negative/NaN/inf input, ``m`` out of range.
     """
     sz = as_nonneg(sizes, "sizes")
-    if sz.size == 0 or np.any(sz <= 0):
+    if sz.size == 0 or not all_at_least(sz, 0.0, strict=True):
         raise ValueError("sizes must be a non-empty array of positive values")
     sd = as_nonneg(stds, "stds")
     if sd.shape != sz.shape:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import as_count, as_sizes, as_updates
+from ._validate import all_at_least, as_count, as_sizes, as_updates
 from .baseline import Band, satterthwaite_band
 from .fedavg_sized import SizeWeighted, as_size, fedavg_terms
 from .samplers import pps_inclusion
@@ -231,9 +231,9 @@ def predicted_variance(
     if not (cnt.shape == mass.shape == sd.shape == alloc.shape) or cnt.ndim != 1:
         raise ValueError("counts, masses, stds and allocation must be 1-D of equal length")
     for name, arr in (("counts", cnt), ("masses", mass), ("stds", sd)):
-        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        if not all_at_least(arr, 0.0):
             raise ValueError(f"{name} must be finite and non-negative")
-    if np.any(alloc < 1) or np.any(alloc > cnt):
+    if not (all_at_least(alloc, 1.0) and (alloc <= cnt).all()):
         raise ValueError("allocation must satisfy 1 <= m_h <= N_h")
     terms = design_terms(cnt, mass, sd, alloc, design)
     strat = float(np.sum(terms))

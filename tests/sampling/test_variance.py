@@ -6,6 +6,7 @@ import pytest
 from fedstrat.sampling import (
     Strata,
     StratumVarianceTracker,
+    design_neyman_allocation,
     estimator_variance,
     neyman_allocation,
     predicted_variance,
@@ -193,3 +194,32 @@ def test_tracker_state_without_effective_weights_loads_as_equal_weights():
     u = StratumVarianceTracker(2, 1)
     u.load_state_dict(old)
     np.testing.assert_allclose(u.effective_counts(), t.effective_counts())
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(stds=[np.nan, 1.0]),
+        dict(stds=[1.0, np.inf]),
+        dict(masses=[-0.5, 1.5]),
+        dict(counts=[4.0, np.nan]),
+        dict(allocation=[0.0, 1.0]),
+        dict(allocation=[1.0, 5.0]),  # m_h > N_h
+        dict(allocation=[np.nan, 1.0]),
+    ],
+)
+def test_predicted_variance_rejects_invalid_statistics(bad):
+    ok = dict(counts=[4.0, 4.0], masses=[0.5, 0.5], stds=[1.0, 2.0], allocation=[1.0, 2.0])
+    predicted_variance(**ok)  # the valid input passes
+    with pytest.raises(ValueError):
+        predicted_variance(**{**ok, **bad})
+
+
+@pytest.mark.parametrize(
+    ("stds", "message"),
+    [([np.nan, 1.0], "contains NaN or inf"), ([-np.inf, 1.0], "contains NaN or inf"),
+     ([-1.0, 1.0], "must be non-negative")],
+)
+def test_allocation_names_what_is_wrong_with_its_input(stds, message):
+    with pytest.raises(ValueError, match=f"stds {message}"):
+        design_neyman_allocation([4, 4], [0.5, 0.5], stds, 2)
