@@ -92,7 +92,7 @@ def _accumulate(v: np.ndarray, mp: _CountSketchMap, z: np.ndarray) -> None:
 
 
 def _sketch_slots(z: np.ndarray, mp: _CountSketchMap, dim: int, check: bool = True,
-                  rows: list[int] | None = None) -> np.ndarray:
+                  rows: list[int] | None = None, work: np.ndarray | None = None) -> np.ndarray:
     """Bucket sums (float64) of the slot accumulators ``z`` (..., B) (of its ``rows`` of a 2-D
     ``z``, if given); ValueError if not finite (unless ``check`` is False).
 
@@ -100,8 +100,13 @@ def _sketch_slots(z: np.ndarray, mp: _CountSketchMap, dim: int, check: bool = Tr
     are folded pairwise in ``z``'s dtype (the last ``h`` terms added onto the first ``h``,
     ``h = n // 2``, while ``n > 16``), and the at most 16 partial sums added in float64. One
     row at a time through a length-``B`` buffer: no ``(rows, B)`` permuted copy (whose fresh
-    pages cost more than the sums at d = 40k)."""
+    pages cost more than the sums at d = 40k); with ``work`` (a caller's 2-D scratch of ``z``'s
+    dtype, at least ``(rows, B)``; all rows) every row at once in it, the same sums."""
     flat = z.reshape(-1, mp.width)
+    if (work is not None and rows is None and work.dtype == z.dtype and work.ndim == 2
+            and work.shape[0] >= flat.shape[0] and work.shape[1] >= mp.width):
+        return _sketch_rows(flat, mp, dim, check, work[: flat.shape[0], : mp.width],
+                            z.shape[:-1])
     picked = range(flat.shape[0]) if rows is None else rows
     lead = z.shape[:-1] if rows is None else (len(rows),)
     out = np.empty((len(picked), dim))
@@ -116,6 +121,22 @@ def _sketch_slots(z: np.ndarray, mp: _CountSketchMap, dim: int, check: bool = Tr
             n -= h
         terms[:n].sum(axis=0, dtype=np.float64, out=out[i])
     out = out.reshape(lead + (dim,))
+    if check and not np.all(np.isfinite(out)):
+        raise ValueError("vector contains NaN or inf (or its sketch overflows)")
+    return out
+
+
+def _sketch_rows(flat: np.ndarray, mp: _CountSketchMap, dim: int, check: bool,
+                 buf: np.ndarray, lead: tuple[int, ...]) -> np.ndarray:
+    """:func:`_sketch_slots` of every row of ``flat`` at once in ``buf`` (same shape)."""
+    np.take(flat, mp.order, axis=1, out=buf, mode="wrap")
+    terms = buf.reshape(flat.shape[0], mp.width // dim, dim)
+    n = terms.shape[1]
+    while n > _FOLD_TO:
+        h = n // 2
+        np.add(terms[:, :h], terms[:, n - h : n], out=terms[:, :h])
+        n -= h
+    out = terms[:, :n].sum(axis=1, dtype=np.float64).reshape(lead + (dim,))
     if check and not np.all(np.isfinite(out)):
         raise ValueError("vector contains NaN or inf (or its sketch overflows)")
     return out
@@ -204,10 +225,13 @@ class CountSketchStream:
                 z[..., : n - n1] += piece[..., n1:]
             a += n
 
-    def result(self, rows: list[int] | None = None, check: bool = True) -> np.ndarray:
+    def result(self, rows: list[int] | None = None, check: bool = True,
+               work: np.ndarray | None = None) -> np.ndarray:
         """Float64 ``(len(rows), dim)`` sketches of ``rows`` (all rows by default);
-        ValueError if one is not finite (``check=False``: returned as they are)."""
-        return _sketch_slots(self.z, self.map, self.dim, check, rows)
+        ValueError if one is not finite (``check=False``: returned as they are). ``work``: a
+        scratch ``(>= rows, >= width)`` array of the stream's dtype (its values are
+        overwritten) in which all rows are summed at once; the same sketches."""
+        return _sketch_slots(self.z, self.map, self.dim, check, rows, work)
 
 
 def count_sketch(vector: np.ndarray, dim: int = 64, seed: int = 0) -> np.ndarray:

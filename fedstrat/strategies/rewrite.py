@@ -183,7 +183,9 @@ class ScanScratch:
     """The work blocks of :func:`scan_updates`, kept between calls: per work dtype one
     ``(rows, cols)`` block, grown to the largest asked for (at most :data:`GROUP` x
     :data:`CHUNK` values: 4 MB in float32), so that a round's scan writes into pages already
-    mapped instead of faulting in fresh ones. One per caller (not shared between threads)."""
+    mapped instead of faulting in fresh ones; after a group's steps the block of the count
+    sketch's dtype is where its bucket sums are made, all rows at once
+    (``CountSketchStream.result(work=...)``). One per caller (not shared between threads)."""
 
     def __init__(self) -> None:
         self._blocks: dict[np.dtype, np.ndarray] = {}
@@ -243,8 +245,11 @@ def scan_updates(
     acc = None if weights is None else {k: np.empty(global_np[k].shape, work[k]) for k in keys}
     nonfinite: dict[int, str] = {}
     scratch = ScanScratch() if scratch is None else scratch
-    cols = min(CHUNK, max(global_np[k].size for k in keys))
-    blocks = {w: scratch.block(min(len(valid), GROUP), cols, w) for w in set(work.values())}
+    cols, rows = min(CHUNK, max(global_np[k].size for k in keys)), min(len(valid), GROUP)
+    wide = None  # the bucket sums' scratch: the work block of the slots' dtype, >= B wide
+    if stream is not None:
+        wide = scratch.block(rows, max(cols, stream.map.width), stream.z.dtype)
+    blocks = {w: scratch.block(rows, cols, w) for w in set(work.values())}
     with np.errstate(all="ignore"):
         for g0 in range(0, len(valid), GROUP):
             group = range(g0, min(g0 + GROUP, len(valid)))
@@ -253,7 +258,7 @@ def scan_updates(
             _scan_group(valid, global_np, keys, work, group, amax, nonfinite, stream,
                         acc, weights, blocks)
             if stream is not None and sums is not None:
-                sums[g0 : group.stop] = stream.result(check=False)[: len(group)]
+                sums[g0 : group.stop] = stream.result(check=False, work=wide)[: len(group)]
     return UpdateScan(keys, amax, d, stream, work, nonfinite, sums, acc)
 
 

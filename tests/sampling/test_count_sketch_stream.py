@@ -68,3 +68,23 @@ def test_blocks_of_rows_equal_count_sketch_and_leave_input_unless_overwritten(d,
     assert not stream.result([3]).any()
     with pytest.raises(ValueError):
         stream.add_block(0, x[:, :2], stream.mask(0, 3))
+
+
+@pytest.mark.parametrize("d", [7, 1000, 2 * 65536 + 17])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bucket_sums_in_a_scratch_block_are_the_same_sketches(d, dtype):
+    rng = np.random.default_rng(d + 2)
+    x = (1e3 * rng.normal(size=(5, d))).astype(dtype)
+    stream = CountSketchStream(d, 16, 4, 5, dtype=dtype)
+    stream.add_block(0, x.copy(), overwrite=True)
+    width = stream.z.shape[1]
+    work = np.full((8, width + 3), np.nan, dtype=dtype)  # larger than needed, garbage inside
+    assert np.array_equal(stream.result(work=work), stream.result())
+    assert np.array_equal(stream.result(work=work), count_sketch(x, 16, 4))
+    for unusable in (np.empty((4, width), dtype), np.empty((5, width - 1), dtype),
+                     np.empty((5, width), np.float16)):  # too few rows / columns, other dtype
+        assert np.array_equal(stream.result(work=unusable), stream.result())
+    bad = CountSketchStream(4, 2, 0, 1, dtype=dtype)
+    bad.add(0, 0, np.array([np.inf, 0.0, 0.0, 0.0], dtype=dtype))
+    with pytest.raises(ValueError):
+        bad.result(work=np.empty((1, 8), dtype))
