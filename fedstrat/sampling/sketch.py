@@ -105,41 +105,30 @@ def _sketch_slots(z: np.ndarray, mp: _CountSketchMap, dim: int, check: bool = Tr
     flat = z.reshape(-1, mp.width)
     if (work is not None and rows is None and work.dtype == z.dtype and work.ndim == 2
             and work.shape[0] >= flat.shape[0] and work.shape[1] >= mp.width):
-        return _sketch_rows(flat, mp, dim, check, work[: flat.shape[0], : mp.width],
-                            z.shape[:-1])
-    picked = range(flat.shape[0]) if rows is None else rows
-    lead = z.shape[:-1] if rows is None else (len(rows),)
-    out = np.empty((len(picked), dim))
-    buf = np.empty(mp.width, dtype=z.dtype)
-    terms = buf.reshape(mp.width // dim, dim)
-    for i, r in enumerate(picked):
-        np.take(flat[r], mp.order, out=buf, mode="wrap")  # valid indices; "raise" buffers out
-        n = terms.shape[0]
-        while n > _FOLD_TO:
-            h = n // 2
-            np.add(terms[:h], terms[n - h : n], out=terms[:h])
-            n -= h
-        terms[:n].sum(axis=0, dtype=np.float64, out=out[i])
-    out = out.reshape(lead + (dim,))
+        out = _fold_rows(flat, mp, dim, work[: flat.shape[0], : mp.width])
+    else:
+        picked = range(flat.shape[0]) if rows is None else rows
+        out = np.empty((len(picked), dim))
+        buf = np.empty((1, mp.width), dtype=z.dtype)
+        for i, r in enumerate(picked):
+            out[i] = _fold_rows(flat[r : r + 1], mp, dim, buf)[0]
+    out = out.reshape((z.shape[:-1] if rows is None else (len(rows),)) + (dim,))
     if check and not np.all(np.isfinite(out)):
         raise ValueError("vector contains NaN or inf (or its sketch overflows)")
     return out
 
 
-def _sketch_rows(flat: np.ndarray, mp: _CountSketchMap, dim: int, check: bool,
-                 buf: np.ndarray, lead: tuple[int, ...]) -> np.ndarray:
-    """:func:`_sketch_slots` of every row of ``flat`` at once in ``buf`` (same shape)."""
-    np.take(flat, mp.order, axis=1, out=buf, mode="wrap")
+def _fold_rows(flat: np.ndarray, mp: _CountSketchMap, dim: int, buf: np.ndarray) -> np.ndarray:
+    """Float64 ``(rows, dim)`` bucket sums of the rows of ``flat`` (:func:`_sketch_slots`),
+    gathered into ``buf`` (same shape; overwritten) and folded there."""
+    np.take(flat, mp.order, axis=1, out=buf, mode="wrap")  # valid indices; "raise" buffers out
     terms = buf.reshape(flat.shape[0], mp.width // dim, dim)
     n = terms.shape[1]
     while n > _FOLD_TO:
         h = n // 2
         np.add(terms[:, :h], terms[:, n - h : n], out=terms[:, :h])
         n -= h
-    out = terms[:, :n].sum(axis=1, dtype=np.float64).reshape(lead + (dim,))
-    if check and not np.all(np.isfinite(out)):
-        raise ValueError("vector contains NaN or inf (or its sketch overflows)")
-    return out
+    return terms[:, :n].sum(axis=1, dtype=np.float64)
 
 
 class CountSketchStream:
