@@ -27,6 +27,7 @@ from .strata import (
     stratify_by_histograms,
     stratify_by_sketches,
 )
+from .update_scale import UpdateScale
 from .variance import (
     StratumVarianceTracker,
     VariancePrediction,
@@ -55,6 +56,7 @@ __all__ = [
     "Strata",
     "StratumVarianceTracker",
     "UniformSampler",
+    "UpdateScale",
     "VariancePrediction",
     "choose_design",
     "count_sketch",

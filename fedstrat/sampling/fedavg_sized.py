@@ -26,11 +26,14 @@ x_i / sum_s w_i s_i -> sum_i p_i^2 x_i / sum_i p_i^2``); :class:`SizeWeighted` k
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .baseline import fedavg_factor, fedavg_from_strata
+from .baseline import Band, fedavg_factor, fedavg_from_strata, satterthwaite_band
+
+if TYPE_CHECKING:
+    from .variance import StratumVarianceTracker
 
 __all__ = ["SizeWeighted", "as_size", "fedavg_terms"]
 
@@ -80,6 +83,11 @@ class SizeWeighted:
         self.m2 *= f
         self.w2 *= f * f
         self.cross *= f * f
+
+    def rescale(self, f: float) -> None:
+        """Every stored sketch times ``sqrt(f)``: means times ``sqrt(f)``, ``M2`` times ``f``."""
+        self.mean *= math.sqrt(f)
+        self.m2 *= f
 
     def moments(self, base_w: np.ndarray, base_w2: np.ndarray) -> dict[str, np.ndarray]:
         """``means``, ``variances`` (trace; NaN with < 2 updates), ``effective_counts``
@@ -161,3 +169,26 @@ def fedavg_terms(
         disp = disp + np.maximum(shift, 0.0)
     within = np.where(use, c * p2 * disp, within)
     return within, between, np.where(use, v2, var_in), np.where(use, n2, nobs)
+
+
+def tracked_fedavg_band(
+    tracker: StratumVarianceTracker | None, labels: np.ndarray | None, sizes: np.ndarray,
+    m: int, min_tracked: int, level: float,
+) -> Band | None:
+    """FedAvg's predicted MSE with its ``level`` band from ``tracker`` alone (nodes of
+    stratum ``labels`` with ``sizes``, ``m`` a round: :func:`fedavg_terms`, Satterthwaite's
+    degrees of freedom), once every present stratum has ``min_tracked`` tracked updates;
+    None before (or without a tracker or labels)."""
+    if tracker is None or labels is None:
+        return None
+    present, local = np.unique(labels, return_inverse=True)
+    local = local.reshape(-1)
+    if tracker.counts()[present].min() < min_tracked:
+        return None
+    p = sizes / sizes.sum()
+    nobs = tracker.effective_counts()[present]
+    within, between, _, n_in = fedavg_terms(
+        len(p), m, np.bincount(local, weights=p), np.bincount(local, weights=p * p),
+        tracker.stds()[present], tracker.means()[present], nobs, tracker.size_weighted(present))
+    dfs = np.maximum(np.concatenate([n_in, nobs]) - 1.0, 1.0)
+    return satterthwaite_band(np.concatenate([within, between]), dfs, level)

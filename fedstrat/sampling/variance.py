@@ -331,6 +331,8 @@ class StratumVarianceTracker:
         self._w2 = np.zeros(self.n_strata)
         # size-weighted moments (weight x size): W, sum w^2, mean, M2, count
         self._sw = SizeWeighted(self.n_strata, self.dim)
+        #: the scale the moments are in (:meth:`rescale_to`); None: as fed
+        self.unit: float | None = None
 
     def update(
         self, stratum: int, sketch: np.ndarray, weight: float = 1.0, size: float | None = None
@@ -374,6 +376,22 @@ class StratumVarianceTracker:
         self._m2 *= f
         self._w2 *= f * f
         self._sw.decay(f)
+
+    def rescale_to(self, unit: float) -> None:
+        """Express what was tracked in the scale ``unit`` (a mean squared sketch norm, e.g.
+        :meth:`.UpdateScale.forecast`): as if every sketch seen so far had been multiplied by
+        ``sqrt(unit / self.unit)`` (Welford moments of ``c x``: means times ``c``, ``M2`` times
+        ``c^2``, weights unchanged; exact). The first call only records ``unit`` (what was
+        fed before is taken to be in it); :attr:`unit` is None until then."""
+        u = float(unit)
+        if not math.isfinite(u) or u <= 0:
+            raise ValueError("unit must be finite and positive")
+        if self.unit is not None and u != self.unit:
+            f = u / self.unit
+            self._mean *= math.sqrt(f)
+            self._m2 *= f
+            self._sw.rescale(f)
+        self.unit = u
 
     def size_weighted(self, present: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """:class:`SizeWeighted` moments of the updates fed with a ``size`` (weight ``w_i
@@ -430,6 +448,7 @@ class StratumVarianceTracker:
             "m2": self._m2.copy(),
             "n": self._n.copy(),
             "w2": self._w2.copy(),
+            "unit": self.unit,
             **self._sw.state_dict(),
         }
 
@@ -461,3 +480,5 @@ class StratumVarianceTracker:
             w2 = self._w**2 / np.maximum(self._n, 1)
         self._w2 = np.asarray(w2, dtype=np.float64).copy()
         self._sw = SizeWeighted.from_state(self.n_strata, self.dim, state)
+        unit = state.get("unit")  # older state: as fed
+        self.unit = None if unit is None else float(unit)

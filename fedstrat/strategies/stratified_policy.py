@@ -39,17 +39,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from fedstrat.sampling import (
-    Band,
     Sampler,
     Selection,
     StratifiedSampler,
     StratumVarianceTracker,
     UniformSampler,
+    UpdateScale,
     predicted_variance,
-    satterthwaite_band,
 )
 from fedstrat.sampling.difference import ResidualPPSSampler
-from fedstrat.sampling.fedavg_sized import fedavg_terms
+from fedstrat.sampling.fedavg_sized import tracked_fedavg_band
 
 from .allocation_rule import present_strata, round_allocation, stratum_means
 from .balanced_draw import BalancedDraw
@@ -73,10 +72,10 @@ MIN_TRACKED = 3
 RETURN_MARGIN = 0.1
 #: one-sided normal quantile of the saving's lower bound (90%)
 GAIN_Z = 1.2816
-#: per-round forgetting of the tracker: updates shrink and turn as training goes on, so the
-#: prediction for round r weighs round r - 1 most (lag about ROUND_DECAY / (1 - ROUND_DECAY)
-#: rounds; Kish's effective count with one update per stratum and round (1 + d) / (1 - d))
-ROUND_DECAY = 0.7
+#: per-round forgetting of the trackers, which hold past updates rescaled to the round they
+#: predict (UpdateScale), so the past is older, not larger: updates also turn as training
+#: goes on (Kish's effective count with one update per stratum a round (1 + d) / (1 - d): 19)
+ROUND_DECAY = 0.9
 #: two-sided level of the recorded predicted-MSE bands
 BAND_LEVEL = 0.8
 
@@ -122,6 +121,8 @@ class StratifiedPolicy:
         #: FedAvg rounds' balanced uniform draw (``options.balanced_fedavg``)
         self.balanced = BalancedDraw()
         self._registry: NodeRegistry | None = None  # sizes of responders (sized tracking)
+        #: the updates' and the residuals' scale from round to round (the trackers' units)
+        self.scale, self.residual_scale = UpdateScale(), UpdateScale()
 
     def attach_controls(self, memory: ControlVariates) -> None:
         """Use ``memory``'s predicted residual norms as the pps size measure (module doc)."""
@@ -177,7 +178,8 @@ class StratifiedPolicy:
         self.last_plan = strata_plan
         decision = self.decide(strata_plan, cand, n_min)
         if strata_plan is None and st.fitted:
-            band = self._fedavg_band(frame)
+            band = tracked_fedavg_band(st.tracker_, self._labels(frame.nodes), frame.sizes,
+                                       frame.m, MIN_TRACKED, BAND_LEVEL)
             if band is not None:
                 decision = DesignDecision("fedavg", "tracked", cand, None, band,
                                           decision.reason)
@@ -304,26 +306,6 @@ class StratifiedPolicy:
             same_nodes = False
         return self.size_strata.plan(frame, same_nodes, MIN_TRACKED, BAND_LEVEL)
 
-    def _fedavg_band(self, frame: PopulationFrame) -> Band | None:
-        """FedAvg's predicted MSE with its band from the tracker alone (rounds without a
-        stratified candidate, e.g. IID labels), once every present stratum has
-        :data:`MIN_TRACKED` tracked updates; None before."""
-        tracker, labels = self.stratifier.tracker_, self._labels(frame.nodes)
-        if tracker is None or labels is None:
-            return None
-        present, local = np.unique(labels, return_inverse=True)
-        local = local.reshape(-1)
-        if tracker.counts()[present].min() < MIN_TRACKED:
-            return None
-        p = frame.sizes / frame.sizes.sum()
-        nobs = tracker.effective_counts()[present]
-        within, between, _, n_in = fedavg_terms(
-            len(p), frame.m, np.bincount(local, weights=p), np.bincount(local, weights=p * p),
-            tracker.stds()[present], tracker.means()[present], nobs,
-            tracker.size_weighted(present))
-        dfs = np.maximum(np.concatenate([n_in, nobs]) - 1.0, 1.0)
-        return satterthwaite_band(np.concatenate([within, between]), dfs, BAND_LEVEL)
-
     def _strata_plan(self, frame: PopulationFrame, design: str) -> StrataPlan | None:
         """Strata of the present nodes, ``m_h``, ``sigma_h`` and the predicted variance; None
         (uniform this round) when the present strata cannot each get ``min_per_stratum``."""
@@ -423,11 +405,16 @@ class StratifiedPolicy:
 
     # ------------------------------------------------------------------ learn
     def observe(self, feedback: Feedback) -> None:
-        """Decay the tracker by :data:`ROUND_DECAY`, then feed each responder's sketch, with
-        its aggregation weight, to its stratum's tracker."""
-        self._feed(self.stratifier.tracker_, feedback)
-        if self._size_of is self.stratifier.tracker_:
-            self.size_strata.observe(feedback, ROUND_DECAY)
+        """Bring the trackers to this round's update scale, decay them by
+        :data:`ROUND_DECAY`, feed each responder's sketch, with its aggregation weight, to
+        its stratum's tracker, then rescale them to the next round's forecast scale
+        (:class:`~fedstrat.sampling.UpdateScale`: no lag as updates shrink)."""
+        sized = self._size_of is self.stratifier.tracker_
+        trackers = [self.stratifier.tracker_, self.size_strata.tracker_ if sized else None]
+        with self.scale.feeding(feedback.sketches, feedback.weights, trackers):
+            self._feed(self.stratifier.tracker_, feedback)
+            if sized:
+                self.size_strata.observe(feedback, ROUND_DECAY)
 
     def observe_residuals(self, feedback: Feedback) -> None:
         """estimator="difference": decay the residual tracker by :data:`ROUND_DECAY`, then
@@ -436,8 +423,10 @@ class StratifiedPolicy:
         measure the scaled residual ``v_i = e_i / s_i`` with weight ``w_i s_i``; both weights
         divided by the round's stratum mass ``Z_h`` (``P_h``), see residual_evidence."""
         labels = None if self._frame_nodes is None else self._labels(self._frame_nodes)
-        self._feed(self.residual.tracker_for(self.stratifier.tracker_),
-                   self.residual.scaled(feedback, self.stratifier.node_stratum_, labels))
+        tracker = self.residual.tracker_for(self.stratifier.tracker_)
+        scaled = self.residual.scaled(feedback, self.stratifier.node_stratum_, labels)
+        with self.residual_scale.feeding(scaled.sketches, scaled.weights, [tracker]):
+            self._feed(tracker, scaled)
 
     def _feed(self, tracker: StratumVarianceTracker | None, feedback: Feedback) -> None:
         """Decay ``tracker`` by :data:`ROUND_DECAY` and add each weighted responder's sketch
@@ -458,7 +447,8 @@ class StratifiedPolicy:
         """The stratifier's state, the fallback flag and the decision mode."""
         mode = self.mode if self._mode_of is not None else None  # None: not decided yet
         out = {**self.stratifier.state_dict(), "fallback": self.fallback, "mode": mode,
-               "lost": self.lost}
+               "lost": self.lost, "update_scale": self.scale.to_json(),
+               "residual_scale": self.residual_scale.to_json()}
         rt = self.residual.state_dict(self.stratifier.tracker_)
         if rt is not None:
             out["residual_tracker"] = rt
@@ -473,6 +463,9 @@ class StratifiedPolicy:
         if state:
             self.stratifier.load_state_dict(state)
         self.fallback = bool(state.get("fallback", False))
+        self.scale = UpdateScale.from_state(state.get("update_scale") if state else None)
+        self.residual_scale = UpdateScale.from_state(state.get("residual_scale") if state
+                                                     else None)
         self._mode_of = None
         self.mode = "fedavg"
         if state and state.get("mode") is not None:

@@ -176,3 +176,49 @@ def test_a_population_key_gives_the_draws_of_comparing_the_nodes():
         sk = rng.normal(size=(len(chosen), 8))
         for policy in (with_key, without):
             policy.observe(Feedback(chosen, sk, np.asarray(a.selection.weights)))
+
+
+def test_a_common_factor_on_every_update_changes_no_decision_and_scales_the_predictions():
+    """Updates x1000 (MSE x1e6): the same draws and decisions every round; every predicted
+    MSE and band times 1e6 (the trackers hold updates relative to their round's scale,
+    :class:`fedstrat.sampling.UpdateScale`)."""
+    pop = make_population(n=40, classes=3, dim=6, alpha=0.05, seed=9)
+
+    def shrinking(factor):
+        calls = {"n": 0}
+
+        def sketch(node, stratum, rng):  # stratum-dependent, shrinking ~10% a round
+            calls["n"] += 1
+            return factor * 0.95 ** (calls["n"] // 6) * by_stratum(node, stratum, rng)
+        return sketch
+
+    _, small = run_rounds(pop, shrinking(1.0), rounds=15)
+    _, big = run_rounds(pop, shrinking(1e3), rounds=15)
+    for a, b in zip(small, big, strict=True):
+        np.testing.assert_array_equal(a.selection.ids, b.selection.ids)
+        assert (a.design, a.decision.mode, a.decision.evidence) == (
+            b.design, b.decision.mode, b.decision.evidence)
+        for x, y in ((a.decision.predicted, b.decision.predicted),
+                     (a.decision.predicted_fedavg, b.decision.predicted_fedavg)):
+            assert (x is None) == (y is None)
+            if x is not None and a.decision.evidence == "tracked":
+                np.testing.assert_allclose(np.array(y.to_json()), 1e6 * np.array(x.to_json()),
+                                           rtol=1e-6)
+    assert small[-1].decision.evidence == "tracked"
+
+
+def test_predictions_follow_updates_that_shrink_geometrically():
+    """Updates shrink 10% a round (MSE x0.81): FedAvg's predicted MSE from round 10 to round
+    20 falls by 0.81^10 = 0.12 within 30% (a tracker forgetting 0.9 a round without the
+    rescaling to the updates' scale is dominated by its oldest, largest rounds: ~0.9^10)."""
+    pop = make_population(n=40, classes=3, dim=6, alpha=0.05, seed=9)
+    calls = {"n": 0}
+
+    def sketch(node, stratum, rng):
+        calls["n"] += 1
+        return 0.9 ** ((calls["n"] - 1) // 6) * by_stratum(node, stratum, rng)
+
+    _, draws = run_rounds(pop, sketch, rounds=20)
+    f10, f20 = (draws[r - 1].decision.predicted_fedavg for r in (10, 20))
+    assert draws[9].decision.evidence == "tracked"
+    assert f20.value / f10.value == pytest.approx(0.81**10, rel=0.3)
