@@ -95,12 +95,14 @@ class SizeWeighted:
         the tracker's own ``sigma_h^2`` (:meth:`StratumVarianceTracker.variances`) that the
         design's prediction uses, so that FedAvg's and the design's predictions are compared
         on one footing. In a stationary population it is low by ``1 - 1/n_eff`` (the weighted
-        form of ``n - 1``; 5-25% with the 4-20 effective updates a stratum keeps under the
-        per-round forgetting 0.7); in training runs, where updates shrink from round to round
-        and the forgotten rounds still weigh, that low bias offsets the lag: in the replays of
-        ``fedstrat measure-variance`` (experiments/README.md section 4, five settings, 5 seeds)
-        FedAvg's prediction is 0.79-1.33x the measured MSE per seed (the reliability-corrected
-        ``M2 / (W (1 - 1/n_eff))`` gave 0.88-1.86x).
+        form of ``n - 1``; ~5% with the ~19 effective updates a stratum keeps under the
+        per-round forgetting 0.9 of the strategy's trackers, which hold past updates rescaled
+        to the current scale, :class:`~fedstrat.sampling.UpdateScale`): in the replays of
+        ``fedstrat measure-variance`` (experiments/README.md section 4, five settings, 5 seeds,
+        rounds 5-30) FedAvg's prediction is 0.61-1.66x the measured MSE per seed, 0.79-1.28x
+        outside the CNN. (With forgetting 0.7 and no rescaling the low bias offset the lag of
+        shrinking updates: 0.79-1.33x at rounds 5 / 10; the reliability-corrected
+        ``M2 / (W (1 - 1/n_eff))`` gave 0.88-1.86x.)
         ``shift_noise``: ``E||Dbar_hat_(2) - Dbar_hat||^2``
         over the true ``||Dbar_(2) - Dbar||^2`` in units of the dispersion, ``sum_i (b_i -
         a_i)^2`` with the normalised sized weights ``b`` and the tracker's ``a`` (its ``W``
