@@ -35,7 +35,7 @@ from .baseline import Band, fedavg_factor, fedavg_from_strata, satterthwaite_ban
 if TYPE_CHECKING:
     from .variance import StratumVarianceTracker
 
-__all__ = ["SizeWeighted", "as_size", "fedavg_terms"]
+__all__ = ["SizeWeighted", "as_size", "fedavg_terms", "tracked_fedavg_band"]
 
 _KEYS = ("sw_w", "sw_w2", "sw_mean", "sw_m2", "sw_n", "sw_cross")
 

@@ -17,12 +17,13 @@ with 10 a round on MNIST); the smoothing cuts that by :math:`\sqrt{\alpha / (2 -
 (0.58) at the cost of about :math:`(1 - \alpha) / \alpha` rounds of lag in the scale alone
 (one round with ``alpha = 0.5``; Holt's linear trend on :math:`y_t` extrapolated the shrink
 too far and was noisier in the replays of experiments/README.md section 4).
-The trackers hold every past sketch rescaled
-to that forecast (:meth:`.StratumVarianceTracker.rescale_to`: a round-:math:`\tau` sketch
-counts as :math:`z \sqrt{\hat s_{t+1} / s_\tau}`), so their moments describe the spread of
-updates *relative to their round's scale*, times the scale of the round they predict. A common
-factor on every update changes the forecasts by that factor and no ratio of predictions; a
-constant scale changes nothing.
+
+The trackers hold every past sketch rescaled to that forecast
+(:meth:`.StratumVarianceTracker.rescale_to`: a round-:math:`\tau` sketch counts as
+:math:`z \sqrt{\hat s_{t+1} / s_\tau}`), so their moments describe the spread of updates
+*relative to their round's scale*, times the scale of the round they predict. A common factor
+on every update changes the forecasts by its square and no ratio of predictions; a constant
+scale changes nothing.
 """
 
 from __future__ import annotations
