@@ -59,6 +59,9 @@ MODEL_FILE = "model.pt"
 PLOTS_DIR = "plots"
 CHECKPOINT_DIR = "checkpoint"
 LOGS_DIR = "logs"
+#: written by the runner when it stops a run before its end (SIGTERM, Ctrl-C, an error): the
+#: ServerApp then records no further round (a round cut short by the shutdown is not one)
+STOP_FILE = "stopping"
 
 
 class RunDirError(ValueError):

@@ -44,6 +44,7 @@ from fedstrat.app.rundir import (
     PLOTS_DIR,
     PROGRESS_FILE,
     SAMPLING_FILE,
+    STOP_FILE,
     MetricsRow,
     RunSummary,
     append_jsonl,
@@ -153,6 +154,11 @@ def train_config(cfg: RunConfig) -> ConfigRecord:
             "seed": cfg.seed,
         }
     )
+
+
+class RunStopped(RuntimeError):
+    """The runner is stopping this run (:data:`~fedstrat.app.rundir.STOP_FILE`): the round
+    that just ended is not recorded (its replies may have failed in the shutdown)."""
 
 
 class CentralEvaluator:
@@ -398,6 +404,8 @@ def _run(grid: Grid, cfg: RunConfig, run_dir: Path, progress: Path, t0: float) -
     def on_round(
         rnd: int, arrs: ArrayRecord, train_m: MetricRecord | None, eval_m: MetricRecord | None
     ) -> None:
+        if (run_dir / STOP_FILE).exists():  # the runner is stopping the run (rundir.STOP_FILE)
+            raise RunStopped(f"round {rnd} not recorded: the run is being stopped")
         now = time.perf_counter()
         elapsed = elapsed0 + (now - t_loop)
         row = round_row(rnd, train_m, eval_m, now - t_round[0], elapsed)

@@ -59,6 +59,7 @@ from fedstrat.app.rundir import (
     CONFIG_FILE,
     LOGS_DIR,
     PROGRESS_FILE,
+    STOP_FILE,
     SUMMARY_FILE,
     RunDirError,
     add_runner_timings,
@@ -343,11 +344,13 @@ def run_simulation_job(
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     progress_path = run_dir / PROGRESS_FILE
+    (run_dir / STOP_FILE).unlink(missing_ok=True)  # left by a run that was stopped
     seen = len(read_jsonl(progress_path))  # a resumed run appends to its progress file
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     session = _Session(run_dir, quiet, cfg.ray_address)
     events: list[dict[str, Any]] = []
+    ended = False
     try:
         timings["superlink_start_s"] = session.start_superlink()
         flwr_proc = session.submit(cfg, num_cpus or _cpu_count())
@@ -376,7 +379,10 @@ def run_simulation_job(
                     f"simulation timed out after {timeout:.0f}s; logs: {session.logs}"
                 )
             time.sleep(0.2)
+        ended = True
     finally:
+        if not ended:  # before any process stops: a round cut short must not be recorded
+            (run_dir / STOP_FILE).touch()
         session.close()
     timings["total_s"] = time.perf_counter() - t_start
     errors = [e for e in events if e.get("event") == "error"]

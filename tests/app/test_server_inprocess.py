@@ -83,3 +83,40 @@ def test_model_changes_and_learns(runs: dict[str, Path]) -> None:
     rows = json.loads((runs["full"] / "metrics.json").read_text())
     assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
     assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_a_round_cut_short_by_a_stop_is_not_recorded_and_resume_matches(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The runner writes rundir.STOP_FILE before it stops the processes (SIGTERM, Ctrl-C):
+    the round under way when it appears is not checkpointed (its replies may have failed in the
+    shutdown), the ServerApp stops with RunStopped, and the resumed run is the uninterrupted
+    one."""
+    from fedstrat.app.rundir import STOP_FILE
+    from fedstrat.app.server_app import RunStopped
+
+    cfg = dataclasses.replace(BASE, out=str(tmp_path / "stopped"))
+    grid = make_grid(cfg, 4)
+    send, trains = grid.send_and_receive, []
+
+    def stopping_during_round_3(messages, timeout=None):
+        msgs = list(messages)
+        replies = list(send(msgs, timeout=timeout))
+        if msgs and msgs[0].metadata.message_type == "train":
+            trains.append(1)
+            if len(trains) == 3:  # the shutdown arrives while round 3 is under way
+                (tmp_path / "stopped" / STOP_FILE).touch()
+        return replies
+
+    grid.send_and_receive = stopping_during_round_3
+    with pytest.raises(RunStopped, match="round 3 not recorded"):
+        run_server(grid, cfg)
+    assert load_checkpoint(tmp_path / "stopped").round == 2
+    assert not (tmp_path / "stopped" / "summary.json").exists()
+    (tmp_path / "stopped" / STOP_FILE).unlink()  # the runner removes it when a run starts
+    resumed = dataclasses.replace(cfg, resume=str(tmp_path / "stopped"))
+    run_server(make_grid(resumed, 5), resumed)
+    full, back = load_checkpoint(runs["full"]), load_checkpoint(tmp_path / "stopped")
+    assert back.round == 4
+    for k in full.arrays:
+        np.testing.assert_allclose(back.arrays[k], full.arrays[k], rtol=0, atol=1e-6)
