@@ -50,8 +50,6 @@ class UpdateScale:
             raise ValueError("alpha must be in (0, 1]")
         self.alpha = float(alpha)
         self.level_: float | None = None
-        #: the last observed scale s_t (None before any round)
-        self.last_: float | None = None
 
     def observe(self, sketches: Any, weights: Any) -> float | None:
         """Add one round: ``sketches`` (k, dim) of the responders with aggregation ``weights``
@@ -68,7 +66,6 @@ class UpdateScale:
         y = math.log(s)
         self.level_ = y if self.level_ is None else (
             self.alpha * y + (1.0 - self.alpha) * self.level_)
-        self.last_ = s
         return s
 
     def forecast(self) -> float | None:
@@ -93,7 +90,7 @@ class UpdateScale:
 
     def to_json(self) -> dict[str, Any]:
         """Checkpoint form."""
-        return {"alpha": self.alpha, "level": self.level_, "last": self.last_}
+        return {"alpha": self.alpha, "level": self.level_}
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> UpdateScale:
@@ -102,5 +99,4 @@ class UpdateScale:
             return cls()
         out = cls(float(state["alpha"]))
         out.level_ = None if state["level"] is None else float(state["level"])
-        out.last_ = None if state["last"] is None else float(state["last"])
         return out
