@@ -33,7 +33,7 @@ import numpy as np
 from .baseline import Band, fedavg_factor, fedavg_from_strata, satterthwaite_band
 
 if TYPE_CHECKING:
-    from .variance import StratumVarianceTracker
+    from .tracker import StratumVarianceTracker
 
 __all__ = ["SizeWeighted", "as_size", "fedavg_terms", "tracked_fedavg_band"]
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .variance import StratumVarianceTracker
+    from .tracker import StratumVarianceTracker
 
 #: smoothing of log s_t (module doc)
 ALPHA = 0.5

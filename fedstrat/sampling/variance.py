@@ -1,18 +1,19 @@
-"""Design variances (trace of covariance, ``E||T_hat - T||^2``) and per-stratum tracking."""
+"""Design variances (trace of covariance, ``E||T_hat - T||^2``) and their prediction from
+per-stratum statistics (e.g. of a :class:`~fedstrat.sampling.tracker.StratumVarianceTracker`)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ._validate import all_at_least, as_count, as_sizes, as_updates
 from .baseline import Band, satterthwaite_band
-from .fedavg_sized import SizeWeighted, as_size, fedavg_terms
+from .fedavg_sized import fedavg_terms
 from .samplers import pps_inclusion
 from .strata import Strata
+from .tracker import StratumVarianceTracker
 
 __all__ = [
     "StratumVarianceTracker",
@@ -23,6 +24,7 @@ __all__ = [
     "predicted_variance",
     "design_terms",
     "VariancePrediction",
+    "spread_shape",
 ]
 
 
@@ -200,6 +202,7 @@ def predicted_variance(
     mean_counts: np.ndarray | list | None = None,
     level: float = 0.8,
     sized: dict[str, np.ndarray] | None = None,
+    covs: np.ndarray | None = None,
 ) -> VariancePrediction:
     """Predict stratified, uniform-HT and FedAvg MSE from per-stratum statistics.
 
@@ -222,7 +225,12 @@ def predicted_variance(
     ``mean_counts`` ``n_h`` (observations behind estimated ``sigma_h`` and ``Dbar_h``): between
     terms are corrected for the noise of the estimated means (``- sigma_h^2 / n_h``, clipped at
     0) and the stratified and FedAvg predictions get ``level`` bands (Satterthwaite, each
-    stratum's terms with ``n_h - 1`` degrees of freedom, at least 1).
+    stratum's terms with ``n_h - 1`` degrees of freedom, at least 1) and the saving
+    ``fedavg - stratified`` a standard error (``gain_se``, see :func:`_gain_se`). ``covs``
+    (H, k, k), the within-stratum covariances of the vectors behind ``stds`` and ``means``
+    (e.g. :meth:`StratumVarianceTracker.covariances`; only their shape is used) make that
+    standard error follow how the spread is laid out (:func:`spread_shape`); without them it
+    is the worst case (all spread along one direction).
     """
     cnt = np.asarray(counts, dtype=np.float64)
     mass = np.asarray(masses, dtype=np.float64)
@@ -268,7 +276,9 @@ def predicted_variance(
         s_band = satterthwaite_band(terms, dfs, level)
         f_band = satterthwaite_band(np.concatenate([f_in, f_btw]),
                                     np.concatenate([f_dfs, dfs]), level)
-        gain_se = _gain_se(terms, f_in, f_btw, f_var, f_dfs, np.maximum(nobs, 1.0))
+        shape = (None if covs is None or means is None
+                 else spread_shape(np.asarray(covs, dtype=np.float64), means, mass))
+        gain_se = _gain_se(terms, f_in, f_btw, f_var, f_dfs, np.maximum(nobs, 1.0), shape)
     if n_total <= 1:
         return VariancePrediction(strat, 0.0, 0.0, s_band, f_band, gain_se)
     s2 = (within + between) / (n_total - 1.0)
@@ -283,202 +293,48 @@ def _gain_se(
     var_in: np.ndarray,
     dfs: np.ndarray,
     nobs: np.ndarray,
+    shape: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> float:
-    """Standard error of ``fedavg - stratified`` (the predicted saving). Both are linear in
-    each ``sigma_h^2`` (estimated with ``df_h`` degrees of freedom: variance ``2 sigma_h^4 /
-    df_h``), so the within parts enter with coefficient ``f_in_h - terms_h``; FedAvg's between
-    term ``c p2_h B_h`` adds ``(c p2_h)^2 (4 B_h sigma_h^2 / n_h + 2 sigma_h^4 / n_h^2)`` (the
-    noise of an estimated stratum mean). With size-weighted FedAvg moments ``var_in`` and
-    ``dfs`` are its within terms' (sigma_(2),h^2 treated as the same estimate)."""
+    """Standard error of ``fedavg - stratified`` (the predicted saving), for Gaussian sketches
+    with within-stratum covariance ``S_h`` (``tr S_h = sigma_h^2``). Both are linear in each
+    ``sigma_h^2``, estimated with ``df_h`` degrees of freedom (variance ``2 tr(S_h^2) / df_h =
+    2 rho_h sigma_h^4 / df_h``), so the within parts enter with coefficient ``f_in_h -
+    terms_h``; FedAvg's between term ``c p2_h B_h``, ``B_h = ||d_h||^2``, ``d_h = Dbar_h - T``,
+    adds the noise of an estimated mean ``d_h + e``, ``e ~ N(0, S_h / n_h)``: ``(c p2_h)^2 (4
+    d_h' S_h d_h / n_h + 2 tr(S_h^2) / n_h^2) = (c p2_h)^2 (4 r_h B_h sigma_h^2 / n_h + 2 rho_h
+    sigma_h^4 / n_h^2)``. ``shape`` = ``(r, rho)`` from :func:`spread_shape`; None: the
+    worst case ``r = rho = 1``. With size-weighted FedAvg moments ``var_in`` and ``dfs`` are
+    its within terms' (``sigma_(2),h^2`` treated as the same estimate, of the same shape)."""
+    r, rho = (1.0, 1.0) if shape is None else shape
     with np.errstate(invalid="ignore", divide="ignore"):
         coef = np.where(var_in > 0, f_in / var_in, 0.0)  # c p2_h
         b = np.where(coef > 0, f_btw / coef, 0.0)  # B_h
-    var = 2.0 * (f_in - terms) ** 2 / dfs
-    var += coef**2 * (4.0 * b * var_in / nobs + 2.0 * var_in**2 / nobs**2)
+    var = 2.0 * rho * (f_in - terms) ** 2 / dfs
+    var += coef**2 * (4.0 * r * b * var_in / nobs + 2.0 * rho * var_in**2 / nobs**2)
     return float(np.sqrt(np.sum(var)))
 
 
-class StratumVarianceTracker:
-    """Online per-stratum weighted mean and variance of update sketches.
-
-    Weighted Welford: for a new sketch ``x`` with weight ``w``: ``W += w``,
-    ``mean += (w/W)(x - mean)``, ``M2 += w (x - mean_old)·(x - mean_new)``; variance
-    ``M2 / W`` (trace, summed over dims). With ``ema=lambda`` in (0, 1) past statistics are
-    decayed first: ``W <- lambda W``, ``M2 <- lambda M2`` (exponentially weighted moments).
-    Feed ``weight = Selection.weights[i]`` (the HT weight ``p_i / pi_i``): the weighted moments
-    then estimate the p-weighted stratum mean ``Dbar_h`` and ``sigma_h^2`` used by the pps design
-    and :func:`design_neyman_allocation`.
-
-    ``stds()``: strata with fewer than 2 updates get ``prior_std`` or, if None, the pooled std
-    of the observed strata (``sqrt(sum M2 / sum W)``), or 1.0 when nothing was observed.
-    """
-
-    def __init__(
-        self, n_strata: int, dim: int, prior_std: float | None = None, ema: float | None = None
-    ) -> None:
-        self.n_strata = as_count(n_strata, "n_strata")
-        self.dim = as_count(dim, "dim")
-        if prior_std is not None and (not np.isfinite(prior_std) or prior_std < 0):
-            raise ValueError("prior_std must be finite and non-negative")
-        if ema is not None and not 0.0 < ema < 1.0:
-            raise ValueError("ema must be in (0, 1)")
-        self.prior_std = prior_std
-        self.ema = ema
-        self._w = np.zeros(self.n_strata)
-        self._mean = np.zeros((self.n_strata, self.dim))
-        self._m2 = np.zeros(self.n_strata)
-        self._n = np.zeros(self.n_strata, dtype=np.int64)
-        self._w2 = np.zeros(self.n_strata)
-        # size-weighted moments (weight x size): W, sum w^2, mean, M2, count
-        self._sw = SizeWeighted(self.n_strata, self.dim)
-        #: the scale the moments are in (:meth:`rescale_to`); None: as fed
-        self.unit: float | None = None
-
-    def update(
-        self, stratum: int, sketch: np.ndarray, weight: float = 1.0, size: float | None = None
-    ) -> None:
-        """Add one observation ``sketch`` (dim,) of stratum ``stratum`` with weight ``weight``;
-        with the client's ``size`` (any positive scale, e.g. its example count) also to the
-        size-weighted moments (weight ``weight * size``, see :meth:`size_weighted`)."""
-        h = int(stratum)
-        if not 0 <= h < self.n_strata:
-            raise ValueError(f"stratum {stratum} out of range 0..{self.n_strata - 1}")
-        x = np.asarray(sketch, dtype=np.float64).reshape(-1)
-        if x.shape != (self.dim,):
-            raise ValueError(f"sketch must have shape ({self.dim},), got {x.shape}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("sketch contains NaN or inf")
-        w = float(weight)
-        if not np.isfinite(w) or w <= 0:
-            raise ValueError("weight must be finite and positive")
-        if self.ema is not None:
-            self._w[h] *= self.ema
-            self._m2[h] *= self.ema
-            self._w2[h] *= self.ema * self.ema
-        self._w[h] += w
-        self._w2[h] += w * w
-        delta = x - self._mean[h]
-        self._mean[h] += (w / self._w[h]) * delta
-        self._m2[h] += w * float(delta @ (x - self._mean[h]))
-        self._n[h] += 1
-        if size is not None:
-            self._sw.update(h, x, w, as_size(size), self.ema)
-
-    def decay(self, factor: float) -> None:
-        """Forget the past of every stratum by ``factor`` in (0, 1]: ``W``, ``M2`` times
-        ``factor`` and ``sum w^2`` times ``factor^2`` (means and variances unchanged; later
-        updates weigh more). Called once per round it is a per-round exponential forgetting,
-        independent of how many updates each stratum gets."""
-        f = float(factor)
-        if not 0.0 < f <= 1.0:
-            raise ValueError("factor must be in (0, 1]")
-        self._w *= f
-        self._m2 *= f
-        self._w2 *= f * f
-        self._sw.decay(f)
-
-    def rescale_to(self, unit: float) -> None:
-        """Express what was tracked in the scale ``unit`` (a mean squared sketch norm, e.g.
-        :meth:`.UpdateScale.forecast`): as if every sketch seen so far had been multiplied by
-        ``sqrt(unit / self.unit)`` (Welford moments of ``c x``: means times ``c``, ``M2`` times
-        ``c^2``, weights unchanged; exact). The first call only records ``unit`` (what was
-        fed before is taken to be in it); :attr:`unit` is None until then."""
-        u = float(unit)
-        if not math.isfinite(u) or u <= 0:
-            raise ValueError("unit must be finite and positive")
-        if self.unit is not None and u != self.unit:
-            f = u / self.unit
-            self._mean *= math.sqrt(f)
-            self._m2 *= f
-            self._sw.rescale(f)
-        self.unit = u
-
-    def size_weighted(self, present: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """:class:`SizeWeighted` moments of the updates fed with a ``size`` (weight ``w_i
-        s_i``): with HT weights ``p_i / pi_i`` and ``s_i`` proportional to ``p_i`` they estimate
-        the ``p_i^2``-weighted stratum mean and dispersion that FedAvg's MSE needs
-        (:func:`fedstrat.sampling.fedavg_sized.fedavg_terms`). ``means`` (H, dim),
-        ``variances`` (NaN with < 2 sized updates) and Kish ``effective_counts``; only the
-        strata ``present`` (an index) when given."""
-        out = self._sw.moments(self._w, self._w2)
-        return out if present is None else {k: v[present] for k, v in out.items()}
-
-    def counts(self) -> np.ndarray:
-        """Number of updates seen per stratum."""
-        return self._n.copy()
-
-    def effective_counts(self) -> np.ndarray:
-        """Kish's effective number of updates per stratum, ``(sum w)^2 / sum w^2`` (with the
-        exponential forgetting applied to both); equals :meth:`counts` for equal weights
-        without ``ema``."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self._w2 > 0, self._w**2 / self._w2, 0.0)
-
-    def means(self) -> np.ndarray:
-        """Weighted mean sketch per stratum (zeros where unobserved), shape (H, dim)."""
-        return self._mean.copy()
-
-    def variances(self) -> np.ndarray:
-        """Weighted within-stratum variance (trace) per stratum; NaN with < 2 updates."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            v = np.where(self._n >= 2, self._m2 / self._w, np.nan)
-        return np.maximum(v, 0.0)
-
-    def stds(self) -> np.ndarray:
-        """Per-stratum std; strata with < 2 updates get the prior (see class doc)."""
-        v = self.variances()
-        seen = self._n >= 2
-        if self.prior_std is not None:
-            prior = float(self.prior_std)
-        elif seen.any():
-            prior = float(np.sqrt(max(self._m2[seen].sum() / self._w[seen].sum(), 0.0)))
-        else:
-            prior = 1.0
-        return np.where(seen, np.sqrt(np.where(seen, v, 0.0)), prior)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Checkpointable state (plain numpy arrays and floats)."""
-        return {
-            "n_strata": self.n_strata,
-            "dim": self.dim,
-            "prior_std": self.prior_std,
-            "ema": self.ema,
-            "w": self._w.copy(),
-            "mean": self._mean.copy(),
-            "m2": self._m2.copy(),
-            "n": self._n.copy(),
-            "w2": self._w2.copy(),
-            "unit": self.unit,
-            **self._sw.state_dict(),
-        }
-
-    def to_json(self) -> dict[str, Any]:
-        """:meth:`state_dict` with arrays as lists (the checkpoint form)."""
-        return {k: v.tolist() if isinstance(v, np.ndarray) else v
-                for k, v in self.state_dict().items()}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> StratumVarianceTracker:
-        """A tracker restored from :meth:`state_dict` or :meth:`to_json`."""
-        out = cls(int(state["n_strata"]), int(state["dim"]), prior_std=state["prior_std"],
-                  ema=state["ema"])
-        out.load_state_dict(state)
-        return out
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state produced by :meth:`state_dict`."""
-        if int(state["n_strata"]) != self.n_strata or int(state["dim"]) != self.dim:
-            raise ValueError("state_dict shape does not match this tracker")
-        self.prior_std = state["prior_std"]
-        self.ema = state["ema"]
-        self._w = np.asarray(state["w"], dtype=np.float64).copy()
-        self._mean = np.asarray(state["mean"], dtype=np.float64).copy()
-        self._m2 = np.asarray(state["m2"], dtype=np.float64).copy()
-        self._n = np.asarray(state["n"], dtype=np.int64).copy()
-        w2 = state.get("w2")
-        if w2 is None:  # older state: as if equal weights (effective count = count)
-            w2 = self._w**2 / np.maximum(self._n, 1)
-        self._w2 = np.asarray(w2, dtype=np.float64).copy()
-        self._sw = SizeWeighted.from_state(self.n_strata, self.dim, state)
-        unit = state.get("unit")  # older state: as fed
-        self.unit = None if unit is None else float(unit)
+def spread_shape(
+    covs: np.ndarray, means: np.ndarray, masses: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """How each stratum's spread is laid out, for :func:`_gain_se`: ``r_h = d_h' S_h d_h /
+    (||d_h||^2 tr S_h)`` (the share of the spread along ``d_h = Dbar_h - T``, ``T = sum_h P_h
+    Dbar_h``) and ``rho_h = tr(S_h^2) / tr(S_h)^2`` (1 / the effective dimension); both in
+    ``[0, 1]`` (``rho_h >= 1/k``), 1 (the worst case) where ``S_h`` or ``d_h`` is zero. From
+    an estimated ``S_h`` of ``n`` updates ``rho_h`` is biased up (``E tr(S_hat^2) ~ tr(S^2)
+    + tr(S)^2 / n``): the standard error errs wide."""
+    cov = np.asarray(covs, dtype=np.float64)
+    mu = np.asarray(means, dtype=np.float64)
+    mu = mu[:, None] if mu.ndim == 1 else mu
+    if cov.shape != (mu.shape[0], mu.shape[1], mu.shape[1]):
+        raise ValueError(f"covs must have shape {(mu.shape[0], mu.shape[1], mu.shape[1])}, "
+                         f"got {cov.shape}")
+    d = mu - np.asarray(masses, dtype=np.float64) @ mu
+    tr = np.einsum("hii->h", cov)
+    quad = np.einsum("hi,hij,hj->h", d, cov, d)
+    dd = np.sum(d * d, axis=1)
+    sq = np.einsum("hij,hji->h", cov, cov)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where((tr > 0) & (dd > 0), quad / (dd * tr), 1.0)
+        rho = np.where(tr > 0, sq / (tr * tr), 1.0)
+    return np.clip(r, 0.0, 1.0), np.clip(rho, 0.0, 1.0)

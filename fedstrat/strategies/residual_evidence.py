@@ -95,7 +95,8 @@ class ResidualEvidence:
         if self._of is not base:
             self._of = base
             self.tracker = StratumVarianceTracker(
-                base.n_strata, base.dim, prior_std=base.prior_std, ema=base.ema)
+                base.n_strata, base.dim, prior_std=base.prior_std, ema=base.ema,
+                covariance=False)
         return self.tracker
 
     def scaled(

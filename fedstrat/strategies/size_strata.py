@@ -158,7 +158,8 @@ class SizeStrata:
         alloc = allocate(o.allocation, "pps", counts, masses, stds, frame.m, lo)
         pred = predicted_variance(counts, masses, stds, alloc, "pps", means=t.means()[present],
                                   m=frame.m, p2=p2, mean_counts=t.effective_counts()[present],
-                                  level=level, sized=t.size_weighted(present))
+                                  level=level, sized=t.size_weighted(present),
+                                  covs=t.covariances(present))
         if self.trend_ is not None:
             r_lo = self._saving_lower(frame, strata, masses / alloc)
             if r_lo is not None:

@@ -342,12 +342,13 @@ class StratifiedPolicy:
         masses = masses0.copy()
         means = stratum_means(self.stratifier, present, masses, basis)
         tracker = self.stratifier.tracker_
-        nobs = sized = None
+        nobs = sized = covs = None
         if basis == "tracked" and tracker is not None:
             nobs, sized = tracker.effective_counts()[present], tracker.size_weighted(present)
+            covs = tracker.covariances(present)
         prediction = predicted_variance(
             counts, masses, stds, alloc, design, means=means, m=m, p2=p2, mean_counts=nobs,
-            level=BAND_LEVEL, sized=sized,
+            level=BAND_LEVEL, sized=sized, covs=covs,
         )
         return StrataPlan(strata, present, alloc, stds, basis, counts, masses, prediction)
 

@@ -126,7 +126,7 @@ class Stratifier:
         )
         # Feature proxy of sigma_h (used before any update was observed) and seeding of the
         # tracker with the sketches collected so far.
-        proxy = StratumVarianceTracker(h + 1, x.shape[1])
+        proxy = StratumVarianceTracker(h + 1, x.shape[1], covariance=False)
         p = sizes / sizes.sum()
         for i, n in enumerate(nodes):
             proxy.update(int(labels[i]), x[i], float(p[i]))

@@ -1,0 +1,257 @@
+"""Online per-stratum moments of update sketches (:class:`StratumVarianceTracker`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ._validate import as_count
+from .fedavg_sized import SizeWeighted, as_size
+
+__all__ = ["StratumVarianceTracker", "COVARIANCE_MAX_DIM"]
+
+#: the largest sketch dimension for which a tracker made with ``covariance=None`` keeps the
+#: per-stratum ``dim x dim`` second moments (``H dim^2`` floats: 41k at 10 strata, dim 64)
+COVARIANCE_MAX_DIM = 256
+
+
+class StratumVarianceTracker:
+    """Online per-stratum weighted mean and variance of update sketches.
+
+    Weighted Welford: for a new sketch ``x`` with weight ``w``: ``W += w``,
+    ``mean += (w/W)(x - mean)``, ``M2 += w (x - mean_old)·(x - mean_new)``; variance
+    ``M2 / W`` (trace, summed over dims). With ``ema=lambda`` in (0, 1) past statistics are
+    decayed first: ``W <- lambda W``, ``M2 <- lambda M2`` (exponentially weighted moments).
+    Feed ``weight = Selection.weights[i]`` (the HT weight ``p_i / pi_i``): the weighted moments
+    then estimate the p-weighted stratum mean ``Dbar_h`` and ``sigma_h^2`` used by the pps design
+    and :func:`design_neyman_allocation`.
+
+    ``stds()``: strata with fewer than 2 updates get ``prior_std`` or, if None, the pooled std
+    of the observed strata (``sqrt(sum M2 / sum W)``), or 1.0 when nothing was observed.
+
+    ``covariance=True`` also keeps the matrix form of ``M2`` per stratum (``M2 += w (x -
+    mean_old)(x - mean_new)^T``, same forgetting and rescaling; its trace is ``M2``):
+    :meth:`covariances` ``S_h = M2_h / W_h``, whose shape tells how the dispersion spreads
+    over the sketch's dimensions (:func:`~fedstrat.sampling.variance.predicted_variance`'s
+    ``covs``). None (default): kept when ``dim <=`` :data:`COVARIANCE_MAX_DIM`.
+    """
+
+    def __init__(
+        self,
+        n_strata: int,
+        dim: int,
+        prior_std: float | None = None,
+        ema: float | None = None,
+        covariance: bool | None = None,
+    ) -> None:
+        self.n_strata = as_count(n_strata, "n_strata")
+        self.dim = as_count(dim, "dim")
+        if prior_std is not None and (not np.isfinite(prior_std) or prior_std < 0):
+            raise ValueError("prior_std must be finite and non-negative")
+        if ema is not None and not 0.0 < ema < 1.0:
+            raise ValueError("ema must be in (0, 1)")
+        self.prior_std = prior_std
+        self.ema = ema
+        self._w = np.zeros(self.n_strata)
+        self._mean = np.zeros((self.n_strata, self.dim))
+        self._m2 = np.zeros(self.n_strata)
+        self._n = np.zeros(self.n_strata, dtype=np.int64)
+        self._w2 = np.zeros(self.n_strata)
+        # size-weighted moments (weight x size): W, sum w^2, mean, M2, count
+        self._sw = SizeWeighted(self.n_strata, self.dim)
+        keep = self.dim <= COVARIANCE_MAX_DIM if covariance is None else bool(covariance)
+        self._m2mat = np.zeros((self.n_strata, self.dim, self.dim)) if keep else None
+        #: the scale the moments are in (:meth:`rescale_to`); None: as fed
+        self.unit: float | None = None
+
+    def update(
+        self, stratum: int, sketch: np.ndarray, weight: float = 1.0, size: float | None = None
+    ) -> None:
+        """Add one observation ``sketch`` (dim,) of stratum ``stratum`` with weight ``weight``;
+        with the client's ``size`` (any positive scale, e.g. its example count) also to the
+        size-weighted moments (weight ``weight * size``, see :meth:`size_weighted`)."""
+        h = int(stratum)
+        if not 0 <= h < self.n_strata:
+            raise ValueError(f"stratum {stratum} out of range 0..{self.n_strata - 1}")
+        x = np.asarray(sketch, dtype=np.float64).reshape(-1)
+        if x.shape != (self.dim,):
+            raise ValueError(f"sketch must have shape ({self.dim},), got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("sketch contains NaN or inf")
+        w = float(weight)
+        if not np.isfinite(w) or w <= 0:
+            raise ValueError("weight must be finite and positive")
+        if self.ema is not None:
+            self._w[h] *= self.ema
+            self._m2[h] *= self.ema
+            self._w2[h] *= self.ema * self.ema
+            if self._m2mat is not None:
+                self._m2mat[h] *= self.ema
+        self._w[h] += w
+        self._w2[h] += w * w
+        delta = x - self._mean[h]
+        self._mean[h] += (w / self._w[h]) * delta
+        self._m2[h] += w * float(delta @ (x - self._mean[h]))
+        if self._m2mat is not None:  # x - mean_new = (1 - w / W) delta: symmetric
+            self._m2mat[h] += (w * (1.0 - w / self._w[h])) * np.outer(delta, delta)
+        self._n[h] += 1
+        if size is not None:
+            self._sw.update(h, x, w, as_size(size), self.ema)
+
+    def decay(self, factor: float) -> None:
+        """Forget the past of every stratum by ``factor`` in (0, 1]: ``W``, ``M2`` times
+        ``factor`` and ``sum w^2`` times ``factor^2`` (means and variances unchanged; later
+        updates weigh more). Called once per round it is a per-round exponential forgetting,
+        independent of how many updates each stratum gets."""
+        f = float(factor)
+        if not 0.0 < f <= 1.0:
+            raise ValueError("factor must be in (0, 1]")
+        self._w *= f
+        self._m2 *= f
+        self._w2 *= f * f
+        if self._m2mat is not None:
+            self._m2mat *= f
+        self._sw.decay(f)
+
+    def rescale_to(self, unit: float) -> None:
+        """Express what was tracked in the scale ``unit`` (a mean squared sketch norm, e.g.
+        :meth:`.UpdateScale.forecast`): as if every sketch seen so far had been multiplied by
+        ``sqrt(unit / self.unit)`` (Welford moments of ``c x``: means times ``c``, ``M2`` times
+        ``c^2``, weights unchanged; exact). The first call only records ``unit`` (what was
+        fed before is taken to be in it); :attr:`unit` is None until then."""
+        u = float(unit)
+        if not math.isfinite(u) or u <= 0:
+            raise ValueError("unit must be finite and positive")
+        if self.unit is not None and u != self.unit:
+            f = u / self.unit
+            self._mean *= math.sqrt(f)
+            self._m2 *= f
+            if self._m2mat is not None:
+                self._m2mat *= f
+            self._sw.rescale(f)
+        self.unit = u
+
+    def size_weighted(self, present: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """:class:`SizeWeighted` moments of the updates fed with a ``size`` (weight ``w_i
+        s_i``): with HT weights ``p_i / pi_i`` and ``s_i`` proportional to ``p_i`` they estimate
+        the ``p_i^2``-weighted stratum mean and dispersion that FedAvg's MSE needs
+        (:func:`fedstrat.sampling.fedavg_sized.fedavg_terms`). ``means`` (H, dim),
+        ``variances`` (NaN with < 2 sized updates) and Kish ``effective_counts``; only the
+        strata ``present`` (an index) when given."""
+        out = self._sw.moments(self._w, self._w2)
+        return out if present is None else {k: v[present] for k, v in out.items()}
+
+    def counts(self) -> np.ndarray:
+        """Number of updates seen per stratum."""
+        return self._n.copy()
+
+    def effective_counts(self) -> np.ndarray:
+        """Kish's effective number of updates per stratum, ``(sum w)^2 / sum w^2`` (with the
+        exponential forgetting applied to both); equals :meth:`counts` for equal weights
+        without ``ema``."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self._w2 > 0, self._w**2 / self._w2, 0.0)
+
+    def means(self) -> np.ndarray:
+        """Weighted mean sketch per stratum (zeros where unobserved), shape (H, dim)."""
+        return self._mean.copy()
+
+    def variances(self) -> np.ndarray:
+        """Weighted within-stratum variance (trace) per stratum; NaN with < 2 updates."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            v = np.where(self._n >= 2, self._m2 / self._w, np.nan)
+        return np.maximum(v, 0.0)
+
+    def stds(self) -> np.ndarray:
+        """Per-stratum std; strata with < 2 updates get the prior (see class doc)."""
+        v = self.variances()
+        seen = self._n >= 2
+        if self.prior_std is not None:
+            prior = float(self.prior_std)
+        elif seen.any():
+            prior = float(np.sqrt(max(self._m2[seen].sum() / self._w[seen].sum(), 0.0)))
+        else:
+            prior = 1.0
+        return np.where(seen, np.sqrt(np.where(seen, v, 0.0)), prior)
+
+    def covariances(self, present: np.ndarray | None = None) -> np.ndarray | None:
+        """Weighted within-stratum covariance ``S_h = M2_h / W_h`` per stratum, shape (H, dim,
+        dim) (zeros where fewer than 2 updates: no shape known), only the strata ``present``
+        (an index) when given; None when the tracker keeps no matrices (``covariance``)."""
+        if self._m2mat is None:
+            return None
+        idx = np.arange(self.n_strata) if present is None else np.asarray(present)
+        n, w = self._n[idx], self._w[idx]
+        scale = np.where(n >= 2, 1.0 / np.where(w > 0, w, 1.0), 0.0)
+        return self._m2mat[idx] * scale[:, None, None]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointable state (plain numpy arrays and floats)."""
+        return {
+            "n_strata": self.n_strata,
+            "dim": self.dim,
+            "prior_std": self.prior_std,
+            "ema": self.ema,
+            "w": self._w.copy(),
+            "mean": self._mean.copy(),
+            "m2": self._m2.copy(),
+            "n": self._n.copy(),
+            "w2": self._w2.copy(),
+            "unit": self.unit,
+            **self._sw.state_dict(),
+            **({} if self._m2mat is None else {"m2mat": _packed(self._m2mat)}),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """:meth:`state_dict` with arrays as lists (the checkpoint form)."""
+        return {k: v.tolist() if isinstance(v, np.ndarray) else v
+                for k, v in self.state_dict().items()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> StratumVarianceTracker:
+        """A tracker restored from :meth:`state_dict` or :meth:`to_json`."""
+        out = cls(int(state["n_strata"]), int(state["dim"]), prior_std=state["prior_std"],
+                  ema=state["ema"], covariance="m2mat" in state)
+        out.load_state_dict(state)
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state produced by :meth:`state_dict`."""
+        if int(state["n_strata"]) != self.n_strata or int(state["dim"]) != self.dim:
+            raise ValueError("state_dict shape does not match this tracker")
+        self.prior_std = state["prior_std"]
+        self.ema = state["ema"]
+        self._w = np.asarray(state["w"], dtype=np.float64).copy()
+        self._mean = np.asarray(state["mean"], dtype=np.float64).copy()
+        self._m2 = np.asarray(state["m2"], dtype=np.float64).copy()
+        self._n = np.asarray(state["n"], dtype=np.int64).copy()
+        w2 = state.get("w2")
+        if w2 is None:  # older state: as if equal weights (effective count = count)
+            w2 = self._w**2 / np.maximum(self._n, 1)
+        self._w2 = np.asarray(w2, dtype=np.float64).copy()
+        self._sw = SizeWeighted.from_state(self.n_strata, self.dim, state)
+        unit = state.get("unit")  # older state: as fed
+        self.unit = None if unit is None else float(unit)
+        if self._m2mat is not None:  # older state (or none kept): shape unknown, zeros
+            packed = state.get("m2mat")
+            self._m2mat = (np.zeros_like(self._m2mat) if packed is None
+                           else _unpacked(np.asarray(packed, dtype=np.float64), self.dim))
+
+
+def _packed(mats: np.ndarray) -> np.ndarray:
+    """Upper triangles of symmetric (H, d, d) matrices, (H, d (d + 1) / 2)."""
+    iu = np.triu_indices(mats.shape[1])
+    return mats[:, iu[0], iu[1]].copy()
+
+
+def _unpacked(packed: np.ndarray, dim: int) -> np.ndarray:
+    """Inverse of :func:`_packed` (ValueError on a wrong shape)."""
+    if packed.ndim != 2 or packed.shape[1] != dim * (dim + 1) // 2:
+        raise ValueError("m2mat does not match this tracker's dimension")
+    iu = np.triu_indices(dim)
+    out = np.zeros((packed.shape[0], dim, dim))
+    out[:, iu[0], iu[1]] = packed
+    out[:, iu[1], iu[0]] = packed
+    return out
