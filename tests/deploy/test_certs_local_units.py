@@ -189,6 +189,52 @@ def test_cli_local_rejects_bad_input_before_starting_anything(tmp_path: Path) ->
     assert res.exit_code == 2 and "exceeds num-clients (2)" in res.output
 
 
+def test_cli_local_marks_the_run_stopping_before_it_stops_any_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C / SIGTERM during ``fedstrat deploy local``: rundir.STOP_FILE is in the run
+    directory before the federation stops a process (the ServerApp then records no round
+    that the shutdown cut short), and a new run of that directory starts without it."""
+    import fedstrat.deploy.local as local
+    from fedstrat.app.checkpoint import save_checkpoint
+    from fedstrat.app.config import RunConfig
+    from fedstrat.app.rundir import STOP_FILE
+    from fedstrat.cli.common import EXIT_INTERRUPTED
+    from fedstrat.cli.deploy import deploy_app
+
+    out = tmp_path / "run"
+    seen: dict[str, bool] = {}
+
+    class Interrupted:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def __enter__(self) -> Interrupted:
+            seen["stale_at_start"] = (out / STOP_FILE).exists()
+            return self
+
+        def __exit__(self, *exc: object) -> None:  # where the real one stops its processes
+            seen["marked_at_stop"] = (out / STOP_FILE).exists()
+
+        def run(self, *args: object, **kwargs: object) -> None:
+            out.mkdir(exist_ok=True)  # the ServerApp made the run directory
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(local, "LocalFederation", Interrupted)
+    args = ["local", "-n", "2", "--dataset", "digits", "--rounds", "2", "--out", str(out)]
+    res = CliRunner().invoke(deploy_app, args)
+    assert res.exit_code == EXIT_INTERRUPTED, res.output
+    assert seen == {"stale_at_start": False, "marked_at_stop": True}
+    # resuming it (a checkpoint of round 1 with the run's options): the mark is gone first
+    save_checkpoint(out, round=1, arrays={}, strategy_state={}, metrics=[], elapsed=0.0,
+                    config=RunConfig(dataset="digits", rounds=2, num_clients=2, clients_per_round=2,
+                                     out=str(out)).to_dict())
+    seen.clear()
+    res = CliRunner().invoke(deploy_app, ["local", "--resume", str(out)])
+    assert res.exit_code == EXIT_INTERRUPTED, res.output
+    assert seen == {"stale_at_start": False, "marked_at_stop": True}
+
+
 def test_deploy_is_registered_in_the_main_cli() -> None:
     from fedstrat.cli.main import app
 
