@@ -87,15 +87,17 @@ class StratumVarianceTracker:
             self._w[h] *= self.ema
             self._m2[h] *= self.ema
             self._w2[h] *= self.ema * self.ema
-            if self._m2mat is not None:
-                self._m2mat[h] *= self.ema
         self._w[h] += w
         self._w2[h] += w * w
         delta = x - self._mean[h]
         self._mean[h] += (w / self._w[h]) * delta
         self._m2[h] += w * float(delta @ (x - self._mean[h]))
         if self._m2mat is not None:  # x - mean_new = (1 - w / W) delta: symmetric
-            self._m2mat[h] += (w * (1.0 - w / self._w[h])) * np.outer(delta, delta)
+            mat = self._m2mat[h]
+            if self.ema is not None:
+                mat *= self.ema
+            v = delta * math.sqrt(w * (1.0 - w / self._w[h]))
+            mat += np.multiply.outer(v, v)  # exactly symmetric
         self._n[h] += 1
         if size is not None:
             self._sw.update(h, x, w, as_size(size), self.ema)
@@ -182,10 +184,13 @@ class StratumVarianceTracker:
         (an index) when given; None when the tracker keeps no matrices (``covariance``)."""
         if self._m2mat is None:
             return None
-        idx = np.arange(self.n_strata) if present is None else np.asarray(present)
+        idx = slice(None) if present is None else np.asarray(present)
         n, w = self._n[idx], self._w[idx]
         scale = np.where(n >= 2, 1.0 / np.where(w > 0, w, 1.0), 0.0)
-        return self._m2mat[idx] * scale[:, None, None]
+        # a copy, scaled in place (a second temporary of this size costs ~10x)
+        out = self._m2mat.copy() if present is None else self._m2mat[idx]
+        out *= scale[:, None, None]
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointable state (plain numpy arrays and floats)."""

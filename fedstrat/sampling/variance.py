@@ -331,9 +331,9 @@ def spread_shape(
                          f"got {cov.shape}")
     d = mu - np.asarray(masses, dtype=np.float64) @ mu
     tr = np.einsum("hii->h", cov)
-    quad = np.einsum("hi,hij,hj->h", d, cov, d)
+    quad = np.sum(np.einsum("hij,hj->hi", cov, d) * d, axis=1)
     dd = np.sum(d * d, axis=1)
-    sq = np.einsum("hij,hji->h", cov, cov)
+    sq = np.einsum("hij,hij->h", cov, cov)  # tr(S^2) for symmetric S
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where((tr > 0) & (dd > 0), quad / (dd * tr), 1.0)
         rho = np.where(tr > 0, sq / (tr * tr), 1.0)
