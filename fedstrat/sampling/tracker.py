@@ -62,7 +62,7 @@ class StratumVarianceTracker:
         # size-weighted moments (weight x size): W, sum w^2, mean, M2, count
         self._sw = SizeWeighted(self.n_strata, self.dim)
         keep = self.dim <= COVARIANCE_MAX_DIM if covariance is None else bool(covariance)
-        self._m2mat = np.zeros((self.n_strata, self.dim, self.dim)) if keep else None
+        self._m2mat = _Scatter(self.n_strata, self.dim) if keep else None
         #: the scale the moments are in (:meth:`rescale_to`); None: as fed
         self.unit: float | None = None
 
@@ -93,11 +93,7 @@ class StratumVarianceTracker:
         self._mean[h] += (w / self._w[h]) * delta
         self._m2[h] += w * float(delta @ (x - self._mean[h]))
         if self._m2mat is not None:  # x - mean_new = (1 - w / W) delta: symmetric
-            mat = self._m2mat[h]
-            if self.ema is not None:
-                mat *= self.ema
-            v = delta * math.sqrt(w * (1.0 - w / self._w[h]))
-            mat += np.multiply.outer(v, v)  # exactly symmetric
+            self._m2mat.add(h, delta, w * (1.0 - w / self._w[h]), self.ema)
         self._n[h] += 1
         if size is not None:
             self._sw.update(h, x, w, as_size(size), self.ema)
@@ -114,7 +110,7 @@ class StratumVarianceTracker:
         self._m2 *= f
         self._w2 *= f * f
         if self._m2mat is not None:
-            self._m2mat *= f
+            self._m2mat.scale(f)
         self._sw.decay(f)
 
     def rescale_to(self, unit: float) -> None:
@@ -131,7 +127,7 @@ class StratumVarianceTracker:
             self._mean *= math.sqrt(f)
             self._m2 *= f
             if self._m2mat is not None:
-                self._m2mat *= f
+                self._m2mat.scale(f)
             self._sw.rescale(f)
         self.unit = u
 
@@ -187,10 +183,7 @@ class StratumVarianceTracker:
         idx = slice(None) if present is None else np.asarray(present)
         n, w = self._n[idx], self._w[idx]
         scale = np.where(n >= 2, 1.0 / np.where(w > 0, w, 1.0), 0.0)
-        # a copy, scaled in place (a second temporary of this size costs ~10x)
-        out = self._m2mat.copy() if present is None else self._m2mat[idx]
-        out *= scale[:, None, None]
-        return out
+        return self._m2mat.matrices(idx, scale)
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointable state (plain numpy arrays and floats)."""
@@ -206,7 +199,7 @@ class StratumVarianceTracker:
             "w2": self._w2.copy(),
             "unit": self.unit,
             **self._sw.state_dict(),
-            **({} if self._m2mat is None else {"m2mat": _packed(self._m2mat)}),
+            **({} if self._m2mat is None else {"m2mat": _packed(self._m2mat.matrices())}),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -241,8 +234,47 @@ class StratumVarianceTracker:
         self.unit = None if unit is None else float(unit)
         if self._m2mat is not None:  # older state (or none kept): shape unknown, zeros
             packed = state.get("m2mat")
-            self._m2mat = (np.zeros_like(self._m2mat) if packed is None
-                           else _unpacked(np.asarray(packed, dtype=np.float64), self.dim))
+            self._m2mat = _Scatter(self.n_strata, self.dim)
+            if packed is not None:
+                self._m2mat.mat = _unpacked(np.asarray(packed, dtype=np.float64), self.dim)
+
+
+class _Scatter:
+    """Per-stratum scatter matrices ``M_h = f_h A_h``: a factor ``f_h`` kept apart, so that
+    forgetting and rescaling cost O(1) rather than a pass over ``H dim^2`` numbers;
+    :meth:`add` ``(h, v, c, ema)`` is ``M_h <- ema M_h + c v v^T`` (``A_h += (c / f_h) v v^T``
+    after ``f_h *= ema``: exactly symmetric)."""
+
+    def __init__(self, n_strata: int, dim: int) -> None:
+        self.mat = np.zeros((n_strata, dim, dim))
+        self.factor = np.ones(n_strata)
+
+    def add(self, h: int, v: np.ndarray, c: float, ema: float | None) -> None:
+        if ema is not None:
+            self.factor[h] *= ema
+        u = v * math.sqrt(c / self.factor[h])
+        self.mat[h] += np.multiply.outer(u, u)
+        self._fold()
+
+    def scale(self, f: float) -> None:
+        """``M_h <- f M_h`` for every stratum."""
+        self.factor *= f
+        self._fold()
+
+    def _fold(self) -> None:
+        """Keep ``f_h`` within 1e+-100 (``A_h`` takes the rest of it)."""
+        far = (self.factor < 1e-100) | (self.factor > 1e100)
+        if far.any():
+            self.mat[far] *= self.factor[far, None, None]
+            self.factor[far] = 1.0
+
+    def matrices(self, idx: Any = slice(None), scale: np.ndarray | None = None) -> np.ndarray:
+        """``M_h`` (times ``scale`` per stratum) of the strata ``idx``: one copy, scaled in
+        place (a second temporary of this size costs ~10x)."""
+        out = self.mat[idx].copy() if isinstance(idx, slice) else self.mat[idx]
+        f = self.factor[idx] if scale is None else self.factor[idx] * scale
+        out *= f[:, None, None]
+        return out
 
 
 def _packed(mats: np.ndarray) -> np.ndarray:
