@@ -242,27 +242,35 @@ class StratumVarianceTracker:
 class _Scatter:
     """Per-stratum scatter matrices ``M_h = f_h A_h``: a factor ``f_h`` kept apart, so that
     forgetting and rescaling cost O(1) rather than a pass over ``H dim^2`` numbers;
-    :meth:`add` ``(h, v, c, ema)`` is ``M_h <- ema M_h + c v v^T`` (``A_h += (c / f_h) v v^T``
-    after ``f_h *= ema``: exactly symmetric)."""
+    :meth:`add` ``(h, v, c, ema)`` is ``M_h <- ema M_h + c v v^T``: ``f_h *= ema``, then the
+    row ``u = sqrt(c / f_h) v`` waits until the next read, when each stratum's rows are added
+    as one ``U^T U`` (exactly symmetric)."""
 
     def __init__(self, n_strata: int, dim: int) -> None:
         self.mat = np.zeros((n_strata, dim, dim))
         self.factor = np.ones(n_strata)
+        self._rows: dict[int, list[np.ndarray]] = {}
 
     def add(self, h: int, v: np.ndarray, c: float, ema: float | None) -> None:
         if ema is not None:
             self.factor[h] *= ema
-        u = v * math.sqrt(c / self.factor[h])
-        self.mat[h] += np.multiply.outer(u, u)
-        self._fold()
+        f = float(self.factor[h])
+        self._rows.setdefault(h, []).append(v * math.sqrt(c / f))
+        if not 1e-100 <= f <= 1e100 or len(self._rows[h]) >= 256:
+            self._flush()
 
     def scale(self, f: float) -> None:
         """``M_h <- f M_h`` for every stratum."""
         self.factor *= f
-        self._fold()
+        if not np.all((self.factor >= 1e-100) & (self.factor <= 1e100)):
+            self._flush()
 
-    def _fold(self) -> None:
-        """Keep ``f_h`` within 1e+-100 (``A_h`` takes the rest of it)."""
+    def _flush(self) -> None:
+        """Add the waiting rows; keep ``f_h`` within 1e+-100 (``A_h`` takes the rest)."""
+        for h, rows in self._rows.items():
+            u = np.stack(rows)
+            self.mat[h] += u.T @ u
+        self._rows.clear()
         far = (self.factor < 1e-100) | (self.factor > 1e100)
         if far.any():
             self.mat[far] *= self.factor[far, None, None]
@@ -271,6 +279,7 @@ class _Scatter:
     def matrices(self, idx: Any = slice(None), scale: np.ndarray | None = None) -> np.ndarray:
         """``M_h`` (times ``scale`` per stratum) of the strata ``idx``: one copy, scaled in
         place (a second temporary of this size costs ~10x)."""
+        self._flush()
         out = self.mat[idx].copy() if isinstance(idx, slice) else self.mat[idx]
         f = self.factor[idx] if scale is None else self.factor[idx] * scale
         out *= f[:, None, None]
