@@ -185,6 +185,16 @@ class StratumVarianceTracker:
         scale = np.where(n >= 2, 1.0 / np.where(w > 0, w, 1.0), 0.0)
         return self._m2mat.matrices(idx, scale)
 
+    def scatter(self, present: np.ndarray | None = None) -> np.ndarray | None:
+        """:meth:`covariances` up to a positive factor per stratum (zeros below 2 updates),
+        without the pass that normalises them: what the shape of the spread needs
+        (:func:`~fedstrat.sampling.variance.spread_shape`). Read-only; None as there."""
+        if self._m2mat is None:
+            return None
+        out = self._m2mat.raw(slice(None) if present is None else np.asarray(present))
+        out.flags.writeable = False
+        return out
+
     def state_dict(self) -> dict[str, Any]:
         """Checkpointable state (plain numpy arrays and floats)."""
         return {
@@ -275,6 +285,11 @@ class _Scatter:
         if far.any():
             self.mat[far] *= self.factor[far, None, None]
             self.factor[far] = 1.0
+
+    def raw(self, idx: Any) -> np.ndarray:
+        """``A_h = M_h / f_h`` of the strata ``idx`` (a view for a slice)."""
+        self._flush()
+        return self.mat[idx]
 
     def matrices(self, idx: Any = slice(None), scale: np.ndarray | None = None) -> np.ndarray:
         """``M_h`` (times ``scale`` per stratum) of the strata ``idx``: one copy, scaled in

@@ -228,7 +228,8 @@ def predicted_variance(
     stratum's terms with ``n_h - 1`` degrees of freedom, at least 1) and the saving
     ``fedavg - stratified`` a standard error (``gain_se``, see :func:`_gain_se`). ``covs``
     (H, k, k), the within-stratum covariances of the vectors behind ``stds`` and ``means``
-    (e.g. :meth:`StratumVarianceTracker.covariances`; only their shape is used) make that
+    or any positive multiple of each (only their shape is used: e.g.
+    :meth:`StratumVarianceTracker.scatter`) make that
     standard error follow how the spread is laid out (:func:`spread_shape`); without them it
     is the worst case (all spread along one direction).
     """
@@ -330,10 +331,12 @@ def spread_shape(
         raise ValueError(f"covs must have shape {(mu.shape[0], mu.shape[1], mu.shape[1])}, "
                          f"got {cov.shape}")
     d = mu - np.asarray(masses, dtype=np.float64) @ mu
-    tr = np.einsum("hii->h", cov)
+    k = cov.shape[1]
+    flat = cov.reshape(len(cov), k * k)
+    sq = np.einsum("ij,ij->i", flat, flat)  # tr(S^2) for symmetric S (first: loads the cache)
+    tr = flat[:, :: k + 1].sum(axis=1)
     quad = np.sum(np.einsum("hij,hj->hi", cov, d) * d, axis=1)
     dd = np.sum(d * d, axis=1)
-    sq = np.einsum("hij,hij->h", cov, cov)  # tr(S^2) for symmetric S
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where((tr > 0) & (dd > 0), quad / (dd * tr), 1.0)
         rho = np.where(tr > 0, sq / (tr * tr), 1.0)

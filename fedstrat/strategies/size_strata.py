@@ -159,7 +159,7 @@ class SizeStrata:
         pred = predicted_variance(counts, masses, stds, alloc, "pps", means=t.means()[present],
                                   m=frame.m, p2=p2, mean_counts=t.effective_counts()[present],
                                   level=level, sized=t.size_weighted(present),
-                                  covs=t.covariances(present))
+                                  covs=t.scatter(present))
         if self.trend_ is not None:
             r_lo = self._saving_lower(frame, strata, masses / alloc)
             if r_lo is not None:

@@ -345,7 +345,7 @@ class StratifiedPolicy:
         nobs = sized = covs = None
         if basis == "tracked" and tracker is not None:
             nobs, sized = tracker.effective_counts()[present], tracker.size_weighted(present)
-            covs = tracker.covariances(present)
+            covs = tracker.scatter(present)
         prediction = predicted_variance(
             counts, masses, stds, alloc, design, means=means, m=m, p2=p2, mean_counts=nobs,
             level=BAND_LEVEL, sized=sized, covs=covs,

@@ -34,6 +34,24 @@ def test_covariances_are_the_weighted_covariances_and_their_trace_the_variances(
     np.testing.assert_array_equal(t.covariances(np.array([1, 0])), cov[[1, 0]])
 
 
+def test_scatter_is_the_covariances_up_to_a_factor_per_stratum_and_read_only():
+    rng = np.random.default_rng(4)
+    t = StratumVarianceTracker(3, 5, ema=0.7)
+    _fed(t, rng, strata=3)
+    t.decay(0.5)
+    cov, sc = t.covariances(), t.scatter()
+    for h in range(3):
+        np.testing.assert_allclose(sc[h] * (np.trace(cov[h]) / np.trace(sc[h])), cov[h],
+                                   rtol=1e-12)
+    means, masses = t.means(), np.full(3, 1.0 / 3.0)
+    for a, b in zip(spread_shape(sc, means, masses), spread_shape(cov, means, masses),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    with pytest.raises(ValueError):
+        sc[0, 0, 0] = 1.0
+    np.testing.assert_array_equal(t.scatter(np.array([2, 0])), sc[[2, 0]])
+
+
 def test_covariances_follow_forgetting_and_rescaling_like_the_variances():
     rng = np.random.default_rng(1)
     t = StratumVarianceTracker(2, 4, ema=0.8)
@@ -61,6 +79,7 @@ def test_covariances_survive_the_checkpoint_and_older_states_load_without_them()
 def test_no_matrices_beyond_the_dimension_cap_or_when_switched_off():
     assert StratumVarianceTracker(2, COVARIANCE_MAX_DIM + 1).covariances() is None
     assert StratumVarianceTracker(2, 8, covariance=False).covariances() is None
+    assert StratumVarianceTracker(2, 8, covariance=False).scatter() is None
     assert StratumVarianceTracker(2, 8).covariances().shape == (2, 8, 8)
 
 
