@@ -70,6 +70,10 @@ def test_covariances_survive_the_checkpoint_and_older_states_load_without_them()
     _fed(t, rng, dim=6)
     back = StratumVarianceTracker.from_state(json.loads(json.dumps(t.to_json())))
     np.testing.assert_allclose(back.covariances(), t.covariances(), rtol=1e-15)
+    packed = t.to_json()["m2mat"]  # one string (base64 of 2 x 21 float64), not 42 numbers
+    assert isinstance(packed, str) and len(packed) == 4 * -(-(2 * 21 * 8) // 3)
+    with pytest.raises(ValueError, match="m2mat does not match"):
+        StratumVarianceTracker.from_state({**t.to_json(), "m2mat": packed[:-12]})
     old = {k: v for k, v in t.state_dict().items() if k != "m2mat"}
     u = StratumVarianceTracker(2, 6)
     u.load_state_dict(old)
