@@ -330,6 +330,8 @@ def spread_shape(
     if cov.shape != (mu.shape[0], mu.shape[1], mu.shape[1]):
         raise ValueError(f"covs must have shape {(mu.shape[0], mu.shape[1], mu.shape[1])}, "
                          f"got {cov.shape}")
+    if not np.all(np.isfinite(cov)):
+        raise ValueError("covs must be finite")
     d = mu - np.asarray(masses, dtype=np.float64) @ mu
     k = cov.shape[1]
     flat = cov.reshape(len(cov), k * k)

@@ -108,6 +108,8 @@ def test_spread_shape_bounds_isotropic_and_one_direction():
     assert np.all(r == 1.0) and np.all(rho == 1.0)
     with pytest.raises(ValueError, match="covs must have shape"):
         spread_shape(np.zeros((2, k, k - 1)), means, masses)
+    with pytest.raises(ValueError, match="covs must be finite"):
+        spread_shape(np.full((2, k, k), np.nan), means, masses)
 
 
 def _saving_and_se(rng, scales, centers, n_obs, counts, alloc, use_covs):
