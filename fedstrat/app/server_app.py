@@ -44,7 +44,6 @@ from fedstrat.app.rundir import (
     PLOTS_DIR,
     PROGRESS_FILE,
     SAMPLING_FILE,
-    STOP_FILE,
     MetricsRow,
     RunSummary,
     append_jsonl,
@@ -59,6 +58,7 @@ from fedstrat.app.rundir import (
     write_metrics,
     write_summary,
 )
+from fedstrat.app.stopping import stop_requested
 from fedstrat.strategies.record import PRED_VAR_METRICS, band_metric_names
 
 log = logging.getLogger("fedstrat.app")
@@ -157,7 +157,7 @@ def train_config(cfg: RunConfig) -> ConfigRecord:
 
 
 class RunStopped(RuntimeError):
-    """The runner is stopping this run (:data:`~fedstrat.app.rundir.STOP_FILE`): the round
+    """The runner is stopping this run (:func:`~fedstrat.app.stopping.stop_requested`): the round
     that just ended is not recorded (its replies may have failed in the shutdown)."""
 
 
@@ -404,7 +404,7 @@ def _run(grid: Grid, cfg: RunConfig, run_dir: Path, progress: Path, t0: float) -
     def on_round(
         rnd: int, arrs: ArrayRecord, train_m: MetricRecord | None, eval_m: MetricRecord | None
     ) -> None:
-        if (run_dir / STOP_FILE).exists():  # the runner is stopping the run (rundir.STOP_FILE)
+        if stop_requested(run_dir):  # a round cut short by the shutdown (fedstrat.app.stopping)
             raise RunStopped(f"round {rnd} not recorded: the run is being stopped")
         now = time.perf_counter()
         elapsed = elapsed0 + (now - t_loop)

@@ -32,6 +32,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,6 @@ from fedstrat.app.rundir import (
     CONFIG_FILE,
     LOGS_DIR,
     PROGRESS_FILE,
-    STOP_FILE,
     SUMMARY_FILE,
     RunDirError,
     add_runner_timings,
@@ -67,6 +67,7 @@ from fedstrat.app.rundir import (
     read_metrics,
     read_summary,
 )
+from fedstrat.app.stopping import clear_stop, marking_stop
 from fedstrat.app.tomlwrite import flat_toml
 
 #: Options that may differ between a run and its resumption (they do not change the model).
@@ -344,14 +345,14 @@ def run_simulation_job(
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     progress_path = run_dir / PROGRESS_FILE
-    (run_dir / STOP_FILE).unlink(missing_ok=True)  # left by a run that was stopped
+    clear_stop(run_dir)  # left by a run that was stopped
     seen = len(read_jsonl(progress_path))  # a resumed run appends to its progress file
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     session = _Session(run_dir, quiet, cfg.ray_address)
     events: list[dict[str, Any]] = []
-    ended = False
-    try:
+    # the mark is written before session.close() stops a process (fedstrat.app.stopping)
+    with closing(session), marking_stop(run_dir):
         timings["superlink_start_s"] = session.start_superlink()
         flwr_proc = session.submit(cfg, num_cpus or _cpu_count())
         end_seen_at: float | None = None
@@ -379,11 +380,6 @@ def run_simulation_job(
                     f"simulation timed out after {timeout:.0f}s; logs: {session.logs}"
                 )
             time.sleep(0.2)
-        ended = True
-    finally:
-        if not ended:  # before any process stops: a round cut short must not be recorded
-            (run_dir / STOP_FILE).touch()
-        session.close()
     timings["total_s"] = time.perf_counter() - t_start
     errors = [e for e in events if e.get("event") == "error"]
     summary_path = run_dir / SUMMARY_FILE

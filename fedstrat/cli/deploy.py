@@ -23,7 +23,7 @@ from typing import Any
 import typer
 
 from fedstrat.app.config import ConfigError, RunConfig
-from fedstrat.app.rundir import STOP_FILE
+from fedstrat.app.stopping import clear_stop, marking_stop
 from fedstrat.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -272,8 +272,7 @@ def local_cmd(
         return
 
     stopped = f"every process it started was stopped; {RESUME_HINT}"
-    stop_file = Path(cfg.out) / STOP_FILE
-    stop_file.unlink(missing_ok=True)  # left by a run that was stopped
+    clear_stop(cfg.out)  # left by a run that was stopped
     echo = (lambda _m: None) if quiet else (lambda m: typer.echo(f"[deploy] {m}", err=True))
     tail = _ProgressTail(Path(cfg.out), quiet)
     try:
@@ -289,12 +288,8 @@ def local_cmd(
                 echo=echo,
             ) as fed,
         ):
-            try:
+            with marking_stop(cfg.out):  # before `fed` stops a process (fedstrat.app.stopping)
                 result = fed.run(app_path, cfg.to_flower(), timeout=timeout, on_poll=tail)
-            except BaseException:  # before any process stops: a round cut short is no round
-                if stop_file.parent.is_dir():
-                    stop_file.touch()
-                raise
             tail(result.info)
             if result.log_path is not None and keep_workdir:
                 echo(f"ServerApp log: {result.log_path}")
