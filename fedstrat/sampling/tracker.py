@@ -197,7 +197,8 @@ class StratumVarianceTracker:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """Checkpointable state (plain numpy arrays and floats)."""
+        """Checkpointable state (plain numpy arrays and floats; the covariances' matrices, if
+        kept, as one base64 string under ``m2mat``)."""
         return {
             "n_strata": self.n_strata,
             "dim": self.dim,

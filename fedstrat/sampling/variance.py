@@ -277,8 +277,7 @@ def predicted_variance(
         s_band = satterthwaite_band(terms, dfs, level)
         f_band = satterthwaite_band(np.concatenate([f_in, f_btw]),
                                     np.concatenate([f_dfs, dfs]), level)
-        shape = (None if covs is None or means is None
-                 else spread_shape(np.asarray(covs, dtype=np.float64), means, mass))
+        shape = None if covs is None or means is None else spread_shape(covs, means, mass)
         gain_se = _gain_se(terms, f_in, f_btw, f_var, f_dfs, np.maximum(nobs, 1.0), shape)
     if n_total <= 1:
         return VariancePrediction(strat, 0.0, 0.0, s_band, f_band, gain_se)
