@@ -37,6 +37,7 @@ import torch
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
+from fedstrat.app.flower_local import find_executable  # noqa: E402
 from fedstrat.app.rundir import load_run  # noqa: E402
 from fedstrat.data import load_dataset  # noqa: E402
 from fedstrat.models import build_model, train_steps  # noqa: E402
@@ -82,9 +83,9 @@ def client_check(name: str, dataset: str, n: int, device: str, repeats: int) -> 
 
 def simulate_check(device: str, rounds: int) -> dict:
     """``fedstrat simulate`` on ``device``; what its run directory says."""
-    fedstrat = Path(sys.executable).with_name("fedstrat")
+    fedstrat = find_executable("fedstrat")  # next to the interpreter, else on PATH
     with tempfile.TemporaryDirectory(prefix="fedstrat-gpu-") as tmp:
-        cmd = [str(fedstrat), "simulate", "--dataset", "mnist5k", "--model", "cnn", "--rounds",
+        cmd = [fedstrat, "simulate", "--dataset", "mnist5k", "--model", "cnn", "--rounds",
                str(rounds), "--device", device, "--seed", "0", "--out", f"{tmp}/run"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
