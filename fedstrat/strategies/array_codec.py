@@ -11,6 +11,7 @@ object dtype, unknown format version, size mismatch) falls back to Flower's own 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -49,7 +50,7 @@ def decode_array(arr: Array) -> np.ndarray:
             except TypeError:
                 dtype = None
             if dtype is not None and dtype.kind in "biufc":
-                count = int(np.prod(arr.shape, dtype=np.int64))
+                count = math.prod(int(n) for n in arr.shape)  # np.prod: ~10x the time
                 if len(arr.data) - offset == count * dtype.itemsize:
                     flat = np.frombuffer(arr.data, dtype=dtype, count=count, offset=offset)
                     return flat.reshape(arr.shape)
