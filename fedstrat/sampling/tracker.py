@@ -79,7 +79,7 @@ class StratumVarianceTracker:
         x = np.asarray(sketch, dtype=np.float64).reshape(-1)
         if x.shape != (self.dim,):
             raise ValueError(f"sketch must have shape ({self.dim},), got {x.shape}")
-        if not np.all(np.isfinite(x)):
+        if not np.isfinite(x).all():
             raise ValueError("sketch contains NaN or inf")
         w = float(weight)
         if not np.isfinite(w) or w <= 0:
@@ -280,6 +280,11 @@ class _Scatter:
     def _flush(self) -> None:
         """Add the waiting rows; keep ``f_h`` within 1e+-100 (``A_h`` takes the rest)."""
         for h, rows in self._rows.items():
+            if len(rows) == 1:  # u^T u of one row: its outer product (+0.0: no -0, like BLAS)
+                outer = np.multiply.outer(rows[0], rows[0])
+                outer += 0.0
+                self.mat[h] += outer
+                continue
             u = np.stack(rows)
             self.mat[h] += u.T @ u
         self._rows.clear()
