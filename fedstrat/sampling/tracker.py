@@ -294,8 +294,12 @@ class _Scatter:
             self.factor[far] = 1.0
 
     def raw(self, idx: Any) -> np.ndarray:
-        """``A_h = M_h / f_h`` of the strata ``idx`` (a view for a slice)."""
+        """``A_h = M_h / f_h`` of the strata ``idx`` (a view for a slice, or for an index of
+        every stratum in order)."""
         self._flush()
+        if (isinstance(idx, np.ndarray) and len(idx) == len(self.mat)
+                and np.array_equal(idx, np.arange(len(self.mat)))):
+            idx = slice(None)
         return self.mat[idx]
 
     def matrices(self, idx: Any = slice(None), scale: np.ndarray | None = None) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from logging import WARNING
 from typing import Any
 
@@ -169,9 +170,9 @@ class NodeRegistry:
         if sketch is not None:
             self.sketches[node_id] = tuple(np.asarray(sketch, dtype=np.float64).ravel().tolist())
             self.sketch_updates += 1
-        if loss is not None and np.isfinite(loss):
+        if loss is not None and math.isfinite(loss):
             self.losses[node_id] = float(loss)
-        if cost is not None and np.isfinite(cost) and cost >= 0:
+        if cost is not None and math.isfinite(cost) and cost >= 0:
             self.cost_sum[node_id] = self.cost_sum.get(node_id, 0.0) + float(cost)
             self.cost_count[node_id] = self.cost_count.get(node_id, 0) + 1
 

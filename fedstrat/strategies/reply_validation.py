@@ -30,7 +30,7 @@ class ValidReply:
 
 def array_signature(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
     """``{key: (shape, dtype)}`` of an ArrayRecord, read from metadata (no decoding)."""
-    return {k: (tuple(int(d) for d in a.shape), str(a.dtype)) for k, a in arrays.items()}
+    return {k: (tuple(map(int, a.shape)), str(a.dtype)) for k, a in arrays.items()}
 
 
 def compatible_dtype(got: str, expected: str) -> bool:

@@ -366,12 +366,13 @@ def rewrite_replies(
             deltas = flat_deltas(valid, global_np)
         rows = big_w * (deltas - controls)  # type: ignore[operator]
         arrays = _from_rows(valid, global_np, keys, rows, 1.0, offset)
-    out = []
+    out, empty = [], ArrayRecord()
     for r, (v, w) in enumerate(zip(valid, weights, strict=True)):
         # Flower's shallow ``copy()``: the same items, without re-checking each one
         content = v.message.content.copy()
         if arrays is not None:
-            record = ArrayRecord()  # item by item: ArrayRecord(dict) would copy every Array
+            record = empty.copy()  # no __init__ parsing; filled item by item: ArrayRecord(dict)
+            # would copy every Array
             for k, a in arrays[r].items():
                 record[k] = a
             content[v.array_key] = record

@@ -205,8 +205,9 @@ class StratifiedSelection(Strategy):
                                         for m in messages}, signature=array_signature(arrays),
             global_arrays=arrays, size_cap=self.registry.cap_effect(available),
         )
-        log(INFO, "configure_train: %s", round_line(server_round, o.selection, draw,
-                                                    len(selected), len(available), self.policy))
+        if logging.getLogger("flwr").isEnabledFor(INFO):  # the line is made only to be shown
+            log(INFO, "configure_train: %s", round_line(
+                server_round, o.selection, draw, len(selected), len(available), self.policy))
         return messages
 
     def aggregate_train(
