@@ -42,7 +42,7 @@ from .options import SelectionOptions
 from .payload_grid import fan_out, find_attr, inner_payload
 from .plan import Feedback, PopulationFrame, RoundPlan
 from .policies import SelectionPolicy, make_policy
-from .record import RoundRecord, jsonl_appender
+from .record import RoundRecord, add_metrics, jsonl_appender
 from .reply_screen import screen_evaluate_replies, screen_triage
 from .reply_validation import align_global_dtypes, array_signature
 from .rewrite import ScanScratch
@@ -253,9 +253,7 @@ class StratifiedSelection(Strategy):
         record = RoundRecord.from_round(plan, triage, weights, notes, selection=o.selection,
                                         estimator=o.estimator, allocation_rule=o.allocation)
         self._keep(record)
-        metrics = MetricRecord() if metrics is None else metrics
-        for key, value in record.metrics().items():
-            metrics[key] = value
+        metrics = add_metrics(MetricRecord() if metrics is None else metrics, record.metrics())
         self._pending = None
         self._last_round = server_round
         return arrays, metrics
