@@ -82,7 +82,7 @@ class StratumVarianceTracker:
         if not np.isfinite(x).all():
             raise ValueError("sketch contains NaN or inf")
         w = float(weight)
-        if not np.isfinite(w) or w <= 0:
+        if not math.isfinite(w) or w <= 0:
             raise ValueError("weight must be finite and positive")
         if self.ema is not None:
             self._w[h] *= self.ema

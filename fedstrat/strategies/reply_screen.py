@@ -54,9 +54,10 @@ class Screened:
 
 def _float_limit(valid: list[ValidReply], key: str) -> float:
     """Largest magnitude of the narrowest floating dtype the replies use for ``key``."""
-    widths = [np.finfo(v.arrays[key].dtype).max for v in valid
-              if key in v.arrays and v.arrays[key].dtype.kind == "f"]
-    return float(min(widths)) if widths else float(np.finfo(np.float64).max)
+    dtypes = {v.arrays[key].dtype for v in valid
+              if key in v.arrays and v.arrays[key].dtype.kind == "f"}  # finfo once per dtype
+    return (float(min(np.finfo(d).max for d in dtypes)) if dtypes
+            else float(np.finfo(np.float64).max))
 
 
 def _peaks(deltas: np.ndarray, sizes: list[int]) -> np.ndarray:
