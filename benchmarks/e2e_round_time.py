@@ -25,7 +25,8 @@ means with a 95% Student-t interval over pairs (on the log ratios). Same seed an
 both arms.
 
 Run: ``python benchmarks/e2e_round_time.py [--cases default 1m n1000 n10000] [--rounds 8]``.
-Writes ``benchmarks/results/e2e_round_time.json`` (one entry per case, updated as cases end).
+Writes ``benchmarks/results/e2e_round_time.json`` (one entry per case, written after every run;
+``"partial": true`` until the case ends, so a run cut short keeps what it measured).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +114,15 @@ def mean_ratios(ratios: list[float]) -> dict[str, Any]:
 
 
 def run_case(
-    case: str, rounds: int, pairs: int, timeout: float, workdir: str = ""
+    case: str,
+    rounds: int,
+    pairs: int,
+    timeout: float,
+    workdir: str = "",
+    save: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
+    """The case's runs and ratios; ``save`` gets the entry so far (``"partial": True``) after
+    every run, so a run cut short (a machine's time running out) keeps what it measured."""
     cfg, paired = case_config(case, rounds)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix=f"e2e-{case}-") as tmp:
@@ -132,6 +141,8 @@ def run_case(
                 print(f"{case} pair {p} {sel}: median round {runs[-1]['median_after_round1_s']}"
                       f" s, round 1 {runs[-1]['round1_s']} s, wall {runs[-1]['wall_s']:.0f} s",
                       flush=True)
+                if save is not None:
+                    save({"case": case, "config": cfg.to_dict(), "runs": runs, "partial": True})
     entry: dict[str, Any] = {"case": case, "config": cfg.to_dict(), "runs": runs}
     if paired:
         ratios = pair_ratios(runs, pairs, "median_after_round1_s")
@@ -168,13 +179,18 @@ def main() -> None:
     cases = payload.setdefault("cases", {})
     for case in args.cases:
         load0 = os.getloadavg()[0]
-        entry = run_case(case, args.rounds, args.pairs, args.timeout, args.workdir)
-        entry["command"] = (f"python benchmarks/e2e_round_time.py --cases {case} "
-                            f"--rounds {args.rounds} --pairs {args.pairs}")
-        entry["loadavg_1m_start_end"] = (load0, os.getloadavg()[0])
-        cases[case] = entry
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2) + "\n")
+        command = (f"python benchmarks/e2e_round_time.py --cases {case} "
+                   f"--rounds {args.rounds} --pairs {args.pairs}")
+
+        def save(entry: dict[str, Any], case: str = case, command: str = command,
+                 load0: float = load0) -> None:
+            entry["command"] = command
+            entry["loadavg_1m_start_end"] = (load0, os.getloadavg()[0])
+            cases[case] = entry
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(payload, indent=2) + "\n")
+
+        save(run_case(case, args.rounds, args.pairs, args.timeout, args.workdir, save))
     print(f"wrote {out}")
 
 
