@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import MetricRecord
 
 from fedstrat.sampling import Band
 
@@ -252,19 +251,3 @@ def jsonl_appender(path: str | Path) -> Callable[[RoundRecord], None]:
         append_record(path, record)
 
     return on_record
-
-
-def add_metrics(record: MetricRecord, values: dict[str, float]) -> MetricRecord:
-    """``record[k] = v`` for every item of ``values``; returns ``record``. Plain ``float``
-    values under ``str`` keys (what :meth:`RoundRecord.metrics` gives, and what Flower's
-    per-item check accepts) go into the record's storage in one update: that check costs
-    ~5 us an item, more than making the round's ~20 metrics. Anything else (or a Flower
-    without that storage) is assigned item by item, checked."""
-    data = record.__dict__.get("_data")
-    if type(data) is dict and all(type(k) is str and type(v) is float
-                                  for k, v in values.items()):
-        data.update(values)
-        return record
-    for key, value in values.items():
-        record[key] = value
-    return record

@@ -16,6 +16,7 @@ from flwr.app import Array, ArrayRecord, Message
 from fedstrat.sampling.sketch import CountSketchStream, count_sketch
 
 from .array_codec import DeferredArray, decode_array, encode_like
+from .record_fill import add_metrics, put_records
 from .reply_validation import ValidReply, all_finite
 
 #: coordinates per step of :func:`scan_updates` (float32: 256 KB work buffers, near L2 size);
@@ -375,10 +376,9 @@ def rewrite_replies(
             # would copy every Array
             for k, a in arrays[r].items():
                 record[k] = a
-            content[v.array_key] = record
-        metrics = v.metrics.copy()
-        metrics[weighted_by_key] = float(w)
-        content[v.metric_key] = metrics
+            put_records(content, {v.array_key: record})
+        metrics = add_metrics(v.metrics.copy(), {weighted_by_key: float(w)})
+        put_records(content, {v.metric_key: metrics})
         out.append(Message(content=content, metadata=copy.copy(v.message.metadata)))
     return out
 

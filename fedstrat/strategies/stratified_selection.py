@@ -42,7 +42,8 @@ from .options import SelectionOptions
 from .payload_grid import fan_out, find_attr, inner_payload
 from .plan import Feedback, PopulationFrame, RoundPlan
 from .policies import SelectionPolicy, make_policy
-from .record import RoundRecord, add_metrics, jsonl_appender
+from .record import RoundRecord, jsonl_appender
+from .record_fill import add_metrics
 from .reply_screen import screen_evaluate_replies, screen_triage
 from .reply_validation import align_global_dtypes, array_signature
 from .rewrite import ScanScratch
