@@ -274,7 +274,8 @@ STEP_NAMES = [
 ] + [("fedstrat.strategies.reply_screen", n, n) for n in ("scan_updates", "screen_magnitudes",
                                                           "ht_arrays")
 ] + [("fedstrat.strategies.inner_aggregate", n, n) for n in (
-    "rewrite_replies", "consistent_replies", "view_arrays", "affine_ht")]
+    "rewrite_replies", "consistent_replies", "rewritten_contents", "consistent_contents",
+    "view_arrays", "affine_ht")]
 
 
 def step_profile(d: int, n_nodes: int, rounds: int, alpha: float = 0.1) -> dict[str, float]:

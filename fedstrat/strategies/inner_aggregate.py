@@ -13,8 +13,9 @@ screen's pass already summed ``S = sum_i w_i Delta_i`` per floating key
 all: the estimate is ``x_g + S`` (HT) or ``x_g + S / W`` (ratio: FedAvg's mean), and FedAvg gets
 the replies with their other arrays only (integer buffers, if any), for its metrics and the
 mean of those; with no other array (the usual float model) its aggregate would average none,
-and the wrapper calls FedAvg's ``train_metrics_aggr_fn`` on the replies itself
-(:func:`_fedavg_without_arrays`; not when ``aggregate_train`` is set on the instance).
+and the wrapper calls FedAvg's ``train_metrics_aggr_fn`` on the replies' rewritten contents
+itself, no Message made (:func:`_fedavg_without_arrays`; not when ``aggregate_train`` is set
+on the instance).
 Server optimizers (FedAdam, FedYogi, ...) and wrappers (DP) act on the mean itself, so they
 keep the rewritten replies.
 """
@@ -26,13 +27,13 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from .array_codec import encode_like
-from .reply_screen import consistent_replies
+from .reply_screen import consistent_contents, consistent_replies
 from .reply_validation import ValidReply
-from .rewrite import affine_ht, rewrite_replies, view_arrays
+from .rewrite import affine_ht, rewrite_replies, rewritten_contents, view_arrays
 
 log = logging.getLogger("flwr").log
 
@@ -75,11 +76,13 @@ def aggregate_inner(
                                 if k not in weighted} for v in valid]
     elif passed == "ratio" and mean:  # FedAvg reads the replies' own values, without copies
         rewrite["prepared"] = view_arrays(valid)
-    replies = rewrite_replies(valid, weights, global_np, passed, weighted_by_key, **rewrite)
-    replies, notes = consistent_replies(replies, weighted_by_key)
     if summed and not any(rewrite["prepared"]) and "aggregate_train" not in vars(strategy):
-        arrays, metrics = _fedavg_without_arrays(strategy, replies, weighted_by_key)
+        contents = rewritten_contents(valid, weights, weighted_by_key, rewrite["prepared"])
+        contents, notes = consistent_contents(contents, weighted_by_key)  # no Messages needed
+        arrays, metrics = _fedavg_without_arrays(strategy, contents, weighted_by_key)
     else:
+        replies = rewrite_replies(valid, weights, global_np, passed, weighted_by_key, **rewrite)
+        replies, notes = consistent_replies(replies, weighted_by_key)
         arrays, metrics = strategy.aggregate_train(server_round, replies)
     if arrays is not None and summed and weighted is not None:
         scale = 1.0 if estimator == "ht" else 1.0 / float(weights.sum())
@@ -90,15 +93,15 @@ def aggregate_inner(
 
 
 def _fedavg_without_arrays(
-    strategy: FedAvg, replies: list[Message], weighted_by_key: str
+    strategy: FedAvg, contents: list[RecordDict], weighted_by_key: str
 ) -> tuple[ArrayRecord, MetricRecord]:
     """What FedAvg's own ``aggregate_train`` returns for replies that carry no array (every
     floating array summed in the screen's pass, no other key): its log line, an empty
     ArrayRecord and ``train_metrics_aggr_fn`` of the replies' contents (the metrics' mean with
     weights ``w_i``), without its checks of replies already screened and made consistent and its
     pass over their empty ArrayRecords."""
-    log(INFO, "aggregate_train: Received %s results and %s failures", len(replies), 0)
-    metrics = strategy.train_metrics_aggr_fn([m.content for m in replies], weighted_by_key)
+    log(INFO, "aggregate_train: Received %s results and %s failures", len(contents), 0)
+    metrics = strategy.train_metrics_aggr_fn(contents, weighted_by_key)
     return ArrayRecord(), metrics
 
 

@@ -242,8 +242,21 @@ def consistent_replies(
     """
     if len(replies) < 2:
         return replies, []
-    arr_names, met_names, metrics = zip(*(_first_records(m.content) for m in replies),
-                                        strict=True)
+    contents, notes = consistent_contents([m.content for m in replies], weighted_by_key)
+    if not notes:
+        return replies, []
+    return [Message(content=c, metadata=copy.copy(m.metadata))
+            for m, c in zip(replies, contents, strict=True)], notes
+
+
+def consistent_contents(
+    contents: list[RecordDict], weighted_by_key: str
+) -> tuple[list[RecordDict], list[str]]:
+    """:func:`consistent_replies` of the replies' contents: the same contents (the same
+    objects) when nothing needs a change, else a new RecordDict per reply; notes (logged)."""
+    if len(contents) < 2:
+        return contents, []
+    arr_names, met_names, metrics = zip(*(_first_records(c) for c in contents), strict=True)
     arr_name = _majority([a for a in arr_names if a] or [""])
     met_name = _majority(list(met_names))
     common = set(metrics[0])
@@ -261,20 +274,20 @@ def consistent_replies(
         notes.append(f"metrics not in every reply (or of differing kinds) left out of the "
                      f"aggregate: {dropped}")
     if not notes:
-        return replies, []
+        return contents, []
     for note in notes:
         log(WARNING, "aggregate_train: %s", note)
     out = []
-    for msg, a, b, rec in zip(replies, arr_names, met_names, metrics, strict=True):
+    for old, a, b, rec in zip(contents, arr_names, met_names, metrics, strict=True):
         content = RecordDict()
-        for key, value in msg.content.items():
+        for key, value in old.items():
             if a and key == a:
                 content[arr_name] = value
             elif key == b:
                 content[met_name] = MetricRecord({k: v for k, v in rec.items() if k in keep})
             else:
                 content[key] = value
-        out.append(Message(content=content, metadata=copy.copy(msg.metadata)))
+        out.append(content)
     return out, notes
 
 

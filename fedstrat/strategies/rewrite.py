@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, Message, RecordDict
 
 from fedstrat.sampling.sketch import CountSketchStream, count_sketch
 
@@ -367,6 +367,21 @@ def rewrite_replies(
             deltas = flat_deltas(valid, global_np)
         rows = big_w * (deltas - controls)  # type: ignore[operator]
         arrays = _from_rows(valid, global_np, keys, rows, 1.0, offset)
+    contents = rewritten_contents(valid, weights, weighted_by_key, arrays)
+    return [Message(content=c, metadata=copy.copy(v.message.metadata))
+            for v, c in zip(valid, contents, strict=True)]
+
+
+def rewritten_contents(
+    valid: list[ValidReply],
+    weights: np.ndarray,
+    weighted_by_key: str,
+    arrays: list[dict[str, Array]] | None = None,
+) -> list[RecordDict]:
+    """The contents of :func:`rewrite_replies`' copies: each reply's records with the weight
+    metric ``weighted_by_key`` set to ``w_i`` and, with ``arrays``, its ArrayRecord holding
+    ``arrays[i]`` instead (no Message: for a reader of the contents only, e.g. FedAvg's
+    ``train_metrics_aggr_fn``)."""
     out, empty = [], ArrayRecord()
     for r, (v, w) in enumerate(zip(valid, weights, strict=True)):
         # Flower's shallow ``copy()``: the same items, without re-checking each one
@@ -379,7 +394,7 @@ def rewrite_replies(
             put_records(content, {v.array_key: record})
         metrics = add_metrics(v.metrics.copy(), {weighted_by_key: float(w)})
         put_records(content, {v.metric_key: metrics})
-        out.append(Message(content=content, metadata=copy.copy(v.message.metadata)))
+        out.append(content)
     return out
 
 

@@ -17,7 +17,11 @@ from fedstrat.sampling import privatize_histogram
 from fedstrat.strategies import StratifiedSelection
 from fedstrat.strategies.local_grid import LocalGrid
 from fedstrat.strategies.node_registry import NodeRegistry
-from fedstrat.strategies.reply_screen import consistent_replies, screen_magnitudes
+from fedstrat.strategies.reply_screen import (
+    consistent_contents,
+    consistent_replies,
+    screen_magnitudes,
+)
 from fedstrat.strategies.rewrite import flat_deltas
 from fedstrat.strategies.triage import triage_replies
 from fedstrat.strategies.weight_cap import (
@@ -183,6 +187,22 @@ def test_consistent_replies_drop_odd_metrics_and_rename_records():
     # the wrapped strategy now aggregates them without InconsistentMessageReplies
     arrays, metrics = FedAvg().aggregate_train(1, out)
     assert arrays is not None
+
+
+def test_consistent_contents_are_those_of_consistent_replies():
+    base = {"num-examples": 1.0, "train-loss": 0.5}
+    same = [_msg(**base), _msg(**base)]
+    contents = [m.content for m in same]
+    out, notes = consistent_contents(contents, "num-examples")
+    assert out is contents and notes == []
+    odd = [_msg(**base), _msg(**base, extra=3.0), _msg("model", "stats", **base)]
+    got, got_notes = consistent_contents([m.content for m in odd], "num-examples")
+    want, want_notes = consistent_replies(odd, "num-examples")
+    assert got_notes == want_notes and len(got) == len(want)
+    for c, m in zip(got, want, strict=True):
+        assert list(c.keys()) == list(m.content.keys())
+        assert dict(c["metrics"]) == dict(m.content["metrics"])
+        assert c["arrays"] is m.content["arrays"]
 
 
 def test_evaluation_replies_that_differ_or_lie_cannot_stop_aggregate_evaluate():

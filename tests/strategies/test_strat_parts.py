@@ -16,7 +16,7 @@ from fedstrat.strategies.array_codec import decode_array
 from fedstrat.strategies.node_registry import NodeRegistry
 from fedstrat.strategies.observation import observe_replies
 from fedstrat.strategies.record import jsonl_appender
-from fedstrat.strategies.rewrite import flat_deltas, rewrite_replies
+from fedstrat.strategies.rewrite import flat_deltas, rewrite_replies, rewritten_contents
 from fedstrat.strategies.triage import ReplyProblem, reply_weights, triage_replies
 
 #: the sampling.jsonl keys of the version before the split, in their order
@@ -106,6 +106,22 @@ def test_ratio_rewrite_changes_only_the_weight_and_never_the_originals():
         np.testing.assert_array_equal(flatten(r.content["arrays"]), b)
         assert isinstance(r.content["metrics"]["num-examples"], int)
 
+
+
+def test_rewritten_contents_are_the_rewritten_replies_contents():
+    s, plan, _, replies, arrays = configured(with_int=True)
+    valid = triage_replies(replies, plan, "num-examples").valid
+    g = {k: decode_array(a) for k, a in arrays.items()}
+    w = np.linspace(0.1, 0.6, len(valid))
+    kept = [{"steps": v.message.content[v.array_key]["steps"]} for v in valid]
+    for arrays_in in (None, kept):
+        got = rewritten_contents(valid, w, "num-examples", arrays_in)
+        want = rewrite_replies(valid, w, g, "ratio", "num-examples", prepared=arrays_in)
+        for c, m in zip(got, want, strict=True):
+            assert list(c.keys()) == list(m.content.keys())
+            assert dict(c["metrics"]) == dict(m.content["metrics"])
+            assert list(c["arrays"].keys()) == list(m.content["arrays"].keys())
+            assert all(c["arrays"][k] is m.content["arrays"][k] for k in c["arrays"])
 
 def test_flat_deltas_skip_integer_arrays_and_empty_rounds():
     s, plan, _, replies, arrays = configured(with_int=True)
