@@ -145,9 +145,11 @@ def test_unmodified_clientapp_in_flower_simulation_logs_no_error(digits, capfd):
         assert [r.getMessage() for r in errors.records] == []
         assert "No query function" not in text and "ERROR" not in text, text[-3000:]
         acc = out["result"].evaluate_metrics_serverapp
-        # trains: +0.30 after 3 rounds on these seeds, to the test example (one loaded run had
-        # exactly +0.300: Ray's reply order moves the float sums), so the bar is a little lower
-        assert acc[3]["accuracy"] > acc[0]["accuracy"] + 0.25
+        # trains: about +0.30 after 3 rounds on these seeds. Ray's reply order moves the float
+        # sums, and through a design decision the draws of later rounds: +0.245 seen in 2 of 4
+        # runs at 2715fd0 under load (3 of 3 at 002de38 were above +0.25), so the bar is +0.20
+        # (an untrained model stays at +0.0)
+        assert acc[3]["accuracy"] > acc[0]["accuracy"] + 0.20
         assert len(out["strategy"].records) == 3
 
 
