@@ -107,7 +107,6 @@ def test_ratio_rewrite_changes_only_the_weight_and_never_the_originals():
         assert isinstance(r.content["metrics"]["num-examples"], int)
 
 
-
 def test_rewritten_contents_are_the_rewritten_replies_contents():
     s, plan, _, replies, arrays = configured(with_int=True)
     valid = triage_replies(replies, plan, "num-examples").valid
@@ -122,6 +121,7 @@ def test_rewritten_contents_are_the_rewritten_replies_contents():
             assert dict(c["metrics"]) == dict(m.content["metrics"])
             assert list(c["arrays"].keys()) == list(m.content["arrays"].keys())
             assert all(c["arrays"][k] is m.content["arrays"][k] for k in c["arrays"])
+
 
 def test_flat_deltas_skip_integer_arrays_and_empty_rounds():
     s, plan, _, replies, arrays = configured(with_int=True)
