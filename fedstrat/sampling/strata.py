@@ -131,7 +131,8 @@ def _kmeans_strata_impl(
         x = pca.transform(x)
     xf = x[fit_idx]
     n_fit = xf.shape[0]
-    n_distinct = len(np.unique(np.round(xf, 12), axis=0))
+    enough = (max_strata or 20) if n_strata is None else n_strata
+    n_distinct = _distinct_rows(np.round(xf, 12), enough)
 
     def fit(k: int) -> tuple[object, np.ndarray]:
         km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(xf)
@@ -168,6 +169,17 @@ def _kmeans_strata_impl(
         model, _ = fit(k)
     labels = model.predict(x)  # type: ignore[attr-defined]
     return Strata.from_labels(labels)
+
+
+def _distinct_rows(x: np.ndarray, enough: object) -> int:
+    """Number of distinct rows of ``x`` when below ``enough`` (all that k-means' number of
+    strata needs), else a number ``>= enough``: the first ``4 enough`` rows often have that many
+    (one sort of all rows per candidate was ~50 ms at 20,000 rows)."""
+    if isinstance(enough, (int, np.integer)) and enough >= 1:
+        found = len(np.unique(x[:4 * int(enough)], axis=0))
+        if found >= enough:
+            return found
+    return len(np.unique(x, axis=0))
 
 
 def _kmeans_strata(

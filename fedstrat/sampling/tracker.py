@@ -99,6 +99,69 @@ class StratumVarianceTracker:
         if size is not None:
             self._sw.update(h, x, w, as_size(size), self.ema)
 
+    def update_many(self, strata: np.ndarray, sketches: np.ndarray, weights: np.ndarray) -> None:
+        """:meth:`update` of each row ``(strata[i], sketches[i], weights[i])`` in order, bit for
+        bit (all rows are checked first: nothing is added if one is invalid). Without ``ema``
+        the Welford recursion runs in waves, the j-th rows of every stratum at once: ``W`` and
+        ``sum w^2`` are sequential cumulative sums, ``M2`` adds ``w_j delta_j . (x_j -
+        mean_j)`` in order; only the means' recursion loops, over the largest stratum's rows."""
+        hs = np.asarray(strata).reshape(-1)
+        x = np.asarray(sketches, dtype=np.float64)
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if x.ndim != 2 or x.shape != (len(hs), self.dim) or w.shape != hs.shape:
+            raise ValueError(f"need (n,) strata and weights and (n, {self.dim}) sketches")
+        if len(hs) and not (0 <= hs.min() and hs.max() < self.n_strata):
+            raise ValueError(f"strata out of range 0..{self.n_strata - 1}")
+        if not np.isfinite(x).all():
+            raise ValueError("sketch contains NaN or inf")
+        if not (np.isfinite(w).all() and (w > 0).all()):
+            raise ValueError("weight must be finite and positive")
+        if self.ema is not None:  # forgetting between a stratum's rows: one at a time
+            for h, row, wi in zip(hs.tolist(), x, w.tolist(), strict=True):
+                self.update(h, row, wi)
+            return
+        hs = hs.astype(np.int64)
+        order = np.argsort(hs, kind="stable")  # each stratum's rows, in their order
+        count = np.bincount(hs, minlength=self.n_strata)
+        first = np.cumsum(count) - count
+        rank = np.empty(len(hs), dtype=np.int64)
+        rank[order] = np.arange(len(hs)) - first[hs[order]]
+        by_size = np.argsort(-count, kind="stable")  # wave j: the strata with > j rows
+        place = np.empty_like(by_size)
+        place[by_size] = np.arange(self.n_strata)
+        wave = np.lexsort((place[hs], rank))  # rows by (rank, stratum by size)
+        xw, ww = x[wave], w[wave]
+        big = np.zeros(len(hs), dtype=np.float64)  # W after each row: sequential sums
+        sq = np.zeros(self.n_strata)
+        for h in np.flatnonzero(count):
+            rows = order[first[h]:first[h] + count[h]]
+            big[rows] = np.cumsum(np.concatenate(([self._w[h]], w[rows])))[1:]
+            sq[h] = np.cumsum(np.concatenate(([self._w2[h]], w[rows] * w[rows])))[-1]
+        step = (ww / big[wave])[:, None]
+        cur = self._mean[by_size]  # copy: the running means, largest stratum first
+        delta, after = np.empty_like(xw), np.empty_like(xw)
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(rank))))
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            c = cur[:b - a]
+            np.subtract(xw[a:b], c, out=delta[a:b])
+            c += step[a:b] * delta[a:b]
+            after[a:b] = c
+        # per row the same dot as ``delta @ y`` of two vectors (matmul's loop, one pair each)
+        terms = ww * np.matmul(delta[:, None, :], (xw - after)[:, :, None])[:, 0, 0]
+        seq = np.empty(len(hs), dtype=np.int64)
+        seq[wave] = np.arange(len(hs))  # a row's place in the waves
+        for h in np.flatnonzero(count):
+            rows = order[first[h]:first[h] + count[h]]
+            self._w[h] = big[rows[-1]]
+            self._w2[h] = sq[h]
+            self._m2[h] = np.cumsum(np.concatenate(([self._m2[h]], terms[seq[rows]])))[-1]
+        self._mean[by_size] = cur
+        self._n += count
+        if self._m2mat is not None:  # the rows in their order (flushes as with update())
+            for i, h in enumerate(hs.tolist()):
+                wi, j = float(w[i]), seq[i]
+                self._m2mat.add(h, delta[j], wi * (1.0 - wi / big[i]), None)
+
     def decay(self, factor: float) -> None:
         """Forget the past of every stratum by ``factor`` in (0, 1]: ``W``, ``M2`` times
         ``factor`` and ``sum w^2`` times ``factor^2`` (means and variances unchanged; later

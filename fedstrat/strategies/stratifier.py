@@ -128,10 +128,11 @@ class Stratifier:
         # tracker with the sketches collected so far.
         proxy = StratumVarianceTracker(h + 1, x.shape[1], covariance=False)
         p = sizes / sizes.sum()
-        for i, n in enumerate(nodes):
-            proxy.update(int(labels[i]), x[i], float(p[i]))
-            if n in registry.sketches:
-                self.tracker_.update(int(labels[i]), np.asarray(registry.sketches[n]), float(p[i]))
+        proxy.update_many(labels, x, p)
+        seen = [i for i, n in enumerate(nodes) if n in registry.sketches]
+        if seen:
+            self.tracker_.update_many(labels[seen], registry.sketch_matrix(
+                [nodes[i] for i in seen]), p[seen])
         self.prior_stds_ = proxy.stds()
         self.prior_means_ = (proxy.means(), proxy.counts())
         log(

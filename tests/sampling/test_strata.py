@@ -138,3 +138,17 @@ def test_sketch_update(monkeypatch):
         sketch_update(np.array([np.nan]), 4)
     with pytest.raises(ValueError):
         sketch_update(v, 0)
+
+
+def test_distinct_rows_cap_the_strata_exactly_as_a_full_count():
+    # Many rows, 3 distinct (the first 40 rows all alike): 3 strata and the warning, as when
+    # every row is compared; with enough distinct rows early the requested number stays.
+    rng = np.random.default_rng(0)
+    x = np.array([[1.0, 0.0]] * 40 + [[0.0, 1.0]] * 30 + [[0.5, 0.5]] * 30)[rng.permutation(100)]
+    x = np.concatenate([np.tile([[1.0, 0.0]], (40, 1)), x])
+    with pytest.warns(UserWarning, match="only 3 distinct"):
+        s = stratify_by_sketches(x, n_strata=5, seed=0)
+    assert s.n_strata == 3
+    assert stratify_by_sketches(x, seed=0, max_strata=6).n_strata <= 3
+    y = rng.dirichlet(np.ones(4), size=200)
+    assert stratify_by_sketches(y, n_strata=4, seed=0).n_strata == 4
