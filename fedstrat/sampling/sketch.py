@@ -34,6 +34,7 @@ a few milliseconds to regenerate at d = 10M.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -139,16 +140,23 @@ class CountSketchStream:
     model one after the other, each in chunks). Every slot receives its coordinates in the same
     order as in :func:`count_sketch` of the whole vector, so with ``dtype`` equal to the dtype
     :func:`count_sketch` would work in (float64 for float64 input), :meth:`result` is bit for
-    bit ``count_sketch`` of the stacked rows, without the ``(rows, d)`` matrix.
+    bit ``count_sketch`` of the stacked rows, without the ``(rows, d)`` matrix. ``slots``:
+    ``slots(rows, width, dtype)`` gives the buffer of the slot sums (zeroed here; e.g. one kept
+    between rounds, whose pages are already mapped) instead of a new one.
     """
 
-    def __init__(self, d: int, dim: int, seed: int, rows: int, dtype: type = np.float64) -> None:
+    def __init__(self, d: int, dim: int, seed: int, rows: int, dtype: type = np.float64,
+                 slots: Callable[[int, int, np.dtype], np.ndarray] | None = None) -> None:
         self.dim = as_count(dim, "dim")
         if d < 1:
             raise ValueError("vectors must be non-empty")
         self.d, self.seed = int(d), int(seed)
         self.map = _count_sketch_map(self.d, self.dim, self.seed)
-        self.z = np.zeros((rows, self.map.width), dtype=dtype)
+        if slots is None:
+            self.z = np.zeros((rows, self.map.width), dtype=dtype)
+        else:  # a caller's (rows, width) buffer, e.g. kept between rounds: zeroed here
+            self.z = slots(rows, self.map.width, np.dtype(dtype))
+            self.z.fill(0)
         self._uint = np.uint32 if self.z.dtype == np.float32 else np.uint64
         self._shift = 8 * self.z.dtype.itemsize - 1
         self._buf = np.empty(0, dtype=self._uint)

@@ -189,16 +189,21 @@ class ScanScratch:
     (``CountSketchStream.result(work=...)``). One per caller (not shared between threads)."""
 
     def __init__(self) -> None:
-        self._blocks: dict[np.dtype, np.ndarray] = {}
+        self._blocks: dict[tuple[np.dtype, bool], np.ndarray] = {}
 
-    def block(self, rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
-        """A ``(rows, cols)`` view of the block of ``dtype`` (its values are garbage)."""
-        key = np.dtype(dtype)
+    def block(self, rows: int, cols: int, dtype: np.dtype, slots: bool = False) -> np.ndarray:
+        """A ``(rows, cols)`` view of the block of ``dtype`` (its values are garbage);
+        ``slots``: another one, for the count sketch's slot sums (``CountSketchStream(slots=)``)."""
+        key = (np.dtype(dtype), slots)
         b = self._blocks.get(key)
         if b is None or b.shape[0] < rows or b.shape[1] < cols:
             shape = (rows, cols) if b is None else (max(rows, b.shape[0]), max(cols, b.shape[1]))
-            b = self._blocks[key] = np.empty(shape, dtype=key)
+            b = self._blocks[key] = np.empty(shape, dtype=key[0])
         return b[:rows, :cols]
+
+    def slots(self, rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
+        """:meth:`block` ``(slots=True)``."""
+        return self.block(rows, cols, dtype, slots=True)
 
 
 def scan_updates(
@@ -238,14 +243,15 @@ def scan_updates(
     work = {k: work_dtype(valid, global_np, k) for k in keys}
     narrow = all(w == np.float32 for w in work.values())
     stream = None
+    scratch = ScanScratch() if scratch is None else scratch
     if sketch is not None:
         stream = CountSketchStream(d, sketch[0], sketch[1], min(len(valid), GROUP),
-                                   dtype=np.float32 if narrow else np.float64)
+                                   dtype=np.float32 if narrow else np.float64,
+                                   slots=scratch.slots)
     sums = None if stream is None else np.empty((len(valid), stream.dim))
     amax = np.zeros((len(valid), len(keys)))
     acc = None if weights is None else {k: np.empty(global_np[k].shape, work[k]) for k in keys}
     nonfinite: dict[int, str] = {}
-    scratch = ScanScratch() if scratch is None else scratch
     cols, rows = min(CHUNK, max(global_np[k].size for k in keys)), min(len(valid), GROUP)
     wide = None  # the bucket sums' scratch: the work block of the slots' dtype, >= B wide
     if stream is not None:

@@ -24,6 +24,23 @@ def test_stream_equals_count_sketch_of_the_stacked_rows(d, dtype):
     assert np.array_equal(stream.result([2, 0]), count_sketch(x[[2, 0]], 16, 3))
 
 
+def test_stream_in_a_callers_slot_buffer_gives_the_same_sketches():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 500)).astype(np.float32)
+    kept = np.full((4, 4096), np.nan, dtype=np.float32)  # garbage from an earlier use
+    asked = []
+
+    def slots(rows, width, dtype):
+        asked.append((rows, width, dtype))
+        return kept[:rows, :width]
+
+    stream = CountSketchStream(500, 8, 1, 2, dtype=np.float32, slots=slots)
+    assert np.shares_memory(stream.z, kept) and asked[0][2] == np.float32
+    for r in range(2):
+        stream.add(r, 0, x[r])
+    assert np.array_equal(stream.result(), count_sketch(x, 8, 1))
+
+
 def test_stream_checks_its_input():
     stream = CountSketchStream(10, 4, 0, 1)
     with pytest.raises(ValueError):
