@@ -358,11 +358,12 @@ class _Scatter:
 
     def raw(self, idx: Any) -> np.ndarray:
         """``A_h = M_h / f_h`` of the strata ``idx`` (a view for a slice, or for an index of
-        every stratum in order)."""
+        consecutive strata in order: e.g. every stratum but the last, "unknown")."""
         self._flush()
-        if (isinstance(idx, np.ndarray) and len(idx) == len(self.mat)
-                and np.array_equal(idx, np.arange(len(self.mat)))):
-            idx = slice(None)
+        if (isinstance(idx, np.ndarray) and idx.ndim == 1 and len(idx)
+                and idx.dtype.kind in "iu" and 0 <= idx[0] <= len(self.mat) - len(idx)
+                and np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx)))):
+            idx = slice(int(idx[0]), int(idx[0]) + len(idx))  # consecutive: a view, no copy
         return self.mat[idx]
 
     def matrices(self, idx: Any = slice(None), scale: np.ndarray | None = None) -> np.ndarray:

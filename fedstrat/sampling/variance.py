@@ -329,12 +329,14 @@ def spread_shape(
     if cov.shape != (mu.shape[0], mu.shape[1], mu.shape[1]):
         raise ValueError(f"covs must have shape {(mu.shape[0], mu.shape[1], mu.shape[1])}, "
                          f"got {cov.shape}")
-    if not np.all(np.isfinite(cov)):
-        raise ValueError("covs must be finite")
     d = mu - np.asarray(masses, dtype=np.float64) @ mu
     k = cov.shape[1]
     flat = cov.reshape(len(cov), k * k)
     sq = np.einsum("ij,ij->i", flat, flat)  # tr(S^2) for symmetric S (first: loads the cache)
+    # a NaN or Inf entry makes its row's sum of squares NaN or Inf: the entries are checked
+    # only when one is (it may also be finite entries whose squares overflow)
+    if not np.isfinite(sq).all() and not np.all(np.isfinite(cov)):
+        raise ValueError("covs must be finite")
     tr = flat[:, :: k + 1].sum(axis=1)
     quad = np.sum(np.einsum("hij,hj->hi", cov, d) * d, axis=1)
     dd = np.sum(d * d, axis=1)

@@ -50,6 +50,12 @@ def test_scatter_is_the_covariances_up_to_a_factor_per_stratum_and_read_only():
     with pytest.raises(ValueError):
         sc[0, 0, 0] = 1.0
     np.testing.assert_array_equal(t.scatter(np.array([2, 0])), sc[[2, 0]])
+    part = t.scatter(np.array([1, 2]))  # consecutive strata: a read-only view, same values
+    np.testing.assert_array_equal(part, sc[1:])
+    with pytest.raises(ValueError):
+        part[0, 0, 0] = 1.0
+    with pytest.raises(IndexError):  # past the last stratum: as for any index
+        t.scatter(np.array([2, 3]))
 
 
 def test_covariances_follow_forgetting_and_rescaling_like_the_variances():
