@@ -167,3 +167,41 @@ def test_unmodified_clientapp_runs_fedavg_until_tracked_evidence(digits):
     assert all(mode == "fedavg" and design in ("fedavg", "uniform-warmup")
                for _, design, mode, _ in early)
     assert any("FedAvg until tracked evidence" in r.decision.reason for r in strategy.records)
+
+
+@pytest.mark.slow
+def test_profiled_app_on_stable_node_ids_repeats_run_for_run(digits):
+    """Flower's simulation draws new node ids every run, so one seed gives other draws; a user's
+    ServerApp that wraps its grid in ``StableNodeGrid`` (ids ``1 + partition-id`` from the
+    profile replies, replies in sender order) gets the same run twice: the same nodes each
+    round and the same accuracies, to the last bit."""
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    from fedstrat.app.grid import StableNodeGrid
+
+    runs = []
+    for _ in range(2):
+        out: dict = {}
+        server = ServerApp()
+
+        @server.main()
+        def main(grid, context, out=out):
+            context.run_config.update({**CFG, "mode": "query", "seed": 0,
+                                       "num-server-rounds": 3})
+            out["strategy"], out["result"] = digits["server"].run(StableNodeGrid(grid), context)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            run_simulation(server, digits["profiled"], num_supernodes=NODES,
+                           backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                           "init_args": {"num_cpus": 2, "num_gpus": 0}})
+        records = out["strategy"].records
+        runs.append(([r.selected for r in records], [r.responders for r in records],
+                     out["result"].evaluate_metrics_serverapp))
+    (sel_a, resp_a, acc_a), (sel_b, resp_b, acc_b) = runs
+    assert len(sel_a) == 3 and all(len(s) == 5 for s in sel_a)
+    assert {n for s in sel_a for n in s} <= set(range(1, NODES + 1))  # stable ids
+    assert sel_a == sel_b and resp_a == resp_b
+    assert acc_a[3]["accuracy"] > acc_a[0]["accuracy"] + 0.2  # it trained
+    assert [acc_a[r]["accuracy"] for r in range(4)] == [acc_b[r]["accuracy"] for r in range(4)]
