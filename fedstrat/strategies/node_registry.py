@@ -83,13 +83,13 @@ class NodeRegistry:
     def sizes(self, node_ids: list[int]) -> np.ndarray:
         """``min(n_i, c)`` of the nodes (:meth:`size_cap`); unknown sizes are the mean of every
         known capped size (1 if none)."""
-        cap = self.size_cap()
-        capped = {n: min(v, cap) for n, v in self.num_examples.items()}
-        known = list(capped.values())
+        cap, num = self.size_cap(), self.num_examples
+        known = [min(v, cap) for v in num.values()]
         fill = float(np.mean(known)) if known else 1.0
         if fill <= 0:
             fill = 1.0
-        return np.array([capped.get(n, fill) for n in node_ids], dtype=np.float64)
+        return np.array([min(num[n], cap) if n in num else fill for n in node_ids],
+                        dtype=np.float64)
 
     def cap_effect(self, node_ids: list[int]) -> CapEffect:
         """What :meth:`size_cap` does to ``node_ids`` (nodes cut, their claims, share removed);
@@ -144,7 +144,7 @@ class NodeRegistry:
             self.set_profile_failed(node_id, problem)
             return problem
         self.num_examples[node_id] = float(num_examples)
-        self.histograms[node_id] = tuple(float(v) for v in histogram)
+        self.histograms[node_id] = tuple(map(float, histogram))
         self.profile_failed.pop(node_id, None)
         self.version += 1
         return None

@@ -58,9 +58,12 @@ def parse_profile_reply(reply: Message) -> tuple[float, list[float]] | str:
         return f"'num-examples' must be a positive number, got {rec.get(NUM_EXAMPLES)}"
     if not isinstance(hist, list) or len(hist) == 0:
         return "missing or empty 'label-hist'"
-    values = [float(v) for v in hist]
-    if not all(0.0 <= v < math.inf for v in values):  # False for NaN, inf and negatives
+    values = list(map(float, hist))
+    total = sum(values)  # finite only without NaN / inf; then min >= 0: none negative
+    if not (math.isfinite(total) and min(values) >= 0.0) and not all(
+        0.0 <= v < math.inf for v in values  # False for NaN, inf and negatives
+    ):
         return "'label-hist' has negative or non-finite entries"
-    if sum(values) <= 0:
+    if total <= 0:
         return "'label-hist' sums to zero"
     return n, values

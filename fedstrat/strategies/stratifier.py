@@ -36,7 +36,8 @@ def feature_nodes(registry: NodeRegistry, nodes: list[int], kind: str) -> list[i
     """The nodes of ``nodes`` that have ``kind`` features (a non-empty label histogram, or an
     update sketch)."""
     if kind == "histograms":
-        return [n for n in nodes if sum(registry.histograms.get(n, [])) > 0]
+        hists = registry.histograms
+        return [n for n in nodes if n in hists and sum(hists[n]) > 0]
     return [n for n in nodes if n in registry.sketches]
 
 
@@ -106,10 +107,12 @@ class Stratifier:
         needs one of the ``clients_per_round`` slots.
         """
         o = self.options
-        x = node_features(registry, nodes, kind)
+        hist = registry.histogram_matrix(nodes) if kind == "histograms" else None
+        x = node_features(registry, nodes, kind) if hist is None else (
+            hist / hist.sum(axis=1, keepdims=True))  # node_features' proportions
         sizes = registry.sizes(nodes)
         m = min(o.clients_per_round - (1 if n_unknown else 0), len(nodes))
-        labels, design, reason = self._strata_and_design(x, sizes, m, kind, registry, nodes)
+        labels, design, reason = self._strata_and_design(x, sizes, m, kind, hist)
         h = int(labels.max()) + 1
         self.candidate_design_ = self._candidate
         if h < 2:
@@ -153,20 +156,20 @@ class Stratifier:
         sizes: np.ndarray,
         m: int,
         kind: str,
-        registry: NodeRegistry,
-        nodes: list[int],
+        hist: np.ndarray | None,
     ) -> tuple[np.ndarray, str, str]:
         """``(labels, design, reason)``; sets ``_candidate`` (the stratified design of the
         strata). ``design="auto"``: one stratum and "fedavg" when the label histograms pass a
         chi-square test of homogeneity (IID: strata on label noise); else
         :func:`choose_design` against FedAvg, keeping its best strata even when FedAvg wins
-        (tracked updates may later show they pay)."""
+        (tracked updates may later show they pay). ``hist``: the nodes' label histograms
+        (with ``kind="histograms"``)."""
         o = self.options
         n = len(x)
         self._candidate: str | None = None if o.design == "auto" else o.design
         if o.design == "auto":
-            if kind == "histograms" and o.profile_epsilon == 0:
-                test = label_homogeneity(registry.histogram_matrix(nodes))
+            if hist is not None and o.profile_epsilon == 0:
+                test = label_homogeneity(hist)
                 if test.iid():
                     return (
                         np.zeros(n, dtype=np.int64),
