@@ -17,12 +17,19 @@ outgoing messages are re-addressed to the Flower id and replies are re-labelled 
 id of their sender. Replies are returned sorted by sender, so aggregation order (and hence the
 floating-point result) does not depend on arrival order. The strategy's own profile query (same
 epsilon and seed) is answered from the stored replies, so nodes are asked only once.
+
+Replies are collected by this grid's own pull loop (:func:`pull_replies`): Flower's grids sleep
+a fixed interval between two pulls (0.1 s in simulation, 3 s against a SuperLink), so a round
+ended up to that long after its last reply; here the pause starts at :data:`POLL_FIRST`, grows
+by :data:`POLL_GROWTH` while nothing arrives, resets when a reply does and never exceeds
+:data:`POLL_MAX`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
@@ -38,6 +45,40 @@ from fedstrat.wire import (
 )
 
 log = logging.getLogger("fedstrat.app")
+
+#: first pause between two pulls of replies (s), its growth per empty pull, and its largest
+#: value (Flower's in-memory grid pauses 0.1 s, its SuperLink grid 3 s)
+POLL_FIRST, POLL_GROWTH, POLL_MAX = 0.005, 1.5, 0.1
+
+
+def pull_replies(
+    grid: Grid,
+    message_ids: Iterable[str],
+    timeout: float | None,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[Message]:
+    """Pull ``grid``'s replies to ``message_ids`` until all arrived or ``timeout`` seconds
+    passed (``None``: no limit), with one last pull at the deadline. Pause ``k`` after the
+    last pull that brought a reply (or the first pull) is ``min(POLL_MAX, POLL_FIRST *
+    POLL_GROWTH^k)``."""
+    pending = set(message_ids)
+    end = None if timeout is None else clock() + timeout
+    out: list[Message] = []
+    pause = POLL_FIRST
+    while pending:
+        got = list(grid.pull_messages(pending))
+        out.extend(got)
+        pending.difference_update(r.metadata.reply_to_message_id for r in got)
+        left = None if end is None else end - clock()
+        if not pending or (left is not None and left <= 0):
+            break
+        if got:
+            pause = POLL_FIRST
+        sleep(pause if left is None else min(pause, left))
+        pause = min(POLL_MAX, pause * POLL_GROWTH)
+    return out
 
 
 class StableNodeGrid(Grid):
@@ -80,7 +121,7 @@ class StableNodeGrid(Grid):
         msgs = [
             Message(content, nid, MessageType.QUERY, group_id="fedstrat-node-ids") for nid in new
         ]
-        replies = list(self._grid.send_and_receive(msgs, timeout=self._timeout))
+        replies = self._exchange(msgs, self._timeout)
         for rep in replies:
             if not rep.has_error() and PROFILE_KEY in rep.content:
                 self._profiles[rep.metadata.src_node_id] = rep.content
@@ -233,9 +274,14 @@ class StableNodeGrid(Grid):
             return sorted(cached, key=lambda r: r.metadata.src_node_id)
         sent = self._readdress(messages)
         try:
-            replies = self._grid.send_and_receive([m for m, _ in sent], timeout=timeout)
-        finally:
+            replies = self._exchange([m for m, _ in sent], timeout)
+        finally:  # the pushed messages keep Flower's ids while they may still be delivered
             self._remember(sent)
             for m, original in sent:
                 m.metadata.dst_node_id = original
         return self._relabel(replies)
+
+    def _exchange(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        """Push ``messages`` (Flower ids) to the wrapped grid and pull their replies."""
+        ids = list(self._grid.push_messages(messages))
+        return pull_replies(self._grid, ids, timeout)

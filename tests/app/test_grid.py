@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import SimpleNamespace
 
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedstrat.app.grid import StableNodeGrid
+from fedstrat.app.grid import POLL_FIRST, POLL_GROWTH, POLL_MAX, StableNodeGrid, pull_replies
 from fedstrat.wire import PROFILE_KEY
 
 
@@ -31,6 +32,8 @@ class FakeGrid(Grid):
         self.partitions = partitions  # flower id -> partition id (None = not reported)
         self.hists = hists
         self.sent_to: list[int] = []
+        self.outbox: dict[str, Message] = {}
+        self.pushed = 0
 
     def set_run(self, run):  # noqa: ANN001, ANN201
         pass
@@ -46,12 +49,24 @@ class FakeGrid(Grid):
         return list(self.partitions)
 
     def push_messages(self, messages):  # noqa: ANN001, ANN201
-        raise NotImplementedError
+        """Sets message ids (as a real grid does); the replies are ready at once."""
+        messages = list(messages)
+        for m in messages:
+            if not m.metadata.message_id:
+                m.metadata.__dict__["_message_id"] = f"msg-{self.pushed}"
+            self.pushed += 1
+        for reply in self.answer(messages):
+            self.outbox[reply.metadata.reply_to_message_id] = reply
+        return [m.metadata.message_id for m in messages]
 
     def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
-        raise NotImplementedError
+        ids = [i for i in message_ids if i in self.outbox]
+        return [self.outbox.pop(i) for i in reversed(ids)]  # arrival order != sending order
 
     def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
+        raise AssertionError("StableNodeGrid pushes and pulls itself")
+
+    def answer(self, messages: list[Message]) -> list[Message]:
         replies = []
         for m in messages:
             dst = m.metadata.dst_node_id
@@ -67,7 +82,7 @@ class FakeGrid(Grid):
             reply = Message(content, reply_to=m)
             reply.metadata.__dict__["_src_node_id"] = dst
             replies.append(reply)
-        return list(reversed(replies))  # arrival order differs from sending order
+        return replies
 
 
 FLOWER_IDS = [9_876_543_210, 1_234_567_890_123, 55_555_555_555]
@@ -151,14 +166,11 @@ class SuperLinkAnswersForDeadNode(FakeGrid):
         super().__init__(*args, **kwargs)
         self.dead = dead
 
-    def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
+    def answer(self, messages: list[Message]) -> list[Message]:
         from flwr.app import Error
 
-        messages = list(messages)
-        for i, m in enumerate(messages):
-            m.metadata.__dict__["_message_id"] = f"msg-{len(self.sent_to)}-{i}"
         alive = [m for m in messages if m.metadata.dst_node_id != self.dead]
-        replies = list(super().send_and_receive(alive, timeout=timeout))
+        replies = super().answer(alive)
         for m in messages:
             if m.metadata.dst_node_id == self.dead:
                 err = Message(Error(code=1, reason="Node Unavailable"), reply_to=m)
@@ -185,3 +197,56 @@ def test_superlink_error_reply_is_blamed_on_the_node_that_was_asked() -> None:
     assert set(by_src) == {1, 3}
     assert not by_src[1].has_error()  # the live node with stable id 1 is not blamed
     assert by_src[3].has_error()  # the SuperLink's error reply is attributed to node 3
+
+
+class ScheduledReplies(FakeGrid):
+    """Replies that arrive at given pulls (1-based) on a fake clock: ``sleep`` advances it."""
+
+    def __init__(self, arrivals: dict[str, int]) -> None:
+        super().__init__({}, {})
+        self.arrivals = arrivals
+        self.pulls = 0
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self.pull_times: list[float] = []
+
+    def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
+        self.pulls += 1
+        self.pull_times.append(self.now)
+        due = [i for i in message_ids if self.arrivals.get(i) == self.pulls]
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)) for i in due]
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def pull(self, ids: list[str], timeout: float | None) -> list:  # noqa: ANN001
+        return pull_replies(self, ids, timeout, sleep=self.sleep, clock=lambda: self.now)
+
+
+def test_pull_pauses_grow_while_nothing_arrives_and_restart_after_a_reply() -> None:
+    g = ScheduledReplies({"a": 4, "b": 9})
+    got = g.pull(["a", "b"], None)
+    assert [r.metadata.reply_to_message_id for r in got] == ["a", "b"]
+    assert g.pulls == 9  # returns at the pull that brought the last reply
+    f, k = POLL_FIRST, POLL_GROWTH
+    expected = [f, f * k, f * k * k, f, f * k, f * k**2, f * k**3, f * k**4]
+    assert g.sleeps == pytest.approx(expected)
+
+
+def test_pull_pause_never_exceeds_its_cap() -> None:
+    g = ScheduledReplies({"a": 40})
+    g.pull(["a"], None)
+    assert max(g.sleeps) == pytest.approx(POLL_MAX) and g.sleeps[-1] == pytest.approx(POLL_MAX)
+    assert all(b >= a for a, b in zip(g.sleeps, g.sleeps[1:], strict=False))
+
+
+def test_pull_stops_at_the_timeout_with_a_last_pull_at_the_deadline() -> None:
+    g = ScheduledReplies({"a": 2})  # "b" never answers
+    got = g.pull(["a", "b"], 0.5)
+    assert [r.metadata.reply_to_message_id for r in got] == ["a"]
+    assert sum(g.sleeps) == pytest.approx(0.5)  # the last pause is cut at the deadline
+    assert g.pull_times[-1] == pytest.approx(0.5)  # and a last pull happened there
+    late = ScheduledReplies({"a": 1})
+    assert len(late.pull(["a", "b"], 0.0)) == 1  # one pull, no pause
+    assert late.sleeps == []
