@@ -42,20 +42,23 @@ class NodeWaiter:
     poll_interval: float
     settled: int | None = None  # node count accepted after a short wait
     _raw: list[int] | None = field(default=None, init=False, repr=False)
-    _sorted: list[int] = field(default_factory=list, init=False, repr=False)
+    _sorted: tuple[int, ...] = field(default=(), init=False, repr=False)
     #: bumped whenever :meth:`available` may answer other nodes than the time before (a key
     #: for callers' per-population caches, cheaper than comparing N ids again)
     revision: int = field(default=0, init=False)
 
-    def available(self, grid: Grid) -> list[int]:
-        """:meth:`wait`'s node ids as sorted ints (a new list); the sort is reused while the
-        grid reports the same ids in the same order (O(N log N) once, not every round)."""
+    def available(self, grid: Grid) -> tuple[int, ...]:
+        """:meth:`wait`'s node ids as sorted ints; the sort is reused while the grid reports
+        the same ids in the same order (O(N log N) once, not every round). One tuple while
+        :attr:`revision` is unchanged: immutable, so it is shared, and the garbage collector
+        untracks a tuple of ints (a fresh N-item list each round would be traversed by every
+        young-generation collection of the round: ~3-5 ms each at 100,000 nodes)."""
         ids = self.wait(grid)
         if ids != self._raw:
             self._raw = ids  # wait() returns a new list
-            self._sorted = sorted(int(n) for n in ids)
+            self._sorted = tuple(sorted(int(n) for n in ids))
             self.revision += 1
-        return list(self._sorted)
+        return self._sorted
 
     def wait(self, grid: Grid) -> list[int]:
         """Connected node ids (see the class docstring); RuntimeError if none."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from logging import WARNING
 from typing import Any
 
@@ -91,17 +92,18 @@ class NodeRegistry:
         return np.array([min(num[n], cap) if n in num else fill for n in node_ids],
                         dtype=np.float64)
 
-    def cap_effect(self, node_ids: list[int]) -> CapEffect:
+    def cap_effect(self, node_ids: Sequence[int]) -> CapEffect:
         """What :meth:`size_cap` does to ``node_ids`` (nodes cut, their claims, share removed);
         a WARNING the first time a node is cut. Cached while ``node_ids`` and the learned
         sizes are unchanged (the same nodes every round: no O(N) Python loop)."""
         key = (self._sizes_key(), self.rules.cap_multiple)
+        ids = node_ids if isinstance(node_ids, tuple) else tuple(node_ids)  # the waiter's: shared
         cached = self._effect_cache
-        if cached is not None and cached[0] == key and cached[1] == node_ids:
+        if cached is not None and cached[0] == key and (cached[1] is ids or cached[1] == ids):
             return cached[2]
         get = self.num_examples.get
         effect = cap_effect(node_ids, [get(n) for n in node_ids], self.size_cap())
-        self._effect_cache = (key, list(node_ids), effect)
+        self._effect_cache = (key, ids, effect)
         for node, claimed in zip(effect.nodes, effect.claimed, strict=True):
             if node not in self._cut_reported:
                 self._cut_reported.add(node)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,7 @@ class PopulationFrame:
     ``m`` to select, the server's knowledge of each node, and a population ``key``."""
 
     round: int
-    nodes: list[int]
+    nodes: Sequence[int]
     sizes: np.ndarray
     m: int
     registry: NodeRegistry
@@ -113,7 +114,7 @@ class RoundPlan:
     """
 
     round: int
-    population: list[int]
+    population: Sequence[int]
     sizes: np.ndarray
     draw: Draw
     selected: list[int]

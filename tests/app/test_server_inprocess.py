@@ -97,18 +97,18 @@ def test_a_round_cut_short_by_a_stop_is_not_recorded_and_resume_matches(
 
     cfg = dataclasses.replace(BASE, out=str(tmp_path / "stopped"))
     grid = make_grid(cfg, 4)
-    send, trains = grid.send_and_receive, []
+    push, trains = grid.push_messages, []
 
-    def stopping_during_round_3(messages, timeout=None):
+    def stopping_during_round_3(messages):
         msgs = list(messages)
-        replies = list(send(msgs, timeout=timeout))
+        ids = list(push(msgs))
         if msgs and msgs[0].metadata.message_type == "train":
             trains.append(1)
             if len(trains) == 3:  # the shutdown arrives while round 3 is under way
                 (tmp_path / "stopped" / STOP_FILE).touch()
-        return replies
+        return ids
 
-    grid.send_and_receive = stopping_during_round_3
+    grid.push_messages = stopping_during_round_3  # the ServerApp's grid pushes, then pulls
     with pytest.raises(RunStopped, match="round 3 not recorded"):
         run_server(grid, cfg)
     assert load_checkpoint(tmp_path / "stopped").round == 2

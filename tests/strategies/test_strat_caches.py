@@ -7,6 +7,7 @@ import gc
 import json
 
 import numpy as np
+import pytest
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 from strathelpers import global_arrays, make_population, population_grid
@@ -30,13 +31,14 @@ def test_available_is_sorted_and_follows_the_grid():
     grid = _Ids([30, 10, 20])
     waiter = NodeWaiter(want=1, timeout=0.0, poll_interval=0.01)
     first = waiter.available(grid)
-    assert first == [10, 20, 30]
-    first.append(99)  # a caller's list: the cache is not shared
-    assert waiter.available(grid) == [10, 20, 30]
+    assert first == (10, 20, 30)
+    with pytest.raises(AttributeError):
+        first.append(99)  # shared between rounds, so it cannot be changed by a caller
+    assert waiter.available(grid) is first  # same ids: the same object, no N-item copy
     grid.ids = [30, 5, 10, 20]
-    assert waiter.available(grid) == [5, 10, 20, 30]
+    assert waiter.available(grid) == (5, 10, 20, 30)
     grid.ids = [20, 10]
-    assert waiter.available(grid) == [10, 20]
+    assert waiter.available(grid) == (10, 20)
 
 
 def test_cap_effect_follows_new_sizes_and_nodes():
@@ -91,7 +93,7 @@ def test_population_caches_follow_nodes_joining_and_leaving():
         shown["ids"] = ids
         msgs = list(s.configure_train(r, arrays, ConfigRecord(), grid))
         plan = s.pending_plan
-        assert plan.population == sorted(ids)
+        assert list(plan.population) == sorted(ids)
         np.testing.assert_array_equal(plan.sizes, [pop.sizes[pop.index[n]] for n in sorted(ids)])
         assert all(s.registry.known(n) for n in ids)
         assert {m.metadata.dst_node_id for m in msgs} <= set(ids)
