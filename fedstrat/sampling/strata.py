@@ -131,15 +131,15 @@ def _kmeans_strata_impl(
         x = pca.transform(x)
     xf = x[fit_idx]
     n_fit = xf.shape[0]
-    enough = (max_strata or 20) if n_strata is None else n_strata
-    n_distinct = _distinct_rows(np.round(xf, 12), enough)
+    k_cap = max_strata or 20  # most strata tried when n_strata is None
+    n_distinct = _distinct_rows(np.round(xf, 12), k_cap if n_strata is None else n_strata)
 
     def fit(k: int) -> tuple[object, np.ndarray]:
         km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(xf)
         return km, km.labels_
 
     if n_strata is None:
-        k_max = min(max_strata or 20, n_fit - 1, n_distinct)
+        k_max = min(k_cap, n_fit - 1, n_distinct)
         if k_max < 2:
             return Strata(np.zeros(n, dtype=np.int64))
         best = None

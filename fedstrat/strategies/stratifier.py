@@ -41,11 +41,15 @@ def feature_nodes(registry: NodeRegistry, nodes: list[int], kind: str) -> list[i
     return [n for n in nodes if n in registry.sketches]
 
 
+def label_proportions(hist: np.ndarray) -> np.ndarray:
+    """Label proportions ``c_ik / sum_k c_ik`` of an ``(N, C)`` histogram matrix."""
+    return hist / hist.sum(axis=1, keepdims=True)
+
+
 def node_features(registry: NodeRegistry, nodes: list[int], kind: str) -> np.ndarray:
-    """``(len(nodes), F)`` features: label proportions ``c_ik / sum_k c_ik``, or sketches."""
+    """``(len(nodes), F)`` features: :func:`label_proportions`, or sketches."""
     if kind == "histograms":
-        x = registry.histogram_matrix(nodes)
-        return x / x.sum(axis=1, keepdims=True)
+        return label_proportions(registry.histogram_matrix(nodes))
     return registry.sketch_matrix(nodes)
 
 
@@ -108,8 +112,7 @@ class Stratifier:
         """
         o = self.options
         hist = registry.histogram_matrix(nodes) if kind == "histograms" else None
-        x = node_features(registry, nodes, kind) if hist is None else (
-            hist / hist.sum(axis=1, keepdims=True))  # node_features' proportions
+        x = node_features(registry, nodes, kind) if hist is None else label_proportions(hist)
         sizes = registry.sizes(nodes)
         m = min(o.clients_per_round - (1 if n_unknown else 0), len(nodes))
         labels, design, reason = self._strata_and_design(x, sizes, m, kind, hist)
