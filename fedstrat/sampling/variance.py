@@ -23,6 +23,7 @@ __all__ = [
     "stratum_statistics",
     "predicted_variance",
     "design_terms",
+    "point_stratified",
     "VariancePrediction",
     "spread_shape",
 ]
@@ -187,6 +188,18 @@ def design_terms(
         s_y2 = (mass / cnt) ** 2 * var_in * cnt / np.maximum(cnt - 1.0, 1.0)
         return cnt * cnt * (1.0 - alloc / cnt) * s_y2 / alloc
     raise ValueError(f"design must be 'pps' or 'srswor', got {design!r}")
+
+
+def point_stratified(
+    counts: np.ndarray, masses: np.ndarray, stds: np.ndarray, allocation: np.ndarray, design: str
+) -> float:
+    """``sum_h`` of :func:`design_terms` (inputs as float64): :func:`predicted_variance`'s
+    ``stratified`` (the same float) without its checks, bands and baselines, e.g. to rule out
+    a candidate design before its full prediction."""
+    f64 = np.float64
+    return float(np.sum(design_terms(
+        np.asarray(counts, dtype=f64), np.asarray(masses, dtype=f64),
+        np.asarray(stds, dtype=f64), np.asarray(allocation, dtype=f64), design)))
 
 
 def predicted_variance(

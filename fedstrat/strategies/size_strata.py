@@ -26,12 +26,18 @@ not (bins whose means differ, which the bound :math:`R` leaves out).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedstrat.sampling import SizeTrend, StratumVarianceTracker, predicted_variance
+from fedstrat.sampling import (
+    SizeTrend,
+    StratumVarianceTracker,
+    point_stratified,
+    predicted_variance,
+)
 
 from .allocation_rule import allocate, present_strata
 from .plan import Feedback, PopulationFrame, StrataPlan
@@ -138,11 +144,14 @@ class SizeStrata:
                                         BOUND_Z, counts=counts)
 
     def plan(
-        self, frame: PopulationFrame, same_nodes: bool, min_tracked: int, level: float
+        self, frame: PopulationFrame, same_nodes: bool, min_tracked: int, level: float,
+        below: float = math.inf,
     ) -> StrataPlan | None:
         """The size-strata pps plan (Neyman or proportional ``m_h``, tracked ``sigma_h``,
         predicted MSE vs FedAvg), once every present bin has :meth:`min_needed` tracked updates
-        and can get ``min_per_stratum`` clients; None otherwise."""
+        and can get ``min_per_stratum`` clients; None otherwise, and None when its predicted
+        MSE is not below ``below`` (a plan it could not displace: its bands and FedAvg's are
+        then not computed)."""
         t, o = self.tracker_, self.options
         if t is None:
             return None
@@ -156,6 +165,8 @@ class SizeStrata:
         counts = strata.sizes.astype(np.float64)
         stds = t.stds()[present]
         alloc = allocate(o.allocation, "pps", counts, masses, stds, frame.m, lo)
+        if below < math.inf and point_stratified(counts, masses, stds, alloc, "pps") >= below:
+            return None
         pred = predicted_variance(counts, masses, stds, alloc, "pps", means=t.means()[present],
                                   m=frame.m, p2=p2, mean_counts=t.effective_counts()[present],
                                   level=level, sized=t.size_weighted(present),

@@ -171,7 +171,7 @@ class StratifiedPolicy:
         self.residual.start_round(frame, cand)
         if cand in STRATIFIED_DESIGNS:
             strata_plan = self._strata_plan(frame, cand)
-        size_plan = self._size_plan(frame, same_nodes)
+        size_plan = self._size_plan(frame, same_nodes, self._size_bar(strata_plan))
         n_min = None
         if size_plan is not None and self._size_wins(size_plan, strata_plan):
             strata_plan, cand, n_min = size_plan, "pps", self.size_strata.min_count(size_plan)
@@ -294,9 +294,19 @@ class StratifiedPolicy:
             return False
         return low > s_low and size.prediction.stratified < strata.prediction.stratified
 
-    def _size_plan(self, frame: PopulationFrame, same_nodes: bool) -> StrataPlan | None:
+    def _size_bar(self, strata: StrataPlan | None) -> float:
+        """The predicted MSE size strata must be below to win :meth:`_size_wins` against
+        ``strata``: tracked label strata's own; inf where the bands decide."""
+        if strata is None or strata.basis != "tracked" or self._tracked_min(strata) < MIN_TRACKED:
+            return math.inf
+        return strata.prediction.stratified
+
+    def _size_plan(
+        self, frame: PopulationFrame, same_nodes: bool, below: float = math.inf
+    ) -> StrataPlan | None:
         """The size-strata candidate (:mod:`~fedstrat.strategies.size_strata`), refitted with
-        the label strata; None where it does not apply or lacks tracked evidence."""
+        the label strata; None where it does not apply, lacks tracked evidence or cannot
+        predict an MSE below ``below``."""
         st = self.stratifier
         if not st.fitted or not SizeStrata.applies(self.options, frame.sizes):
             return None
@@ -304,7 +314,7 @@ class StratifiedPolicy:
             self._size_of = st.tracker_
             self.size_strata.fit(frame, frame.registry.sketches)
             same_nodes = False
-        return self.size_strata.plan(frame, same_nodes, MIN_TRACKED, BAND_LEVEL)
+        return self.size_strata.plan(frame, same_nodes, MIN_TRACKED, BAND_LEVEL, below)
 
     def _strata_plan(self, frame: PopulationFrame, design: str) -> StrataPlan | None:
         """Strata of the present nodes, ``m_h``, ``sigma_h`` and the predicted variance; None

@@ -9,6 +9,7 @@ from fedstrat.sampling import (
     design_neyman_allocation,
     estimator_variance,
     neyman_allocation,
+    point_stratified,
     predicted_variance,
     proportional_allocation,
     stratum_statistics,
@@ -223,3 +224,17 @@ def test_predicted_variance_rejects_invalid_statistics(bad):
 def test_allocation_names_what_is_wrong_with_its_input(stds, message):
     with pytest.raises(ValueError, match=f"stds {message}"):
         design_neyman_allocation([4, 4], [0.5, 0.5], stds, 2)
+
+
+def test_point_stratified_is_the_stratified_prediction_to_the_last_bit():
+    rng = np.random.default_rng(7)
+    for design in ("pps", "srswor"):
+        for _ in range(50):
+            h = int(rng.integers(1, 12))
+            counts = rng.integers(2, 40, size=h).astype(np.float64)
+            masses = rng.dirichlet(np.ones(h))
+            stds = rng.gamma(2.0, 1.0, size=h)
+            alloc = np.minimum(rng.integers(1, 6, size=h), counts).astype(np.int64)
+            full = predicted_variance(counts, masses, stds, alloc, design)
+            assert point_stratified(counts, masses, stds, alloc, design) == full.stratified
+            assert point_stratified(counts.tolist(), masses, stds, alloc, design) == full.stratified

@@ -253,3 +253,25 @@ def test_tracked_label_strata_give_way_to_size_strata_with_the_evidence_size_str
     ml = mse(StratifiedSampler(sizes, by_label.strata, by_label.allocation, "pps", seed=0),
              updates, p, rng)
     assert ms < 0.9 * ml
+
+
+def test_size_plan_is_ruled_out_exactly_when_its_predicted_mse_is_not_below_the_bar():
+    # the policy asks for the size plan with the tracked label strata's predicted MSE as a
+    # bar (size strata win only below it): at or above the bar no plan, below it the same
+    # plan as without a bar
+    from fedstrat.strategies.stratified_policy import BAND_LEVEL, MIN_TRACKED
+
+    pop = make_population(n=60, classes=6, dim=6, alpha=0.05, seed=0)
+    policy, _ = run_rounds(pop, labels_and_size(pop), rounds=8, m=8)
+    reg = profiled(pop)
+    nodes = sorted(pop.node_ids)
+    frame = PopulationFrame(9, nodes, reg.sizes(nodes), 8, reg)
+    size = policy.size_strata
+    full = size.plan(frame, False, MIN_TRACKED, BAND_LEVEL)
+    assert full is not None
+    v = full.prediction.stratified
+    assert size.plan(frame, False, MIN_TRACKED, BAND_LEVEL, below=v) is None
+    assert size.plan(frame, False, MIN_TRACKED, BAND_LEVEL, below=0.5 * v) is None
+    kept = size.plan(frame, False, MIN_TRACKED, BAND_LEVEL, below=np.nextafter(v, np.inf))
+    assert kept is not None and kept.prediction == full.prediction
+    assert np.array_equal(kept.allocation, full.allocation)
