@@ -38,6 +38,7 @@ bytes), so a resumed run restores the controls bit for bit.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +97,7 @@ class ControlVariates:
         """Bytes held by the stored vectors."""
         return sum(v.nbytes for v in self.vectors.values())
 
-    def residual_scales(self, round_: int, nodes: list[int]) -> np.ndarray:
+    def residual_scales(self, round_: int, nodes: Sequence[int]) -> np.ndarray:
         r"""Predicted residual norms :math:`\hat s_i` of ``nodes`` at round ``round_`` (all
         ones without the learnt model, e.g. with a fixed ``decay < 1``, or before it has
         learnt): the residual pps size measure is then the plain size."""

@@ -68,7 +68,7 @@ class NodeRegistry:
         """True once the node was profiled (successfully or not)."""
         return node_id in self.histograms or node_id in self.profile_failed
 
-    def unseen(self, node_ids: list[int]) -> list[int]:
+    def unseen(self, node_ids: Sequence[int]) -> list[int]:
         """The nodes of ``node_ids`` never profiled."""
         return [n for n in node_ids if not self.known(n)]
 
@@ -81,7 +81,7 @@ class NodeRegistry:
             self._cap_cache = (key, value)
         return self._cap_cache[1]
 
-    def sizes(self, node_ids: list[int]) -> np.ndarray:
+    def sizes(self, node_ids: Sequence[int]) -> np.ndarray:
         """``min(n_i, c)`` of the nodes (:meth:`size_cap`); unknown sizes are the mean of every
         known capped size (1 if none)."""
         cap, num = self.size_cap(), self.num_examples

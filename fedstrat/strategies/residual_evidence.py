@@ -76,7 +76,7 @@ class ResidualEvidence:
         self._frame = frame
         if self.controls is None or self.options.estimator != "difference" or design != "pps":
             return
-        s = self.controls.residual_scales(frame.round, list(frame.nodes))
+        s = self.controls.residual_scales(frame.round, frame.nodes)
         if not np.all(s == 1.0):
             self.scale = {int(n): float(v) for n, v in zip(frame.nodes, s, strict=True)}
 

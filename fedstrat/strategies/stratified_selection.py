@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -274,7 +274,7 @@ class StratifiedSelection(Strategy):
         return self.strategy.aggregate_evaluate(server_round, kept)
 
     # ------------------------------------------------------------------ helpers
-    def _population_sizes(self, available: list[int]) -> np.ndarray:
+    def _population_sizes(self, available: Sequence[int]) -> np.ndarray:
         """``n_i`` of ``available`` (the waiter's), cached while nodes and sizes are unchanged."""
         key = (self._waiter.revision, id(self.registry), self.registry.version)
         if self._sizes_cache is None or self._sizes_cache[0] != key:
