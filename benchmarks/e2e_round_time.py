@@ -17,12 +17,13 @@ Cases (``--cases``):
 Per-round time is the ``seconds`` column of ``metrics.json`` (the ServerApp's wall time of the
 round: selection, training fan-out, aggregation, evaluation). Two figures are compared per pair,
 stratified / uniform: the ratio of the medians over rounds 2.. of each run, and the ratio of the
-means over rounds 2... Flower's simulation polls for replies every 0.1 s, so single rounds come in
-0.1 s steps and a median jumps by a whole step; the mean counts the rounds on each step. How many
-rounds of a run land on the lower step also varies from run to run of the same arm (machine
-state), so the pairs are the independent units: the geometric mean of the per-pair ratios of
-means with a 95% Student-t interval over pairs (on the log ratios). Same seed and settings in
-both arms.
+means over rounds 2... Flower's grids pull replies every 0.1 s in simulation, so single rounds
+came in 0.1 s steps and a median jumped by a whole step (fedstrat's ServerApp pulls with pauses
+from 5 ms up to 0.1 s since 86a546b: finer steps, not none); the mean counts the rounds on each
+step. How many rounds of a run land on a lower step also varies from run to run of the same arm
+(machine state), so the pairs are the independent units: the geometric mean of the per-pair
+ratios of means with a 95% Student-t interval over pairs (on the log ratios). Same seed and
+settings in both arms.
 
 Run: ``python benchmarks/e2e_round_time.py [--cases default 1m n1000 n10000] [--rounds 8]``.
 Writes ``benchmarks/results/e2e_round_time.json`` (one entry per case, written after every run;
