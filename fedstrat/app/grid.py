@@ -23,6 +23,11 @@ a fixed interval between two pulls (0.1 s in simulation, 3 s against a SuperLink
 ended up to that long after its last reply; here the pause starts at :data:`POLL_FIRST`, grows
 by :data:`POLL_GROWTH` while nothing arrives, resets when a reply does and never exceeds
 :data:`POLL_MAX`.
+
+The first node ids are read once the node set has stayed the same for :data:`SETTLE_S` (at
+most :data:`SETTLE_MAX_S`): Flower's simulation starts the ServerApp before it has registered
+its nodes, so a first read could catch part of them, and a run would then start from another
+population than the next run with the same seed.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ log = logging.getLogger("fedstrat.app")
 #: first pause between two pulls of replies (s), its growth per empty pull, and its largest
 #: value (Flower's in-memory grid pauses 0.1 s, its SuperLink grid 3 s)
 POLL_FIRST, POLL_GROWTH, POLL_MAX = 0.005, 1.5, 0.1
+#: the first node ids: the node set unchanged for this long (s), waiting at most SETTLE_MAX_S
+SETTLE_S, SETTLE_MAX_S = 0.1, 5.0
 
 
 def pull_replies(
@@ -85,13 +92,18 @@ class StableNodeGrid(Grid):
     """Wrap ``grid`` so that node ids are ``1 + partition-id`` (see the module docstring).
 
     ``epsilon``/``seed`` fill the profile query's ConfigRecord; ``timeout`` bounds the wait for
-    profile replies (seconds).
+    profile replies (seconds); ``settle``/``settle_max``: the first node set must stay unchanged
+    ``settle`` seconds, waiting at most ``settle_max`` (``sleep``/``clock`` for that wait).
     """
 
     def __init__(
-        self, grid: Grid, *, epsilon: float = 0.0, seed: int = 0, timeout: float = 60.0
+        self, grid: Grid, *, epsilon: float = 0.0, seed: int = 0, timeout: float = 60.0,
+        settle: float = SETTLE_S, settle_max: float = SETTLE_MAX_S,
+        sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._grid = grid
+        self._settle, self._settle_max = float(settle), float(settle_max)
+        self._sleep, self._clock = sleep, clock
         self._epsilon = float(epsilon)
         self._seed = int(seed)
         self._timeout = float(timeout)
@@ -165,9 +177,23 @@ class StableNodeGrid(Grid):
 
     def _refresh(self) -> list[int]:
         real = [int(n) for n in self._grid.get_node_ids()]
+        if real and not self._to_stable:
+            real = self._settled(real)
         new = [n for n in real if n not in self._to_stable]
         if new:
             self._register(new)
+        return real
+
+    def _settled(self, real: list[int]) -> list[int]:
+        """The first node ids: re-read every ``settle`` s until two reads agree (at most
+        ``settle_max`` s), see the module docstring."""
+        end = self._clock() + self._settle_max
+        while self._settle > 0 and self._clock() < end:
+            self._sleep(self._settle)
+            again = [int(n) for n in self._grid.get_node_ids()]
+            if set(again) == set(real):
+                break
+            real = again
         return real
 
     # -------------------------------------------------------------------- Grid API

@@ -250,3 +250,49 @@ def test_pull_stops_at_the_timeout_with_a_last_pull_at_the_deadline() -> None:
     late = ScheduledReplies({"a": 1})
     assert len(late.pull(["a", "b"], 0.0)) == 1  # one pull, no pause
     assert late.sleeps == []
+
+
+class Registering(FakeGrid):
+    """Flower's simulation registers its nodes while the ServerApp starts: each read of the
+    node ids shows ``shown[k]`` of them (the last count from then on)."""
+
+    def __init__(self, shown: list[int], n: int = 20) -> None:
+        super().__init__({1000 + i: i for i in range(n)}, {1000 + i: [1.0, 1.0] for i in range(n)})
+        self.shown, self.reads = shown, 0
+
+    def get_node_ids(self) -> Iterable[int]:
+        k = self.shown[min(self.reads, len(self.shown) - 1)]
+        self.reads += 1
+        return list(self.partitions)[:k]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t, self.sleeps = 0.0, []
+
+    def sleep(self, s: float) -> None:
+        self.sleeps.append(s)
+        self.t += s
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_first_node_ids_wait_for_the_node_set_to_settle() -> None:
+    # a read catches 6 of 20 registered nodes, then 14, then all: the first ids are all 20
+    fake, clock = Registering([6, 14, 20]), FakeClock()
+    grid = StableNodeGrid(fake, sleep=clock.sleep, clock=clock)
+    assert list(grid.get_node_ids()) == list(range(1, 21))
+    assert clock.sleeps == [0.1, 0.1, 0.1] and fake.reads == 4  # 20 read twice: settled
+    assert sorted(set(fake.sent_to)) == sorted(fake.partitions)  # every node profiled once
+    assert len(fake.sent_to) == 20
+    assert list(grid.get_node_ids()) == list(range(1, 21)) and len(clock.sleeps) == 3  # once
+
+
+def test_settling_is_bounded_and_later_nodes_join_as_usual() -> None:
+    fake, clock = Registering(list(range(1, 21))), FakeClock()  # one more node every read
+    grid = StableNodeGrid(fake, settle=0.1, settle_max=0.5, sleep=clock.sleep, clock=clock)
+    first = list(grid.get_node_ids())
+    assert clock.t == pytest.approx(0.5) and len(first) == 6  # gave up waiting after 0.5 s
+    assert len(list(grid.get_node_ids())) == 7  # a later node: no wait, profiled as it joins
+    assert clock.t == pytest.approx(0.5)
