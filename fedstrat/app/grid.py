@@ -24,10 +24,10 @@ ended up to that long after its last reply; here the pause starts at :data:`POLL
 by :data:`POLL_GROWTH` while nothing arrives, resets when a reply does and never exceeds
 :data:`POLL_MAX`.
 
-The first node ids are read once the node set has stayed the same for :data:`SETTLE_S` (at
-most :data:`SETTLE_MAX_S`): Flower's simulation starts the ServerApp before it has registered
-its nodes, so a first read could catch part of them, and a run would then start from another
-population than the next run with the same seed.
+The first node ids are read once the node set has stayed the same for ``SETTLE_S`` (at most
+``SETTLE_MAX_S``, :func:`fedstrat.strategies.discovery.settled_ids`): Flower's simulation starts
+the ServerApp before it has registered its nodes, so a first read could catch part of them, and
+only the first nodes get ids from the rank of their profiles (no partition-id reported).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedstrat.strategies.discovery import SETTLE_MAX_S, SETTLE_S, settled_ids
 from fedstrat.wire import (
     NUM_EXAMPLES,
     PROFILE_EPSILON,
@@ -54,8 +55,6 @@ log = logging.getLogger("fedstrat.app")
 #: first pause between two pulls of replies (s), its growth per empty pull, and its largest
 #: value (Flower's in-memory grid pauses 0.1 s, its SuperLink grid 3 s)
 POLL_FIRST, POLL_GROWTH, POLL_MAX = 0.005, 1.5, 0.1
-#: the first node ids: the node set unchanged for this long (s), waiting at most SETTLE_MAX_S
-SETTLE_S, SETTLE_MAX_S = 0.1, 5.0
 
 
 def pull_replies(
@@ -185,16 +184,10 @@ class StableNodeGrid(Grid):
         return real
 
     def _settled(self, real: list[int]) -> list[int]:
-        """The first node ids: re-read every ``settle`` s until two reads agree (at most
-        ``settle_max`` s), see the module docstring."""
-        end = self._clock() + self._settle_max
-        while self._settle > 0 and self._clock() < end:
-            self._sleep(self._settle)
-            again = [int(n) for n in self._grid.get_node_ids()]
-            if set(again) == set(real):
-                break
-            real = again
-        return real
+        """The first node ids (:func:`~fedstrat.strategies.discovery.settled_ids`): the
+        first ones get the profile-rank ids when no partition-id is reported."""
+        return settled_ids(lambda: [int(n) for n in self._grid.get_node_ids()], real,
+                           self._settle, self._settle_max, sleep=self._sleep, clock=self._clock)
 
     # -------------------------------------------------------------------- Grid API
     def set_run(self, run: Any) -> None:  # noqa: D102 - delegated

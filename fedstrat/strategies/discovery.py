@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
@@ -16,6 +17,31 @@ log = logging.getLogger("flwr").log
 
 #: what Flower's ClientApp answers to a message type it has no handler for
 NO_HANDLER = "No query function registered"
+#: a run's first population: node ids unchanged for SETTLE_S seconds, re-read for at most
+#: SETTLE_MAX_S (Flower's simulation starts the ServerApp before it registers its nodes)
+SETTLE_S, SETTLE_MAX_S = 0.1, 5.0
+
+
+def settled_ids(
+    read: Callable[[], list[int]],
+    ids: list[int],
+    settle: float = SETTLE_S,
+    settle_max: float = SETTLE_MAX_S,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[int]:
+    """``ids`` (a read of ``read()``) once two reads ``settle`` s apart agree, re-reading for
+    at most ``settle_max`` s (then the last read): a run's first population, which Flower's
+    simulation may still be registering (one run's first read saw 6 of 20 nodes)."""
+    end = clock() + settle_max
+    while settle > 0 and clock() < end:
+        sleep(settle)
+        again = read()
+        if set(again) == set(ids):
+            break
+        ids = again
+    return ids
 
 
 def wait_for_nodes(grid: Grid, want: int, timeout: float, poll_interval: float) -> list[int]:
@@ -34,13 +60,18 @@ class NodeWaiter:
     The first call waits up to ``timeout`` s (one INFO line when it starts waiting). If fewer
     than ``want`` nodes are connected at the deadline it says so once (WARNING) and remembers
     that count: later calls with no more nodes than that return at once; only when more nodes
-    connect (but still fewer than ``want``) does it wait again.
+    connect (but still fewer than ``want``) does it wait again. The first population is taken
+    once it stops changing (:func:`settled_ids`, ``settle`` s apart), unless the grid says its
+    nodes are all there from the start (an attribute ``nodes_complete = True``, e.g.
+    :class:`~fedstrat.strategies.local_grid.LocalGrid` built with a list of ids).
     """
 
     want: int
     timeout: float
     poll_interval: float
     settled: int | None = None  # node count accepted after a short wait
+    settle: float = SETTLE_S
+    _first: bool = field(default=True, init=False, repr=False)
     _raw: list[int] | None = field(default=None, init=False, repr=False)
     _sorted: tuple[int, ...] = field(default=(), init=False, repr=False)
     #: bumped whenever :meth:`available` may answer other nodes than the time before (a key
@@ -62,6 +93,14 @@ class NodeWaiter:
 
     def wait(self, grid: Grid) -> list[int]:
         """Connected node ids (see the class docstring); RuntimeError if none."""
+        ids = self._connected(grid)
+        if self._first:
+            self._first = False
+            if not getattr(grid, "nodes_complete", False):
+                ids = settled_ids(lambda: list(grid.get_node_ids()), ids, self.settle)
+        return ids
+
+    def _connected(self, grid: Grid) -> list[int]:
         ids = list(grid.get_node_ids())
         if len(ids) >= self.want or (
             ids and self.settled is not None and len(ids) <= self.settled

@@ -69,6 +69,25 @@ def test_late_nodes_are_waited_for():
     assert 0.25 < time.monotonic() - t0 < 5.0
 
 
+def test_round_one_takes_the_population_once_it_stops_growing():
+    # Flower's simulation starts the ServerApp while it is still registering the nodes (one
+    # run's first read saw 6 of 20): round 1 profiles and draws from all 20, not the first 6
+    pop = make_population(n=20, seed=3)
+    handler, asked = population_grid(pop).handler, []
+
+    def answer(msg):
+        if msg.metadata.message_type == MessageType.QUERY:
+            asked.append(msg.metadata.dst_node_id)
+        return handler(msg)
+
+    t0 = time.monotonic()
+    grid = LocalGrid(lambda: pop.node_ids if time.monotonic() - t0 > 0.05 else pop.node_ids[:6],
+                     answer)
+    s = StratifiedSelection(FedAvg(), clients_per_round=5, poll_interval=0.05, profiling="query")
+    msgs = list(s.configure_train(1, global_arrays(4), ConfigRecord(), grid))
+    assert len(msgs) == 5 and sorted(asked) == sorted(pop.node_ids)
+
+
 def test_payload_of_wrapped_strategy_is_kept(pop):
     grid = population_grid(pop)
     s = StratifiedSelection(FedProx(proximal_mu=0.3, fraction_evaluate=0.0),
