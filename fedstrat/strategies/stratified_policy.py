@@ -274,6 +274,10 @@ class StratifiedPolicy:
         assert self.stratifier.tracker_ is not None
         return int(self.stratifier.tracker_.counts()[sp.present].min())
 
+    def _tracked(self, sp: StrataPlan) -> bool:
+        """Label strata on tracked evidence: ``MIN_TRACKED`` updates in each present one."""
+        return sp.basis == "tracked" and self._tracked_min(sp) >= MIN_TRACKED
+
     def _size_wins(self, size: StrataPlan, strata: StrataPlan | None) -> bool:
         """Size strata are the candidate: without label strata; over label strata with only
         proxy evidence when their own saving over FedAvg is credible (lower bound > 0) and the
@@ -286,7 +290,7 @@ class StratifiedPolicy:
         low = size.prediction.gain_lower(GAIN_Z)
         if strata is None:
             return True
-        if strata.basis != "tracked" or self._tracked_min(strata) < MIN_TRACKED:
+        if not self._tracked(strata):
             return low > 0 and self.stratifier.design_ not in STRATIFIED_DESIGNS
         s_low = strata.prediction.gain_lower(GAIN_Z)
         if s_low > 0 and (self.size_strata.min_count(size)
@@ -297,7 +301,7 @@ class StratifiedPolicy:
     def _size_bar(self, strata: StrataPlan | None) -> float:
         """The predicted MSE size strata must be below to win :meth:`_size_wins` against
         ``strata``: tracked label strata's own; inf where the bands decide."""
-        if strata is None or strata.basis != "tracked" or self._tracked_min(strata) < MIN_TRACKED:
+        if strata is None or not self._tracked(strata):
             return math.inf
         return strata.prediction.stratified
 
