@@ -93,7 +93,10 @@ class StableNodeGrid(Grid):
     ``epsilon``/``seed`` fill the profile query's ConfigRecord; ``timeout`` bounds the wait for
     profile replies (seconds); ``settle``/``settle_max``: the first node set must stay unchanged
     ``settle`` seconds, waiting at most ``settle_max`` (``sleep``/``clock`` for that wait).
+    ``nodes_settled``: so the strategy's node waiter does not settle them a second time.
     """
+
+    nodes_settled = True
 
     def __init__(
         self, grid: Grid, *, epsilon: float = 0.0, seed: int = 0, timeout: float = 60.0,

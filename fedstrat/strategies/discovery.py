@@ -62,8 +62,9 @@ class NodeWaiter:
     that count: later calls with no more nodes than that return at once; only when more nodes
     connect (but still fewer than ``want``) does it wait again. The first population is taken
     once it stops changing (:func:`settled_ids`, ``settle`` s apart), unless the grid says its
-    nodes are all there from the start (an attribute ``nodes_complete = True``, e.g.
-    :class:`~fedstrat.strategies.local_grid.LocalGrid` built with a list of ids).
+    first answer needs no settling (an attribute ``nodes_settled = True``: all its nodes are
+    there from the start, :class:`~fedstrat.strategies.local_grid.LocalGrid` built with a list
+    of ids, or it settles them itself, :class:`fedstrat.app.grid.StableNodeGrid`).
     """
 
     want: int
@@ -96,7 +97,7 @@ class NodeWaiter:
         ids = self._connected(grid)
         if self._first:
             self._first = False
-            if not getattr(grid, "nodes_complete", False):
+            if not getattr(grid, "nodes_settled", False):
                 ids = settled_ids(lambda: list(grid.get_node_ids()), ids, self.settle)
         return ids
 

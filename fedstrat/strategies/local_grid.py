@@ -79,7 +79,7 @@ class LocalGrid(Grid):
         Produces the reply to one instruction message (``msg.metadata.dst_node_id`` is the
         node). Exceptions become error replies; ``None`` means no reply.
 
-    ``nodes_complete`` (True for a list of ids): every node is connected from the start, so
+    ``nodes_settled`` (True for a list of ids): every node is connected from the start, so
     the strategy need not wait for the first population to settle
     (:func:`~fedstrat.strategies.discovery.settled_ids`).
     """
@@ -90,7 +90,7 @@ class LocalGrid(Grid):
         handler: Handler,
     ) -> None:
         self._node_ids = node_ids
-        self.nodes_complete = not callable(node_ids)
+        self.nodes_settled = not callable(node_ids)
         self.handler = handler
         self._run = Run.create_empty(run_id=1)
         ensure_task_identity(run_id=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from types import SimpleNamespace
 
@@ -10,6 +11,7 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from fedstrat.app.grid import POLL_FIRST, POLL_GROWTH, POLL_MAX, StableNodeGrid, pull_replies
+from fedstrat.strategies.discovery import NodeWaiter
 from fedstrat.wire import PROFILE_KEY
 
 
@@ -296,3 +298,14 @@ def test_settling_is_bounded_and_later_nodes_join_as_usual() -> None:
     assert clock.t == pytest.approx(0.5) and len(first) == 6  # gave up waiting after 0.5 s
     assert len(list(grid.get_node_ids())) == 7  # a later node: no wait, profiled as it joins
     assert clock.t == pytest.approx(0.5)
+
+
+def test_the_strategy_does_not_settle_a_stable_grid_a_second_time() -> None:
+    # StableNodeGrid settles its first node ids itself; the strategy's node waiter, told so,
+    # takes them as they are (with a 10 s settle of its own it would sleep 10 s first)
+    fake, clock = Registering([6, 14, 20]), FakeClock()
+    grid = StableNodeGrid(fake, sleep=clock.sleep, clock=clock)
+    t0 = time.monotonic()
+    ids = NodeWaiter(5, timeout=1.0, poll_interval=0.01, settle=10.0).wait(grid)
+    assert sorted(ids) == list(range(1, 21)) and time.monotonic() - t0 < 5.0
+    assert clock.sleeps == [0.1, 0.1, 0.1]  # the grid's own settle, once
