@@ -14,6 +14,7 @@ from fedstrat.wire import NUM_EXAMPLES
 
 from .weight_cap import (
     CapEffect,
+    FirstClaims,
     SizeRules,
     cap_effect,
     claim_mismatch,
@@ -91,6 +92,16 @@ class NodeRegistry:
             fill = 1.0
         return np.array([min(num[n], cap) if n in num else fill for n in node_ids],
                         dtype=np.float64)
+
+    def first_claims(self, selected: Sequence[int]) -> FirstClaims | None:
+        """The :class:`.weight_cap.FirstClaims` of a FedAvg round that drew ``selected``
+        (None when every size among them is learned)."""
+        num = self.num_examples
+        unknown = frozenset(int(n) for n in selected if n not in num)
+        if not unknown:
+            return None
+        fill = float(self.sizes([next(iter(unknown))])[0])
+        return FirstClaims(unknown, fill, tuple(num.values()), self.rules.cap_multiple)
 
     def cap_effect(self, node_ids: Sequence[int]) -> CapEffect:
         """What :meth:`size_cap` does to ``node_ids`` (nodes cut, their claims, share removed);

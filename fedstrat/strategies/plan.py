@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from flwr.app import ArrayRecord, Message
 
     from .node_registry import NodeRegistry
-    from .weight_cap import CapEffect
+    from .weight_cap import CapEffect, FirstClaims
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,8 @@ class RoundPlan:
     signature: dict[str, tuple[tuple[int, ...], str]]
     global_arrays: ArrayRecord
     size_cap: CapEffect | None = None  # what the size cap did to the population's n_i
+    #: a ratio-estimator round's drawn nodes of unknown size, weighted by their own claims
+    first_claims: FirstClaims | None = None
 
     @property
     def design(self) -> str:

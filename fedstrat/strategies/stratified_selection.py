@@ -205,6 +205,8 @@ class StratifiedSelection(Strategy):
             messages=messages, sent_at={m.metadata.dst_node_id: m.metadata.created_at
                                         for m in messages}, signature=array_signature(arrays),
             global_arrays=arrays, size_cap=self.registry.cap_effect(available),
+            first_claims=(self.registry.first_claims(selected)
+                          if (draw.estimator or o.estimator) == "ratio" else None),
         )
         if logging.getLogger("flwr").isEnabledFor(INFO):  # the line is made only to be shown
             log(INFO, "configure_train: %s", round_line(

@@ -128,7 +128,9 @@ def _nonfinite(reply: ValidReply) -> str | None:
 
 def reply_weights(plan: RoundPlan, valid: list[ValidReply]) -> tuple[np.ndarray, list[str]]:
     """Aggregation weights of the accepted replies (aligned with ``valid``) after the
-    non-response adjustment of :func:`responder_weights`, and its notes (logged).
+    non-response adjustment of :func:`responder_weights`, and its notes (logged). In a FedAvg
+    round, nodes drawn before their size was known weigh by their claim
+    (:class:`.weight_cap.FirstClaims`).
 
     Certainty units (``pi_i = 1``) exist only in without-replacement designs.
     """
@@ -144,4 +146,11 @@ def reply_weights(plan: RoundPlan, valid: list[ValidReply]) -> tuple[np.ndarray,
     weights, notes = responder_weights(sel.weights, sel.strata, certainty, responded)
     for note in notes:
         log(INFO, "aggregate_train: %s", note)
-    return np.array([weights[index[v.node_id]] for v in valid], dtype=np.float64), notes
+    out = np.array([weights[index[v.node_id]] for v in valid], dtype=np.float64)
+    if plan.first_claims is not None and valid:  # FedAvg round: unknown sizes as claimed
+        total = float(out.sum())
+        out *= plan.first_claims.factors([v.node_id for v in valid],
+                                         [v.num_examples for v in valid])
+        if out.sum() > 0:
+            out *= total / float(out.sum())  # the same total: self-normalised anyway
+    return out, notes

@@ -142,3 +142,40 @@ def cap_effect(nodes: list[int], learned: list[float | None], cap: float) -> Cap
     total = float(sum(known))
     removed = float(sum(s - cap for _, s in hit)) / total if hit and total > 0 else 0.0
     return CapEffect(cap, [n for n, _ in hit], [s for _, s in hit], removed)
+
+
+#: fewest sizes (learned ones and a round's first claims) whose median caps a first claim
+MIN_SIZES_FOR_CLAIMS = 3
+
+
+@dataclass(frozen=True)
+class FirstClaims:
+    """FedAvg's weights for nodes drawn before their size was known.
+
+    A node whose size is not learned yet enters the draw with the fill size ``fill`` (the mean
+    learned size). In a round aggregated by the ratio estimator (FedAvg's self-normalised
+    weights :math:`n_i / \\sum_{j \\in s} n_j` with a uniform draw) a responder among ``unknown``
+    is weighted by its own claim instead, capped like every size: :meth:`factors` multiplies its
+    design weight by :math:`\\min(n_i, c) / \\text{fill}`, with
+    :math:`c` = ``cap_multiple`` x median(``learned`` and the round's first claims), so the round
+    weighs its responders as Flower's FedAvg does, within the cap. With fewer than
+    :data:`MIN_SIZES_FOR_CLAIMS` sizes to take the median of (one liar could set it), the fill
+    stays. The claim is learned as the node's size afterwards, as before.
+    """
+
+    unknown: frozenset[int]
+    fill: float
+    learned: tuple[float, ...]
+    cap_multiple: float
+
+    def factors(self, nodes: list[int], claims: list[float]) -> np.ndarray:
+        """Multipliers of the responders' weights (1 for nodes whose size was known)."""
+        first = [(k, float(c)) for k, (n, c) in enumerate(zip(nodes, claims, strict=True))
+                 if n in self.unknown and math.isfinite(float(c)) and float(c) > 0]
+        out = np.ones(len(nodes))
+        if not first or len(self.learned) + len(first) < MIN_SIZES_FOR_CLAIMS:
+            return out
+        cap = size_cap_value(list(self.learned) + [c for _, c in first], self.cap_multiple)
+        for k, c in first:
+            out[k] = min(c, cap) / self.fill
+        return out

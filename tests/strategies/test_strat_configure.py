@@ -235,8 +235,9 @@ def test_profiling_failure_falls_back_to_uniform_then_sketches(caplog):
     assert s.records[2].design == "fedavg" and s.records[2].decision.evidence == "proxy"
     assert s.records[2].decision.candidate in ("pps", "srswor")
     assert any("on sketches" in m for m in msgs)
-    # round 1: no size known -> equal weights 1/m
-    assert s.records[0].weights == pytest.approx([1 / 8] * 8)
+    # round 1: no size known before the draw -> FedAvg's weights n_i / sum n_j, from the claims
+    first = np.array([pop.sizes[pop.index[n]] for n in s.records[0].responders], dtype=float)
+    assert s.records[0].weights == pytest.approx(first / first.sum())
     # nodes never trained form the unknown stratum; their size is the mean observed size
     trained = {n for r in s.records for n in r.responders}
     unseen = [n for n in pop.node_ids if n not in trained]
@@ -246,6 +247,19 @@ def test_profiling_failure_falls_back_to_uniform_then_sketches(caplog):
                    for n in unseen)
         mean_size = np.mean([pop.sizes[pop.index[n]] for n in trained])
         assert s.registry.sizes(unseen[:1])[0] == pytest.approx(mean_size)
+
+
+def test_a_fedavg_round_weighs_nodes_of_unknown_size_as_flower_fedavg_does(pop):
+    # no profiling handler: no size is known before round 1's draw; its FedAvg aggregate must be
+    # Flower's n_i-weighted mean of the replies, not an equal-weight mean of them
+    grid = population_grid(pop, profile=False)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=6, seed=2)
+    (msgs, new, _), = run(s, grid, global_arrays(6), [1])
+    nodes = [m.metadata.dst_node_id for m in msgs]
+    n = np.array([pop.sizes[pop.index[k]] for k in nodes], dtype=float)
+    fedavg = 0.5 + (n / n.sum()) @ np.array([pop.update(k) for k in nodes])
+    assert s.records[0].estimator in ("ratio", "ht") and s.records[0].design != "stratified"
+    assert flatten(new) == pytest.approx(fedavg, rel=1e-12, abs=1e-12)
 
 
 def test_new_nodes_join_nearest_stratum():

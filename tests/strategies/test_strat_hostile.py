@@ -25,6 +25,7 @@ from fedstrat.strategies.reply_screen import (
 from fedstrat.strategies.rewrite import flat_deltas
 from fedstrat.strategies.triage import triage_replies
 from fedstrat.strategies.weight_cap import (
+    FirstClaims,
     SizeRules,
     histogram_allowance,
     profile_mismatch,
@@ -228,3 +229,31 @@ def test_evaluation_replies_that_differ_or_lie_cannot_stop_aggregate_evaluate():
     # node 0 (extra metric) counts, with eval-loss 1.0; nodes 1 and 2 are left out
     n_ok = len(replies) - 2
     assert metrics["eval-loss"] == pytest.approx((0.5 * (n_ok - 1) + 1.0) / n_ok)
+
+
+def test_a_first_size_claim_is_capped_by_the_median_of_the_rounds_claims():
+    # no profiling: round 1 (FedAvg's weights from the replies' claims) meets a node claiming
+    # 1e12 examples; it weighs as 20 x the median claim at most, and is learned as claimed
+    pop = make_population(n=12, dim=6, seed=4)
+    liar = pop.node_ids[3]
+
+    def lie(msg, new):
+        return train_reply(msg, new, {"num-examples": 1e12})
+
+    grid = population_grid(pop, profile=False, overrides={liar: lie})
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=12, seed=0)
+    msgs = list(s.configure_train(1, global_arrays(6), ConfigRecord(), grid))
+    s.aggregate_train(1, grid.send_and_receive(msgs, timeout=5))
+    rec = s.records[0]
+    w = dict(zip(rec.responders, rec.weights, strict=True))
+    honest = np.array([pop.sizes[pop.index[n]] for n in rec.responders if n != liar], float)
+    cap = size_cap_value(list(honest) + [1e12], 20.0)
+    assert w[liar] / sum(w.values()) == pytest.approx(cap / (cap + honest.sum()), rel=1e-12)
+    assert w[liar] / sum(w.values()) < 0.7 and s.registry.num_examples[liar] == 1e12
+
+
+def test_first_claims_need_a_median_that_one_liar_cannot_set():
+    claims = FirstClaims(frozenset({1, 2, 3}), fill=50.0, learned=(), cap_multiple=20.0)
+    assert list(claims.factors([1, 2], [40.0, 1e12])) == [1.0, 1.0]  # two sizes: fill kept
+    f = claims.factors([1, 2, 3, 9], [40.0, 1e12, 60.0, 7.0])  # node 9's size was known
+    assert list(f) == [40.0 / 50.0, 20.0 * 60.0 / 50.0, 60.0 / 50.0, 1.0]
