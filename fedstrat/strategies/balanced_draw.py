@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fedstrat.sampling import Strata, StratifiedSampler
+from fedstrat.sampling import Selection, Strata, StratifiedSampler
 from fedstrat.sampling.ordering import block_labels, similarity_order
 
 from .plan import PopulationFrame
@@ -31,6 +31,14 @@ from .plan import PopulationFrame
 #: sketches have sent a new one since (a new one each round would cost O(N d log m) a FedAvg
 #: round: ~1.5 s at 100,000 x 64; any order fixed before the draw keeps the design valid)
 REFRESH = 0.1
+
+
+def fedavg_selection(selection: Selection, p: np.ndarray) -> Selection:
+    """``selection`` with self-normalised weights ``(p_i / pi_i) / sum_{j in s} p_j / pi_j``
+    (Hajek; for a uniform draw ``p_i / sum_{j in s} p_j``: FedAvg, whose HT rewrite with these
+    weights is the ratio estimate)."""
+    w = p[selection.ids] / np.asarray(selection.inclusion, dtype=np.float64)
+    return Selection(ids=selection.ids, inclusion=selection.inclusion, weights=w / w.sum())
 
 
 class BalancedDraw:

@@ -40,7 +40,6 @@ import numpy as np
 
 from fedstrat.sampling import (
     Sampler,
-    Selection,
     StratifiedSampler,
     StratumVarianceTracker,
     UniformSampler,
@@ -51,7 +50,7 @@ from fedstrat.sampling.difference import ResidualPPSSampler
 from fedstrat.sampling.fedavg_sized import tracked_fedavg_band
 
 from .allocation_rule import present_strata, round_allocation, stratum_means
-from .balanced_draw import BalancedDraw
+from .balanced_draw import BalancedDraw, fedavg_selection
 from .node_registry import NodeRegistry
 from .plan import DesignDecision, Draw, Feedback, PopulationFrame, SamplerSpec, StrataPlan
 from .residual_evidence import ResidualEvidence, difference_beats_fedavg
@@ -78,14 +77,6 @@ GAIN_Z = 1.2816
 ROUND_DECAY = 0.9
 #: two-sided level of the recorded predicted-MSE bands
 BAND_LEVEL = 0.8
-
-
-def fedavg_selection(selection: Selection, p: np.ndarray) -> Selection:
-    """``selection`` with self-normalised weights ``(p_i / pi_i) / sum_{j in s} p_j / pi_j``
-    (Hajek; for a uniform draw ``p_i / sum_{j in s} p_j``: FedAvg, whose HT rewrite with these
-    weights is the ratio estimate)."""
-    w = p[selection.ids] / np.asarray(selection.inclusion, dtype=np.float64)
-    return Selection(ids=selection.ids, inclusion=selection.inclusion, weights=w / w.sum())
 
 
 class StratifiedPolicy:
@@ -241,11 +232,12 @@ class StratifiedPolicy:
         tracked = sp.basis in ("tracked", "residuals")
         need = self.size_strata.min_needed(MIN_TRACKED) if size else MIN_TRACKED
         if not tracked or n_min < need or s_band is None or f_band is None:
-            reason = (f"{st.design_reason_} (evidence: {st.features_kind_}; {n_min} tracked "
-                      f"updates in a stratum, {need} needed)")
+            count = f"{n_min} tracked updates in a stratum, {need} needed"
+            fit = f"at round {st.fitted_round_}, on {st.features_kind_}"
+            reason = f"{st.design_reason_} ({fit}; {count})"
             if st.features_kind_ == "sketches":  # one warm-up round: no evidence vs FedAvg
-                self.mode, self.lost = "fedavg", "strata"
-                reason = f"FedAvg until tracked evidence (strata from sketches): {reason}"
+                self.mode, self.lost = "fedavg", "strata"  # nor are its fit-time figures
+                reason = f"FedAvg until tracked evidence ({count}; strata fitted {fit})"
             return DesignDecision(self.mode, "proxy", candidate, s_band, f_band, reason)
         kind = "size" if size else "strata"
         margin = 0.0 if self.mode == "stratified" or self.lost != kind else RETURN_MARGIN

@@ -9,9 +9,9 @@ from test_strat_decision import iid_noise, profiled, run_rounds
 
 from fedstrat.sampling import StratifiedSampler, UniformSampler
 from fedstrat.strategies import SelectionOptions, make_policy
+from fedstrat.strategies.balanced_draw import fedavg_selection
 from fedstrat.strategies.plan import Feedback, PopulationFrame
 from fedstrat.strategies.size_strata import equal_mass_thresholds
-from fedstrat.strategies.stratified_policy import fedavg_selection
 
 
 def test_equal_mass_bins_hold_one_over_h_of_the_mass_within_the_largest_client():

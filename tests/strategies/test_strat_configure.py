@@ -262,6 +262,21 @@ def test_a_fedavg_round_weighs_nodes_of_unknown_size_as_flower_fedavg_does(pop):
     assert flatten(new) == pytest.approx(fedavg, rel=1e-12, abs=1e-12)
 
 
+def test_fedavg_until_tracked_evidence_gives_no_stale_prediction():
+    # strata fitted on one warm-up round's sketches: the FedAvg rounds that wait for tracked
+    # evidence say how much there is, not the fit-time proxy's figures (which the record's own
+    # predictions of later rounds could contradict)
+    pop = make_population(n=30, classes=4, dim=6, alpha=0.1, seed=1)
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=8, seed=0,
+                            warmup_rounds=2)
+    run(s, population_grid(pop, profile=False), global_arrays(6), range(1, 5))
+    waiting = [r.decision.reason for r in s.records if r.decision is not None
+               and r.decision.reason.startswith("FedAvg until tracked evidence")]
+    assert waiting and all("tracked updates in a stratum" in w and "fitted at round 3" in w
+                           and "predicted variance" not in w and "x lower" not in w
+                           for w in waiting)
+
+
 def test_new_nodes_join_nearest_stratum():
     pop = make_population(n=30, classes=3, dim=6, alpha=0.05, seed=9)
     first = pop.node_ids[:24]
