@@ -59,8 +59,8 @@ def chain(strategy: Any) -> list[Any]:
 
 def check_wrapped(strategy: Any, wrapper_cls: type) -> None:
     """Raise ``ValueError`` for what cannot be wrapped: a legacy ``flwr.server.strategy``
-    strategy (named as such), a non-strategy, the XGBoost strategies, or a StratifiedSelection
-    inside the chain."""
+    strategy (named as such), a non-strategy, the XGBoost strategies, a StratifiedSelection
+    inside the chain, or one that skips training (``fraction_train=0.0``)."""
     if not isinstance(strategy, Strategy):
         cls = type(strategy)
         where = f"{cls.__module__}.{cls.__qualname__}"
@@ -85,6 +85,12 @@ def check_wrapped(strategy: Any, wrapper_cls: type) -> None:
             raise ValueError(
                 "StratifiedSelection cannot wrap another StratifiedSelection "
                 f"(found one inside {type(strategy).__name__}): wrap the inner strategy once"
+            )
+        if getattr(obj, "fraction_train", None) == 0.0:
+            raise ValueError(
+                f"{name}(fraction_train=0.0) skips federated training, so it builds no training "
+                "message for StratifiedSelection to send to the nodes it selects: use any "
+                "fraction_train > 0 (its value is otherwise ignored)"
             )
 
 

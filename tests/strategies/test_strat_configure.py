@@ -108,8 +108,17 @@ def test_payload_of_wrapped_strategy_is_kept(pop):
 
 
 def test_inner_without_training_message_is_a_clear_error(pop):
-    s = StratifiedSelection(FedAvg(fraction_train=0.0), clients_per_round=4, profiling="query")
-    with pytest.raises(RuntimeError, match="fraction_train"):
+    # FedAvg(fraction_train=0.0) skips training: refused when the wrapper is built, not after
+    # the "ignored" warning at round 1
+    with pytest.raises(ValueError, match=r"FedAvg\(fraction_train=0.0\) skips federated"):
+        StratifiedSelection(FedAvg(fraction_train=0.0), clients_per_round=4)
+
+    class Silent(FedAvg):  # any other reason for no training message: one clear error
+        def configure_train(self, server_round, arrays, config, grid):
+            return []
+
+    s = StratifiedSelection(Silent(), clients_per_round=4, profiling="query")
+    with pytest.raises(RuntimeError, match="configured no training message"):
         s.configure_train(1, global_arrays(4), ConfigRecord(), population_grid(pop))
 
 
