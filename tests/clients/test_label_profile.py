@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -63,3 +66,13 @@ def test_torch_loaders_and_datasets():
 
     loader = DataLoader(DictBatches(), batch_size=3)
     assert dataset_labels(loader).tolist() == LABELS.tolist()  # one pass over the batches
+
+
+def test_the_profiling_handler_imports_without_torch():
+    # someone else's numpy ClientApp adds register_profiling: no torch import on its nodes
+    code = ("import sys; from fedstrat.clients import register_profiling, label_profile; "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "from fedstrat.clients import make_client_app; assert 'torch' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
