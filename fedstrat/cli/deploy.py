@@ -260,7 +260,7 @@ def local_cmd(
     try:
         cfg = _local_config(run_opts, config, set_values, num_supernodes)
         app_path = (app or app_dir()).expanduser().resolve()
-        check_out_dir(cfg.out, allow_existing=bool(cfg.resume))
+        check_out_dir(cfg.out or _default_out(cfg), allow_existing=bool(cfg.resume))
         preflight(cfg)
     except (ConfigError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None

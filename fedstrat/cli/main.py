@@ -145,7 +145,9 @@ def simulate(
             except (ValueError, OSError) as exc:
                 raise UsageFailure(f"cannot resume {resume}: {exc}") from None
             cfg = resolve(run_opts, config, set_values, base=saved)
-        check_out_dir(cfg.out, allow_existing=bool(resume))
+        from fedstrat.app.rundir import default_run_dir
+
+        check_out_dir(cfg.out or default_run_dir(cfg), allow_existing=bool(resume))
         simulation_runner()
         from fedstrat.app.simulation import finished_result, prepare_job
 

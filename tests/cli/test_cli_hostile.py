@@ -110,6 +110,20 @@ def test_bad_out_for_compare_measure_report_and_deploy(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "run"]
 
 
+def test_the_default_out_is_checked_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # no --out: the run directory goes under ./runs, which here cannot be made (a file)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("x")
+    _one_error_line(runner.invoke(app, ["simulate", *TINY, "--rounds", "1"]), "output", "runs")
+    t0 = time.monotonic()
+    res = runner.invoke(deploy_app, ["local", "-n", "2", "--dataset", "digits"])
+    _one_error_line(res, "output", "runs")
+    assert time.monotonic() - t0 < 30 and procs.child_pids() == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
 # ------------------------------------------------------------------------- values, limits
 @pytest.mark.parametrize(
     ("flags", "needle"),
