@@ -323,7 +323,7 @@ def _measure_into(
 
 # ---------------------------------------------------------------------------------- measure
 @app.command("measure-variance")
-@run_options()
+@run_options(exclude=("rounds", "selection", "resume"))  # --measure-rounds, --selections
 def measure_variance_cmd(
     *,
     run_opts: dict[str, Any],

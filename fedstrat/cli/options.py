@@ -108,6 +108,15 @@ def config_fields() -> list[tuple[str, type]]:
     return out
 
 
+def shown_default(value: Any) -> str | bool:
+    """What ``--help`` shows as an option's default (False: nothing, for an empty value)."""
+    if value is None or value == "" or value == ():
+        return False
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
 def flag(name: str) -> str:
     """``num_clients`` -> ``--num-clients``."""
     return "--" + name.replace("_", "-")
@@ -128,6 +137,7 @@ def run_options(exclude: Iterable[str] = ()) -> Callable[[Callable[..., Any]], C
         ]
         names = [n for n, _ in config_fields() if n not in excluded]
         added: list[inspect.Parameter] = []
+        defaults = RunConfig()  # the embedded default job's values, shown in --help
         for name, typ in config_fields():
             if name in excluded:
                 continue
@@ -138,7 +148,8 @@ def run_options(exclude: Iterable[str] = ()) -> Callable[[Callable[..., Any]], C
                     inspect.Parameter.KEYWORD_ONLY,
                     default=typer.Option(None, flag(name) if typ is not bool  # --x/--no-x
                                          else f"{flag(name)}/--no-{flag(name)[2:]}",
-                                         help=help_text, show_default=False),
+                                         help=help_text,
+                                         show_default=shown_default(getattr(defaults, name))),
                     annotation=typ | None,
                 )
             )

@@ -49,6 +49,13 @@ def _help(*cmd: str) -> str:
     return result.output
 
 
+def test_simulate_help_shows_the_default_jobs_values() -> None:
+    out = runner.invoke(app, ["simulate", "--help"], env={"COLUMNS": "200"}).output
+    lines = out.splitlines()
+    assert any("--rounds " in ln and "[default: (30)]" in ln for ln in lines)
+    assert any("--lr " in ln and "[default: (0.05)]" in ln for ln in lines)
+
+
 def test_simulate_help_lists_every_option() -> None:
     text = _help("simulate")
     for flag in SIMULATE_FLAGS:
@@ -67,6 +74,9 @@ def test_measure_and_report_help() -> None:
     text = _help("measure-variance")
     for flag in ("--measure-rounds", "--samples", "--selections", "--dataset", "--partition"):
         assert flag in text, flag
+    # what would do nothing here is not offered: rounds are --measure-rounds
+    assert "--rounds " not in text and "--selection " not in text and "--resume" not in text
+    assert runner.invoke(app, ["measure-variance", "--rounds", "1,10"]).exit_code == 2
     assert "RUN_DIRS" in _help("report")
 
 
