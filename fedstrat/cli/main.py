@@ -8,9 +8,11 @@ before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import typer
 
 from fedstrat import __version__
@@ -437,5 +439,21 @@ else:  # pragma: no cover
     app.add_typer(deploy_app, name="deploy")
 
 
+def cli() -> None:
+    """The ``fedstrat`` command: :data:`app`, with a usage error (unknown option, a value of
+    the wrong type) as one ``Error:`` line and exit code 2, like every other bad input."""
+    try:
+        code = app(standalone_mode=False)
+    except click.ClickException as exc:
+        message = " ".join(exc.format_message().split())
+        if message:  # none after the help that no arguments print
+            typer.echo(f"Error: {message}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("Aborted.", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    cli()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedstrat.cli.main import app
+from fedstrat.cli.main import app, cli
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -184,6 +184,24 @@ def test_measure_rejects_bad_selection(tmp_path: Path) -> None:
 def test_unknown_option_exit_2(cmd: str) -> None:
     result = runner.invoke(app, [cmd, "--no-such-option", "1"])
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [(["simulate", "--roudns", "3"], "--rounds"), (["simulate", "--rounds", "abc"], "abc"),
+     (["measure-variance", "--rounds", "1,10"], "--measure-rounds")],
+)
+def test_the_command_reports_a_usage_error_in_one_line(
+    argv: list[str], needle: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # the installed `fedstrat` command (cli), not only the Typer app: one Error: line, exit 2
+    monkeypatch.setattr("sys.argv", ["fedstrat", *argv])
+    with pytest.raises(SystemExit) as done:
+        cli()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(err) == 1 and err[0].startswith("Error: ")
+    assert needle in err[0]
 
 
 def test_resume_without_checkpoint(tmp_path: Path) -> None:
