@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,6 +13,20 @@ from fedstrat.wire import NUM_EXAMPLES
 
 from .array_codec import decode_array
 from .sparse_uplink import densify_reply, has_sparse_arrays
+
+#: terminal colour codes (Ray colours its tracebacks)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+#: longest error reason kept in a log line or record
+REASON_CHARS = 300
+
+
+def error_reason(reason: str) -> str:
+    """One line of a node's error reason: without colour codes, the last non-empty line (a
+    traceback's exception message; Flower logs the whole traceback itself), at most
+    :data:`REASON_CHARS` characters."""
+    lines = [ln.strip() for ln in _ANSI.sub("", str(reason)).splitlines() if ln.strip()]
+    last = lines[-1].rstrip("'>").strip() if lines else ""
+    return last if len(last) <= REASON_CHARS else last[: REASON_CHARS - 3] + "..."
 
 
 @dataclass
@@ -120,7 +135,7 @@ def validate_train_reply(
     """
     node = int(reply.metadata.src_node_id)
     if reply.has_error():
-        return f"error reply from node {node}: {reply.error.reason}"
+        return f"error reply from node {node}: {error_reason(reply.error.reason)}"
     if node not in selected:
         return f"node {node} was not selected this round"
     array_records, metric_records = _records(reply.content)

@@ -257,3 +257,26 @@ def test_first_claims_need_a_median_that_one_liar_cannot_set():
     assert list(claims.factors([1, 2], [40.0, 1e12])) == [1.0, 1.0]  # two sizes: fill kept
     f = claims.factors([1, 2, 3, 9], [40.0, 1e12, 60.0, 7.0])  # node 9's size was known
     assert list(f) == [40.0 / 50.0, 20.0 * 60.0 / 50.0, 60.0 / 50.0, 1.0]
+
+
+def test_a_crashed_node_is_one_line_in_the_log_and_the_record(caplog):
+    # Ray hands back the whole coloured traceback as the error reason; Flower logs it already
+    pop = make_population(n=6, dim=6, seed=5)
+    crash = pop.node_ids[2]
+
+    def boom(msg, new):
+        raise RuntimeError("\x1b[36mray::ClientAppActor.run()\x1b[39m (pid=1)\n"
+                           '  File "app.py", line 3, in train\n'
+                           "Exception ClientAppException occurred. Message: disk full'>")
+
+    grid = population_grid(pop, profile=False, overrides={crash: boom})
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=6, seed=0)
+    msgs = list(s.configure_train(1, global_arrays(6), ConfigRecord(), grid))
+    with caplog.at_level("WARNING", logger="flwr"):
+        s.aggregate_train(1, grid.send_and_receive(msgs, timeout=5))
+    (failed,) = s.records[0].failures
+    assert failed.node == crash and failed.reason.endswith(
+        "Exception ClientAppException occurred. Message: disk full")
+    assert "\n" not in failed.reason and "\x1b" not in failed.reason
+    assert all("\n" not in r.getMessage() and "\x1b" not in r.getMessage()
+               for r in caplog.records if str(crash) in r.getMessage())
