@@ -167,7 +167,8 @@ def prepare_job(cfg: RunConfig) -> RunConfig:
             raise ConfigError(
                 "resume: these options differ from the saved run and would change the result: "
                 + ", ".join(diff)
-                + " (use fedstrat.app.simulation.resume_config to start from the saved config)"
+                + " (leave them out: --resume continues with the saved configuration; from "
+                "Python, fedstrat.app.simulation.resume_config gives it)"
             )
         done = checkpoint_round(ckpt)
         if done > cfg.rounds:

@@ -196,7 +196,7 @@ def test_resume_flags_that_change_the_model_are_refused(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _fake_run(run, 1, 3, finished=False)
     res = runner.invoke(app, ["simulate", "--resume", str(run), "--lr", "0.5", "--dry-run"])
-    _one_error_line(res, "differ from the saved run", "lr")
+    _one_error_line(res, "differ from the saved run", "lr", "leave them out")
     res = runner.invoke(deploy_app, ["local", "--resume", str(run), "-n", "3"])
     _one_error_line(res, "num-clients")
     res = runner.invoke(app, ["simulate", "--resume", str(run), "--rounds", "5", "--dry-run"])
