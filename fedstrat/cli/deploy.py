@@ -57,7 +57,7 @@ def app_dir() -> Path:
 
 @deploy_app.command("app-dir")
 def app_dir_cmd() -> None:
-    """Print the path of the Flower App shipped inside fedstrat (for ``flwr run``)."""
+    """Print the path of the Flower App shipped inside fedstrat (for `flwr run`)."""
     try:
         typer.echo(str(app_dir()))
     except FileNotFoundError as exc:
