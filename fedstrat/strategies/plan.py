@@ -125,6 +125,7 @@ class RoundPlan:
     size_cap: CapEffect | None = None  # what the size cap did to the population's n_i
     #: a ratio-estimator round's drawn nodes of unknown size, weighted by their own claims
     first_claims: FirstClaims | None = None
+    benched: tuple[int, ...] = ()  # available nodes sitting out this round (.bench)
 
     @property
     def design(self) -> str:

@@ -105,6 +105,7 @@ class RoundRecord:
     S_h_basis: str | None = None  # noqa: N815
     decision: DesignDecision | None = None
     size_cap: CapEffect | None = None
+    benched: list[int] | None = None  # available nodes sitting out this round (.bench)
 
     @classmethod
     def from_round(
@@ -162,6 +163,7 @@ class RoundRecord:
             **strata_fields,
             decision=plan.draw.decision,
             size_cap=plan.size_cap,
+            benched=list(plan.benched),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -178,6 +180,8 @@ class RoundRecord:
             out["decision"] = self.decision.to_json()
         if self.size_cap is not None and self.size_cap.binding:
             out["size_cap"] = self.size_cap.to_json()
+        if self.benched:
+            out["benched"] = list(self.benched)
         return out
 
     def metrics(self) -> dict[str, float]:
@@ -190,6 +194,7 @@ class RoundRecord:
             "fedstrat-weight-sum": float(sum(self.weights)),
             "fedstrat-n-capped": float(len(self.size_cap.nodes)) if self.size_cap else 0.0,
             "fedstrat-cap-removed": float(self.size_cap.removed) if self.size_cap else 0.0,
+            "fedstrat-n-benched": float(len(self.benched or ())),
         }
         if self.m_h is not None:
             out["fedstrat-n-strata"] = float(len(self.m_h))
@@ -232,7 +237,7 @@ class RoundRecord:
 
 _JSON_KEYS = tuple(
     k for k in RoundRecord.__dataclass_fields__
-    if k not in ("S_h_basis", "decision", "size_cap")
+    if k not in ("S_h_basis", "decision", "size_cap", "benched")
 )
 
 

@@ -24,6 +24,7 @@ from flwr.serverapp.strategy import Strategy
 from fedstrat.wire import NUM_EXAMPLES
 
 from .array_codec import decode_array
+from .bench import Bench
 from .control_variates import difference_controls, make_controls
 from .discovery import NodeWaiter, profile_nodes
 from .inner_aggregate import aggregate_inner, mean_aggregate
@@ -48,7 +49,7 @@ from .reply_screen import screen_evaluate_replies, screen_triage
 from .reply_validation import align_global_dtypes, array_signature
 from .rewrite import ScanScratch
 from .round_log import round_line
-from .triage import triage_replies
+from .triage import Triage, triage_replies
 from .weight_cap import SizeRules
 
 log = logging.getLogger("flwr").log
@@ -127,6 +128,7 @@ class StratifiedSelection(Strategy):
         self.policy: SelectionPolicy = make_policy(self.applied_options)
         self.records: list[RoundRecord] = []
         self.controls = make_controls(options, self.policy)  # estimator="difference" controls
+        self.bench = Bench()  # nodes sitting out after unusable replies
         self.n_records = 0
         self._pending: RoundPlan | None = None
         self._avail_key: int | None = None  # the waiter's revision whose nodes were profiled
@@ -191,10 +193,10 @@ class StratifiedSelection(Strategy):
             profile_nodes(self.registry, grid, new, server_round=server_round,
                           epsilon=o.profile_epsilon, seed=o.seed, timeout=o.profile_timeout)
         self._avail_key = self._waiter.revision
-        sizes = self._population_sizes(available)
+        available, key, benched = self._eligible(available, server_round)
+        sizes = self._population_sizes(available, key)
         frame = PopulationFrame(server_round, available, sizes,
-                                min(o.clients_per_round, len(available)), self.registry,
-                                key=self._waiter.revision)
+                                min(o.clients_per_round, len(available)), self.registry, key=key)
         draw = self.policy.plan(frame, np.random.default_rng([o.seed, server_round]))
         selected = [available[i] for i in draw.selection.ids]
         with quiet_inner_sampling():
@@ -207,6 +209,7 @@ class StratifiedSelection(Strategy):
             global_arrays=arrays, size_cap=self.registry.cap_effect(available),
             first_claims=(self.registry.first_claims(selected)
                           if (draw.estimator or o.estimator) == "ratio" else None),
+            benched=benched,
         )
         if logging.getLogger("flwr").isEnabledFor(INFO):  # the line is made only to be shown
             log(INFO, "configure_train: %s", round_line(
@@ -253,6 +256,7 @@ class StratifiedSelection(Strategy):
             notes = notes + fixed
         else:
             log(WARNING, "aggregate_train: no valid reply in round %d", server_round)
+        self._bench_replies(plan, triage)
         record = RoundRecord.from_round(plan, triage, weights, notes, selection=o.selection,
                                         estimator=o.estimator, allocation_rule=o.allocation)
         self._keep(record)
@@ -276,14 +280,39 @@ class StratifiedSelection(Strategy):
         return self.strategy.aggregate_evaluate(server_round, kept)
 
     # ------------------------------------------------------------------ helpers
-    def _population_sizes(self, available: Sequence[int]) -> np.ndarray:
-        """``n_i`` of ``available`` (the waiter's), cached while nodes and sizes are unchanged."""
-        key = (self._waiter.revision, id(self.registry), self.registry.version)
+    def _eligible(
+        self, available: Sequence[int], server_round: int
+    ) -> tuple[Sequence[int], int | None, tuple[int, ...]]:
+        """The round's population, its cache key and the nodes sitting out: the available nodes
+        but those sitting out (:mod:`.bench`; all of them if none would be left), keyed by the
+        waiter's revision while none sits out (else None: caches key on the nodes)."""
+        out = self.bench.out(server_round)
+        kept = tuple(n for n in available if n not in out) if out else ()
+        if not kept or len(kept) == len(available):
+            return available, self._waiter.revision, ()
+        return kept, None, tuple(sorted(set(available) - set(kept)))
+
+    def _population_sizes(self, available: Sequence[int], revision: int | None) -> np.ndarray:
+        """``n_i`` of ``available``, cached while the population (its ``revision``, None: not
+        cached) and the sizes are unchanged."""
+        if revision is None:
+            return self.registry.sizes(available)
+        key = (revision, id(self.registry), self.registry.version)
         if self._sizes_cache is None or self._sizes_cache[0] != key:
             sizes = self.registry.sizes(available)
             sizes.flags.writeable = False  # shared by the round's caches: never edited in place
             self._sizes_cache = (key, sizes)
         return self._sizes_cache[1]
+
+    def _bench_replies(self, plan: RoundPlan, triage: Triage) -> None:
+        """Count the selected nodes' usable and unusable replies (:mod:`.bench`)."""
+        usable = {v.node_id for v in triage.valid}
+        chosen = set(plan.selected) - usable  # a duplicate of a usable reply: no strike
+        for node, rounds, strikes in self.bench.record(
+                plan.round, usable, [p.node for p in triage.rejected if p.node in chosen],
+                [p.node for p in triage.failures if p.node in chosen]):
+            log(INFO, "node %d sits out the next %d round(s): %d unusable replies in a row",
+                node, rounds, strikes)
 
     def _keep(self, record: RoundRecord) -> None:
         self.records.append(record)
@@ -308,6 +337,7 @@ class StratifiedSelection(Strategy):
             "registry": self.registry.state_dict(),
             "policy": self.policy.state_dict(),
             **({"controls": self.controls.state_dict()} if self.controls else {}),
+            "bench": self.bench.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -331,6 +361,7 @@ class StratifiedSelection(Strategy):
         self.policy.load_state_dict(state["policy"])
         if self.controls is not None:
             self.controls.load_state_dict(state.get("controls", {}))
+        self.bench = Bench.from_state(state.get("bench"))
         self._pending, self._avail_key, self._sizes_cache = None, None, None
 
 
