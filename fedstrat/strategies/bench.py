@@ -1,11 +1,12 @@
 """Nodes that sit out rounds after unusable replies.
 
-A node drawn to train whose reply is unusable sits out the next :math:`\\min(b\\,2^{c-1}, B)`
-rounds, :math:`c` its unusable replies in a row, :math:`B` = :data:`BENCH_MAX` and :math:`b`
-= :data:`FIRST_REJECTED` when the reply was rejected (what it sent cannot be aggregated:
-invalid arrays, NaN / Inf, a size claim that contradicts its learned size, an update that
-would overflow; an honest node does not send that by chance), :data:`FIRST_FAILED` when it
-failed (an error reply, or no reply before the timeout: often transient). A usable reply sets
+A node drawn to train whose reply is unusable sits out the next rounds; :math:`c` counts its
+unusable replies in a row, :math:`B` = :data:`BENCH_MAX`. A rejected reply (what it sent cannot
+be aggregated: invalid arrays, NaN / Inf, a size claim that contradicts its learned size, an
+update that would overflow; an honest node does not send that by chance) benches it for
+:math:`\\min(b\\,2^{c-1}, B)` rounds, :math:`b` = :data:`FIRST_REJECTED`. A failed one (an
+error reply, or no reply before the timeout: often transient, e.g. a node restarting) is
+forgiven once, then benches it for :math:`\\min(2^{c-2}, B)` rounds. A usable reply sets
 :math:`c` back to 0. While it sits out it is not part of the round's population: no training
 slot is spent on it and no stratum waits for tracked evidence from it (a stratum of nodes that
 never answer usably would otherwise hold every decision at the proxy's, and take a slot each
@@ -21,8 +22,8 @@ from typing import Any
 
 #: the longest sit-out, in rounds
 BENCH_MAX = 64
-#: the first sit-out after a rejected reply / a failed one, in rounds
-FIRST_REJECTED, FIRST_FAILED = 16, 1
+#: the first sit-out after a rejected reply, in rounds
+FIRST_REJECTED = 16
 
 
 @dataclass
@@ -46,15 +47,17 @@ class Bench:
         for n in usable:
             self.strikes.pop(int(n), None)
             self.until.pop(int(n), None)
-        first = {int(n): FIRST_FAILED for n in failed}
-        first.update({int(n): FIRST_REJECTED for n in rejected})
+        kind = dict.fromkeys((int(n) for n in failed), False)
+        kind.update(dict.fromkeys((int(n) for n in rejected), True))
         out = []
-        for n in sorted(first):
+        for n in sorted(kind):
             c = self.strikes.get(n, 0) + 1
             self.strikes[n] = c
-            length = min(first[n] * 2 ** (c - 1), BENCH_MAX)
-            self.until[n] = server_round + length
-            out.append((n, length, c))
+            length = (min(FIRST_REJECTED * 2 ** (c - 1), BENCH_MAX) if kind[n]
+                      else 0 if c == 1 else min(2 ** (c - 2), BENCH_MAX))
+            if length:
+                self.until[n] = server_round + length
+                out.append((n, length, c))
         return out
 
     def state_dict(self) -> dict[str, Any]:

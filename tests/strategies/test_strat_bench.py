@@ -8,7 +8,7 @@ from flwr.serverapp.strategy import FedAvg
 from strathelpers import global_arrays, make_population, population_grid, train_reply
 
 from fedstrat.strategies import StratifiedSelection
-from fedstrat.strategies.bench import BENCH_MAX, FIRST_FAILED, FIRST_REJECTED, Bench
+from fedstrat.strategies.bench import BENCH_MAX, FIRST_REJECTED, Bench
 
 
 def test_sit_outs_double_with_unusable_replies_in_a_row_and_end_with_a_usable_one():
@@ -16,12 +16,12 @@ def test_sit_outs_double_with_unusable_replies_in_a_row_and_end_with_a_usable_on
     lengths = [b.record(r, [], [7])[0][1] for r in (1, 20, 60, 130, 200)]
     assert lengths == [FIRST_REJECTED, 2 * FIRST_REJECTED, 4 * FIRST_REJECTED, BENCH_MAX,
                        BENCH_MAX]
-    assert [b.record(r, [], [], [8])[0][1] for r in (1, 3, 6)] == [FIRST_FAILED,
-                                                                   2 * FIRST_FAILED,
-                                                                   4 * FIRST_FAILED]
-    assert 8 in b.out(7) and 8 in b.out(10) and 8 not in b.out(11)
-    b.record(11, [8], [])  # a usable reply: no strike left
-    assert b.record(12, [], [], [8]) == [(8, FIRST_FAILED, 1)]
+    # a failed reply (error, silence) is forgiven once, then 1, 2, 4, ... rounds
+    assert b.record(1, [], [], [8]) == [] and 8 not in b.out(2)
+    assert [b.record(r, [], [], [8])[0][1] for r in (2, 4, 7)] == [1, 2, 4]
+    assert 8 in b.out(8) and 8 in b.out(11) and 8 not in b.out(12)
+    b.record(12, [8], [])  # a usable reply: no strike left
+    assert b.record(13, [], [], [8]) == [] and b.record(14, [], [], [8]) == [(8, 1, 2)]
     assert Bench.from_state(b.state_dict()) == b
 
 
