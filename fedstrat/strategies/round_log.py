@@ -75,14 +75,15 @@ def tracked_counts(policy: Any, sp: StrataPlan) -> np.ndarray | None:
 
 def round_line(server_round: int, selection: str, draw: Draw, n_selected: int, n_available: int,
                policy: Any) -> str:
-    """The per-round line: ``round 3: StratifiedSelection (stratified) chose 10 of 20 nodes;
-    pps, 4 strata this round, m_h=[...]; <ratio or "not enough evidence yet">``."""
-    head = (f"round {server_round}: StratifiedSelection ({selection}) chose {n_selected} of "
-            f"{n_available} nodes")
+    """The per-round line: ``round 3: StratifiedSelection (selection=stratified) chose 10 of 20
+    nodes; design pps, 4 strata this round, m_h=[...]; <ratio or "not enough evidence yet">``
+    (a FedAvg round: ``...; design fedavg (<why>)``)."""
+    head = (f"round {server_round}: StratifiedSelection (selection={selection}) chose "
+            f"{n_selected} of {n_available} nodes")
     sp = draw.strata
     if sp is None:
-        why = f"; {draw.design}" + (f" ({draw.reason})" if draw.reason else "")
+        why = f"; design {draw.design}" + (f" ({draw.reason})" if draw.reason else "")
         return head + why
-    return (f"{head}; {draw.design}, {len(sp.allocation)} strata this round, "
+    return (f"{head}; design {draw.design}, {len(sp.allocation)} strata this round, "
             f"m_h={[int(a) for a in sp.allocation]}; "
             f"{ratio_text(sp, tracked_counts(policy, sp))}")

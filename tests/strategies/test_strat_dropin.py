@@ -197,7 +197,7 @@ def test_one_round_line_agrees_with_the_metrics(caplog):
     with caplog.at_level(logging.INFO, logger="flwr"):
         out = run_rounds(s, LocalGrid(list(NODES), plain_client()), 6)
     msgs = [r.getMessage() for r in caplog.records]
-    lines = [m for m in msgs if "StratifiedSelection (stratified) chose" in m]
+    lines = [m for m in msgs if "StratifiedSelection (selection=stratified) chose" in m]
     assert len(lines) == 6
     assert not any("Sampled" in m for m in msgs)  # the wrapped strategy's own sampling line
     assert not any(re.search(r"\binf\b|infx", m) for m in msgs)
