@@ -190,7 +190,8 @@ def _print_run_summary(result: Any) -> None:
 
 # ---------------------------------------------------------------------------------- compare
 @app.command()
-@run_options(exclude=("selection", "seed"))
+@run_options(exclude=("selection", "seed", "resume"),  # --skip-existing reuses finished runs
+             helps={"out": "Output directory (default runs/compare-<timestamp>)."})
 def compare(
     *,
     run_opts: dict[str, Any],
@@ -325,7 +326,8 @@ def _measure_into(
 
 # ---------------------------------------------------------------------------------- measure
 @app.command("measure-variance")
-@run_options(exclude=("rounds", "selection", "resume"))  # --measure-rounds, --selections
+@run_options(exclude=("rounds", "selection", "resume"),  # --measure-rounds, --selections
+             helps={"out": "Output directory (default runs/variance-<timestamp>)."})
 def measure_variance_cmd(
     *,
     run_opts: dict[str, Any],

@@ -122,13 +122,17 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def run_options(exclude: Iterable[str] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator adding one ``--option`` per RunConfig field (minus ``exclude``) to a command.
+def run_options(
+    exclude: Iterable[str] = (), helps: Mapping[str, str] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator adding one ``--option`` per RunConfig field (minus ``exclude``) to a command;
+    ``helps``: this command's own help text of some of them (e.g. its default ``--out``).
 
     The wrapped function receives the given values as ``run_opts: dict[str, Any]`` (only options
     that were given explicitly, i.e. not ``None``), plus ``config`` and ``set_values``.
     """
     excluded = set(exclude)
+    own_help = dict(helps or {})
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         own = inspect.signature(func, eval_str=True)
@@ -141,7 +145,8 @@ def run_options(exclude: Iterable[str] = ()) -> Callable[[Callable[..., Any]], C
         for name, typ in config_fields():
             if name in excluded:
                 continue
-            help_text = HELP.get(name, f"Run option {name.replace('_', '-')}.")
+            help_text = own_help.get(name) or HELP.get(name,
+                                                       f"Run option {name.replace('_', '-')}.")
             added.append(
                 inspect.Parameter(
                     name,

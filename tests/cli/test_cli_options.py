@@ -66,8 +66,9 @@ def test_compare_help() -> None:
     text = _help("compare")
     for flag in ("--selections", "--seeds", "--measure-variance", "--dataset", "--alpha", "--out"):
         assert flag in text, flag
-    # selection and seed are given as lists here, not as single options
-    assert "--selection " not in text and "--seed " not in text
+    # selection and seed are given as lists here, not as single options; no --resume
+    assert "--selection " not in text and "--seed " not in text and "--resume" not in text
+    assert "runs/compare-" in text
 
 
 def test_measure_and_report_help() -> None:
@@ -76,6 +77,7 @@ def test_measure_and_report_help() -> None:
         assert flag in text, flag
     # what would do nothing here is not offered: rounds are --measure-rounds
     assert "--rounds " not in text and "--selection " not in text and "--resume" not in text
+    assert "runs/variance-" in text
     assert runner.invoke(app, ["measure-variance", "--rounds", "1,10"]).exit_code == 2
     assert "RUN_DIRS" in _help("report")
 
