@@ -12,6 +12,7 @@ from flwr.serverapp import Grid
 
 from .node_registry import NodeRegistry
 from .profiling import make_profile_messages, parse_profile_reply
+from .reply_validation import error_reason
 
 log = logging.getLogger("flwr").log
 
@@ -161,9 +162,10 @@ def profile_nodes(
             continue
         answered.add(node)
         parsed = parse_profile_reply(reply)
-        if isinstance(parsed, str):
-            registry.set_profile_failed(node, parsed)
-            failed[parsed] = failed.get(parsed, 0) + 1
+        if isinstance(parsed, str):  # one line; nodes with the same cause counted together
+            why = NO_HANDLER if NO_HANDLER in parsed else error_reason(parsed)
+            registry.set_profile_failed(node, why)
+            failed[why] = failed.get(why, 0) + 1
         else:
             registry.set_profile(node, *parsed)
     for node in node_ids:

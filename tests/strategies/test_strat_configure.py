@@ -286,6 +286,26 @@ def test_fedavg_until_tracked_evidence_gives_no_stale_prediction():
                            for w in waiting)
 
 
+def test_nodes_without_a_profiling_handler_are_one_line_whatever_their_tracebacks(caplog):
+    # Ray's error reason carries each node's pid and actor: still one line for all of them
+    pop = make_population(n=12, classes=3, dim=6, seed=2)
+    handler = population_grid(pop).handler
+
+    def answer(msg):
+        if msg.metadata.message_type == MessageType.QUERY:
+            raise ValueError(f"ray::ClientAppActor.run() (pid={msg.metadata.dst_node_id})\n"
+                             "ValueError: No query function registered with name 'default'")
+        return handler(msg)
+
+    s = StratifiedSelection(FedAvg(fraction_evaluate=0.0), clients_per_round=4,
+                            profiling="query")
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        run(s, LocalGrid(list(pop.node_ids), answer), global_arrays(6), [1])
+    lines = [r.getMessage() for r in caplog.records if "profil" in r.getMessage().lower()]
+    assert any(m.startswith("12 nodes have no profiling handler") for m in lines), lines
+    assert not any("Profiling failed" in m for m in lines), lines
+
+
 def test_new_nodes_join_nearest_stratum():
     pop = make_population(n=30, classes=3, dim=6, alpha=0.05, seed=9)
     first = pop.node_ids[:24]
