@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedstrat.sampling import SelfNormalisedSampler
 from fedstrat.strategies.plan import SamplerSpec
 from fedstrat.strategies.policies import policy_class
 
@@ -51,24 +52,6 @@ MEASURED_SELECTIONS: tuple[str, ...] = (*MEASURABLE[:8], "fedavg")
 DIFFERENCE_SELECTIONS: tuple[str, ...] = tuple(
     k for k, (_, o) in MEASURED.items() if o.get("estimator") == "difference"
 )
-
-
-class SelfNormalisedSampler:
-    """A sampler whose weights are rescaled to sum to 1 (the ratio / FedAvg estimator
-    ``sum_s w_i Delta_i / sum_s w_i``; biased, ``unbiased=False``)."""
-
-    def __init__(self, sampler: Any) -> None:
-        self.sampler = sampler
-        self.n_clients = sampler.n_clients
-        self.m = sampler.m
-
-    def sample(self, rng: np.random.Generator | None = None) -> Any:
-        from fedstrat.sampling import Selection
-
-        sel = self.sampler.sample(rng)
-        w = np.asarray(sel.weights, dtype=np.float64)
-        return Selection(ids=sel.ids, inclusion=sel.inclusion, weights=w / w.sum(),
-                         strata=sel.strata, allocation=sel.allocation, unbiased=False)
 
 
 def _stratum_dispersion(

@@ -101,9 +101,9 @@ class DifferenceReplay(PolicyReplay):
     def _measure(
         self, round_: int, upd: np.ndarray, resid: np.ndarray, sizes: np.ndarray, draw: Any
     ) -> Any:
+        from fedstrat.sampling import SelfNormalisedSampler
         from fedstrat.sampling.difference import ResidualPPSSampler
 
-        from .samplers import SelfNormalisedSampler
         from .variance import Population, monte_carlo
 
         d = draw.decision

@@ -186,7 +186,7 @@ def run_rows(
         )
         rows.append(st.to_dict())
     if pr.fedavg_sampler is not None and pr.predicted_fedavg is not None:
-        from .samplers import SelfNormalisedSampler
+        from fedstrat.sampling import SelfNormalisedSampler
 
         fr = monte_carlo(
             pop, SelfNormalisedSampler(pr.fedavg_sampler), n_samples,

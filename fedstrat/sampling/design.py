@@ -11,7 +11,7 @@ import numpy as np
 from ._validate import as_count, as_sizes, as_updates
 from .allocation import neyman_allocation
 from .baseline import fedavg_variance
-from .samplers import StratifiedSampler, UniformSampler
+from .samplers import SelfNormalisedSampler, StratifiedSampler, UniformSampler
 from .strata import Strata, stratify_by_sketches
 from .variance import estimator_variance, stratum_statistics, uniform_variance
 
@@ -80,10 +80,13 @@ class DesignChoice:
 
     def make_sampler(
         self, sizes: np.ndarray | list, m: int, seed: int = 0
-    ) -> UniformSampler | StratifiedSampler:
-        """Instantiate the chosen sampler."""
+    ) -> UniformSampler | SelfNormalisedSampler | StratifiedSampler:
+        """Instantiate the chosen design: "fedavg" a :class:`SelfNormalisedSampler` around the
+        uniform one (FedAvg's weights, as :attr:`predicted_variance` assumes), "uniform" the
+        :class:`UniformSampler` (HT weights), else the stratified sampler."""
         if self.strata is None or self.allocation is None:
-            return UniformSampler(sizes, m, seed=seed)
+            uniform = UniformSampler(sizes, m, seed=seed)
+            return SelfNormalisedSampler(uniform) if self.design == "fedavg" else uniform
         return StratifiedSampler(sizes, self.strata, self.allocation, self.design, seed=seed)
 
 

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 
 from ._validate import as_count, as_sizes, as_updates, make_rng
-from .selection import Selection
+from .selection import Sampler, Selection
 from .strata import Strata
 
 __all__ = [
@@ -54,6 +54,24 @@ class UniformSampler:
             inclusion=np.full(self.m, pi),
             weights=self.p[ids] / pi,
         )
+
+
+class SelfNormalisedSampler:
+    """``sampler`` with its weights rescaled to sum to 1: the ratio (Hajek) estimator
+    ``sum_s w_i Delta_i / sum_s w_i``; around :class:`UniformSampler` it is FedAvg
+    (``w_i = p_i / sum_{j in s} p_j``). Biased (``unbiased=False``), its MSE to first order the
+    design variance of ``Delta_i - T`` (:func:`fedstrat.sampling.baseline.fedavg_variance`)."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+        self.n_clients = sampler.n_clients
+        self.m = sampler.m
+
+    def sample(self, rng: np.random.Generator | None = None) -> Selection:
+        sel = self.sampler.sample(rng)
+        w = np.asarray(sel.weights, dtype=np.float64)
+        return Selection(ids=sel.ids, inclusion=sel.inclusion, weights=w / w.sum(),
+                         strata=sel.strata, allocation=sel.allocation, unbiased=False)
 
 
 class MultinomialSampler:

@@ -1,6 +1,7 @@
 """choose_design never picks something predicted worse than uniform."""
 
 import numpy as np
+import pytest
 
 from fedstrat.sampling import (
     StratifiedSampler,
@@ -52,11 +53,24 @@ def test_choose_design_falls_back_to_the_baseline():
     choice = choose_design(sizes, np.tile([1.0, 1.0], (10, 1)), 4, candidate_strata=(2,))
     assert choice.design == "fedavg" and choice.strata is None
     assert "fallback to fedavg" in choice.reason
-    assert isinstance(choice.make_sampler(sizes, 4), UniformSampler)
     old = choose_design(
         sizes, np.tile([1.0, 1.0], (10, 1)), 4, candidate_strata=(2,), baseline="uniform"
     )
     assert old.design == "uniform" and "fallback to uniform" in old.reason
+    assert isinstance(old.make_sampler(sizes, 4), UniformSampler)
+
+
+def test_the_fedavg_fallback_samples_with_fedavgs_weights():
+    # the design chosen is FedAvg (uniform draw, self-normalised weights): its sampler must
+    # weigh as FedAvg does, so that identical updates aggregate exactly (predicted MSE ~0),
+    # which HT weights (sum 0.59 here) do not
+    sizes = np.arange(1, 41.0)
+    choice = choose_design(sizes, np.ones((40, 5)), 8)
+    assert choice.design == "fedavg" and choice.predicted_variance < 1e-20
+    for seed in range(5):
+        sel = choice.make_sampler(sizes, 8, seed=seed).sample()
+        assert sel.weights == pytest.approx(sizes[sel.ids] / sizes[sel.ids].sum(), rel=1e-12)
+        assert not sel.unbiased
 
 
 def test_choose_design_compares_with_fedavg_not_uniform_ht():
