@@ -49,7 +49,11 @@ def as_nonneg(values: np.ndarray | list, name: str) -> np.ndarray:
 
 def as_count(value: int, name: str, minimum: int = 1) -> int:
     """Validate an integer count ``>= minimum``."""
-    if isinstance(value, bool) or int(value) != value:
+    try:
+        whole = not isinstance(value, bool) and int(value) == value
+    except (TypeError, ValueError, OverflowError):  # None, NaN, inf, text
+        whole = False
+    if not whole:
         raise ValueError(f"{name} must be an integer, got {value!r}")
     value = int(value)
     if value < minimum:

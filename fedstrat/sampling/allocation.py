@@ -167,14 +167,16 @@ def neyman_allocation(
     sd = as_nonneg(stds, "stds")
     if sd.shape != sz.shape:
         raise ValueError(f"stds has length {sd.size}, sizes has length {sz.size}")
-    a = sz * sd
+    # the allocation depends on the a_h only up to a common factor: scale each input by its
+    # largest value, so that a^2 neither overflows (S_h ~ 1e160) nor underflows (~ 1e-170)
+    a = (sz / sz.max()) * (sd / sd.max() if sd.max() > 0 else sd)
     if costs is not None:
         c = as_nonneg(costs, "costs")
         if c.shape != sz.shape:
             raise ValueError("costs must have the same length as sizes")
         if np.any(c <= 0):
             raise ValueError("costs must be strictly positive")
-        a = a / np.sqrt(c)
+        a = a / np.sqrt(c / c.max())
     m = as_count(m, "m", minimum=0)
     lower, upper = _bounds(sz, m, min_per_stratum, capacity)
     a2 = a * a

@@ -144,7 +144,10 @@ def _chi2_ppf(q: float, df: float) -> float:
 
 
 def satterthwaite_band(terms: np.ndarray, dfs: np.ndarray, level: float = 0.8) -> Band:
-    """Band of ``V = sum terms`` (module doc); ``dfs`` = inf marks exact terms."""
+    """Band of ``V = sum terms`` (module doc); ``dfs`` = inf marks exact terms; ``level`` in
+    (0, 1)."""
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
     a = np.asarray(terms, dtype=np.float64)
     d = np.asarray(dfs, dtype=np.float64)
     v = float(a.sum())

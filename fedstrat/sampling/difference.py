@@ -29,7 +29,12 @@ from .allocation import neyman_allocation
 from .samplers import StratifiedSampler, pps_inclusion
 from .selection import Selection
 from .strata import Strata
-from .variance import estimator_variance, multinomial_variance, uniform_variance
+from .variance import (
+    check_allocation,
+    estimator_variance,
+    multinomial_variance,
+    uniform_variance,
+)
 
 __all__ = [
     "DIFFERENCE_DESIGNS",
@@ -74,6 +79,8 @@ def difference_estimate(
         u = u[:, None]
     ids = np.asarray(selection.ids, dtype=np.int64)
     resid = u[ids] - c[ids]
+    if not (np.isfinite(resid).all() and np.isfinite(c).all()):
+        raise ValueError("the selected updates and the controls must be finite")
     return (sz / sz.sum()) @ c + np.asarray(selection.weights, np.float64) @ resid
 
 
@@ -278,6 +285,22 @@ def _pps_terms(
     return out
 
 
+def _strata_of(strata: Strata | np.ndarray | list, n: int) -> Strata:
+    """``strata`` as :class:`Strata` labelling all ``n`` clients (else ValueError)."""
+    st = strata if isinstance(strata, Strata) else Strata(strata)
+    if st.n_clients != n:
+        raise ValueError(f"strata label {st.n_clients} clients, sizes has {n}")
+    return st
+
+
+def _size_measure(size_measure: np.ndarray | list, n: int) -> np.ndarray:
+    """The positive size measure of all ``n`` clients (else ValueError)."""
+    z = as_sizes(size_measure, "size_measure")
+    if len(z) != n:
+        raise ValueError(f"size_measure has {len(z)} values, sizes has {n}")
+    return z
+
+
 def residual_pps_allocation(
     residuals: np.ndarray,
     sizes: np.ndarray | list,
@@ -288,8 +311,8 @@ def residual_pps_allocation(
     """Neyman allocation of the residual pps design: ``m_h ∝ a_h`` (``a_h^2`` the one-draw
     variance of stratum h's residual total under pps by ``size_measure``), ``1 <= m_h <= N_h``."""
     sz = as_sizes(sizes)
-    st = strata if isinstance(strata, Strata) else Strata(strata)
-    z = as_sizes(size_measure, "size_measure")
+    st = _strata_of(strata, len(sz))
+    z = _size_measure(size_measure, len(sz))
     a2 = _pps_terms(as_updates(residuals, len(sz)), sz / sz.sum(), st.labels, z)
     return np.asarray(neyman_allocation(np.ones(st.n_strata), np.sqrt(a2), m,
                                         capacity=st.sizes), dtype=np.int64)
@@ -307,15 +330,16 @@ def residual_pps_variance(
     (certainties contribute 0), as :func:`~fedstrat.sampling.estimator_variance` for pps."""
     sz = as_sizes(sizes)
     p = sz / sz.sum()
-    st = strata if isinstance(strata, Strata) else Strata(strata)
-    z = as_sizes(size_measure, "size_measure")
+    st = _strata_of(strata, len(sz))
+    z = _size_measure(size_measure, len(sz))
     e = as_updates(residuals, len(sz))
+    alloc = check_allocation(st, allocation)
     total = 0.0
     for h in range(st.n_strata):
         mem = st.members(h)
-        pi = pps_inclusion(z[mem], int(allocation[h]))
+        pi = pps_inclusion(z[mem], int(alloc[h]))
         rest = mem[pi < 1.0]
-        m_rest = int(allocation[h]) - int(np.sum(pi >= 1.0))
+        m_rest = int(alloc[h]) - int(np.sum(pi >= 1.0))
         if len(rest) and m_rest > 0:
             one = np.zeros(len(rest), dtype=np.int64)
             total += float(_pps_terms(e[rest], p[rest], one, z[rest])[0]) / m_rest

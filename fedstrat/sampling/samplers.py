@@ -109,9 +109,12 @@ def pps_inclusion(p: np.ndarray, m: int) -> np.ndarray:
     remaining ``m' = m - #certain`` are spread proportionally to ``p`` over the rest.
     """
     p = np.asarray(p, dtype=np.float64)
-    m = int(m)
-    if m > len(p) or m < 0:
-        raise ValueError(f"cannot draw {m} distinct units from {len(p)}")
+    m = as_count(m, "m", minimum=0)
+    if p.ndim != 1 or not np.isfinite(p).all() or (p < 0).any():
+        raise ValueError("p must be a 1-D array of finite, non-negative values")
+    if m > int(np.count_nonzero(p)):
+        raise ValueError(f"cannot draw {m} distinct units with probability proportional to p "
+                         f"from {int(np.count_nonzero(p))} units with p > 0")
     pi = np.zeros(len(p))
     certain = np.zeros(len(p), dtype=bool)
     while True:
@@ -136,7 +139,10 @@ def systematic_pps(pi: np.ndarray, g: np.random.Generator) -> np.ndarray:
     Given ``0 < pi_i < 1`` with integer sum ``k``, returns ``k`` distinct positions with
     ``P(i selected) = pi_i`` exactly.
     """
-    k = int(round(pi.sum()))
+    total = float(pi.sum())
+    k = int(round(total))
+    if abs(total - k) > 1e-6 * max(1.0, total):
+        raise ValueError(f"inclusion probabilities must sum to an integer, got {total:.12g}")
     if k == 0:
         return np.empty(0, dtype=np.int64)
     perm = g.permutation(len(pi))

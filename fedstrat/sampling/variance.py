@@ -61,7 +61,9 @@ def multinomial_variance(updates: np.ndarray, sizes: np.ndarray | list, m: int) 
     return float(p @ np.sum((upd - t) ** 2, axis=1)) / m
 
 
-def _check_alloc(strata: Strata, allocation: np.ndarray | list) -> np.ndarray:
+def check_allocation(strata: Strata, allocation: np.ndarray | list) -> np.ndarray:
+    """``allocation`` as int64 ``m_h``, one per stratum with ``1 <= m_h <= N_h`` (else
+    ValueError)."""
     alloc = np.asarray(allocation)
     if alloc.shape != (strata.n_strata,) or np.any(alloc != np.round(alloc)):
         raise ValueError(f"allocation must be {strata.n_strata} integers")
@@ -93,7 +95,7 @@ def estimator_variance(
     st = strata if isinstance(strata, Strata) else Strata(strata)
     if st.n_clients != n:
         raise ValueError("strata must label every client")
-    alloc = _check_alloc(st, allocation)
+    alloc = check_allocation(st, allocation)
     p = sz / sz.sum()
     total = 0.0
     for h in range(st.n_strata):
@@ -261,7 +263,9 @@ def predicted_variance(
     strat = float(np.sum(terms))
     var_in = sd * sd
     n_total = float(cnt.sum())
-    m_u = float(alloc.sum()) if m is None else float(m)
+    m_u = float(alloc.sum()) if m is None else float(as_count(m, "m"))
+    if m_u > n_total:
+        raise ValueError(f"m={m_u:g} exceeds the number of clients {n_total:g}")
     nobs = None if mean_counts is None else np.asarray(mean_counts, dtype=np.float64)
     within = float(np.sum((mass / cnt) ** 2 * cnt * var_in))
     between = 0.0
