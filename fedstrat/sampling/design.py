@@ -149,9 +149,12 @@ def choose_design(
         if np.any(tot <= 0):
             raise ValueError("normalize=True needs a positive row sum for every client")
         feats = feats / tot
+    designs = (designs,) if isinstance(designs, str) else tuple(designs)
     for d in designs:
         if d not in ("pps", "srswor"):
             raise ValueError(f"unknown design {d!r}")
+    if not 0.0 <= float(rel_margin) < 1.0:
+        raise ValueError(f"rel_margin must be in [0, 1), got {rel_margin!r}")
     if baseline not in ("fedavg", "uniform"):
         raise ValueError(f"baseline must be 'fedavg' or 'uniform', got {baseline!r}")
     v_uni = uniform_variance(feats, sz, m)

@@ -119,6 +119,10 @@ def _kmeans_strata_impl(
     from sklearn.metrics import silhouette_score
 
     n = x.shape[0]
+    if max_strata is not None:
+        as_count(max_strata, "max_strata")
+    if fit_sample is not None:
+        as_count(fit_sample, "fit_sample", minimum=2)
     rng = np.random.default_rng(seed)
     if fit_sample is not None and n > fit_sample:
         fit_idx = np.sort(rng.choice(n, size=fit_sample, replace=False))

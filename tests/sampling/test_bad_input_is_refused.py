@@ -8,10 +8,12 @@ import pytest
 
 from fedstrat.sampling import (
     Selection,
+    choose_design,
     neyman_allocation,
     pps_inclusion,
     predicted_variance,
     satterthwaite_band,
+    stratify_by_histograms,
     systematic_pps,
 )
 from fedstrat.sampling.difference import (
@@ -71,3 +73,17 @@ def test_the_difference_helpers_refuse_inconsistent_input():
     bad[4, 0] = np.nan
     with pytest.raises(ValueError, match="finite"):
         difference_estimate(sel, bad, np.zeros((6, 2)), sizes)
+
+
+def test_design_choice_options_are_checked_or_read_as_meant():
+    rng = np.random.default_rng(0)
+    hist = rng.multinomial(50, [0.25] * 4, 30).astype(float)
+    sizes = np.full(30, 50.0)
+    # one design given as a string is that design (it was read letter by letter: 'p')
+    assert choose_design(sizes, hist, 5, designs="pps").design in ("pps", "fedavg")
+    with pytest.raises(ValueError, match="rel_margin"):  # -1 let a worse design win
+        choose_design(sizes, hist, 5, rel_margin=-1)
+    for kw, name in (({"max_strata": 0}, "max_strata"), ({"max_strata": -3}, "max_strata"),
+                     ({"fit_sample": 0}, "fit_sample")):
+        with pytest.raises(ValueError, match=name):  # 0 meant 20, -3 one stratum
+            stratify_by_histograms(hist, **kw)
