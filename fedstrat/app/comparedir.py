@@ -363,6 +363,24 @@ def find_runs(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
     return runs, compares
 
 
+#: run options that may differ between the runs of one comparison: its rows are selections,
+#: its repeats seeds; the rest (where the run went, how long it may wait) changes no result
+FREE_OPTIONS = frozenset({
+    "selection", "seed", "rounds", "out", "resume", "device", "data_root", "ray_address",
+    "eval_every", "target_accuracy", "node_wait_timeout", "round_timeout", "profile_timeout",
+})
+
+
+def setting_differences(runs: Sequence[RunData]) -> list[str]:
+    """The run options outside :data:`FREE_OPTIONS` whose values differ between ``runs``
+    (empty: one setting, whose seeds a comparison may pool per selection)."""
+    if not runs:
+        return []
+    base = runs[0].config.to_dict()
+    return sorted({k for r in runs[1:] for k, v in r.config.to_dict().items()
+                   if k not in FREE_OPTIONS and base.get(k) != v})
+
+
 def write_comparison(
     runs: Sequence[RunData],
     out_dir: Path,

@@ -41,7 +41,8 @@ def report_dirs(
     plots: bool = True,
 ) -> None:
     """``fedstrat report``: print the runs in ``paths`` (run and compare directories), redraw
-    each run's ``plots/`` (``plots``), and with several runs or a compare directory write a
+    each run's ``plots/`` (``plots``), and with several runs of one setting
+    (:func:`~fedstrat.app.comparedir.setting_differences`) or a compare directory write a
     comparison to ``out`` (default: the compare directory's ``compare/``, else
     ``default_out``). ``target`` > 0 replaces the runs' target. Raises
     :class:`~fedstrat.app.rundir.RunDirError` for anything that is not a readable run."""
@@ -55,6 +56,11 @@ def report_dirs(
             s = r.summary
             title = f"{s.selection} seed {s.seed}"
             plot_run(r.path / PLOTS_DIR, r.rows, s.metric, s.loss_metric, title=title)
+    differ = comparedir.setting_differences(runs)
+    if differ:  # a row pools the seeds of one selection: only within one setting
+        console.print(f"no comparison written: these runs differ in {', '.join(differ)} "
+                      "(report each setting's runs together)")
+        return
     if len(runs) > 1 or compares:
         measured: dict[str, float] = {}
         for c in compares:

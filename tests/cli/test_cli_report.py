@@ -109,6 +109,27 @@ def test_report_command_on_runs_and_compare_dir(tmp_path: Path) -> None:
     assert {r["selection"] for r in data["rows"]} == {"stratified", "uniform"}
 
 
+def test_report_pools_seeds_only_within_one_setting(tmp_path: Path) -> None:
+    # two "stratified" runs of other settings (here the learning rate and the estimator) are
+    # not two seeds of one row: report prints them, writes no comparison, says why
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write_run(a, "stratified", 0, [0.1, 0.6], 0.01)
+    _write_run(b, "stratified", 1, [0.1, 0.4], 0.01)
+    write_config(b, RunConfig(dataset="digits", selection="stratified", seed=1, rounds=1,
+                              target_accuracy=0.5, lr=0.3, estimator="difference"))
+    out = tmp_path / "rep"
+    res = runner.invoke(app, ["report", str(a), str(b), "--out", str(out)],
+                        env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    assert "no comparison written: these runs differ in estimator, lr" in res.stdout
+    assert not (out / "compare.json").exists()
+    write_config(b, RunConfig(dataset="digits", selection="stratified", seed=1, rounds=1,
+                              target_accuracy=0.5))  # the same setting, another seed: pooled
+    res = runner.invoke(app, ["report", str(a), str(b), "--out", str(out)])
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert res.exit_code == 0 and [r["n_runs"] for r in rows] == [2]
+
+
 def test_report_errors(tmp_path: Path) -> None:
     res = runner.invoke(app, ["report", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "not a directory" in res.stderr
