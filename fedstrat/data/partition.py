@@ -169,7 +169,7 @@ def _natural(
     if num_clients > len(groups):
         raise ValueError(
             f"natural partition by {key!r} has only {len(groups)} groups; num_clients="
-            f"{num_clients} is too many (use num_clients <= {len(groups)}, or 0 for one per group)"
+            f"{num_clients} is too many (at most {len(groups)}: one client per group)"
         )
     dealt = rng.permutation(len(groups))
     return [

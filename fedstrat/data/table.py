@@ -152,7 +152,7 @@ def _label(df: pd.DataFrame, schema: TableSchema, path: Path) -> np.ndarray:
     if not np.isin(v, (0.0, 1.0)).all():
         raise DataError(
             f"table {path}: label column {col!r} holds values other than 0/1 (e.g. "
-            f"{v[~np.isin(v, (0.0, 1.0))][0]!r}); add threshold = ... to [label]"
+            f"{float(v[~np.isin(v, (0.0, 1.0))][0]):g}); add threshold = ... to [label]"
         )
     return v.astype(np.float32)
 

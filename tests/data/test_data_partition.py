@@ -128,8 +128,9 @@ def test_natural_groups_and_merging() -> None:
             assert owner.setdefault(int(u), i) == i  # a group is never split
     again = partition_dataset(ds, "natural", 7, key="user", seed=2)
     assert all(np.array_equal(a, b) for a, b in zip(merged.indices, again.indices, strict=True))
-    with pytest.raises(ValueError, match="only 4 groups"):
+    with pytest.raises(ValueError, match="only 4 groups") as exc:
         partition_dataset(ds, "natural", 10, key="city")
+    assert "at most 4" in str(exc.value) and "or 0" not in str(exc.value)  # the CLI needs >= 1
     with pytest.raises(ValueError, match="user"):
         partition_dataset(ds, "natural", None, key="country")
     with pytest.raises(ValueError, match="key="):
