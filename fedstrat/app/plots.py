@@ -108,6 +108,9 @@ def plot_run(
         v > 0 for v in lows
     ):
         ax.set_yscale("log")
+    if not ax.lines:
+        ax.text(0.5, 0.5, "no round with a prediction from tracked updates",
+                ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("round")
     ax.set_ylabel("predicted MSE of the aggregate")
     ax.set_title("predicted MSE per round (band: 80%, tracked evidence)")
@@ -168,15 +171,20 @@ def plot_comparison(
         col = chosen if _band(curves, chosen)[0] else "pred_var"
         xs, mean, lo, hi = _band(curves, col)
         if xs and all(v > 0 for v in lo):
-            (line,) = ax.plot(xs, mean, label=sel if col == "pred_var" else f"{sel}: design used")
+            (line,) = ax.plot(xs, mean, marker="o", ms=3,  # a marker: one round is a point
+                              label=sel if col == "pred_var" else f"{sel}: design used")
             ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
             drew = True
             fx, fmean, _, _ = _band(curves, fedavg)
             if fx and all(v > 0 for v in fmean):
-                ax.plot(fx, fmean, ls="--", color=line.get_color(), label=f"{sel}: FedAvg")
+                ax.plot(fx, fmean, ls="--", marker="x", ms=3, color=line.get_color(),
+                        label=f"{sel}: FedAvg")
     if drew:
         ax.set_yscale("log")
         ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no round with a prediction from tracked updates",
+                ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("round")
     ax.set_ylabel("predicted MSE of the aggregate")
     ax.set_title("predicted MSE (tracked): mean and min-max over seeds; FedAvg dashed")
