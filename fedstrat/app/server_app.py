@@ -449,7 +449,7 @@ def _run(grid: Grid, cfg: RunConfig, run_dir: Path, progress: Path, t0: float) -
     summary = summarize(
         rows,
         cfg,
-        wall_seconds=time.perf_counter() - t0,
+        wall_seconds=elapsed0 + time.perf_counter() - t0,  # resumed: + the earlier rounds
         model=evaluator.model_name,
         resumed_from=ckpt.round if ckpt else None,
         unstable_nodes=len(stable_grid.unstable),

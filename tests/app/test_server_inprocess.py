@@ -72,6 +72,19 @@ def test_resume_matches_uninterrupted_run(runs: dict[str, Path]) -> None:
     assert json.loads((runs["resumed"] / "summary.json").read_text())["resumed_from"] == 2
 
 
+def test_a_resumed_runs_time_counts_the_rounds_before_the_resume(tmp_path: Path) -> None:
+    half = dataclasses.replace(BASE, rounds=2, out=str(tmp_path / "run"))
+    run_server(make_grid(half, 2), half)
+    state = tmp_path / "run" / "checkpoint" / "state.json"
+    saved = json.loads(state.read_text())
+    saved["elapsed"] = 1000.0  # as if its first two rounds had taken 1,000 s
+    state.write_text(json.dumps(saved))
+    resumed = dataclasses.replace(BASE, rounds=3, out=half.out, resume=half.out)
+    run_server(make_grid(resumed, 3), resumed)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["wall_seconds"] > 1000.0  # it counted only the resumed part
+
+
 def test_stable_ids_do_not_depend_on_flower_ids(runs: dict[str, Path]) -> None:
     summary = json.loads((runs["full"] / "summary.json").read_text())
     assert summary["unstable_nodes"] == 0 and summary["nodes"] == 10
