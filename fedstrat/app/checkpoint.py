@@ -7,13 +7,18 @@ complete array files)::
     server-opt-r<round>.npz  server-optimizer moments of FedAdam/FedYogi (``m_t.<key>``,
                              ``v_t.<key>``), only for those strategies
     state.json               {"round", "array_keys", "arrays_file", "server_opt_file",
-                              "strategy_state", "metrics", "elapsed", "config"}
+                              "strategy_state", "metrics", "elapsed", "config", "inputs"}
+
+``inputs``: the sha256 of the run's own input files (``data``, ``schema``;
+:func:`input_digests`), so that a resume can refuse files that changed since the run started
+(:func:`changed_inputs`; a checkpoint without the key is not checked).
 
 Older array files are removed after ``state.json`` has been replaced.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
@@ -77,6 +82,35 @@ def checkpoint_config(ckpt_dir: Path) -> dict[str, Any] | None:
     return config
 
 
+def input_digests(cfg: Any) -> dict[str, str]:
+    """``{"data": sha256, "schema": sha256}`` of the run's own input files (the options that
+    name one; none for the built-in datasets). OSError if a file cannot be read."""
+    out: dict[str, str] = {}
+    for key in ("data", "schema"):
+        path = getattr(cfg, key, "") or ""
+        if path:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            out[key] = digest.hexdigest()
+    return out
+
+
+def changed_inputs(ckpt_dir: Path, cfg: Any) -> list[str]:
+    """The input files (``"data (path)"``) whose sha256 differs from the one stored with the
+    checkpoint in ``ckpt_dir`` (empty for a checkpoint that stored none). ConfigError if the
+    checkpoint or a file cannot be read."""
+    try:
+        state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text(encoding="utf-8"))
+        saved = state.get("inputs") if isinstance(state, dict) else None
+        now = input_digests(cfg) if saved else {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"resume: cannot check the run's input files: {exc}") from exc
+    return [f"{k} ({getattr(cfg, k, '')})" for k, v in sorted((saved or {}).items())
+            if now.get(k) != v]
+
+
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
@@ -93,6 +127,7 @@ def save_checkpoint(
     elapsed: float,
     config: Mapping[str, Any],
     server_opt: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    inputs: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the checkpoint of ``round`` (see the module docstring); returns its folder."""
     ckpt = Path(run_dir) / CHECKPOINT_DIR
@@ -118,6 +153,7 @@ def save_checkpoint(
             "metrics": list(metrics),
             "elapsed": elapsed,
             "config": dict(config),
+            "inputs": dict(inputs or {}),
         },
     )
     keep = {arrays_file, opt_file, STATE_FILE}

@@ -33,7 +33,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi, Strategy
 
-from fedstrat.app.checkpoint import load_checkpoint, save_checkpoint
+from fedstrat.app.checkpoint import input_digests, load_checkpoint, save_checkpoint
 from fedstrat.app.config import RunConfig
 from fedstrat.app.grid import StableNodeGrid
 from fedstrat.app.plots import plot_run
@@ -377,6 +377,7 @@ def _run(grid: Grid, cfg: RunConfig, run_dir: Path, progress: Path, t0: float) -
     base = build_base_strategy(cfg)
     sampling_path = run_dir / SAMPLING_FILE
     strategy = build_strategy(cfg, base, sampling_path)
+    inputs = input_digests(cfg)  # with every checkpoint: a resume must read the same files
     stable_grid = StableNodeGrid(
         grid, epsilon=cfg.profile_epsilon, seed=cfg.seed, timeout=cfg.round_timeout
     )
@@ -420,6 +421,7 @@ def _run(grid: Grid, cfg: RunConfig, run_dir: Path, progress: Path, t0: float) -
             metrics=[r.to_dict() for r in rows],
             elapsed=elapsed,
             config=cfg.to_dict(),
+            inputs=inputs,
         )
         append_jsonl(progress, round_event(row, cfg.rounds))
         t_round[0] = time.perf_counter()

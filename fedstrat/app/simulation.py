@@ -38,6 +38,7 @@ from typing import Any
 
 from fedstrat.app import procs
 from fedstrat.app.checkpoint import (
+    changed_inputs,
     checkpoint_config,
     checkpoint_round,
     find_checkpoint_dir,
@@ -169,6 +170,13 @@ def prepare_job(cfg: RunConfig) -> RunConfig:
                 + ", ".join(diff)
                 + " (leave them out: --resume continues with the saved configuration; from "
                 "Python, fedstrat.app.simulation.resume_config gives it)"
+            )
+        changed = changed_inputs(ckpt, cfg)
+        if changed:
+            raise ConfigError(
+                f"resume: {', '.join(changed)} changed since the run started (its sha256 "
+                "differs from the one saved with the checkpoint); a resumed run must train on "
+                "the same files"
             )
         done = checkpoint_round(ckpt)
         if done > cfg.rounds:

@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedstrat.app import procs
-from fedstrat.app.checkpoint import save_checkpoint
+from fedstrat.app.checkpoint import input_digests, save_checkpoint
 from fedstrat.app.config import ConfigError, RunConfig
 from fedstrat.app.rundir import MetricsRow, summarize, write_config, write_metrics, write_summary
 from fedstrat.app.simulation import (
@@ -190,6 +190,28 @@ def test_resume_uses_the_configuration_saved_with_the_checkpoint(tmp_path: Path)
     # a change of a resumable option (rounds) in config.toml is fine; the checkpoint's value wins
     (run / "config.toml").write_text(text.replace("rounds = 3", "rounds = 9"))
     assert resume_config(run).rounds == 3
+
+
+def test_resume_refuses_a_data_file_that_changed_since_the_run_started(tmp_path: Path) -> None:
+    # the checkpoint keeps the sha256 of the run's own files; config.toml only their paths
+    data, schema = tmp_path / "clicks.csv", tmp_path / "clicks.toml"
+    data.write_text("user,item,click\n1,2,0\n1,3,1\n")
+    schema.write_text('[label]\ncolumn = "click"\n[fields]\ncategorical = ["item"]\n')
+    run = tmp_path / "run"
+    cfg = dataclasses.replace(_fake_run(run, 1, 3, finished=False), dataset="table",
+                              data=str(data), schema=str(schema)).validate()
+    save_checkpoint(run, round=1, arrays={"w": np.arange(6, dtype=np.float32)},
+                    strategy_state={}, metrics=[], elapsed=1.5, config=cfg.to_dict(),
+                    inputs=input_digests(cfg))
+    write_config(run, cfg)
+    resumed = dataclasses.replace(cfg, resume=str(run), out="")
+    assert prepare_job(resumed).resume == str(run.resolve())  # unchanged: resumes
+    data.write_text("user,item,click\n1,2,1\n1,3,1\n")  # one label edited
+    with pytest.raises(ConfigError, match=r"data \(.*clicks.csv\) changed since the run"):
+        prepare_job(resumed)
+    data.unlink()
+    with pytest.raises(ConfigError, match="cannot check the run's input files"):
+        prepare_job(resumed)
 
 
 def test_resume_flags_that_change_the_model_are_refused(tmp_path: Path) -> None:
