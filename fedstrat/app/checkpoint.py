@@ -58,22 +58,27 @@ def find_checkpoint_dir(path: str | Path) -> Path:
     raise ConfigError(f"resume: no checkpoint found in {p} (expected {p / CHECKPOINT_DIR})")
 
 
+def _state(ckpt_dir: Path) -> Any:
+    """The parsed ``state.json`` of a checkpoint folder; ConfigError if unreadable."""
+    try:
+        return json.loads((Path(ckpt_dir) / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"resume: unreadable checkpoint in {ckpt_dir}: {exc}") from exc
+
+
 def checkpoint_round(ckpt_dir: Path) -> int:
     """The round number stored in a checkpoint folder."""
+    state = _state(ckpt_dir)
     try:
-        state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text(encoding="utf-8"))
         return int(state["round"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"resume: unreadable checkpoint in {ckpt_dir}: {exc}") from exc
 
 
 def checkpoint_config(ckpt_dir: Path) -> dict[str, Any] | None:
     """The run configuration stored in a checkpoint's ``state.json`` (``RunConfig.to_dict``
     keys), or None for a checkpoint written without one. ConfigError if unreadable."""
-    try:
-        state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"resume: unreadable checkpoint in {ckpt_dir}: {exc}") from exc
+    state = _state(ckpt_dir)
     config = state.get("config") if isinstance(state, dict) else None
     if config is None:
         return None
@@ -101,11 +106,11 @@ def changed_inputs(ckpt_dir: Path, cfg: Any) -> list[str]:
     """The input files (``"data (path)"``) whose sha256 differs from the one stored with the
     checkpoint in ``ckpt_dir`` (empty for a checkpoint that stored none). ConfigError if the
     checkpoint or a file cannot be read."""
+    state = _state(ckpt_dir)
+    saved = state.get("inputs") if isinstance(state, dict) else None
     try:
-        state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text(encoding="utf-8"))
-        saved = state.get("inputs") if isinstance(state, dict) else None
         now = input_digests(cfg) if saved else {}
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise ConfigError(f"resume: cannot check the run's input files: {exc}") from exc
     return [f"{k} ({getattr(cfg, k, '')})" for k, v in sorted((saved or {}).items())
             if now.get(k) != v]
