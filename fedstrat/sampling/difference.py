@@ -28,13 +28,8 @@ from ._validate import as_sizes, as_updates
 from .allocation import neyman_allocation
 from .samplers import StratifiedSampler, pps_inclusion
 from .selection import Selection
-from .strata import Strata
-from .variance import (
-    check_allocation,
-    estimator_variance,
-    multinomial_variance,
-    uniform_variance,
-)
+from .strata import Strata, check_allocation
+from .variance import estimator_variance, multinomial_variance, uniform_variance
 
 __all__ = [
     "DIFFERENCE_DESIGNS",

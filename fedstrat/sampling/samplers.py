@@ -11,7 +11,7 @@ import numpy as np
 
 from ._validate import as_count, as_sizes, as_updates, make_rng
 from .selection import Sampler, Selection
-from .strata import Strata
+from .strata import Strata, check_allocation
 
 __all__ = [
     "UniformSampler",
@@ -187,12 +187,7 @@ class StratifiedSampler:
         self.strata = strata if isinstance(strata, Strata) else Strata(strata)
         if self.strata.n_clients != self.n_clients:
             raise ValueError("strata must label every client")
-        alloc = np.asarray(allocation)
-        if alloc.shape != (self.strata.n_strata,) or np.any(alloc != np.round(alloc)):
-            raise ValueError(f"allocation must be {self.strata.n_strata} integers")
-        alloc = alloc.astype(np.int64)
-        if np.any(alloc < 1) or np.any(alloc > self.strata.sizes):
-            raise ValueError("allocation must satisfy 1 <= m_h <= N_h")
+        alloc = check_allocation(self.strata, allocation)
         if design not in ("pps", "srswor"):
             raise ValueError(f"design must be 'pps' or 'srswor', got {design!r}")
         self.design = design

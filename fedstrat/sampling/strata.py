@@ -339,3 +339,15 @@ def sketch_update(
         e = min(s + _CHUNK, d)
         out += v[..., s:e] @ _projection_chunk(s, e, dim, int(seed), c).astype(np.float64)
     return out * scale
+
+
+def check_allocation(strata: Strata, allocation: np.ndarray | list) -> np.ndarray:
+    """``allocation`` as int64 ``m_h``, one per stratum with ``1 <= m_h <= N_h`` (else
+    ValueError)."""
+    alloc = np.asarray(allocation)
+    if alloc.shape != (strata.n_strata,) or np.any(alloc != np.round(alloc)):
+        raise ValueError(f"allocation must be {strata.n_strata} integers")
+    alloc = alloc.astype(np.int64)
+    if np.any(alloc < 1) or np.any(alloc > strata.sizes):
+        raise ValueError("allocation must satisfy 1 <= m_h <= N_h")
+    return alloc

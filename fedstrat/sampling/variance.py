@@ -12,7 +12,7 @@ from ._validate import all_at_least, as_count, as_sizes, as_updates
 from .baseline import Band, satterthwaite_band
 from .fedavg_sized import fedavg_terms
 from .samplers import pps_inclusion
-from .strata import Strata
+from .strata import Strata, check_allocation
 from .tracker import StratumVarianceTracker
 
 __all__ = [
@@ -59,18 +59,6 @@ def multinomial_variance(updates: np.ndarray, sizes: np.ndarray | list, m: int) 
     p = sz / sz.sum()
     t = p @ upd
     return float(p @ np.sum((upd - t) ** 2, axis=1)) / m
-
-
-def check_allocation(strata: Strata, allocation: np.ndarray | list) -> np.ndarray:
-    """``allocation`` as int64 ``m_h``, one per stratum with ``1 <= m_h <= N_h`` (else
-    ValueError)."""
-    alloc = np.asarray(allocation)
-    if alloc.shape != (strata.n_strata,) or np.any(alloc != np.round(alloc)):
-        raise ValueError(f"allocation must be {strata.n_strata} integers")
-    alloc = alloc.astype(np.int64)
-    if np.any(alloc < 1) or np.any(alloc > strata.sizes):
-        raise ValueError("allocation must satisfy 1 <= m_h <= N_h")
-    return alloc
 
 
 def estimator_variance(
